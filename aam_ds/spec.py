@@ -1,0 +1,367 @@
+"""The run spec: one pydantic-validated document that describes a whole run.
+
+Sections: data, model, loss, optim, schedule, parallel, tracking, checkpoint. Every section
+forbids unknown keys, so a typo is an error rather than a silently ignored setting. A spec is
+loaded from YAML, TOML or JSON and then patched by dotted overrides
+(``--set model.d_model=256``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from aam_ds.errors import AamInputError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+class SplitSpec(_Section):
+    """How samples are divided into train / validation / test (sample-ID lists are saved)."""
+
+    kind: Literal["random", "stratified", "grouped"] = "random"
+    column: str | None = Field(None, description="metadata column to stratify by (kind=stratified)")
+    group_column: str | None = Field(None, description="metadata column whose groups never straddle splits (kind=grouped)")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "SplitSpec":
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be < 1 so that some samples remain for training")
+        if self.kind == "stratified" and not self.column:
+            raise ValueError("split.kind=stratified needs split.column (the metadata column to stratify by)")
+        if self.kind == "grouped" and not self.group_column:
+            raise ValueError("split.kind=grouped needs split.group_column (e.g. host_subject_id)")
+        return self
+
+
+class DataSpec(_Section):
+    """Inputs and preprocessing. With no table given the embedded demo dataset is generated."""
+
+    table: Path | None = Field(None, description="BIOM (HDF5 v2.1 or TSV) or QIIME 2 FeatureTable[Frequency] .qza; none = embedded demo data")
+    tree: Path | None = Field(None, description="rooted Newick or QIIME 2 Phylogeny[Rooted] .qza (needed for UniFrac)")
+    sequences: Path | None = Field(None, description="FASTA or FeatureData[Sequence] .qza; none = observation IDs are the sequences")
+    metadata: Path | None = Field(None, description="QIIME 2 metadata TSV")
+    targets: list[str] = Field(default_factory=list, description="metadata columns to predict when fine-tuning")
+    covariates: list[str] = Field(default_factory=list, description="categorical metadata columns fused with the sample embedding")
+    rarefy_depth: int | None = Field(None, gt=0, description="subsample every sample to this many reads; samples below it are dropped")
+    rarefy_seed: int = 0
+    max_asvs: int = Field(256, gt=0, description="per-sample ASV limit")
+    asv_selection: Literal["abundance", "random", "first"] = "abundance"
+    max_seq_len: int = Field(150, gt=0, description="nucleotides kept per ASV (longer ones are truncated)")
+    ambiguous_bases: Literal["error", "as_n", "drop_asv"] = Field(
+        "error", description="IUPAC codes other than ACGT: refuse, map to the N token, or drop the ASV"
+    )
+    cache_dir: Path = Field(Path("~/.cache/aam-ds"), description="where tokenised sequences are cached")
+    distances: str = Field("on-the-fly", description="'on-the-fly' or a precomputed matrix (unifrac HDF5, .npy, square TSV)")
+    metric: Literal[
+        "unweighted", "weighted_normalized", "weighted_unnormalized", "generalized", "braycurtis", "jaccard", "aitchison"
+    ] = "unweighted"
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="generalised UniFrac alpha")
+    pseudocount: float = Field(1.0, gt=0.0, description="Aitchison: counts + pseudocount before the CLR")
+    drop_missing_tips: bool = Field(False, description="drop ASVs absent from the tree (with a warning) instead of failing")
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    num_workers: int = Field(0, ge=0)
+
+
+# --------------------------------------------------------------------------------------------
+# model
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=64, n_heads=4, asv_layers=1, sample_layers=1, ffn_mult=2),
+    "small": dict(d_model=128, n_heads=4, asv_layers=2, sample_layers=2, ffn_mult=4),
+    "base": dict(d_model=512, n_heads=8, asv_layers=4, sample_layers=4, ffn_mult=4),
+    "large": dict(d_model=1024, n_heads=16, asv_layers=12, sample_layers=20, ffn_mult=4),
+}
+
+
+class ModelSpec(_Section):
+    """Nucleotide -> ASV -> sample transformer. A preset fills every field not set explicitly."""
+
+    preset: Literal["tiny", "small", "base", "large"] | None = "small"
+    d_model: int = Field(0, ge=0, description="width of both transformers")
+    n_heads: int = Field(0, ge=0)
+    asv_layers: int = Field(0, ge=0, description="transformer layers over the nucleotides of one ASV")
+    sample_layers: int = Field(0, ge=0, description="transformer layers over the ASVs of one sample")
+    ffn_mult: int = Field(0, ge=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    use_abundance: bool = Field(True, description="add a log-abundance embedding to each ASV vector")
+    asv_order: bool = Field(False, description="give the sample encoder ASV positions (breaks order invariance)")
+    asv_chunk_size: int = Field(0, ge=0, description="ASVs encoded per chunk to bound memory; 0 = all at once")
+    activation_checkpointing: bool = False
+    pretrained: Path | None = Field(None, description="consolidated export to start from (fine-tuning)")
+    freeze_encoder: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        preset = values.get("preset", "small")
+        if preset is None:
+            return values
+        if preset not in MODEL_PRESETS:
+            return values  # the Literal check reports it
+        return {**MODEL_PRESETS[preset], **values}
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        for name in ("d_model", "n_heads", "asv_layers", "sample_layers", "ffn_mult"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be set (> 0) when model.preset is null")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# loss
+
+
+class LossSpec(_Section):
+    """Loss weights (pretraining) and the task loss (fine-tuning). A weight of 0 turns a loss off."""
+
+    pairwise_weight: float = Field(1.0, ge=0.0, description="embedding distances vs target distances over all pairs i<j")
+    nucleotide_weight: float = Field(1.0, ge=0.0, description="masked-nucleotide cross-entropy")
+    abundance_weight: float = Field(0.0, ge=0.0, description="per-ASV log relative abundance regression")
+    mask_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="nucleotides selected for BERT-style 80/10/10 masking")
+    task: Literal["none", "regression", "classification"] = "none"
+    task_weight: float = Field(1.0, ge=0.0)
+    regression_loss: Literal["huber", "mse", "mae"] = "huber"
+    class_weights: bool = Field(False, description="weight classes by inverse training frequency")
+
+
+# --------------------------------------------------------------------------------------------
+# optimiser and schedule
+
+
+class OptimSpec(_Section):
+    lr: float = Field(3e-4, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    grad_clip: float = Field(1.0, ge=0.0, description="max global gradient norm; 0 = off")
+    implementation: Literal["torch", "deepspeed"] = Field(
+        "torch", description="torch AdamW (no compile step) or DeepSpeed's fused / CPU Adam (JIT-built, faster)"
+    )
+
+
+class ScheduleSpec(_Section):
+    steps: int = Field(200, gt=0, description="optimizer steps")
+    warmup_steps: int = Field(20, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of optim.lr")
+    eval_every: int = Field(50, gt=0)
+    log_every: int = Field(10, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "ScheduleSpec":
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"schedule.warmup_steps={self.warmup_steps} exceeds schedule.steps={self.steps}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# parallelism and precision
+
+
+class ParallelSpec(_Section):
+    """Batch sizes, ZeRO, offload and precision. Give any two of the three batch sizes."""
+
+    global_batch_size: int | None = Field(None, gt=0, description="samples per optimizer step over all ranks")
+    micro_batch_size: int | None = Field(None, gt=0, description="samples per forward pass on one rank")
+    grad_accum_steps: int | None = Field(None, gt=0)
+    world_size: int | None = Field(None, gt=0, description="ranks; default: $WORLD_SIZE or 1")
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
+    offload_param: Literal["none", "cpu", "nvme"] = "none"
+    nvme_path: Path | None = None
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    collective_timeout_s: int = Field(600, gt=0, description="a rank waiting longer than this in a collective fails")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ParallelSpec":
+        if self.offload_param != "none" and self.zero_stage != 3:
+            raise ValueError(
+                f"parallel.offload_param={self.offload_param} needs parallel.zero_stage=3 "
+                f"(got {self.zero_stage}); use offload_optimizer with ZeRO-1/2"
+            )
+        if self.offload_optimizer != "none" and self.zero_stage == 0:
+            raise ValueError("parallel.offload_optimizer needs parallel.zero_stage >= 1")
+        if "nvme" in (self.offload_optimizer, self.offload_param) and self.nvme_path is None:
+            raise ValueError("NVMe offload needs parallel.nvme_path (a directory on a local NVMe disk)")
+        return self
+
+    def effective_world_size(self) -> int:
+        return self.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+
+
+# --------------------------------------------------------------------------------------------
+# tracking and checkpoints
+
+
+class TrackingSpec(_Section):
+    run_dir: Path = Field(Path("runs/latest"), description="metrics.jsonl, splits, spec and exports land here")
+    wandb: Literal["online", "offline", "disabled"] = Field(
+        "disabled", description="W&B mode on rank 0; $WANDB_MODE overrides"
+    )
+    project: str = "aam-ds"
+    name: str | None = None
+    rich: bool = Field(True, description="Rich progress bar on rank 0 (plain lines when false)")
+
+
+class CheckpointSpec(_Section):
+    dir: Path | None = Field(None, description="default: <tracking.run_dir>/checkpoints")
+    every_steps: int = Field(0, ge=0, description="save every N steps; 0 = only at the end")
+    keep_last: int = Field(2, gt=0)
+    resume: bool = Field(False, description="continue from <dir>/latest if present")
+
+
+# --------------------------------------------------------------------------------------------
+# the whole spec
+
+
+class RunSpec(_Section):
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    parallel: ParallelSpec = Field(default_factory=ParallelSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+
+    @model_validator(mode="after")
+    def _resolve_batch(self) -> "RunSpec":
+        p = self.parallel
+        world = p.effective_world_size()
+        given = {k: getattr(p, k) for k in ("global_batch_size", "micro_batch_size", "grad_accum_steps")}
+        if all(v is None for v in given.values()):
+            given["micro_batch_size"], given["grad_accum_steps"] = 8, 1
+        elif sum(v is not None for v in given.values()) == 1:
+            if given["grad_accum_steps"] is None:
+                given["grad_accum_steps"] = 1
+            else:
+                given["micro_batch_size"] = 8
+        g, m, a = given["global_batch_size"], given["micro_batch_size"], given["grad_accum_steps"]
+        if g is None:
+            g = m * a * world
+        elif m is None:
+            if g % (a * world):
+                raise ValueError(
+                    f"parallel.global_batch_size={g} is not divisible by grad_accum_steps={a} x world size {world}; "
+                    f"choose a global batch that is a multiple of {a * world}"
+                )
+            m = g // (a * world)
+        elif a is None:
+            if g % (m * world):
+                raise ValueError(
+                    f"parallel.global_batch_size={g} is not divisible by micro_batch_size={m} x world size {world}; "
+                    f"choose a global batch that is a multiple of {m * world}"
+                )
+            a = g // (m * world)
+        elif g != m * a * world:
+            raise ValueError(
+                f"parallel.global_batch_size={g} != micro_batch_size={m} x grad_accum_steps={a} x world size {world} "
+                f"(= {m * a * world}); give only two of the three and the third is derived"
+            )
+        p.global_batch_size, p.micro_batch_size, p.grad_accum_steps = g, m, a
+        if self.loss.pairwise_weight > 0 and m < 2:
+            raise ValueError(
+                f"the pairwise distance loss needs parallel.micro_batch_size >= 2 (got {m}): "
+                "raise the micro batch or set loss.pairwise_weight=0"
+            )
+        if self.loss.task != "none" and not self.data.targets and self.data.table is not None:
+            raise ValueError(f"loss.task={self.loss.task} needs data.targets (metadata columns to predict)")
+        return self
+
+    def checkpoint_dir(self) -> Path:
+        return self.checkpoint.dir or self.tracking.run_dir / "checkpoints"
+
+
+# --------------------------------------------------------------------------------------------
+# loading, overrides, error reporting
+
+
+def read_spec_file(path: Path) -> dict[str, Any]:
+    """Parse a YAML, TOML or JSON spec file into a plain dict (chosen by suffix)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AamInputError(str(path), "spec file not found", "check the path given to --spec")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            raw = tomllib.loads(text)
+        elif path.suffix == ".json":
+            raw = json.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            raw = yaml.safe_load(text) or {}
+        else:
+            raise AamInputError(str(path), f"unknown spec format '{path.suffix}'", "use .yaml, .yml, .toml or .json")
+    except (ValueError, yaml.YAMLError) as exc:
+        if isinstance(exc, AamInputError):
+            raise
+        raise AamInputError(str(path), f"cannot be parsed: {exc}", "fix the syntax error") from exc
+    if not isinstance(raw, dict):
+        raise AamInputError(str(path), "top level is not a mapping", "write sections such as 'model:' at the top level")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides; values are parsed as YAML scalars/lists."""
+    for item in overrides:
+        if "=" not in item:
+            raise AamInputError(f"--set {item}", "expected dotted.key=value", "write e.g. --set model.d_model=256")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise AamInputError(f"--set {item}", f"'{part}' is not a section", "override a field inside a section")
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    return raw
+
+
+def format_validation_error(exc: ValidationError, source: str) -> AamInputError:
+    """Turn pydantic's error list into one AamInputError naming every bad field."""
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "<spec>"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not a field of this section; check the spelling against `aam-ds spec schema`)"
+        lines.append(f"  {field}: {msg}")
+    return AamInputError(source, "invalid run spec:\n" + "\n".join(lines), "correct the fields listed above")
+
+
+def build_spec(raw: dict[str, Any], source: str = "<spec>") -> RunSpec:
+    try:
+        return RunSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise format_validation_error(exc, source) from None
+
+
+def load_spec(path: Path | None = None, overrides: list[str] | None = None) -> RunSpec:
+    """Load a spec file (optional) and apply dotted overrides; validate everything at once."""
+    raw = read_spec_file(path) if path else {}
+    raw = apply_overrides(raw, overrides or [])
+    return build_spec(raw, source=str(path) if path else "run spec")
+
+
+def spec_schema() -> dict[str, Any]:
+    return RunSpec.model_json_schema()
