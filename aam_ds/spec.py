@@ -248,6 +248,7 @@ class RunSpec(_Section):
     @model_validator(mode="after")
     def _resolve_batch(self) -> "RunSpec":
         p = self.parallel
+        user_set = set(p.model_fields_set)  # derived sizes below must not count as user-given
         world = p.effective_world_size()
         given = {k: getattr(p, k) for k in ("global_batch_size", "micro_batch_size", "grad_accum_steps")}
         if all(v is None for v in given.values()):
@@ -280,6 +281,7 @@ class RunSpec(_Section):
                 f"(= {m * a * world}); give only two of the three and the third is derived"
             )
         p.global_batch_size, p.micro_batch_size, p.grad_accum_steps = g, m, a
+        p.__pydantic_fields_set__ = user_set
         if self.loss.pairwise_weight > 0 and m < 2:
             raise ValueError(
                 f"the pairwise distance loss needs parallel.micro_batch_size >= 2 (got {m}): "
