@@ -74,6 +74,9 @@ class DataSpec(_Section):
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="generalised UniFrac alpha")
     pseudocount: float = Field(1.0, gt=0.0, description="Aitchison: counts + pseudocount before the CLR")
     drop_missing_tips: bool = Field(False, description="drop ASVs absent from the tree (with a warning) instead of failing")
+    drop_samples_without_metadata: bool = Field(
+        False, description="drop table samples that have no metadata row (with a warning) instead of failing"
+    )
     split: SplitSpec = Field(default_factory=SplitSpec)
     num_workers: int = Field(0, ge=0)
 
@@ -81,6 +84,8 @@ class DataSpec(_Section):
 # --------------------------------------------------------------------------------------------
 # model
 
+# Parameters with pretraining heads at max_seq_len 150 (`python -m aam_ds.model.aam` prints them):
+# tiny 86K (CPU tests), small 848K, base 25.8M, large 405M.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(d_model=64, n_heads=4, asv_layers=1, sample_layers=1, ffn_mult=2),
     "small": dict(d_model=128, n_heads=4, asv_layers=2, sample_layers=2, ffn_mult=4),
@@ -192,6 +197,9 @@ class ParallelSpec(_Section):
     nvme_path: Path | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     collective_timeout_s: int = Field(600, gt=0, description="a rank waiting longer than this in a collective fails")
+    max_memory_gb: float | None = Field(
+        None, gt=0, description="per-rank memory budget: search the largest micro batch whose real steps fit (GPU memory, or RSS on CPU)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "ParallelSpec":

@@ -1,0 +1,165 @@
+"""prepare_data(spec): every data step from files to datasets, in one place.
+
+Order: load table -> rarefy -> align metadata -> ASV sequences -> tokens (cached) -> drop ASVs the
+ambiguity policy rejects -> per-sample ASV selection -> targets / covariates -> splits (saved).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from aam_ds.data.cache import cached_tokenize
+from aam_ds.data.dataset import SampleDataset
+from aam_ds.data.metadata import align_metadata, categorical_codes, load_metadata, numeric_targets
+from aam_ds.data.rarefy import rarefy
+from aam_ds.data.select import SampleRow, sample_rows
+from aam_ds.data.sequences import asv_sequences, dropped_rows
+from aam_ds.data.splits import save_splits, split_samples
+from aam_ds.data.synthetic import demo_data
+from aam_ds.data.table import FeatureTable, load_table
+from aam_ds.errors import AamInputError
+from aam_ds.spec import RunSpec
+
+# with the demo data and no data.targets, fine-tuning predicts these metadata columns
+DEMO_TARGETS = {"regression": "age", "classification": "body_site"}
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Everything the trainer needs. Arrays indexed by sample are in ``table.sample_ids`` order.
+
+    - ``tokens``: ``uint8 [M, max_seq_len]`` for the table's ASVs (columns)
+    - ``rows``: per sample, the kept ASV columns and counts (at most ``data.max_asvs``)
+    - ``targets``: ``float32 [N, T]`` (regression) or ``int64 [N]`` (classification) or None
+    - ``covariates``: ``int64 [N, C]`` category codes or None; ``covariate_classes[c]`` their names
+    - ``splits``: sorted row indices for ``train`` / ``val`` / ``test``
+    """
+
+    table: FeatureTable
+    tokens: np.ndarray
+    rows: list[SampleRow]
+    metadata: pd.DataFrame | None
+    target_names: list[str]
+    targets: np.ndarray | None
+    class_names: list[str] | None
+    covariate_names: list[str]
+    covariates: np.ndarray | None
+    covariate_classes: list[list[str]]
+    splits: dict[str, np.ndarray]
+    tree: Path | None
+    sequences: Path | None
+    token_cache_hit: bool
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.tokens.shape[1]
+
+    def dataset(self, split: str) -> SampleDataset:
+        """The samples of ``split`` ('train', 'val', 'test') as a :class:`SampleDataset`."""
+        return SampleDataset([self.rows[i] for i in self.splits[split]], self.tokens, self.targets, self.covariates)
+
+
+def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
+    """Load, validate and preprocess the data of ``spec``; save the split ID lists under ``run_dir``.
+
+    With ``spec.data.table`` unset the embedded demo dataset (table, tree, metadata) is used, and a
+    fine-tuning task without ``data.targets`` predicts :data:`DEMO_TARGETS` (age / body_site).
+    """
+    data = spec.data
+    table_path, tree, metadata_path, sequences = data.table, data.tree, data.metadata, data.sequences
+    target_columns = list(data.targets)
+    if table_path is None:
+        demo = demo_data(data.cache_dir)
+        table_path, tree, metadata_path = demo.table, tree or demo.tree, metadata_path or demo.metadata
+        if not target_columns and spec.loss.task != "none":
+            target_columns = [DEMO_TARGETS[spec.loss.task]]
+
+    table = load_table(table_path)
+    if data.rarefy_depth is not None:
+        table = rarefy(table, data.rarefy_depth, data.rarefy_seed)
+
+    metadata = None
+    if metadata_path is not None:
+        metadata = align_metadata(
+            load_metadata(metadata_path), table.sample_ids, table.source, data.drop_samples_without_metadata
+        )
+        if len(metadata) < len(table.sample_ids):
+            keep = set(metadata.index)
+            table = table.take_samples([i for i, s in enumerate(table.sample_ids) if s in keep]).drop_empty_asvs()
+    elif target_columns or data.covariates or data.split.kind != "random":
+        raise AamInputError(
+            "data.metadata", "targets, covariates and stratified / grouped splits need sample metadata",
+            "set data.metadata to a QIIME 2 metadata TSV",
+        )
+
+    seqs = asv_sequences(table.asv_ids, sequences, table.source)
+    cached = cached_tokenize(
+        seqs, data.max_seq_len, data.ambiguous_bases, data.cache_dir, ids=table.asv_ids,
+        source=str(sequences or table.source),
+    )
+    tokens = cached.tokens
+    table, tokens, metadata = _drop_rejected_asvs(table, tokens, metadata)
+
+    rows = sample_rows(table, data.max_asvs, data.asv_selection, seed=data.split.seed)
+    targets, class_names = _targets(target_columns, spec.loss.task, metadata)
+    covariates, covariate_classes = None, []
+    if data.covariates:
+        coded = [categorical_codes(metadata, c, "data.covariates", allow_missing=True) for c in data.covariates]
+        covariates = np.stack([codes for codes, _ in coded], axis=1)
+        covariate_classes = [classes for _, classes in coded]
+
+    splits = split_samples(len(table.sample_ids), data.split, metadata)
+    if run_dir is not None:
+        save_splits(run_dir, splits, table.sample_ids)
+    return PreparedData(
+        table=table, tokens=tokens, rows=rows, metadata=metadata,
+        target_names=target_columns, targets=targets, class_names=class_names,
+        covariate_names=list(data.covariates), covariates=covariates, covariate_classes=covariate_classes,
+        splits=splits, tree=Path(tree) if tree else None, sequences=Path(sequences) if sequences else None,
+        token_cache_hit=cached.hit,
+    )  # fmt: skip
+
+
+def _drop_rejected_asvs(
+    table: FeatureTable, tokens: np.ndarray, metadata: pd.DataFrame | None
+) -> tuple[FeatureTable, np.ndarray, pd.DataFrame | None]:
+    """Remove ASVs that ``ambiguous_bases='drop_asv'`` rejected, then samples left without reads."""
+    rejected = dropped_rows(tokens)
+    if not rejected.any():
+        return table, tokens, metadata
+    keep = np.flatnonzero(~rejected)
+    warnings.warn(f"{table.source}: dropping {rejected.sum()} ASVs with ambiguous bases (data.ambiguous_bases=drop_asv)")
+    table = FeatureTable(table.sample_ids, [table.asv_ids[j] for j in keep], table.counts[:, keep].tocsr(), table.source)
+    nonempty = np.flatnonzero(np.asarray(table.counts.sum(axis=1)).ravel() > 0)
+    if len(nonempty) == 0:
+        raise AamInputError(table.source, "no reads remain after dropping ASVs with ambiguous bases", "set data.ambiguous_bases=as_n")
+    if len(nonempty) < len(table.sample_ids):
+        warnings.warn(f"{table.source}: dropping {len(table.sample_ids) - len(nonempty)} samples left without reads")
+        table = table.take_samples(nonempty)
+        metadata = None if metadata is None else metadata.iloc[nonempty]
+    return table, tokens[keep], metadata
+
+
+def _targets(
+    columns: list[str], task: str, metadata: pd.DataFrame | None
+) -> tuple[np.ndarray | None, list[str] | None]:
+    """Regression targets ``float32 [N, T]``, or classification codes ``int64 [N]`` with class names."""
+    if not columns:
+        return None, None
+    if task != "classification":
+        return numeric_targets(metadata, columns), None
+    if len(columns) != 1:
+        raise AamInputError(
+            "data.targets", f"classification predicts one column, got {columns}", "give a single target column"
+        )
+    codes, classes = categorical_codes(metadata, columns[0], "data.targets")
+    if len(classes) < 2:
+        raise AamInputError(
+            f"data.targets={columns[0]!r}", f"has a single class {classes}", "classification needs at least two classes"
+        )
+    return codes, classes

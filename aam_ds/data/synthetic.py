@@ -1,0 +1,180 @@
+"""The embedded demo dataset: a seeded, realistic stand-in for a 16S study.
+
+A random rooted binary tree (coalescent shape, branch lengths in substitutions per site) carries
+ASV sequences evolved from a random root by Jukes-Cantor substitution, so sequence similarity
+tracks the phylogeny. Samples come from subjects (several each) at body sites; each ASV's
+log-abundance has a phylogenetically correlated (Brownian-motion) response to ``body_site`` and
+``age``, so UniFrac distances and the metadata are both learnable. Files written:
+
+- ``table.biom``   BIOM v2.1 HDF5, observation IDs = the sequences (only observed ASVs)
+- ``tree.nwk``     rooted Newick over every tip, tip names = the sequences
+- ``metadata.tsv`` QIIME 2 metadata: ``age`` (numeric, years), ``body_site``, ``subject`` (categorical)
+- ``sequences.fasta`` the ASV sequences keyed by ID (= sequence)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import biom
+import h5py
+import numpy as np
+
+from aam_ds.io_utils import atomic_path, atomic_write_text
+
+GENERATOR_VERSION = 1
+N_TIPS = 300
+N_SUBJECTS = 60
+SAMPLES_PER_SUBJECT = 5
+BODY_SITES = ("gut", "oral", "skin")
+ROOT_LENGTH = 150
+MIN_LENGTH = 100
+TREE_HEIGHT = 0.25  # expected root-to-tip substitutions per site
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    table: Path
+    tree: Path
+    metadata: Path
+    sequences: Path
+
+
+def demo_paths(out_dir: str | Path) -> DemoPaths:
+    out_dir = Path(out_dir)
+    return DemoPaths(out_dir / "table.biom", out_dir / "tree.nwk", out_dir / "metadata.tsv", out_dir / "sequences.fasta")
+
+
+def generate_demo(out_dir: str | Path, seed: int = 0) -> DemoPaths:
+    """Write the demo dataset for ``seed`` into ``out_dir`` (atomically, file by file); return the paths."""
+    rng = np.random.default_rng(seed)
+    parent, length = _random_tree(N_TIPS, rng)
+    seqs = _evolve_sequences(parent, length, N_TIPS, rng)
+    sample_ids, age, site, subject = _sample_design(rng)
+    counts = _sample_counts(parent, length, N_TIPS, age, site, subject, rng)  # [samples, tips]
+    observed = np.flatnonzero(counts.sum(axis=0) > 0)
+    paths = demo_paths(out_dir)
+    table = biom.Table(counts[:, observed].T, [seqs[i] for i in observed], sample_ids)
+    with atomic_path(paths.table) as tmp, h5py.File(tmp, "w") as handle:
+        table.to_hdf5(handle, f"aam-ds demo generator v{GENERATOR_VERSION} seed {seed}")
+    atomic_write_text(paths.tree, _newick(parent, length, seqs))
+    lines = ["sample-id\tage\tbody_site\tsubject", "#q2:types\tnumeric\tcategorical\tcategorical"]
+    lines += [f"{s}\t{a:.2f}\t{BODY_SITES[b]}\tsubject{u:02d}" for s, a, b, u in zip(sample_ids, age, site, subject)]
+    atomic_write_text(paths.metadata, "\n".join(lines) + "\n")
+    atomic_write_text(paths.sequences, "".join(f">{s}\n{s}\n" for s in seqs))
+    return paths
+
+
+def demo_data(cache_dir: str | Path, seed: int = 0) -> DemoPaths:
+    """The demo dataset under ``<cache_dir>/demo/<seed>``, generated on first use and reused after."""
+    out_dir = Path(cache_dir).expanduser() / "demo" / str(seed)
+    marker = out_dir / "COMPLETE"
+    expected = f"aam-ds demo v{GENERATOR_VERSION}\n"
+    if not (marker.is_file() and marker.read_text() == expected):
+        generate_demo(out_dir, seed)
+        atomic_write_text(marker, expected)
+    return demo_paths(out_dir)
+
+
+def _random_tree(n_tips: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Coalescent tree: ``parent`` int64 ``[2n-1]`` (root's = -1), branch ``length`` float64 ``[2n-1]``.
+
+    Tips are nodes ``0..n-1``; every internal node has a larger index than its children; the root is ``2n-2``.
+    """
+    n_nodes = 2 * n_tips - 1
+    parent = np.full(n_nodes, -1, dtype=np.int64)
+    height = np.zeros(n_nodes)
+    lineages = list(range(n_tips))
+    now = 0.0
+    for node in range(n_tips, n_nodes):
+        k = len(lineages)
+        now += rng.exponential(2.0 / (k * (k - 1)))
+        a, b = sorted(rng.choice(k, size=2, replace=False), reverse=True)
+        for child in (lineages.pop(a), lineages.pop(b)):
+            parent[child] = node
+        height[node] = now
+        lineages.append(node)
+    length = np.zeros(n_nodes)
+    length[:-1] = height[parent[:-1]] - height[:-1]
+    length *= TREE_HEIGHT / now * rng.lognormal(0.0, 0.3, size=n_nodes)  # rate variation across branches
+    length[-1] = 0.0
+    return parent, length
+
+
+def _evolve_sequences(parent: np.ndarray, length: np.ndarray, n_tips: int, rng: np.random.Generator) -> list[str]:
+    """Jukes-Cantor evolution from a random root; tips are distinct prefixes of 100-150 nt."""
+    n_nodes = len(parent)
+    states = np.empty((n_nodes, ROOT_LENGTH), dtype=np.int64)
+    states[-1] = rng.integers(0, 4, ROOT_LENGTH)
+    for node in range(n_nodes - 2, -1, -1):  # parents before children
+        p_change = 0.75 * (1.0 - np.exp(-4.0 * length[node] / 3.0))
+        changed = rng.random(ROOT_LENGTH) < p_change
+        shift = rng.integers(1, 4, ROOT_LENGTH)  # a change always lands on a different base
+        states[node] = np.where(changed, (states[parent[node]] + shift) % 4, states[parent[node]])
+    tip_length = rng.integers(MIN_LENGTH, ROOT_LENGTH + 1, n_tips)
+    alphabet = np.array(list("ACGT"))
+    seqs = ["".join(alphabet[states[i, : tip_length[i]]]) for i in range(n_tips)]
+    seen: set[str] = set()
+    for i, seq in enumerate(seqs):  # identical tips would give duplicate IDs: nudge one base
+        while seq in seen:
+            pos = int(rng.integers(len(seq)))
+            seq = seq[:pos] + "ACGT"[("ACGT".index(seq[pos]) + 1) % 4] + seq[pos + 1 :]
+        seen.add(seq)
+        seqs[i] = seq
+    return seqs
+
+
+def _sample_design(rng: np.random.Generator) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Sample IDs, ``age`` (years) ``[S]``, body-site code ``[S]``, subject code ``[S]``."""
+    subject = np.repeat(np.arange(N_SUBJECTS), SAMPLES_PER_SUBJECT)
+    subject_age = rng.uniform(20.0, 80.0, N_SUBJECTS)
+    age = subject_age[subject] + rng.uniform(0.0, 2.0, len(subject))  # a longitudinal study
+    site = rng.integers(0, len(BODY_SITES), len(subject))
+    sample_ids = [f"demo.{s:02d}.{k}" for s in range(N_SUBJECTS) for k in range(SAMPLES_PER_SUBJECT)]
+    return sample_ids, age, site, subject
+
+
+def _brownian_traits(parent: np.ndarray, length: np.ndarray, n_traits: int, rng: np.random.Generator) -> np.ndarray:
+    """Brownian motion down the tree, scaled to unit variance at the tips: ``[n_traits, n_nodes]``."""
+    values = np.zeros((n_traits, len(parent)))
+    for node in range(len(parent) - 2, -1, -1):
+        values[:, node] = values[:, parent[node]] + rng.normal(0.0, np.sqrt(length[node]), n_traits)
+    return values / values.std(axis=1, keepdims=True)
+
+
+def _sample_counts(
+    parent: np.ndarray, length: np.ndarray, n_tips: int, age: np.ndarray, site: np.ndarray, subject: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Read counts ``int64 [S, n_tips]``: each sample keeps its 40-120 most favoured ASVs, 2k-8k reads."""
+    traits = _brownian_traits(parent, length, 2 + len(BODY_SITES), rng)[:, :n_tips]
+    baseline, age_response, site_response = traits[0], traits[1], traits[2:]
+    z_age = (age - 50.0) / 17.0
+    subject_effect = rng.normal(0.0, 0.7, (N_SUBJECTS, n_tips))
+    logits = (
+        baseline
+        + 2.0 * site_response[site]
+        + 1.5 * z_age[:, None] * age_response
+        + subject_effect[subject]
+        + rng.normal(0.0, 0.5, (len(age), n_tips))
+    )
+    counts = np.zeros(logits.shape, dtype=np.int64)
+    for s in range(len(age)):
+        kept = np.argsort(-logits[s])[: rng.integers(40, 121)]
+        weights = np.exp(logits[s, kept] - logits[s, kept].max())
+        counts[s, kept] = rng.multinomial(int(rng.integers(2000, 8001)), weights / weights.sum())
+    return counts
+
+
+def _newick(parent: np.ndarray, length: np.ndarray, names: list[str]) -> str:
+    """Rooted Newick with tip names ``names`` and branch lengths (children precede parents by index)."""
+    children: list[list[int]] = [[] for _ in parent]
+    for node, p in enumerate(parent[:-1]):
+        children[p].append(node)
+    text: list[str] = list(names) + [""] * (len(parent) - len(names))
+    for node in range(len(names), len(parent)):
+        text[node] = "(" + ",".join(f"{text[c]}:{length[c]:.6f}" for c in children[node]) + ")"
+        for c in children[node]:
+            text[c] = ""  # free memory of consumed subtrees
+    return text[-1] + ";\n"

@@ -1,0 +1,44 @@
+"""Shared test fixtures: the real public data folder, the demo dataset, artifact builders."""
+
+from __future__ import annotations
+
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real public 16S data beside the repository (skips when absent)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it lives beside the repository, never in it)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def demo_paths(tmp_path_factory: pytest.TempPathFactory):
+    """The generated demo dataset (BIOM, Newick, metadata, FASTA), seed 0, written once per session."""
+    from aam_ds.data.synthetic import generate_demo
+
+    return generate_demo(tmp_path_factory.mktemp("demo"), seed=0)
+
+
+def write_qza(path: Path, semantic_type: str, payload_name: str, payload: bytes) -> Path:
+    """Write a minimal QIIME 2 artifact: <uuid>/metadata.yaml + <uuid>/data/<payload_name>."""
+    root = str(uuid.uuid4())
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{root}/VERSION", "QIIME 2\narchive: 5\nframework: 2023.9.0\n")
+        archive.writestr(f"{root}/metadata.yaml", f"uuid: {root}\ntype: {semantic_type}\nformat: DirFmt\n")
+        archive.writestr(f"{root}/data/{payload_name}", payload)
+    return path
+
+
+@pytest.fixture
+def make_qza() -> Callable[[Path, str, str, bytes], Path]:
+    """A builder of QIIME 2 artifacts for tests: ``make_qza(path, type, payload_name, payload_bytes)``."""
+    return write_qza
