@@ -80,7 +80,7 @@ def cmd_ds_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aam-ds", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="aam-ds", description="Train AAM microbiome transformers with DeepSpeed: spec, data, distances, training, evaluation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     spec = sub.add_parser("spec", help="print the run spec's JSON Schema or a resolved spec")
@@ -97,10 +97,45 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--out", type=Path, default=None, help="file to write (default: print)")
     add_spec_arguments(ds)
     ds.set_defaults(func=cmd_ds_config)
+
+    from aam_ds.distances import cli as distances_cli
+    from aam_ds.evaluation import cli as evaluation_cli
+
+    dist = sub.add_parser("distances", help="full distance matrix (unifrac HDF5 layout) with the torch or ssu engine")
+    distances_cli.add_arguments(dist)
+    dist.set_defaults(func=distances_cli.run)
+
+    evaluate = sub.add_parser("evaluate", help="metrics, per-group errors, worst samples and plots for a predictions TSV")
+    evaluation_cli.add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(func=evaluation_cli.run_evaluate)
+
+    rf = sub.add_parser("rf-baseline", help="scikit-learn random forest on the same folds, side by side")
+    evaluation_cli.add_rf_arguments(rf)
+    rf.set_defaults(func=evaluation_cli.run_rf_baseline)
+
+    for stage, text in TRAINING_STAGES.items():
+        sub.add_parser(stage, add_help=False, help=text)
     return parser
 
 
+TRAINING_STAGES = {
+    "pretrain": "pretrain with DeepSpeed (same as launch/pretrain.py; see `aam-ds pretrain --help`)",
+    "finetune": "fine-tune with DeepSpeed (same as launch/finetune.py; see `aam-ds finetune --help`)",
+}
+
+
+def run_training_stage(stage: str, argv: list[str]) -> None:
+    """``aam-ds pretrain|finetune ...``: the launch scripts' code path, in this process."""
+    from aam_ds.engine import trainer
+    from aam_ds.engine.entry import run_stage
+
+    run_stage(getattr(trainer, stage), argv, description=TRAINING_STAGES[stage])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TRAINING_STAGES:
+        run_training_stage(argv[0], argv[1:])  # exits the process with the run's status
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

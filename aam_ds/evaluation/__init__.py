@@ -1,0 +1,1 @@
+"""Evaluation of predictions (metrics, tables, plots) and the random-forest baseline."""

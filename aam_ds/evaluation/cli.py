@@ -1,0 +1,183 @@
+"""Argument parsers and runners of ``aam-ds evaluate`` and ``aam-ds rf-baseline`` (wired in aam_ds/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from aam_ds.errors import AamInputError
+
+TASKS = ("regression", "classification")
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--predictions", type=Path, required=True, help="predictions TSV (sample_id, <target>[, <target>_std | prob_<class>...])")
+    parser.add_argument("--metadata", type=Path, required=True, help="QIIME 2 metadata TSV holding the true values")
+    parser.add_argument("--target", required=True, help="metadata column that was predicted")
+    parser.add_argument("--task", choices=TASKS, default=None, help="default: classification when the file has prob_<class> columns")
+    parser.add_argument("--group-column", default=None, help="metadata column for the per-group error table")
+    parser.add_argument("--positive-class", default=None, help="binary AUC / F1 class (default: the second class name)")
+    parser.add_argument("--worst", type=int, default=20, help="rows of worst_samples.tsv")
+    parser.add_argument("--out-dir", type=Path, default=None, help="default: <predictions>.eval/ beside the predictions file")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from aam_ds.data.metadata import load_metadata
+    from aam_ds.evaluation.predictions import read_predictions
+    from aam_ds.evaluation.report import wide_console, metrics_table, write_evaluation
+    from aam_ds.evaluation.scoring import join_truth
+
+    predictions = read_predictions(args.predictions, args.target, args.task)
+    metadata = load_metadata(args.metadata)
+    kept, truth, rows = join_truth(predictions, metadata)
+    groups = _group_series(rows, args.group_column)
+    out_dir = args.out_dir or args.predictions.with_name(args.predictions.name + ".eval")
+    report = write_evaluation(
+        out_dir, kept, truth, groups, args.worst, args.positive_class,
+        extra={"metadata": str(args.metadata), "samples_without_metadata": len(predictions.sample_ids) - len(kept.sample_ids)},
+    )  # fmt: skip
+    console = wide_console()
+    console.print(metrics_table({args.predictions.name: report["metrics"]}, kept.task, f"{args.target} ({kept.task})"))
+    dropped = report["samples_without_metadata"]
+    if dropped:
+        console.print(f"[yellow]{dropped} predicted samples have no metadata row and were not scored[/yellow]")
+    console.print(f"wrote {out_dir}/: " + ", ".join(Path(p).name for p in report["files"].values()) + ", metrics.json")
+    return 0
+
+
+def _group_series(rows: pd.DataFrame, column: str | None) -> pd.Series | None:
+    if column is None:
+        return None
+    if column not in rows.columns:
+        raise AamInputError(
+            f"--group-column {column}", f"no such column in {rows.attrs.get('source', 'the metadata')}",
+            f"name an existing metadata column (e.g. {list(rows.columns)[:8]})",
+        )  # fmt: skip
+    return rows[column].fillna("<missing>").astype(str).rename(column)
+
+
+# --------------------------------------------------------------------------------------------
+# rf-baseline
+
+
+def add_rf_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--table", type=Path, required=True, help="BIOM table or FeatureTable[Frequency] .qza")
+    parser.add_argument("--metadata", type=Path, required=True, help="QIIME 2 metadata TSV")
+    parser.add_argument("--target", required=True, help="metadata column to predict")
+    parser.add_argument("--task", choices=TASKS, default=None, help="default: regression for a numeric column")
+    parser.add_argument("--folds", type=int, default=5, help="number of cross-validation folds")
+    parser.add_argument("--split", choices=("random", "stratified", "grouped"), default=None,
+                        help="default: grouped with a group option, else stratified (classification) or random")  # fmt: skip
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--group-column", default=None, help="metadata column whose groups never straddle folds")
+    group.add_argument("--group-by", choices=("huang-proxy",), default=None,
+                       help="huang-proxy: Qiita study prefix of the sample ID + integer age (target)")  # fmt: skip
+    parser.add_argument("--stratify-column", default=None, help="stratified folds: column to balance (default: the target)")
+    parser.add_argument("--folds-file", type=Path, default=None, help="reuse the folds of an earlier run (folds.tsv)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the folds and the forest")
+    parser.add_argument("--trees", type=int, default=500)
+    parser.add_argument("--n-jobs", type=int, default=1, help="cores for the forest (-1 = all)")
+    parser.add_argument("--max-features", default=None, help="features per split: sqrt, log2 or a fraction (default: scikit-learn's)")
+    parser.add_argument("--positive-class", default=None, help="binary AUC / F1 class (default: the second class name)")
+    parser.add_argument("--compare", type=Path, action="append", default=[], metavar="P.tsv",
+                        help="another model's out-of-fold predictions of the same samples (repeatable)")  # fmt: skip
+    parser.add_argument("--out-dir", type=Path, default=Path("rf_baseline"))
+
+
+def run_rf_baseline(args: argparse.Namespace) -> int:
+    from aam_ds.data.metadata import align_metadata, load_metadata
+    from aam_ds.data.table import load_table
+    from aam_ds.evaluation.folds import read_folds, train_test_pairs, write_folds
+    from aam_ds.evaluation.predictions import read_predictions, write_predictions
+    from aam_ds.evaluation.report import wide_console, metrics_table, write_evaluation, write_tsv
+    from aam_ds.evaluation.rf_baseline import comparison_rows, cross_validate_rf
+
+    table = load_table(args.table)
+    metadata = align_metadata(load_metadata(args.metadata), table.sample_ids, str(args.table))
+    task = args.task or infer_task(metadata, args.target)
+    truth, class_names = truth_of(metadata, args.target, task)
+    if args.folds_file:
+        held_out = read_folds(args.folds_file, table.sample_ids)
+        split = f"from {args.folds_file}"
+    else:
+        split = args.split or ("grouped" if args.group_column or args.group_by else "stratified" if task == "classification" else "random")
+        held_out = _draw_folds(metadata, truth, split, args)
+    cv = cross_validate_rf(
+        table, args.target, truth, train_test_pairs(held_out, len(truth)), class_names,
+        args.trees, args.seed, args.n_jobs, _max_features(args.max_features), args.positive_class,
+    )  # fmt: skip
+    out = args.out_dir
+    write_predictions(out / "rf_predictions.tsv", cv.predictions)
+    write_folds(out / "folds.tsv", table.sample_ids, held_out)
+    settings = {k: str(v) for k, v in vars(args).items() if k not in ("func", "compare")}
+    write_evaluation(out, cv.predictions, truth, extra={"fold_metrics": cv.fold_metrics, "split": split, "settings": settings},
+                     positive_class=args.positive_class)  # fmt: skip
+    console = wide_console()
+    title = f"random forest, {args.target} ({task}), {len(held_out)} folds {split}, {args.trees} trees"
+    console.print(metrics_table(cv.table_rows(), task, title, first_column="fold"))
+    if args.compare:
+        others = {p.stem: read_predictions(p, args.target, task) for p in args.compare}
+        rows = comparison_rows(cv, others, positive_class=args.positive_class)
+        console.print(metrics_table(rows, task, f"{args.target}: random forest vs {', '.join(others)} (same samples, same folds)"))
+        write_tsv(out / "comparison.tsv", _rows_frame(rows))
+    console.print(f"wrote {out}/rf_predictions.tsv, folds.tsv, metrics.json, plots")
+    return 0
+
+
+def infer_task(metadata: pd.DataFrame, target: str) -> str:
+    """Regression for a numeric metadata column, classification otherwise."""
+    if target not in metadata.columns:
+        raise AamInputError(
+            f"--target {target}", f"no such column in {metadata.attrs.get('source', 'the metadata')}",
+            f"name an existing metadata column (e.g. {list(metadata.columns)[:8]})",
+        )  # fmt: skip
+    return "regression" if pd.api.types.is_numeric_dtype(metadata[target]) else "classification"
+
+
+def truth_of(metadata: pd.DataFrame, target: str, task: str) -> tuple[np.ndarray, list[str]]:
+    """Truth per row (float64, or class names) and the class names (empty for regression)."""
+    from aam_ds.data.metadata import categorical_codes, numeric_targets
+
+    if task == "regression":
+        return numeric_targets(metadata, [target], field="--target")[:, 0].astype(np.float64), []
+    codes, classes = categorical_codes(metadata, target, field="--target")
+    return np.asarray(classes, dtype=object)[codes], classes
+
+
+def _draw_folds(metadata: pd.DataFrame, truth: np.ndarray, split: str, args: argparse.Namespace) -> list[np.ndarray]:
+    from aam_ds.evaluation.folds import draw_folds
+
+    if args.group_by == "huang-proxy" and truth.dtype.kind != "f":
+        raise AamInputError("--group-by huang-proxy", "needs a numeric age target", "use --target age (regression)")
+    ages = truth if args.group_by == "huang-proxy" else None
+    column = {"grouped": args.group_column, "stratified": args.stratify_column or args.target}.get(split)
+    return draw_folds(metadata, args.folds, split, args.seed, column, ages)
+
+
+def _max_features(value: str | None) -> str | float | None:
+    if value is None or value in ("sqrt", "log2"):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise AamInputError(f"--max-features {value}", "not sqrt, log2 or a number", "e.g. --max-features 0.3") from None
+
+
+def _rows_frame(rows: dict[str, dict]) -> pd.DataFrame:
+    """Comparison rows as a frame; ``(mean, std)`` pairs become ``<metric>`` and ``<metric>_std`` columns."""
+    flat = {}
+    for name, metrics in rows.items():
+        flat[name] = {}
+        for k, v in metrics.items():
+            if isinstance(v, tuple):
+                flat[name][k], flat[name][f"{k}_std"] = v
+            else:
+                flat[name][k] = v
+    return pd.DataFrame.from_dict(flat, orient="index").rename_axis("model")
