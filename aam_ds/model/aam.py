@@ -1,0 +1,322 @@
+"""AAMModel: nucleotide transformer -> one vector per ASV -> sample transformer -> sample embedding.
+
+Read top to bottom:
+
+1. ``SelfAttention`` / ``Block``: a pre-LayerNorm transformer block on
+   ``F.scaled_dot_product_attention`` with a boolean key-padding mask.
+2. ``AttentionPool``: masked-softmax pooling of a set of vectors into one.
+3. ``Encoder``: embedded tokens -> blocks -> final LayerNorm -> pooled vector (used twice).
+4. ``AAMModel``: the ASV encoder runs only on the ASVs that are present (rows with ``counts > 0``),
+   in chunks of ``asv_chunk_size``; the sample encoder reads each sample's ASV vectors (plus a
+   log-abundance embedding) and pools them into the sample embedding. ``forward`` computes only the
+   outputs named in ``want`` (lazy outputs).
+
+Padding safety: a sequence whose keys are all padding attends to all of its (meaningless) keys
+instead of to none, so softmax never sees an all ``-inf`` row; pooled vectors of such sequences are
+zeroed. Padding ASVs are never encoded at all. The sample encoder has no ASV positions unless
+``model.asv_order`` is set, so its output does not depend on ASV order.
+
+``python -m aam_ds.model.aam`` prints the parameter count of every preset.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from aam_ds.data.sequences import PAD, VOCAB_SIZE
+from aam_ds.errors import AamInputError
+from aam_ds.model.heads import AbundanceHead, NucleotideHead, TaskHead, log_relative_abundance
+from aam_ds.model.normalization import TargetNormalizer
+from aam_ds.spec import MODEL_PRESETS, LossSpec, ModelSpec
+
+OUTPUTS = frozenset({"sample_embedding", "nucleotide_logits", "abundance", "task"})
+
+
+def attendable_keys(valid: torch.Tensor) -> torch.Tensor:
+    """Key mask for attention ``[N, S]`` bool: the valid keys, or every key if none is valid."""
+    return valid | ~valid.any(dim=-1, keepdim=True)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)  # a key bias would get no gradient
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """x ``[N, S, D]``, key_mask ``[N, S]`` bool (True = may be attended) -> ``[N, S, D]``."""
+        n, s, d = x.shape
+        q, k, v = self.qkv(x).view(n, s, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(n, s, d))
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, ffn_mult: int, dropout: float):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(d_model)
+        self.attn = SelfAttention(d_model, n_heads, dropout)
+        self.ln_ffn = nn.LayerNorm(d_model)
+        self.ffn = nn.Sequential(
+            nn.Linear(d_model, ffn_mult * d_model),
+            nn.GELU(),
+            nn.Linear(ffn_mult * d_model, d_model),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), key_mask)
+        return x + self.ffn(self.ln_ffn(x))
+
+
+class AttentionPool(nn.Module):
+    """Pool ``[N, S, D]`` into ``[N, D]`` with a learned score per element and a masked softmax.
+
+    Invalid elements get weight exactly 0; a set with no valid element pools to the zero vector.
+    """
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.score = nn.Linear(d_model, 1, bias=False)  # softmax ignores a shared shift
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        scores = self.score(x).squeeze(-1).float()
+        scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1) * valid  # all-invalid rows: uniform * 0 = 0
+        return torch.einsum("ns,nsd->nd", weights.to(x.dtype), x)
+
+
+class Encoder(nn.Module):
+    """A stack of blocks over a set/sequence, a final LayerNorm and attention pooling."""
+
+    def __init__(self, spec: ModelSpec, n_layers: int):
+        super().__init__()
+        self.checkpointing = spec.activation_checkpointing
+        self.blocks = nn.ModuleList(
+            Block(spec.d_model, spec.n_heads, spec.ffn_mult, spec.dropout) for _ in range(n_layers)
+        )
+        self.ln_out = nn.LayerNorm(spec.d_model)
+        self.pool = AttentionPool(spec.d_model)
+
+    def contextualise(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """x ``[N, S, D]``, valid ``[N, S]`` -> contextual states ``[N, S, D]`` (after the final LayerNorm)."""
+        key_mask = attendable_keys(valid)
+        for block in self.blocks:
+            if self.checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, key_mask, use_reentrant=False)
+            else:
+                x = block(x, key_mask)
+        return self.ln_out(x)
+
+
+def scatter_rows(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Place ``values [K, ...]`` at ``rows [K]`` of a zero tensor ``[n_rows, ...]`` (differentiable)."""
+    return values.new_zeros(n_rows, *values.shape[1:]).index_put((rows,), values)
+
+
+def sinusoidal_positions(n: int, d_model: int, device: torch.device) -> torch.Tensor:
+    """Fixed sinusoidal position codes ``[n, d_model]`` (used for ASV order when ``asv_order``)."""
+    position = torch.arange(n, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    codes = torch.zeros(n, d_model, device=device)
+    codes[:, 0::2] = torch.sin(position * freq)
+    codes[:, 1::2] = torch.cos(position * freq[: d_model // 2])
+    return codes
+
+
+class AAMModel(nn.Module):
+    """The AAM encoder with its pretraining and task heads.
+
+    Args:
+        spec: the model section of the run spec.
+        max_seq_len: nucleotides per ASV (size of the nucleotide position embedding).
+        n_targets: regression targets (0 = no regression head).
+        n_classes: classes (0 = no classification head); at most one of n_targets / n_classes.
+        covariate_cardinalities: number of categories of each categorical covariate.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        max_seq_len: int,
+        n_targets: int = 0,
+        n_classes: int = 0,
+        covariate_cardinalities: tuple[int, ...] | list[int] = (),
+    ):
+        super().__init__()
+        if n_targets and n_classes:
+            raise AamInputError("AAMModel", "both n_targets and n_classes were given", "a model has one task: regression or classification")
+        self.spec = spec
+        self.max_seq_len = max_seq_len
+        d = spec.d_model
+        # nucleotides of one ASV -> ASV vector
+        self.token_embedding = nn.Embedding(VOCAB_SIZE, d)
+        self.position_embedding = nn.Embedding(max_seq_len, d)
+        self.asv_encoder = Encoder(spec, spec.asv_layers)
+        self.nucleotide_head = NucleotideHead(d)
+        # ASV vectors of one sample -> sample embedding
+        self.abundance_embedding = (
+            nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d)) if spec.use_abundance else None
+        )
+        self.sample_encoder = Encoder(spec, spec.sample_layers)
+        self.embedding_projection = nn.Linear(d, d)
+        self.abundance_head = AbundanceHead(d)
+        # fine-tuning
+        n_out = n_targets or n_classes
+        self.task_head = TaskHead(d, n_out, tuple(covariate_cardinalities)) if n_out else None
+        self.target_normalizer = TargetNormalizer(n_targets) if n_targets else None
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # ---------------------------------------------------------------------------------------
+    # ASV encoder
+
+    def _encode_asvs(self, tokens: torch.Tensor, keep_states: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """tokens ``[N, L]`` of present ASVs -> (ASV vectors ``[N, D]``, token states ``[N, L, D]`` or None)."""
+        chunk = self.spec.asv_chunk_size or max(tokens.shape[0], 1)
+        vectors, states = [], []  # an empty batch still yields one empty chunk
+        for part in tokens.split(chunk):
+            valid = part != PAD
+            positions = torch.arange(part.shape[1], device=part.device)
+            x = self.token_embedding(part) + self.position_embedding(positions)
+            h = self.asv_encoder.contextualise(x, valid)
+            vectors.append(self.asv_encoder.pool(h, valid))
+            if keep_states:
+                states.append(h)
+        return torch.cat(vectors), (torch.cat(states) if keep_states else None)
+
+    # ---------------------------------------------------------------------------------------
+    # forward
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        counts: torch.Tensor,
+        want: set[str] | frozenset[str],
+        covariates: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Compute the outputs named in ``want`` and nothing else.
+
+        Args:
+            tokens: ``int64 [B, A, L]`` nucleotide tokens (PAD rows for missing ASVs).
+            counts: ``float [B, A]`` read counts; an ASV is present where ``counts > 0``.
+            want: subset of ``OUTPUTS``.
+            covariates: ``int64 [B, C]`` category codes (needed when the task head has covariates).
+
+        Returns: dict with the requested entries among ``sample_embedding [B, D]``,
+        ``nucleotide_logits [B, A, L, VOCAB_SIZE]`` (zeros on missing ASVs), ``abundance [B, A]``
+        (predicted log relative abundance) and ``task [B, T]`` (normalised units) or ``[B, n_classes]``.
+        """
+        self._check_inputs(tokens, counts, want, covariates)
+        if not want:
+            return {}
+        b, a, seq_len = tokens.shape
+        present = counts > 0  # [B, A]
+        rows = present.reshape(-1).nonzero().squeeze(1)  # flat indices of present ASVs
+        out: dict[str, torch.Tensor] = {}
+
+        asv_vectors, token_states = self._encode_asvs(
+            tokens.reshape(b * a, seq_len)[rows], keep_states="nucleotide_logits" in want
+        )
+        if token_states is not None:
+            logits = self.nucleotide_head(token_states)
+            out["nucleotide_logits"] = scatter_rows(logits, rows, b * a).view(b, a, seq_len, VOCAB_SIZE)
+
+        if not want & {"sample_embedding", "abundance", "task"}:
+            return out
+        x = scatter_rows(asv_vectors, rows, b * a).view(b, a, self.spec.d_model)
+        if self.abundance_embedding is not None:
+            x = x + self.abundance_embedding(log_relative_abundance(counts)[..., None].to(x.dtype)) * present[..., None]
+        if self.spec.asv_order:
+            x = x + sinusoidal_positions(a, self.spec.d_model, x.device).to(x.dtype)
+        h = self.sample_encoder.contextualise(x, present)
+        if "abundance" in want:
+            out["abundance"] = self.abundance_head(h) * present
+        if want & {"sample_embedding", "task"}:
+            embedding = self.embedding_projection(self.sample_encoder.pool(h, present))
+            if "sample_embedding" in want:
+                out["sample_embedding"] = embedding
+            if "task" in want:
+                out["task"] = self.task_head(embedding, covariates)
+        return out
+
+    def _check_inputs(self, tokens, counts, want, covariates) -> None:
+        unknown = set(want) - OUTPUTS
+        if unknown:
+            raise AamInputError("AAMModel.forward(want=...)", f"unknown outputs {sorted(unknown)}", f"choose from {sorted(OUTPUTS)}")
+        if "task" in want and self.task_head is None:
+            raise AamInputError("AAMModel.forward(want=...)", "'task' requested but the model has no task head", "build the model with n_targets or n_classes")
+        if tokens.dim() != 3 or counts.shape != tokens.shape[:2]:
+            raise AamInputError(
+                "batch",
+                f"tokens {tuple(tokens.shape)} and counts {tuple(counts.shape)} do not match",
+                "pass tokens [B, A, L] and counts [B, A]",
+            )
+        if tokens.shape[2] > self.max_seq_len:
+            raise AamInputError(
+                "batch tokens", f"ASVs have {tokens.shape[2]} positions but the model was built for {self.max_seq_len}",
+                "build the model with the data's max_seq_len",
+            )
+        if "task" in want:
+            self.task_head.check_covariates(covariates, tokens.shape[0])
+
+
+# -------------------------------------------------------------------------------------------
+# losses -> outputs, parameter counts
+
+
+def required_outputs(loss: LossSpec) -> frozenset[str]:
+    """The forward outputs the spec's active losses need (a loss with weight 0 needs nothing)."""
+    want = set()
+    if loss.pairwise_weight > 0:
+        want.add("sample_embedding")
+    if loss.nucleotide_weight > 0:
+        want.add("nucleotide_logits")
+    if loss.abundance_weight > 0:
+        want.add("abundance")
+    if loss.task != "none" and loss.task_weight > 0:
+        want.add("task")
+    return frozenset(want)
+
+
+def check_loss_compatible(model: ModelSpec, loss: LossSpec) -> None:
+    """Refuse loss settings the model cannot learn from meaningfully."""
+    if loss.abundance_weight > 0 and model.use_abundance:
+        raise AamInputError(
+            "loss.abundance_weight",
+            "abundance prediction is on while model.use_abundance=true feeds the same abundances in, so the loss only measures copying",
+            "set model.use_abundance=false, or loss.abundance_weight=0",
+        )
+
+
+def count_parameters(spec: ModelSpec, max_seq_len: int = 150) -> int:
+    """Parameters of the encoder and pretraining heads, counted on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = AAMModel(spec, max_seq_len)
+    return sum(p.numel() for p in model.parameters())
+
+
+def preset_parameter_table(max_seq_len: int = 150) -> list[tuple[str, int]]:
+    return [(name, count_parameters(ModelSpec(preset=name), max_seq_len)) for name in MODEL_PRESETS]
+
+
+if __name__ == "__main__":
+    print(f"{'preset':<8}{'d_model':>8}{'heads':>6}{'asv':>5}{'sample':>7}{'parameters':>16}")
+    for name, n in preset_parameter_table():
+        p = MODEL_PRESETS[name]
+        print(f"{name:<8}{p['d_model']:>8}{p['n_heads']:>6}{p['asv_layers']:>5}{p['sample_layers']:>7}{n:>16,}")
