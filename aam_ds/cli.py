@@ -100,10 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     from aam_ds.distances import cli as distances_cli
     from aam_ds.evaluation import cli as evaluation_cli
+    from aam_ds.inference import cli as inference_cli
 
     dist = sub.add_parser("distances", help="full distance matrix (unifrac HDF5 layout) with the torch or ssu engine")
     distances_cli.add_arguments(dist)
     dist.set_defaults(func=distances_cli.run)
+
+    predict = sub.add_parser("predict", help="predict metadata with a fine-tuned model.pt (TSV for `aam-ds evaluate`)")
+    inference_cli.add_arguments(predict)
+    predict.set_defaults(func=inference_cli.run)
 
     evaluate = sub.add_parser("evaluate", help="metrics, per-group errors, worst samples and plots for a predictions TSV")
     evaluation_cli.add_evaluate_arguments(evaluate)

@@ -103,7 +103,7 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
         source=str(sequences or table.source),
     )
     tokens = cached.tokens
-    table, tokens, metadata = _drop_rejected_asvs(table, tokens, metadata)
+    table, tokens, metadata = drop_rejected_asvs(table, tokens, metadata)
 
     rows = sample_rows(table, data.max_asvs, data.asv_selection, seed=data.split.seed)
     targets, class_names = _targets(target_columns, spec.loss.task, metadata)
@@ -125,7 +125,7 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
     )  # fmt: skip
 
 
-def _drop_rejected_asvs(
+def drop_rejected_asvs(
     table: FeatureTable, tokens: np.ndarray, metadata: pd.DataFrame | None
 ) -> tuple[FeatureTable, np.ndarray, pd.DataFrame | None]:
     """Remove ASVs that ``ambiguous_bases='drop_asv'`` rejected, then samples left without reads."""
