@@ -96,6 +96,10 @@ def test_regression_round_trip_matches_training_in_original_units(regression_run
     assert np.abs(predicted - true).mean() == pytest.approx(engine["mae"], rel=1e-5)
     r2 = 1 - ((predicted - true) ** 2).sum() / ((true - true.mean()) ** 2).sum()
     assert r2 == pytest.approx(engine["r2"], abs=1e-5)
+    # ... and the predictions the trainer itself wrote at the end of fine-tuning
+    at_training_end = read_predictions(regression_run / "predictions_val.tsv", "age", "regression")
+    assert at_training_end.sample_ids == val
+    np.testing.assert_allclose(predicted, at_training_end.values, rtol=1e-6)
 
     # original units: centred on the training ages (mean ~54 years, sd ~17), not on 0
     train_ages = ages.loc[split_ids(regression_run, "train")]
@@ -143,8 +147,8 @@ def write_untrained_export(path: Path, cache: Path, finetuning: bool = True, **o
     """An export written as the trainer writes it (its model builder, target description and export
     writer), with random weights instead of trained ones."""
     from aam_ds.data.prepare import prepare_data
-    from aam_ds.engine.checkpoint import write_export
-    from aam_ds.engine.trainer import build_model, target_description
+    from aam_ds.engine.checkpoint import Export, write_export
+    from aam_ds.engine.trainer import build_model, export_spec, target_description
     from aam_ds.spec import load_spec
 
     spec = load_spec(None, [f"{k}={v}" for k, v in settings(cache, path.parent / "run", **overrides).items()])
@@ -153,8 +157,8 @@ def write_untrained_export(path: Path, cache: Path, finetuning: bool = True, **o
     generator = torch.Generator().manual_seed(0)
     for param in model.parameters():  # random weights large enough that samples get distinct outputs
         param.data.normal_(0.0, 0.2, generator=generator)
-    write_export(path, model.state_dict(), spec.model_dump(mode="json"), model_args,
-                 target_description(data, model, finetuning), 0)
+    write_export(path, Export(model.state_dict(), export_spec(spec, model), model_args,
+                              target_description(data, model, finetuning), 0))
     return path
 
 

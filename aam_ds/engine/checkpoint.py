@@ -1,0 +1,171 @@
+"""DeepSpeed checkpoints (every rank), an atomically updated ``latest``, and the consolidated export.
+
+Layout of a checkpoint folder::
+
+    <dir>/step00000040/...   DeepSpeed's files (model, ZeRO partitions, optimizer, scheduler, client state)
+    <dir>/latest             the tag of the newest complete checkpoint (written by rename)
+
+``latest`` is only replaced after every rank has finished writing its tag folder, so a crash in
+the middle of a save leaves the previous checkpoint as the one a resume picks up.
+
+The consolidated export is one ``torch.save`` file, written by rename, holding the fp32 state
+dict (gathered from ZeRO partitions for stages 1-3), the run spec as JSON, the model
+constructor arguments and the target description (names, classes, normaliser mean / std):
+everything fine-tuning and predict need.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from aam_ds.engine.distributed import barrier
+from aam_ds.errors import AamInputError
+from aam_ds.io_utils import atomic_path, atomic_write_text
+
+EXPORT_FORMAT = "aam-ds-export/1"
+LATEST = "latest"
+
+
+def step_tag(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def latest_tag(ckpt_dir: Path) -> str | None:
+    """The tag named by ``<dir>/latest``, or None when there is no complete checkpoint."""
+    path = Path(ckpt_dir) / LATEST
+    if not path.is_file():
+        return None
+    tag = path.read_text().strip()
+    if not (Path(ckpt_dir) / tag).is_dir():
+        raise AamInputError(str(path), f"names checkpoint '{tag}' which does not exist", f"delete {path} or restore {tag}")
+    return tag
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep_last: int) -> str:
+    """Save on every rank (DeepSpeed's save is collective), then point ``latest`` at it; returns the tag.
+
+    Older tags beyond ``keep_last`` are removed by rank 0 after ``latest`` moved on.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    tag = step_tag(step)
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={**client_state, "step": step}, save_latest=False)
+    barrier()
+    if _rank() == 0:
+        atomic_write_text(ckpt_dir / LATEST, tag + "\n")
+        tags = sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step"))
+        for old in tags[: max(0, len(tags) - keep_last)]:
+            if old != tag:
+                shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+    barrier()
+    return tag
+
+
+def load_checkpoint(engine: Any, ckpt_dir: Path) -> dict[str, Any] | None:
+    """Restore model, optimizer, scheduler and client state from ``latest``; None if there is none."""
+    tag = latest_tag(ckpt_dir)
+    if tag is None:
+        return None
+    try:
+        path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    except (AssertionError, RuntimeError, ValueError) as exc:
+        raise AamInputError(
+            str(Path(ckpt_dir) / tag),
+            f"cannot be resumed ({exc})",
+            "resume with the same world size and ZeRO stage as the run that wrote it, "
+            "or start from its consolidated export via model.pretrained",
+        ) from exc
+    if path is None:
+        raise AamInputError(str(Path(ckpt_dir) / tag), "DeepSpeed found no checkpoint files", "delete the folder and its 'latest'")
+    return client_state
+
+
+def consolidated_state_dict(engine: Any, ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor] | None:
+    """The full fp32 state dict on rank 0 (None elsewhere); call on every rank after ``save_checkpoint``.
+
+    ZeRO stages 1-3 keep the fp32 master weights partitioned in the optimizer files; DeepSpeed's
+    ``zero_to_fp32`` merges them exactly. ZeRO-0 replicates them: they are read from the optimizer
+    (the bf16 optimizer's fp32 copies) or, in fp32, are the module's own.
+    """
+    state = None
+    if _rank() == 0:
+        if engine.zero_optimization_stage() == 0:
+            state = {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
+            state.update(_zero0_master_weights(engine))
+        else:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            state = dict(get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag))
+    barrier()
+    return state
+
+
+def _zero0_master_weights(engine: Any) -> dict[str, torch.Tensor]:
+    """fp32 master copies of 16-bit ZeRO-0 weights, from DeepSpeed's fp16 / bf16 optimizer wrapper
+    (unfused: one fp32 tensor per parameter; fused: one flat tensor per group). Empty in fp32
+    training, where the weights are their own masters."""
+    optimizer = engine.optimizer
+    if hasattr(optimizer, "fp32_groups_flat"):
+        groups = [torch._utils._unflatten_dense_tensors(flat, params)
+                  for params, flat in zip(optimizer.fp16_groups, optimizer.fp32_groups_flat)]
+    elif hasattr(optimizer, "fp32_groups") and hasattr(optimizer, "fp16_groups"):
+        groups = optimizer.fp32_groups
+    else:
+        return {}
+    names = {id(p): n for n, p in engine.module.named_parameters()}
+    return {
+        names[id(param)]: master.detach().float().cpu().clone()
+        for params, masters in zip(optimizer.fp16_groups, groups)
+        for param, master in zip(params, masters)
+    }
+
+
+@dataclass
+class Export:
+    """A loaded consolidated export."""
+
+    state_dict: dict[str, torch.Tensor]
+    spec: dict[str, Any]
+    model_args: dict[str, Any]
+    targets: dict[str, Any] | None
+    step: int
+
+
+def write_export(path: Path, export: Export) -> None:
+    """Write the consolidated export by rename (a crash leaves any previous export intact)."""
+    payload = {"format": EXPORT_FORMAT, "state_dict": export.state_dict, "spec": export.spec,
+               "model_args": export.model_args, "targets": export.targets, "step": export.step}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_export(path: Path) -> Export:
+    path = Path(path)
+    if not path.is_file():
+        raise AamInputError(str(path), "model export not found", "point to the model.pt written at the end of pretraining")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise AamInputError(str(path), f"cannot be read as a model export ({exc})", "re-export it from its checkpoint") from exc
+    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
+        raise AamInputError(str(path), "is not an aam-ds model export", "use the model.pt written by `aam-ds pretrain`")
+    return Export(payload["state_dict"], payload["spec"], payload["model_args"], payload["targets"], payload["step"])
+
+
+def build_exported_model(export: Export) -> torch.nn.Module:
+    """A fresh AAMModel with the export's architecture and weights (fp32, CPU, eval mode)."""
+    from aam_ds.model.aam import AAMModel
+    from aam_ds.spec import ModelSpec
+
+    model = AAMModel(ModelSpec.model_validate(export.spec["model"]), **export.model_args)
+    model.load_state_dict(export.state_dict)
+    return model.eval()

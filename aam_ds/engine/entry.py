@@ -1,0 +1,50 @@
+"""Command-line plumbing shared by ``launch/pretrain.py`` and ``launch/finetune.py``.
+
+Works under the deepspeed launcher (which appends ``--local_rank=N``), under torchrun (which
+sets LOCAL_RANK) and as a plain one-process ``python launch/pretrain.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from aam_ds.errors import AamInputError
+from aam_ds.spec import RunSpec, load_spec
+
+
+def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--spec", type=Path, help="run spec (YAML, TOML or JSON); default: the built-in demo run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec field, e.g. --set model.d_model=256 (repeatable)")
+    parser.add_argument("--ds-config", type=Path, help="DeepSpeed JSON; decides ZeRO, offload, precision (must agree with the spec)")
+    parser.add_argument("--resume", action="store_true", help="continue from <checkpoint dir>/latest")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
+    return parser.parse_args(argv)
+
+
+def run_stage(stage: Callable[[RunSpec, Path | None], object], argv: Sequence[str] | None = None, description: str = "") -> None:
+    """Parse arguments, run ``stage(spec, ds_config_path)`` on this rank, and exit the process.
+
+    A bad input prints its one-line AamInputError (prefixed with the rank) and exits 2; any other
+    failure has already been printed with its rank by the trainer and exits 1.
+    """
+    from aam_ds.engine.distributed import exit_process
+
+    args = parse_args(argv, description)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    rank = os.environ.get("RANK", "0")
+    try:
+        overrides = args.overrides + (["checkpoint.resume=true"] if args.resume else [])
+        stage(load_spec(args.spec, overrides), args.ds_config)
+    except AamInputError as exc:
+        sys.stderr.write(f"[rank {rank}] error: {exc}\n")
+        exit_process(2)
+    except BaseException:
+        exit_process(1)
+    exit_process(0)

@@ -1,0 +1,104 @@
+"""Evaluation on a held-out split, sharded over ranks.
+
+Every rank takes an equal contiguous share of the split (``len // W`` samples; the remainder is
+left out so every rank runs the same number of forward passes, which ZeRO-3 requires) and
+forwards it in micro-batches. Embeddings, predictions and sample indices are gathered, so the
+pairwise metrics cover every pair of evaluated samples, across ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from aam_ds.data.dataset import collate
+from aam_ds.engine.distributed import DistContext, all_reduce_mean
+from aam_ds.engine.objective import Objective, _unwrap
+from aam_ds.engine.pairwise import gather_no_grad
+from aam_ds.model import losses
+from aam_ds.model.masking import mask_nucleotides
+
+EVAL_MASK_SEED = 12345
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 2 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+@torch.no_grad()
+def evaluate(model: Any, dataset: Any, objective: Objective, ctx: DistContext, micro_batch: int
+             ) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray] | None]:
+    """Metrics over ``dataset`` (same dict on every rank) and, when the pairwise loss is on, the
+    (predicted, true) distances of all evaluated pairs i<j (``float [P]`` each)."""
+    share = len(dataset) // ctx.world_size
+    if share < 1 or (share * ctx.world_size < 2 and "sample_embedding" in objective.want):
+        return {}, None
+    want = objective.want
+    positions = list(range(ctx.rank * share, (ctx.rank + 1) * share))
+    was_training = model.training
+    model.eval()
+    local: dict[str, float] = {}
+    embeddings, indices, task_out, task_true = [], [], [], []
+    for start in range(0, share, micro_batch):
+        batch = to_device(collate([dataset[i] for i in positions[start : start + micro_batch]]), ctx.device)
+        weight = len(batch["counts"]) / share
+        tokens, labels = batch["tokens"], None
+        if "nucleotide_logits" in want:
+            gen = torch.Generator().manual_seed(EVAL_MASK_SEED + start)
+            tokens, labels = mask_nucleotides(tokens, objective.loss.mask_fraction, gen)
+        out = model(tokens, batch["counts"], want, batch.get("covariates"))
+        if labels is not None:
+            logits = out["nucleotide_logits"]
+            local["nucleotide"] = local.get("nucleotide", 0.0) + weight * losses.masked_nucleotide_loss(logits, labels).item()
+            local["nucleotide_accuracy"] = local.get("nucleotide_accuracy", 0.0) + weight * losses.masked_nucleotide_accuracy(logits, labels).nan_to_num(0.0).item()
+        if "abundance" in out:
+            local["abundance"] = local.get("abundance", 0.0) + weight * losses.abundance_loss(out["abundance"], batch["counts"]).item()
+        if "sample_embedding" in out:
+            embeddings.append(out["sample_embedding"].float())
+            indices.append(batch["sample_index"])
+        if "task" in out:
+            task_out.append(out["task"].float())
+            task_true.append(batch["targets"])
+    metrics = all_reduce_mean(local, ctx.device)
+    scatter = None
+    if embeddings:
+        emb, idx = gather_no_grad(torch.cat(embeddings)), gather_no_grad(torch.cat(indices))
+        metrics["pairwise"] = losses.pairwise_distance_loss(emb, objective.distance_target.batch(idx)).item()
+        i, j = torch.triu_indices(len(emb), len(emb), offset=1, device=emb.device)
+        predicted = losses.embedding_distances(emb)[i, j].cpu().numpy()
+        true = objective.distance_target.batch(idx)[i, j].float().cpu().numpy()
+        metrics["distance_r"] = pearson(predicted, true)
+        scatter = (predicted, true)
+    if task_out:
+        metrics.update(task_metrics(model, objective, gather_no_grad(torch.cat(task_out)), gather_no_grad(torch.cat(task_true))))
+    metrics["loss"] = sum(
+        weight * metrics[name]
+        for name, weight in (("pairwise", objective.loss.pairwise_weight), ("nucleotide", objective.loss.nucleotide_weight),
+                             ("abundance", objective.loss.abundance_weight), ("task", objective.loss.task_weight))
+        if name in metrics
+    )  # fmt: skip
+    model.train(was_training)
+    return metrics, scatter
+
+
+def task_metrics(model: Any, objective: Objective, predicted: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Task loss plus accuracy (classification) or MAE and R^2 in the targets' own units (regression)."""
+    metrics = {"task": objective.task_loss(model, predicted, targets).item()}
+    if objective.loss.task == "classification":
+        metrics["accuracy"] = (predicted.argmax(-1) == targets.reshape(-1)).float().mean().item()
+        return metrics
+    original = _unwrap(model).target_normalizer.inverse(predicted)
+    targets = targets.float().reshape(original.shape)
+    metrics["mae"] = (original - targets).abs().mean().item()
+    residual = ((original - targets) ** 2).sum(0)
+    total = ((targets - targets.mean(0)) ** 2).sum(0).clamp_min(1e-12)
+    metrics["r2"] = (1 - residual / total).mean().item()
+    return metrics

@@ -1,0 +1,116 @@
+"""Memory: a per-ZeRO-stage estimate of model-state bytes, peak measurement, micro-batch search.
+
+Model states per parameter (bytes): fp32 training keeps weights 4 + gradients 4 + Adam moments 8;
+bf16 / fp16 keep 16-bit weights 2 + gradients 2 + fp32 master weights, moments 12. ZeRO-1
+partitions the optimizer part over the W ranks, ZeRO-2 the gradients too, ZeRO-3 everything.
+Offloading moves the optimizer part (and with ``offload_param`` the weights) to host memory.
+Activations are not included: they depend on the batch, which the search below measures.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class StateBytes:
+    """Model-state bytes held by one rank, on the accelerator (or CPU-only host) and offloaded to host."""
+
+    device: float
+    offloaded: float
+
+
+def model_state_bytes(n_params: int, world_size: int, stage: int, precision: str,
+                      offload_optimizer: bool = False, offload_param: bool = False) -> StateBytes:
+    weights, grads, optim = (4, 4, 8) if precision == "fp32" else (2, 2, 12)
+    shard = 1.0 / world_size
+    weights_f = shard if stage >= 3 else 1.0
+    grads_f = shard if stage >= 2 else 1.0
+    optim_f = shard if stage >= 1 else 1.0
+    on_device = {"weights": weights * weights_f, "grads": grads * grads_f, "optim": optim * optim_f}
+    offloaded = 0.0
+    if offload_optimizer and stage >= 1:
+        offloaded += on_device.pop("optim")
+    if offload_param and stage == 3:
+        offloaded += on_device.pop("weights")
+    return StateBytes(n_params * sum(on_device.values()), n_params * offloaded)
+
+
+def estimate_table(n_params: int, world_size: int, precision: str, chosen_stage: int,
+                   offload_optimizer: bool, offload_param: bool) -> str:
+    """Printable per-stage estimate for this model and world size; the chosen stage is marked."""
+    lines = [f"model states per rank, {n_params:,} parameters, {world_size} rank(s), {precision} (activations extra):"]
+    for stage in range(4):
+        est = model_state_bytes(n_params, world_size, stage, precision,
+                                offload_optimizer and stage == chosen_stage, offload_param and stage == chosen_stage)
+        mark = "  <- this run" if stage == chosen_stage else ""
+        extra = f" + {est.offloaded / GIB:.3f} GiB offloaded to host" if est.offloaded else ""
+        lines.append(f"  ZeRO-{stage}: {est.device / GIB:.3f} GiB{extra}{mark}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# measured peaks
+
+
+class PeakMemory:
+    """Peak memory of this process between ``reset()`` and ``peak_bytes()``: CUDA allocator peak on a
+    GPU, resident set size (VmHWM, reset through /proc/self/clear_refs) on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def reset(self) -> None:
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass  # not Linux: ru_maxrss (a whole-process peak) is the fallback below
+
+    def peak_bytes(self) -> float:
+        if self.cuda:
+            return float(torch.cuda.max_memory_allocated())
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
+
+
+def search_micro_batch(peak_for: Callable[[int], float | None], budget_bytes: float, upper: int, lower: int = 1) -> int:
+    """Largest micro batch in ``[lower, upper]`` whose measured peak stays within ``budget_bytes``.
+
+    ``peak_for(m)`` runs real training steps with micro batch ``m`` and returns the peak bytes, or
+    None when they ran out of memory. Doubles from ``lower`` until a size fails, then bisects.
+    Returns 0 when even ``lower`` does not fit.
+    """
+    fits = lambda m: (peak := peak_for(m)) is not None and peak <= budget_bytes  # noqa: E731
+    good, bad = lower - 1, upper + 1
+    m = lower
+    while m <= upper:
+        if not fits(m):
+            bad = m
+            break
+        good, m = m, m * 2
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return good if good >= lower else 0

@@ -1,0 +1,326 @@
+"""The DeepSpeed training loop behind ``aam-ds pretrain`` / ``aam-ds finetune`` and ``launch/*.py``.
+
+One function per stage, run on every rank::
+
+    pretrain(spec, ds_config_path=None) -> RunResult   # pairwise + masked-nucleotide (+ abundance)
+    finetune(spec, ds_config_path=None) -> RunResult   # task head on a pretrained export
+
+Order: process group -> spec reconciled with the DeepSpeed file -> data (rank 0 first: it fills
+the token cache and writes the splits) -> model -> optional micro-batch search -> engine ->
+resume -> steps (log, evaluate, checkpoint) -> final checkpoint and consolidated export.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import deepspeed
+import torch
+from torch.utils.data import DataLoader
+
+from aam_ds.data.dataset import collate
+from aam_ds.data.prepare import PreparedData, prepare_data
+from aam_ds.ds_config import resolve_ds_config
+from aam_ds.engine import checkpoint as ckpt
+from aam_ds.engine.batches import GlobalBatchSampler
+from aam_ds.engine.distributed import (DistContext, all_reduce_max, all_reduce_mean, barrier, init_distributed,
+                                       report_rank_failure)
+from aam_ds.engine.evaluate import evaluate, to_device
+from aam_ds.engine.memory import GIB, PeakMemory, estimate_table, is_out_of_memory, search_micro_batch
+from aam_ds.engine.objective import Objective
+from aam_ds.engine.schedule import scheduler_factory
+from aam_ds.errors import AamInputError
+from aam_ds.io_utils import atomic_write_json
+from aam_ds.model import losses
+from aam_ds.model.aam import AAMModel, check_loss_compatible
+from aam_ds.spec import RunSpec
+from aam_ds.tracking import make_logger
+
+EXPORT_NAME = "model.pt"
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports (the same on every rank)."""
+
+    step: int
+    train_losses: list[float] = field(default_factory=list)  # total loss per optimizer step run here
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    export_path: Path | None = None
+    micro_batch_size: int = 0
+
+
+def pretrain(spec: RunSpec, ds_config_path: Path | None = None) -> RunResult:
+    """Pretrain (pairwise distances + masked nucleotides) on every rank; writes ``<run_dir>/model.pt``."""
+    return train(spec, ds_config_path, finetuning=False)
+
+
+def finetune(spec: RunSpec, ds_config_path: Path | None = None) -> RunResult:
+    """Fine-tune the task head (from ``model.pretrained`` when set); writes ``<run_dir>/model.pt``."""
+    if spec.loss.task == "none":
+        raise AamInputError("loss.task", "fine-tuning needs a task", "set loss.task=regression or classification and data.targets")
+    return train(spec, ds_config_path, finetuning=True)
+
+
+def train(spec: RunSpec, ds_config_path: Path | None, finetuning: bool) -> RunResult:
+    ctx = init_distributed(spec.parallel.collective_timeout_s)
+    with report_rank_failure(ctx.rank):
+        return _train(ctx, spec, ds_config_path, finetuning)
+
+
+# --------------------------------------------------------------------------------------------
+# setup
+
+
+def check_world_size(spec: RunSpec, world_size: int) -> None:
+    par = spec.parallel
+    if par.world_size not in (None, world_size) or par.global_batch_size != par.micro_batch_size * par.grad_accum_steps * world_size:
+        raise AamInputError(
+            "parallel",
+            f"global_batch_size={par.global_batch_size} (micro {par.micro_batch_size} x accumulation {par.grad_accum_steps}"
+            f"{f', world_size={par.world_size}' if par.world_size else ''}) does not fit the {world_size} rank(s) launched",
+            f"give parallel.micro_batch_size and grad_accum_steps only, or a global batch divisible by "
+            f"micro x accumulation x {world_size}; unset parallel.world_size or launch that many ranks",
+        )
+
+
+def check_device_support(spec: RunSpec, device: torch.device) -> None:
+    if device.type == "cpu" and spec.parallel.precision == "fp16":
+        raise AamInputError("parallel.precision", "fp16 is not supported by DeepSpeed on CPU", "use bf16 or fp32 on CPU")
+
+
+def load_data(spec: RunSpec, ctx: DistContext) -> PreparedData:
+    """Rank 0 prepares first (token cache, split files); the others then read the warm cache."""
+    data = prepare_data(spec, spec.tracking.run_dir) if ctx.is_main else None
+    barrier()
+    return data if data is not None else prepare_data(spec, None)
+
+
+def build_model(spec: RunSpec, data: PreparedData, finetuning: bool) -> tuple[AAMModel, dict[str, Any]]:
+    """The model and its constructor arguments (recorded in the export)."""
+    check_loss_compatible(spec.model, spec.loss)
+    n_targets = len(data.target_names) if finetuning and spec.loss.task == "regression" else 0
+    n_classes = len(data.class_names or []) if finetuning and spec.loss.task == "classification" else 0
+    args = {"max_seq_len": data.max_seq_len, "n_targets": n_targets, "n_classes": n_classes,
+            "covariate_cardinalities": [len(c) for c in data.covariate_classes] if finetuning else []}
+    model_spec = spec.model
+    export = ckpt.load_export(spec.model.pretrained) if spec.model.pretrained else None
+    if export is not None:
+        if export.model_args["max_seq_len"] < data.max_seq_len:
+            raise AamInputError(str(spec.model.pretrained), f"built for {export.model_args['max_seq_len']} nucleotides, data has {data.max_seq_len}",
+                                f"set data.max_seq_len={export.model_args['max_seq_len']}")
+        args["max_seq_len"] = export.model_args["max_seq_len"]
+        keep = {k: getattr(spec.model, k) for k in ("dropout", "asv_chunk_size", "activation_checkpointing", "pretrained", "freeze_encoder")}
+        model_spec = type(spec.model).model_validate({**export.spec["model"], **keep})
+    torch.manual_seed(spec.schedule.seed)
+    model = AAMModel(model_spec, **args)
+    if export is not None:
+        missing, unexpected = model.load_state_dict(export.state_dict, strict=False)
+        foreign = unexpected + [k for k in missing if not k.startswith(("task_head.", "target_normalizer."))]
+        if foreign:
+            raise AamInputError(str(spec.model.pretrained), f"weights do not fit the model ({foreign[:5]})", "fine-tune with the export's model settings")
+    if finetuning and spec.model.freeze_encoder:
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith("task_head."))
+    if n_targets:
+        model.target_normalizer.fit(torch.as_tensor(data.targets[data.splits["train"]]), "data.targets (training split)")
+    return model, args
+
+
+def build_objective(spec: RunSpec, data: PreparedData, device: torch.device, model: AAMModel) -> Objective:
+    target = None
+    if spec.loss.pairwise_weight > 0:
+        from aam_ds.distances.target import build_distance_target
+
+        target = build_distance_target(spec.data.model_copy(update={"tree": data.tree or spec.data.tree}), data.table, device)
+    weights = None
+    if spec.loss.task == "classification" and spec.loss.class_weights:
+        train_labels = torch.as_tensor(data.targets[data.splits["train"]])
+        weights = losses.inverse_frequency_weights(train_labels, len(data.class_names))
+    return Objective(spec.loss, target, weights)
+
+
+def build_engine(model: AAMModel, spec: RunSpec, ds_config: dict[str, Any]) -> Any:
+    params = [p for p in model.parameters() if p.requires_grad]
+    scheduler = None if "scheduler" in ds_config else scheduler_factory(spec.schedule)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config, lr_scheduler=scheduler)
+    return engine
+
+
+def micro_step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
+    """Seeds masking and dropout from (seed, micro-step, rank) alone, so a resumed run repeats them."""
+    value = (seed * 1_000_003 + micro_step) * 1009 + rank
+    torch.manual_seed(value)
+    return torch.Generator().manual_seed(value)
+
+
+def train_batches(data: PreparedData, spec: RunSpec, ctx: DistContext, micro: int, start_micro_step: int) -> Iterator[dict[str, torch.Tensor]]:
+    dataset = data.dataset("train")
+    sampler = GlobalBatchSampler(len(dataset), micro, ctx.world_size, ctx.rank, spec.schedule.seed, start_micro_step)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=spec.data.num_workers,
+                        pin_memory=ctx.device.type == "cuda")
+    return iter(loader)
+
+
+def optimizer_step(engine: Any, batches: Iterator, objective: Objective, ctx: DistContext, spec: RunSpec, step: int) -> dict[str, float]:
+    """One optimizer step (``grad_accum_steps`` micro-steps); the mean loss components over micro-steps."""
+    accum = spec.parallel.grad_accum_steps
+    totals: dict[str, float] = {}
+    for micro in range(accum):
+        gen = micro_step_generator(spec.schedule.seed, step * accum + micro, ctx.rank)
+        parts = objective(engine, to_device(next(batches), ctx.device), gen)
+        engine.backward(parts["loss"])
+        engine.step()
+        for name, value in parts.items():
+            totals[name] = totals.get(name, 0.0) + value.item() / accum
+    return totals
+
+
+# --------------------------------------------------------------------------------------------
+# automatic micro batch
+
+
+def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], data: PreparedData, model_factory: Any,
+                     objective: Objective, ctx: DistContext) -> int:
+    """Largest micro batch whose real training steps (all active losses, this ZeRO stage) stay under
+    ``parallel.max_memory_gb`` per rank; every rank agrees on the worst rank's peak."""
+    meter = PeakMemory(ctx.device)
+    upper = len(data.splits["train"]) // ctx.world_size
+
+    def peak_for(micro: int) -> float | None:
+        meter.reset()
+        engine = None
+        try:
+            model = model_factory()
+            engine = build_engine(model, spec, {**ds_config, "train_micro_batch_size_per_gpu": micro})
+            batches = train_batches(data, spec, ctx, micro, 0)
+            for step in range(2):
+                optimizer_step(engine, batches, objective, ctx, spec, step)
+            peak = meter.peak_bytes()
+        except Exception as exc:  # only out-of-memory means "does not fit"
+            if not is_out_of_memory(exc):
+                raise
+            peak = float("inf")
+        finally:
+            del engine
+            gc.collect()
+        peak = all_reduce_max(peak, ctx.device)
+        return None if peak == float("inf") else peak
+
+    lower = 2 if spec.loss.pairwise_weight > 0 else 1  # the pairwise loss needs pairs on every rank
+    micro = search_micro_batch(peak_for, spec.parallel.max_memory_gb * GIB, upper, lower)
+    if micro == 0:
+        raise AamInputError("parallel.max_memory_gb", f"even a micro batch of {lower} needs more than {spec.parallel.max_memory_gb} GiB per rank",
+                            "raise the budget, use a higher ZeRO stage or offload, or a smaller model")
+    return micro
+
+
+def with_micro_batch(spec: RunSpec, ds_config: dict[str, Any], micro: int, world_size: int) -> tuple[RunSpec, dict[str, Any]]:
+    par = spec.parallel.model_copy(update={"micro_batch_size": micro, "global_batch_size": micro * spec.parallel.grad_accum_steps * world_size})
+    config = {k: v for k, v in ds_config.items() if k != "train_batch_size"}
+    config["train_micro_batch_size_per_gpu"] = micro
+    return spec.model_copy(update={"parallel": par}), config
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+
+
+def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetuning: bool) -> RunResult:
+    spec, ds_config = resolve_ds_config(spec, ds_config_path)
+    check_world_size(spec, ctx.world_size)
+    check_device_support(spec, ctx.device)
+    run_dir, ckpt_dir = spec.tracking.run_dir, spec.checkpoint_dir()
+    data = load_data(spec, ctx)
+    model, model_args = build_model(spec, data, finetuning)
+    objective = build_objective(spec, data, ctx.device, model)
+    if spec.parallel.max_memory_gb:
+        micro = find_micro_batch(spec, ds_config, data, lambda: build_model(spec, data, finetuning)[0], objective, ctx)
+        spec, ds_config = with_micro_batch(spec, ds_config, micro, ctx.world_size)
+    if ctx.is_main:
+        atomic_write_json(run_dir / "spec.json", spec.model_dump(mode="json"))
+        atomic_write_json(run_dir / "ds_config.json", ds_config)
+    n_params = sum(p.numel() for p in model.parameters())
+    engine = build_engine(model, spec, ds_config)
+
+    start_step, result = 0, RunResult(step=0, micro_batch_size=spec.parallel.micro_batch_size)
+    if spec.checkpoint.resume:
+        state = ckpt.load_checkpoint(engine, ckpt_dir)
+        start_step = state["step"] if state else 0
+    par, sched = spec.parallel, spec.schedule
+    batches = train_batches(data, spec, ctx, par.micro_batch_size, start_step * par.grad_accum_steps)
+    steps_per_epoch = max(1, len(data.splits["train"]) // par.global_batch_size)
+    val = data.dataset("val") if len(data.splits.get("val", [])) else None
+
+    with make_logger(spec, ctx.rank, run_dir) as log:
+        log.start(spec, sched.steps, {"world size": ctx.world_size, "parameters": n_params, "micro batch": par.micro_batch_size,
+                                      "stage": "finetune" if finetuning else "pretrain", "resumed at step": start_step})
+        log.print(estimate_table(n_params, ctx.world_size, par.precision, par.zero_stage,
+                                 par.offload_optimizer != "none", par.offload_param != "none"))
+        meter, window_start, window = PeakMemory(ctx.device), time.perf_counter(), 0
+        for step in range(start_step, sched.steps):
+            metrics = all_reduce_mean(optimizer_step(engine, batches, objective, ctx, spec, step), ctx.device)
+            result.train_losses.append(metrics["loss"])
+            window += 1
+            done = step + 1
+            if done % sched.log_every == 0 or done == sched.steps:
+                rate = par.global_batch_size * window / (time.perf_counter() - window_start)
+                metrics["peak_memory_gib"] = all_reduce_max(meter.peak_bytes(), ctx.device) / GIB
+                log.log_train(done, step // steps_per_epoch, metrics, rate, engine.get_lr()[0])
+                window_start, window = time.perf_counter(), 0
+            if val is not None and (done % sched.eval_every == 0 or done == sched.steps):
+                result.eval_metrics, scatter = evaluate(engine, val, objective, ctx, par.micro_batch_size)
+                log.log_eval(done, result.eval_metrics, scatter)
+            if spec.checkpoint.every_steps and done % spec.checkpoint.every_steps == 0 and done != sched.steps:
+                ckpt.save_checkpoint(engine, ckpt_dir, done, {}, spec.checkpoint.keep_last)
+        result.step = sched.steps
+        tag = ckpt.save_checkpoint(engine, ckpt_dir, sched.steps, {}, spec.checkpoint.keep_last)
+        state_dict = ckpt.consolidated_state_dict(engine, ckpt_dir, tag)
+        result.export_path = run_dir / EXPORT_NAME
+        if ctx.is_main:
+            export = ckpt.Export(state_dict, export_spec(spec, model), model_args, target_description(data, model, finetuning), sched.steps)
+            ckpt.write_export(result.export_path, export)
+            log.print(f"consolidated model written to {result.export_path}")
+            if finetuning:
+                write_split_predictions(export, data, run_dir, par.micro_batch_size, ctx.device)
+        barrier()
+        summary = {f"val {name}": value for name, value in result.eval_metrics.items()}
+        if result.train_losses:
+            summary["train loss"] = result.train_losses[-1]
+        log.finish(summary)
+    return result
+
+
+def export_spec(spec: RunSpec, model: AAMModel) -> dict[str, Any]:
+    """The run spec as JSON, with the model section the model was actually built from (a fine-tuned
+    model takes its architecture from the pretrained export, not from the fine-tuning spec)."""
+    return {**spec.model_dump(mode="json"), "model": model.spec.model_dump(mode="json")}
+
+
+def write_split_predictions(export: ckpt.Export, data: PreparedData, run_dir: Path, batch_size: int, device: torch.device) -> None:
+    """``<run_dir>/predictions_<split>.tsv`` for val and test, from the consolidated weights: the
+    same code path as ``aam-ds predict``, so a later predict on the export reproduces them."""
+    from aam_ds.inference.predict import predict_split, write_prediction_files
+
+    model = ckpt.build_exported_model(export)
+    for split in ("val", "test"):
+        if len(data.splits.get(split, [])):
+            write_prediction_files(run_dir / f"predictions_{split}.tsv", predict_split(model, data, split, batch_size, device))
+
+
+def target_description(data: PreparedData, model: AAMModel, finetuning: bool) -> dict[str, Any] | None:
+    """What predict needs to map outputs back to metadata: names, classes, normaliser mean / std."""
+    if not finetuning:
+        return None
+    norm = model.target_normalizer
+    return {
+        "target_names": data.target_names,
+        "class_names": data.class_names,
+        "covariate_names": data.covariate_names,
+        "covariate_classes": data.covariate_classes,
+        "normalizer": None if norm is None else {"mean": norm.mean.tolist(), "std": norm.std.tolist()},
+    }

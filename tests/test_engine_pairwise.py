@@ -1,0 +1,174 @@
+"""Gathered pairwise loss under real DeepSpeed engines with 2 gloo ranks on CPU.
+
+Oracle: plain torch (no DeepSpeed, no process group) training the same small model with torch
+AdamW over the concatenated global batch. After 3 optimizer steps the parameters of the 2-rank
+DeepSpeed run must match it to 1e-6 for ZeRO 0-3, with and without gradient accumulation.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+
+import pytest
+import torch
+
+from aam_ds.engine.batches import GlobalBatchSampler, fixed_batches
+from aam_ds.engine.distributed import free_port
+
+N_SAMPLES, N_FEATURES, DIM, MICRO, STEPS, LR = 24, 5, 4, 3, 3, 2e-2
+
+
+def make_problem() -> tuple[torch.Tensor, torch.Tensor]:
+    """Features ``[N, F]`` and the true points ``[N, 3]`` whose distances are the targets."""
+    gen = torch.Generator().manual_seed(7)
+    return torch.randn(N_SAMPLES, N_FEATURES, generator=gen), torch.randn(N_SAMPLES, 3, generator=gen)
+
+
+def make_model() -> torch.nn.Module:
+    """No bias on the output layer: distances are translation invariant, so its gradient is 0 up to
+    rounding noise, which Adam would amplify to lr-sized steps of random sign."""
+    torch.manual_seed(11)
+    return torch.nn.Sequential(torch.nn.Linear(N_FEATURES, 16), torch.nn.Tanh(), torch.nn.Linear(16, DIM, bias=False))
+
+
+def pair_mse(emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of embedding distances vs targets over pairs i<j."""
+    i, j = torch.triu_indices(len(emb), len(emb), offset=1)
+    pred = (emb[i] - emb[j]).pow(2).sum(-1).clamp_min(1e-12).sqrt()
+    return (pred - target[i, j]).pow(2).mean()
+
+
+def reference_run(accum: int, world: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """One process, no DeepSpeed: micro batch = world x MICRO, torch AdamW, same clipping."""
+    features, points = make_problem()
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
+    batches = iter(GlobalBatchSampler(N_SAMPLES, MICRO * world, 1, 0, seed=3))
+    losses = []
+    for _ in range(STEPS):
+        opt.zero_grad()
+        for _ in range(accum):
+            idx = torch.tensor(next(batches))
+            loss = pair_mse(model(features[idx]), torch.cdist(points[idx], points[idx]))
+            (loss / accum).backward()
+            losses.append(loss.item())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _rank_main(rank: int, world: int, port: int, configs: list[tuple[int, int]], out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    import deepspeed
+
+    from aam_ds.engine.distributed import init_distributed, report_rank_failure
+    from aam_ds.engine.pairwise import gathered_pairwise_loss
+
+    with report_rank_failure(rank):
+        init_distributed(timeout_s=120)
+        features, points = make_problem()
+        results = {}
+        for stage, accum in configs:
+            config = {
+                "train_micro_batch_size_per_gpu": MICRO,
+                "gradient_accumulation_steps": accum,
+                "gradient_clipping": 1.0,
+                "optimizer": {"type": "AdamW", "params": {"lr": LR, "weight_decay": 0.01, "torch_adam": True}},
+                "zero_optimization": {"stage": stage},
+                "steps_per_print": 10**6,
+            }
+            model = make_model()
+            engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+            batches = iter(GlobalBatchSampler(N_SAMPLES, MICRO, world, rank, seed=3))
+            losses = []
+            for _ in range(STEPS * accum):
+                idx = torch.tensor(next(batches))
+                loss = gathered_pairwise_loss(engine(features[idx]), idx, lambda g: torch.cdist(points[g], points[g]), pair_mse)
+                engine.backward(loss)
+                engine.step()
+                losses.append(loss.item())
+            params = list(engine.module.parameters())
+            with deepspeed.zero.GatheredParameters(params):
+                state = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+            results[(stage, accum)] = (losses, state)
+            del engine
+        if rank == 0:
+            torch.save(results, out)
+
+
+def run_ranks(target, world: int, *args, timeout: float = 240) -> list[int]:
+    """Run ``target(rank, world, port, *args)`` in ``world`` spawned processes; exit codes.
+
+    Fails (after killing them) if any process is still running after ``timeout`` seconds.
+    """
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=target, args=(r, world, port, *args)) for r in range(world)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, f"ranks still running after {timeout} s (collective hang)"
+    return [p.exitcode for p in procs]
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_for_every_zero_stage(tmp_path):
+    configs = [(stage, accum) for stage in (0, 1, 2, 3) for accum in (1, 2)]
+    assert run_ranks(_rank_main, 2, configs, str(tmp_path / "results.pt")) == [0, 0]
+    results = torch.load(tmp_path / "results.pt")
+    for accum in (1, 2):
+        ref_losses, ref_state = reference_run(accum, world=2)
+        for stage in (0, 1, 2, 3):
+            losses, state = results[(stage, accum)]
+            assert losses == pytest.approx(ref_losses, abs=1e-6), f"ZeRO-{stage} accum {accum} losses"
+            for name, ref in ref_state.items():
+                torch.testing.assert_close(state[name], ref, atol=1e-6, rtol=0, msg=f"ZeRO-{stage} accum {accum} {name}")
+
+
+def test_cross_rank_pairs_change_the_loss():
+    """The loss the ranks report (all pairs of the global batch) is not the within-rank-only loss.
+
+    This is what makes the exactness test above sensitive to a gather that lost the cross-rank
+    pairs: with 2 ranks x 3 samples, 9 of the 15 pairs cross ranks.
+    """
+    features, points = make_problem()
+    model = make_model()
+    idx = torch.tensor(next(iter(GlobalBatchSampler(N_SAMPLES, MICRO * 2, 1, 0, seed=3))))
+    with torch.no_grad():
+        emb = model(features[idx])
+        all_pairs = pair_mse(emb, torch.cdist(points[idx], points[idx]))
+        halves = [slice(0, MICRO), slice(MICRO, 2 * MICRO)]
+        within = sum(pair_mse(emb[h], torch.cdist(points[idx][h], points[idx][h])) for h in halves) / 2
+    assert abs(all_pairs.item() - within.item()) > 1e-3 * all_pairs.item()
+
+
+def test_rank_slices_concatenate_to_the_single_process_batch():
+    one = iter(GlobalBatchSampler(20, 6, 1, 0, seed=5))
+    ranks = [iter(GlobalBatchSampler(20, 3, 2, r, seed=5)) for r in range(2)]
+    for _ in range(7):  # crosses epoch boundaries (3 global micro-batches per epoch)
+        assert next(one) == next(ranks[0]) + next(ranks[1])
+
+
+def test_resumed_sampler_continues_the_sequence():
+    full = iter(GlobalBatchSampler(20, 3, 2, 1, seed=5))
+    seq = [next(full) for _ in range(8)]
+    resumed = iter(GlobalBatchSampler(20, 3, 2, 1, seed=5, start_micro_step=5))
+    assert [next(resumed) for _ in range(3)] == seq[5:]
+
+
+def test_epoch_drops_remainder_and_covers_each_sample_once():
+    sampler = GlobalBatchSampler(20, 3, 2, 0, seed=1)
+    other = GlobalBatchSampler(20, 3, 2, 1, seed=1)
+    it0, it1 = iter(sampler), iter(other)
+    seen = [i for _ in range(sampler.micro_steps_per_epoch) for i in next(it0) + next(it1)]
+    assert len(seen) == 18 and len(set(seen)) == 18
+    assert fixed_batches(7, 2, 2, 1) == [[2, 3]]

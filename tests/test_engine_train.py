@@ -1,0 +1,219 @@
+"""The training loop through its real entry points: torchrun, the deepspeed launcher (two
+simulated nodes), plain python; resume after a SIGKILL; the consolidated export; W&B offline;
+CPU optimizer offload. Every launch runs in its own session under an outer timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import torch
+
+from aam_ds.engine.distributed import free_port
+from aam_ds.tracking import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = ROOT / ".venv" / "bin"
+PRETRAIN = str(ROOT / "launch" / "pretrain.py")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """One demo-data / token cache for every run in this module."""
+    return tmp_path_factory.mktemp("aam-cache")
+
+
+def run_args(run_dir: Path, cache: Path, **overrides) -> list[str]:
+    """``--set`` arguments for a small, fast pretraining run on the demo data."""
+    settings = {
+        "model.preset": "tiny", "data.max_asvs": 16, "data.max_seq_len": 48, "data.cache_dir": cache,
+        "schedule.steps": 9, "schedule.warmup_steps": 2, "schedule.log_every": 1, "schedule.eval_every": 1000,
+        "tracking.run_dir": run_dir, "tracking.rich": "false", "parallel.micro_batch_size": 4,
+        "parallel.collective_timeout_s": 60, **overrides,
+    }  # fmt: skip
+    return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torchrun starts its workers in their own sessions)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def launch(cmd: list[str], timeout: float = 240, kill_when=None) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own session, output to a file (a full pipe would block the ranks);
+    SIGKILL it and its workers on timeout or once ``kill_when()`` holds."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline or (kill_when is not None and kill_when()):
+                    kill_tree(proc.pid)
+                    break
+                time.sleep(0.05)
+            proc.wait(timeout=30)
+        finally:
+            kill_tree(proc.pid)
+        log.seek(0)
+        out = log.read()
+    assert time.monotonic() <= deadline, f"{cmd[:3]} ran past {timeout} s:\n{out[-3000:]}"
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+
+
+def torchrun(nproc: int, *args: str) -> list[str]:
+    return [str(BIN / "torchrun"), f"--nproc_per_node={nproc}", f"--master_port={free_port()}", PRETRAIN, *args]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """step -> total training loss; a later record of a step (a resumed run) wins."""
+    return {r["step"]: r["metrics"]["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"}
+
+
+def checked(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stdout[-4000:]
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_resume_after_kill_repeats_the_uninterrupted_losses(tmp_path, cache_dir, stage):
+    common = {"parallel.zero_stage": stage, "checkpoint.every_steps": 3}
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    checked(launch(torchrun(2, *run_args(straight, cache_dir, **common))))
+    expected = train_losses(straight)
+    assert sorted(expected) == list(range(1, 10))
+
+    latest = broken / "checkpoints" / "latest"
+    killed = launch(torchrun(2, *run_args(broken, cache_dir, **common)), kill_when=latest.is_file)
+    assert killed.returncode != 0, "the run finished before it could be killed"
+    resumed_from = int(latest.read_text().strip().removeprefix("step"))
+    assert resumed_from < 9
+    checked(launch(torchrun(2, *run_args(broken, cache_dir, **common), "--resume")))
+    assert train_losses(broken) == expected  # bit-identical, steps before and after the kill
+
+
+@pytest.mark.slow
+def test_zero3_export_predicts_like_the_trained_engine(tmp_path, cache_dir):
+    """The 2-rank ZeRO-3 run's final validation metrics (computed by the engine, parameters
+    partitioned over ranks) are reproduced by the consolidated export in a fresh 1-process model."""
+    from aam_ds.data.prepare import prepare_data
+    from aam_ds.data.synthetic import demo_data
+    from aam_ds.engine.checkpoint import build_exported_model, load_export
+    from aam_ds.engine.distributed import DistContext
+    from aam_ds.engine.evaluate import evaluate
+    from aam_ds.engine.objective import Objective
+    from aam_ds.spec import RunSpec
+
+    run_dir = tmp_path / "run"
+    checked(launch(torchrun(2, *run_args(run_dir, cache_dir, **{"parallel.zero_stage": 3, "schedule.steps": 4,
+                                                               "loss.nucleotide_weight": 0}))))
+    final_eval = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "eval"][-1]["metrics"]
+
+    export = load_export(run_dir / "model.pt")
+    spec = RunSpec.model_validate({**export.spec, "parallel": {"micro_batch_size": 4, "grad_accum_steps": 1}})
+    model = build_exported_model(export)
+    data = prepare_data(spec)
+    from aam_ds.distances.target import build_distance_target
+
+    target = build_distance_target(spec.data.model_copy(update={"tree": data.tree}), data.table, torch.device("cpu"))
+    val = data.dataset("val")
+    val_even = torch.utils.data.Subset(val, range(len(val) // 2 * 2))  # the samples the 2 ranks evaluated
+    metrics, _ = evaluate(model, val_even, Objective(spec.loss, target), DistContext(0, 1, 0, torch.device("cpu"), "gloo"), 4)
+    assert export.spec["parallel"]["zero_stage"] == 3 and export.step == 4
+    assert metrics["pairwise"] == pytest.approx(final_eval["pairwise"], rel=1e-5)
+    assert metrics["distance_r"] == pytest.approx(final_eval["distance_r"], abs=1e-5)
+
+    # fine-tuning starts from that export; its own export carries the target normaliser
+    tuned = tmp_path / "tuned"
+    checked(launch([str(BIN / "python"), str(ROOT / "launch" / "finetune.py"), *run_args(tuned, cache_dir, **{
+        "model.pretrained": run_dir / "model.pt", "loss.task": "regression", "data.targets": "[age]",
+        "loss.pairwise_weight": 0, "loss.nucleotide_weight": 0, "schedule.steps": 3})]))
+    tuned_export = load_export(tuned / "model.pt")
+    metadata = pd.read_csv(demo_data(cache_dir).metadata, sep="\t", comment="#", index_col=0)
+    train_ids = (tuned / "splits" / "train.txt").read_text().split()
+    assert tuned_export.targets["target_names"] == ["age"]
+    assert tuned_export.targets["normalizer"]["mean"] == pytest.approx([metadata.loc[train_ids, "age"].mean()], rel=1e-5)
+    encoder = "token_embedding.weight"
+    assert not torch.equal(tuned_export.state_dict[encoder], export.state_dict[encoder])  # the encoder was trained too
+
+
+@pytest.mark.slow
+def test_two_simulated_nodes_train_as_one_world(tmp_path, cache_dir):
+    """Two deepspeed launcher invocations on loopback, one per node rank, per DeepSpeed's hostfile rules."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("nodeA slots=1\nnodeB slots=1\n")
+    port, run_dir = free_port(), tmp_path / "run"
+    common = [str(BIN / "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--master_addr", "127.0.0.1",
+              "--master_port", str(port)]
+    args = [PRETRAIN, *run_args(run_dir, cache_dir, **{"schedule.steps": 3})]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    logs = [tmp_path / f"node{rank}.log" for rank in (0, 1)]
+    nodes = [subprocess.Popen([*common, "--node_rank", str(rank), *args], cwd=ROOT, env=env, stdout=open(logs[rank], "w"),
+                              stderr=subprocess.STDOUT, start_new_session=True) for rank in (0, 1)]
+    try:
+        for node in nodes:
+            node.wait(timeout=240)
+    finally:
+        for node in nodes:
+            kill_tree(node.pid)
+    outs = [log.read_text() for log in logs]
+    assert [n.returncode for n in nodes] == [0, 0], "\n".join(o[-3000:] for o in outs)
+    spec = json.loads((run_dir / "spec.json").read_text())
+    assert spec["parallel"]["global_batch_size"] == 2 * 4  # two ranks of micro batch 4
+    assert sorted(train_losses(run_dir)) == [1, 2, 3]
+    assert (run_dir / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_plain_python_with_cpu_offload_and_wandb_offline(tmp_path, cache_dir):
+    """One process, no launcher; ZeRO-2 with the optimizer offloaded to CPU (torch AdamW, no
+    DeepSpeedCPUAdam build); W&B offline writes its run files under the run folder."""
+    run_dir = tmp_path / "run"
+    result = checked(launch([str(BIN / "python"), PRETRAIN, *run_args(run_dir, cache_dir, **{
+        "schedule.steps": 3, "parallel.zero_stage": 2, "parallel.offload_optimizer": "cpu", "tracking.wandb": "offline"})]))
+    config = json.loads((run_dir / "ds_config.json").read_text())
+    assert config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert sorted(train_losses(run_dir)) == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(v)) for v in train_losses(run_dir).values())
+    assert list(run_dir.glob("wandb/offline-run-*/run-*.wandb")), result.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_memory_budget_picks_the_micro_batch_from_real_steps(tmp_path, cache_dir):
+    """Real data (23 samples): a generous budget admits the largest micro batch the training split
+    allows; a budget below the runtime's own footprint is refused with a clear message."""
+    small = ROOT.parent / "shared" / "data" / "small"
+    if not (small / "test-small.biom").is_file():
+        pytest.skip(f"real data folder {small} is absent")
+    data = {"data.table": small / "test-small.biom", "data.tree": small / "test-small-tree.nwk", "data.max_seq_len": 90,
+            "schedule.steps": 2, "data.split.val_fraction": 0.15}
+    roomy = tmp_path / "roomy"
+    checked(launch([str(BIN / "python"), PRETRAIN, *run_args(roomy, cache_dir, **data, **{"parallel.max_memory_gb": 16})]))
+    spec = json.loads((roomy / "spec.json").read_text())
+    n_train = len((roomy / "splits" / "train.txt").read_text().split())
+    assert spec["parallel"]["micro_batch_size"] == n_train
+    assert spec["parallel"]["global_batch_size"] == n_train  # 1 rank, no accumulation
+    peak = [r for r in read_metrics(roomy / "metrics.jsonl") if r["kind"] == "train"][-1]["metrics"]["peak_memory_gib"]
+    assert 0 < peak <= 16
+
+    tight = launch([str(BIN / "python"), PRETRAIN, *run_args(tmp_path / "tight", cache_dir, **data, **{"parallel.max_memory_gb": 0.05})])
+    assert tight.returncode == 2
+    assert "parallel.max_memory_gb: even a micro batch of 2 needs more than 0.05 GiB" in tight.stdout
