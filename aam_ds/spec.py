@@ -37,6 +37,8 @@ class SplitSpec(_Section):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     seed: int = 0
+    folds: int = Field(5, ge=2, description="`aam-ds cv`: number of cross-validation folds drawn by kind / column / group_column")
+    folds_file: Path | None = Field(None, description="`aam-ds cv`: folds.tsv (sample_id, fold) to use instead, e.g. from `aam-ds rf-baseline`")
 
     @model_validator(mode="after")
     def _check(self) -> "SplitSpec":
@@ -155,7 +157,7 @@ class LossSpec(_Section):
 
 
 class OptimSpec(_Section):
-    lr: float = Field(3e-4, gt=0.0)
+    lr: float = Field(1e-3, gt=0.0, description="peak learning rate (after warmup)")
     weight_decay: float = Field(0.01, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0.0)
@@ -172,11 +174,18 @@ class ScheduleSpec(_Section):
     eval_every: int = Field(50, gt=0)
     log_every: int = Field(10, gt=0)
     seed: int = 0
+    best_metric: str | None = Field(
+        None, description="validation metric that selects the exported model, e.g. loss, mae, accuracy, balanced_accuracy, auc; none = the last step"
+    )
+    best_mode: Literal["auto", "min", "max"] = Field("auto", description="auto: max for accuracy / auc / r2 / *_r metrics, else min")
+    early_stopping_patience: int = Field(0, ge=0, description="stop after this many evaluations without a better best_metric; 0 = never")
 
     @model_validator(mode="after")
     def _check(self) -> "ScheduleSpec":
         if self.warmup_steps > self.steps:
             raise ValueError(f"schedule.warmup_steps={self.warmup_steps} exceeds schedule.steps={self.steps}")
+        if self.early_stopping_patience and not self.best_metric:
+            raise ValueError("schedule.early_stopping_patience needs schedule.best_metric (the validation metric to watch)")
         return self
 
 

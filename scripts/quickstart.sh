@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-exec deepspeed launch/pretrain.py --ds-config ds_configs/zero2.json --set tracking.run_dir=runs/quickstart "$@"
+exec deepspeed launch/pretrain.py --spec configs/demo.yaml --ds-config ds_configs/zero2.json "$@"

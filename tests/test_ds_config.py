@@ -73,7 +73,7 @@ def test_every_disagreement_is_listed_with_both_values(tmp_path):
     msg = str(err.value)
     assert str(path) in msg
     for field, spec_value, file_value in [
-        ("parallel.micro_batch_size", "4", "8"), ("optim.lr", "0.01", "0.0003"), ("optim.grad_clip", "0.5", "1.0"),
+        ("parallel.micro_batch_size", "4", "8"), ("optim.lr", "0.01", "0.001"), ("optim.grad_clip", "0.5", "1.0"),
         ("parallel.precision", "'bf16'", "'fp32'"), ("parallel.zero_stage", "1", "2"),
     ]:
         assert f"{field}: spec says {spec_value}, {path} says {file_value}" in msg
