@@ -1,0 +1,117 @@
+"""Full ``N x N`` distance matrices: block-wise with our torch kernels, or delegated to ``ssu``.
+
+The torch engine computes the upper-triangle blocks ``(I, J)`` of ``block_size`` samples, each
+densified over only the branches present in ``I`` or ``J``, and mirrors them. The ``ssu`` engine
+runs biocore's Striped UniFrac binary (Debian ``unifrac-tools``, conda ``unifrac-binaries``) on
+the same inputs and reads back its HDF5 output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import biom
+import h5py
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from aam_ds.data.qiime2 import is_qza, read_qza
+from aam_ds.data.table import FeatureTable, load_table
+from aam_ds.distances.branches import tip_nodes_of
+from aam_ds.distances.io import read_distance_matrix
+from aam_ds.distances.metric import UNIFRAC_METRICS, PairwiseMetric
+from aam_ds.distances.tree import read_tree
+from aam_ds.errors import AamInputError
+
+
+def full_matrix(metric: PairwiseMetric, block_size: int = 1024, progress: bool = True) -> np.ndarray:
+    """All pairwise distances ``[N, N]`` (float64 numpy, rows in table order)."""
+    n = len(metric.sample_ids)
+    starts = list(range(0, n, block_size))
+    pairs = [(i, j) for a, i in enumerate(starts) for j in starts[a:]]
+    out = np.zeros((n, n), dtype=np.float64)
+    with Progress(
+        TextColumn(f"{metric.name} distances"), BarColumn(), TextColumn("{task.completed}/{task.total} blocks"),
+        TimeRemainingColumn(), disable=not progress,
+    ) as bar:
+        task = bar.add_task("blocks", total=len(pairs))
+        for i, j in pairs:
+            rows_i = torch.arange(i, min(i + block_size, n))
+            if i == j:
+                block = metric.block(rows_i)
+            else:
+                block = metric.block(rows_i, torch.arange(j, min(j + block_size, n)))
+            block = block.double().cpu().numpy()
+            out[i : i + len(block), j : j + block.shape[1]] = block
+            out[j : j + block.shape[1], i : i + len(block)] = block.T
+            bar.advance(task)
+    return out
+
+
+def ssu_full_matrix(
+    table_path: str | Path,
+    tree_path: str | Path,
+    metric: str,
+    *,
+    alpha: float = 0.5,
+    dtype: str = "fp64",
+    threads: int | None = None,
+    drop_missing_tips: bool = False,
+) -> tuple[list[str], np.ndarray]:
+    """Run ``ssu`` on the table and tree; return ``(ids, matrix [N, N])``.
+
+    Inputs that ``ssu`` cannot read directly (.qza, TSV/JSON tables, a table with ASVs missing from
+    the tree when ``drop_missing_tips``) are first written as BIOM HDF5 / Newick to a temp folder.
+    """
+    ssu = shutil.which("ssu")
+    if ssu is None:
+        raise AamInputError(
+            "--engine ssu", "the `ssu` binary is not on PATH",
+            "install biocore's UniFrac (`apt install unifrac-tools` or `conda install -c bioconda unifrac-binaries`) "
+            "or use the default --engine torch",
+        )
+    if metric not in UNIFRAC_METRICS:
+        raise AamInputError("--metric", f"ssu computes only UniFrac, not {metric}", "use --engine torch for " + metric)
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    with tempfile.TemporaryDirectory(prefix="aam-ssu-") as tmp:
+        tmp = Path(tmp)
+        table_file, tree_file = _ssu_inputs(Path(table_path), Path(tree_path), tmp, drop_missing_tips)
+        out = tmp / "ssu.h5"
+        command = [ssu, "-i", str(table_file), "-t", str(tree_file), "-m", f"{metric}_{dtype}", "-o", str(out),
+                   "-r", f"hdf5_{dtype}", "--pcoa", "0"]
+        if metric == "generalized":
+            command += ["-a", str(alpha)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0 or not out.is_file():
+            raise AamInputError("ssu", f"failed (exit {done.returncode}): {done.stderr.strip()[-500:]}", "check the table and tree inputs")
+        return read_distance_matrix(out)
+
+
+def _ssu_inputs(table_path: Path, tree_path: Path, tmp: Path, drop_missing_tips: bool) -> tuple[Path, Path]:
+    tree_file = tree_path
+    if is_qza(tree_path):
+        tree_file = tmp / "tree.nwk"
+        tree_file.write_bytes(read_qza(tree_path, "Phylogeny[Rooted]"))
+    if h5py.is_hdf5(table_path) and not drop_missing_tips:
+        return table_path, tree_file
+    table = load_table(table_path)
+    if drop_missing_tips:
+        columns, _ = tip_nodes_of(table, read_tree(tree_file), drop_missing_tips=True)
+        table = FeatureTable(table.sample_ids, [table.asv_ids[j] for j in columns], table.counts[:, columns].tocsr(), table.source)
+    table_file = tmp / "table.biom"
+    _write_biom(table, table_file)
+    return table_file, tree_file
+
+
+def _write_biom(table: FeatureTable, path: Path) -> None:
+    """BIOM v2.1 HDF5 (observations x samples) for ``ssu``."""
+    observations = biom.Table(table.counts.T.tocsr(), table.asv_ids, table.sample_ids)
+    with h5py.File(path, "w") as f:
+        observations.to_hdf5(f, "aam-ds")
