@@ -9,5 +9,5 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! /usr/bin/python3 -c 
         || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q python3-unifrac unifrac-tools >/dev/null 2>&1)) \
         || echo "note: could not install python3-unifrac; oracle tests will be skipped"
 fi
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} WANDB_MODE=${WANDB_MODE:-disabled}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
 exec .venv/bin/python -m pytest "$@"
