@@ -126,15 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
 TRAINING_STAGES = {
     "pretrain": "pretrain with DeepSpeed (same as launch/pretrain.py; see `aam-ds pretrain --help`)",
     "finetune": "fine-tune with DeepSpeed (same as launch/finetune.py; see `aam-ds finetune --help`)",
+    "cv": "k-fold cross-validated fine-tuning (data.split.folds / folds_file): out-of-fold predictions and metrics",
 }
 
 
 def run_training_stage(stage: str, argv: list[str]) -> None:
     """``aam-ds pretrain|finetune ...``: the launch scripts' code path, in this process."""
-    from aam_ds.engine import trainer
+    from aam_ds.engine import crossval, trainer
     from aam_ds.engine.entry import run_stage
 
-    run_stage(getattr(trainer, stage), argv, description=TRAINING_STAGES[stage])
+    stages = {"pretrain": trainer.pretrain, "finetune": trainer.finetune, "cv": crossval.cross_validate}
+    run_stage(stages[stage], argv, description=TRAINING_STAGES[stage])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from aam_ds.data.dataset import collate
 from aam_ds.engine.distributed import DistContext, all_reduce_mean
 from aam_ds.engine.objective import Objective, _unwrap
 from aam_ds.engine.pairwise import gather_no_grad
+from aam_ds.evaluation.metrics import classification_metrics
 from aam_ds.model import losses
 from aam_ds.model.masking import mask_nucleotides
 
@@ -90,10 +91,14 @@ def evaluate(model: Any, dataset: Any, objective: Objective, ctx: DistContext, m
 
 
 def task_metrics(model: Any, objective: Objective, predicted: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """Task loss plus accuracy (classification) or MAE and R^2 in the targets' own units (regression)."""
+    """Task loss plus accuracy, balanced accuracy and AUC (classification; binary: of the second
+    class, more: macro one-vs-rest) or MAE and R^2 in the targets' own units (regression)."""
     metrics = {"task": objective.task_loss(model, predicted, targets).item()}
     if objective.loss.task == "classification":
-        metrics["accuracy"] = (predicted.argmax(-1) == targets.reshape(-1)).float().mean().item()
+        probabilities = predicted.float().softmax(-1).cpu().numpy()
+        class_names = [str(c) for c in range(probabilities.shape[1])]
+        scored = classification_metrics(targets.reshape(-1).cpu().numpy().astype(str), probabilities, class_names)
+        metrics.update({name: scored[name] for name in ("accuracy", "balanced_accuracy", "auc")})
         return metrics
     original = _unwrap(model).target_normalizer.inverse(predicted)
     targets = targets.float().reshape(original.shape)

@@ -2,17 +2,19 @@
 
 One function per stage, run on every rank::
 
-    pretrain(spec, ds_config_path=None) -> RunResult   # pairwise + masked-nucleotide (+ abundance)
-    finetune(spec, ds_config_path=None) -> RunResult   # task head on a pretrained export
+    pretrain(spec, ds_config_path=None) -> RunResult          # pairwise + masked-nucleotide (+ abundance)
+    finetune(spec, ds_config_path=None, data=None) -> RunResult  # task head on a pretrained export
 
 Order: process group -> spec reconciled with the DeepSpeed file -> data (rank 0 first: it fills
 the token cache and writes the splits) -> model -> optional micro-batch search -> engine ->
-resume -> steps (log, evaluate, checkpoint) -> final checkpoint and consolidated export.
+resume -> steps (log, evaluate, keep the best, checkpoint, stop early) -> final checkpoint and
+consolidated export (of the best evaluation's weights when ``schedule.best_metric`` is set).
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from aam_ds.data.dataset import collate
 from aam_ds.data.prepare import PreparedData, prepare_data
+from aam_ds.data.splits import save_splits
 from aam_ds.ds_config import resolve_ds_config
 from aam_ds.engine import checkpoint as ckpt
 from aam_ds.engine.batches import GlobalBatchSampler
@@ -41,6 +44,8 @@ from aam_ds.spec import RunSpec
 from aam_ds.tracking import make_logger
 
 EXPORT_NAME = "model.pt"
+BEST_TAG = "best"  # checkpoint folder holding the weights of the best evaluation
+HIGHER_IS_BETTER = frozenset({"accuracy", "balanced_accuracy", "auc", "f1", "r2", "nucleotide_accuracy"})
 
 
 @dataclass
@@ -52,6 +57,59 @@ class RunResult:
     eval_metrics: dict[str, float] = field(default_factory=dict)
     export_path: Path | None = None
     micro_batch_size: int = 0
+    best_step: int | None = None  # step whose weights were exported (schedule.best_metric); None = the last
+    stopped_early: bool = False
+
+
+@dataclass
+class BestTracker:
+    """Best value of one validation metric so far, and evaluations since it improved (early stopping).
+
+    Every rank evaluates the same gathered metrics, so every rank's tracker agrees; the stop decision
+    is still reduced over ranks before acting on it.
+    """
+
+    metric: str
+    maximize: bool
+    patience: int
+    value: float = math.nan
+    step: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    evals_since_best: int = 0
+
+    @classmethod
+    def from_spec(cls, spec: RunSpec) -> "BestTracker | None":
+        sched = spec.schedule
+        if not sched.best_metric:
+            return None
+        maximize = sched.best_mode == "max" or (sched.best_mode == "auto" and (sched.best_metric in HIGHER_IS_BETTER or sched.best_metric.endswith("_r")))
+        return cls(sched.best_metric, maximize, sched.early_stopping_patience)
+
+    def update(self, step: int, metrics: dict[str, float]) -> bool:
+        """Record an evaluation; True when it is the best so far (NaN never is)."""
+        if self.metric not in metrics:
+            raise AamInputError("schedule.best_metric", f"'{self.metric}' is not a validation metric of this run",
+                                f"choose one of {sorted(metrics)}")
+        value = metrics[self.metric]
+        better = not math.isnan(value) and (math.isnan(self.value) or (value > self.value if self.maximize else value < self.value))
+        if better:
+            self.value, self.step, self.metrics, self.evals_since_best = value, step, dict(metrics), 0
+        else:
+            self.evals_since_best += 1
+        return better
+
+    @property
+    def exhausted(self) -> bool:
+        return self.patience > 0 and self.evals_since_best >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        """Saved in each checkpoint's client state, so a resumed run keeps selecting and counting."""
+        return {"best": {"value": self.value, "step": self.step, "metrics": self.metrics, "evals_since_best": self.evals_since_best}}
+
+    def restore(self, client_state: dict[str, Any]) -> None:
+        saved = client_state.get("best")
+        if saved:
+            self.value, self.step, self.metrics, self.evals_since_best = saved["value"], saved["step"], saved["metrics"], saved["evals_since_best"]
 
 
 def pretrain(spec: RunSpec, ds_config_path: Path | None = None) -> RunResult:
@@ -59,17 +117,21 @@ def pretrain(spec: RunSpec, ds_config_path: Path | None = None) -> RunResult:
     return train(spec, ds_config_path, finetuning=False)
 
 
-def finetune(spec: RunSpec, ds_config_path: Path | None = None) -> RunResult:
-    """Fine-tune the task head (from ``model.pretrained`` when set); writes ``<run_dir>/model.pt``."""
+def finetune(spec: RunSpec, ds_config_path: Path | None = None, data: PreparedData | None = None) -> RunResult:
+    """Fine-tune the task head (from ``model.pretrained`` when set); writes ``<run_dir>/model.pt``.
+
+    ``data``: already prepared data whose ``splits`` replace the spec's split (cross-validation
+    folds); by default the data is prepared from ``spec.data``.
+    """
     if spec.loss.task == "none":
         raise AamInputError("loss.task", "fine-tuning needs a task", "set loss.task=regression or classification and data.targets")
-    return train(spec, ds_config_path, finetuning=True)
+    return train(spec, ds_config_path, finetuning=True, data=data)
 
 
-def train(spec: RunSpec, ds_config_path: Path | None, finetuning: bool) -> RunResult:
+def train(spec: RunSpec, ds_config_path: Path | None, finetuning: bool, data: PreparedData | None = None) -> RunResult:
     ctx = init_distributed(spec.parallel.collective_timeout_s)
     with report_rank_failure(ctx.rank):
-        return _train(ctx, spec, ds_config_path, finetuning)
+        return _train(ctx, spec, ds_config_path, finetuning, data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,6 +160,13 @@ def load_data(spec: RunSpec, ctx: DistContext) -> PreparedData:
     data = prepare_data(spec, spec.tracking.run_dir) if ctx.is_main else None
     barrier()
     return data if data is not None else prepare_data(spec, None)
+
+
+def given_data(data: PreparedData, run_dir: Path, ctx: DistContext) -> PreparedData:
+    """Data prepared by the caller: rank 0 saves its split ID lists under ``run_dir`` as prepare_data would."""
+    if ctx.is_main:
+        save_splits(run_dir, data.splits, data.table.sample_ids)
+    return data
 
 
 def build_model(spec: RunSpec, data: PreparedData, finetuning: bool) -> tuple[AAMModel, dict[str, Any]]:
@@ -230,12 +299,12 @@ def with_micro_batch(spec: RunSpec, ds_config: dict[str, Any], micro: int, world
 # the loop
 
 
-def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetuning: bool) -> RunResult:
+def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetuning: bool, data: PreparedData | None) -> RunResult:
     spec, ds_config = resolve_ds_config(spec, ds_config_path)
     check_world_size(spec, ctx.world_size)
     check_device_support(spec, ctx.device)
     run_dir, ckpt_dir = spec.tracking.run_dir, spec.checkpoint_dir()
-    data = load_data(spec, ctx)
+    data = load_data(spec, ctx) if data is None else given_data(data, run_dir, ctx)
     model, model_args = build_model(spec, data, finetuning)
     objective = build_objective(spec, data, ctx.device, model)
     if spec.parallel.max_memory_gb:
@@ -248,20 +317,26 @@ def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetun
     engine = build_engine(model, spec, ds_config)
 
     start_step, result = 0, RunResult(step=0, micro_batch_size=spec.parallel.micro_batch_size)
+    best = BestTracker.from_spec(spec)
+    val = data.dataset("val") if len(data.splits.get("val", [])) else None
+    if best is not None and val is None:
+        raise AamInputError("schedule.best_metric", "selecting the best model needs a validation split, and it is empty",
+                            "set data.split.val_fraction > 0, or unset schedule.best_metric")
     if spec.checkpoint.resume:
         state = ckpt.load_checkpoint(engine, ckpt_dir)
         start_step = state["step"] if state else 0
+        if state and best is not None:
+            best.restore(state)
     par, sched = spec.parallel, spec.schedule
     batches = train_batches(data, spec, ctx, par.micro_batch_size, start_step * par.grad_accum_steps)
     steps_per_epoch = max(1, len(data.splits["train"]) // par.global_batch_size)
-    val = data.dataset("val") if len(data.splits.get("val", [])) else None
 
     with make_logger(spec, ctx.rank, run_dir) as log:
         log.start(spec, sched.steps, {"world size": ctx.world_size, "parameters": n_params, "micro batch": par.micro_batch_size,
                                       "stage": "finetune" if finetuning else "pretrain", "resumed at step": start_step})
         log.print(estimate_table(n_params, ctx.world_size, par.precision, par.zero_stage,
                                  par.offload_optimizer != "none", par.offload_param != "none"))
-        meter, window_start, window = PeakMemory(ctx.device), time.perf_counter(), 0
+        meter, window_start, window, done = PeakMemory(ctx.device), time.perf_counter(), 0, start_step
         for step in range(start_step, sched.steps):
             metrics = all_reduce_mean(optimizer_step(engine, batches, objective, ctx, spec, step), ctx.device)
             result.train_losses.append(metrics["loss"])
@@ -275,24 +350,44 @@ def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetun
             if val is not None and (done % sched.eval_every == 0 or done == sched.steps):
                 result.eval_metrics, scatter = evaluate(engine, val, objective, ctx, par.micro_batch_size)
                 log.log_eval(done, result.eval_metrics, scatter)
+                if best is not None and best.update(done, result.eval_metrics):
+                    save_best(engine, ckpt_dir, done)
+                if best is not None and done < sched.steps and all_reduce_max(float(best.exhausted), ctx.device) > 0:
+                    result.stopped_early = True
+                    log.print(f"early stopping at step {done}: val {best.metric} has not improved on step {best.step}'s "
+                              f"{best.value:.4g} for {best.evals_since_best} evaluations")
+                    break
             if spec.checkpoint.every_steps and done % spec.checkpoint.every_steps == 0 and done != sched.steps:
-                ckpt.save_checkpoint(engine, ckpt_dir, done, {}, spec.checkpoint.keep_last)
-        result.step = sched.steps
-        tag = ckpt.save_checkpoint(engine, ckpt_dir, sched.steps, {}, spec.checkpoint.keep_last)
+                ckpt.save_checkpoint(engine, ckpt_dir, done, best.state() if best else {}, spec.checkpoint.keep_last)
+        result.step = done
+        tag = ckpt.save_checkpoint(engine, ckpt_dir, done, best.state() if best else {}, spec.checkpoint.keep_last)
+        export_step = done
+        if best is not None and best.step and best.step != done:
+            engine.load_checkpoint(str(ckpt_dir), tag=BEST_TAG)  # every rank: ZeRO-0 exports the module's own weights
+            tag, export_step = BEST_TAG, best.step
+        if best is not None and best.step:
+            result.best_step, result.eval_metrics = best.step, best.metrics
         state_dict = ckpt.consolidated_state_dict(engine, ckpt_dir, tag)
         result.export_path = run_dir / EXPORT_NAME
         if ctx.is_main:
-            export = ckpt.Export(state_dict, export_spec(spec, model), model_args, target_description(data, model, finetuning), sched.steps)
+            export = ckpt.Export(state_dict, export_spec(spec, model), model_args, target_description(data, model, finetuning), export_step)
             ckpt.write_export(result.export_path, export)
-            log.print(f"consolidated model written to {result.export_path}")
+            log.print(f"consolidated model (step {export_step}) written to {result.export_path}")
             if finetuning:
                 write_split_predictions(export, data, run_dir, par.micro_batch_size, ctx.device)
         barrier()
         summary = {f"val {name}": value for name, value in result.eval_metrics.items()}
         if result.train_losses:
             summary["train loss"] = result.train_losses[-1]
+        summary.update({"last step": done, "exported step": export_step, "stopped early": float(result.stopped_early)})
         log.finish(summary)
     return result
+
+
+def save_best(engine: Any, ckpt_dir: Path, step: int) -> None:
+    """Overwrite ``<ckpt_dir>/best`` with the current state (collective: every rank writes its shard)."""
+    engine.save_checkpoint(str(ckpt_dir), tag=BEST_TAG, client_state={"step": step}, save_latest=False)
+    barrier()
 
 
 def export_spec(spec: RunSpec, model: AAMModel) -> dict[str, Any]:

@@ -1,0 +1,120 @@
+"""k-fold cross-validation of fine-tuning (``aam-ds cv``), on every rank.
+
+Folds come from ``data.split.folds_file`` (a ``sample_id<TAB>fold`` TSV, e.g. the ``folds.tsv`` of
+``aam-ds rf-baseline``, so AAM and the random forest are scored on the same held-out samples) or
+are drawn by :func:`aam_ds.data.splits.kfold_splits` from ``data.split.kind`` / ``column`` /
+``group_column`` / ``seed`` with ``data.split.folds`` folds.
+
+Fold ``f``: its held-out samples are the test split; validation is carved from the remaining
+samples by the same split rule (:func:`aam_ds.data.splits.split_samples` with ``val_fraction`` and
+no test share), so grouped folds keep groups out of validation too; the rest trains. Each fold is
+an ordinary fine-tuning run in ``<run_dir>/fold<f>/`` (export, metrics.jsonl, predictions_*.tsv).
+
+Written to ``<run_dir>`` by rank 0: ``folds.tsv``, ``oof_predictions.tsv`` (every sample once, the
+``aam-ds evaluate`` predictions format) and ``cv_metrics.json`` (per fold, mean +- std, pooled).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from aam_ds.data.prepare import PreparedData, prepare_data
+from aam_ds.data.splits import kfold_splits, split_labels, split_samples
+from aam_ds.engine.distributed import DistContext, barrier, init_distributed, report_rank_failure
+from aam_ds.engine.trainer import finetune
+from aam_ds.errors import AamInputError
+from aam_ds.evaluation.folds import fold_of_samples, read_folds, write_folds
+from aam_ds.evaluation.predictions import Predictions, read_predictions, write_predictions
+from aam_ds.evaluation.rf_baseline import CrossValidation, fold_spread
+from aam_ds.evaluation.scoring import score
+from aam_ds.io_utils import atomic_write_json
+from aam_ds.spec import RunSpec, SplitSpec
+
+OOF_NAME = "oof_predictions.tsv"
+
+
+def cross_validate(spec: RunSpec, ds_config_path: Path | None = None) -> CrossValidation | None:
+    """Fine-tune once per fold; the out-of-fold predictions and their metrics on rank 0 (None elsewhere)."""
+    ctx = init_distributed(spec.parallel.collective_timeout_s)
+    with report_rank_failure(ctx.rank):
+        return _cross_validate(ctx, spec, ds_config_path)
+
+
+def _cross_validate(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None) -> CrossValidation | None:
+    if spec.loss.task == "none":
+        raise AamInputError("loss.task", "cross-validation fine-tunes a task", "set loss.task=regression or classification and data.targets")
+    run_dir = spec.tracking.run_dir
+    data = prepare_data(spec) if ctx.is_main else None  # rank 0 fills the token cache first
+    barrier()
+    data = data if data is not None else prepare_data(spec)
+    if len(data.target_names) != 1:
+        raise AamInputError("data.targets", f"cross-validation scores one target, got {data.target_names}", "give a single target column")
+    held_out = fold_rows(spec.data.split, data)
+    if ctx.is_main:
+        write_folds(run_dir / "folds.tsv", data.table.sample_ids, held_out)
+    for fold, test in enumerate(held_out):
+        finetune(fold_spec(spec, fold), ds_config_path, dataclasses.replace(data, splits=fold_splits(spec.data.split, data, test, fold)))
+    if not ctx.is_main:
+        return None
+    cv = pooled_predictions(data, held_out, [run_dir / f"fold{f}" / "predictions_test.tsv" for f in range(len(held_out))])
+    write_predictions(run_dir / OOF_NAME, cv.predictions)
+    atomic_write_json(run_dir / "cv_metrics.json", {
+        "target": data.target_names[0], "task": spec.loss.task, "folds": len(held_out), "pooled": cv.pooled,
+        "fold_metrics": cv.fold_metrics, "fold_mean_std": fold_spread(cv.fold_metrics),
+        "folds_from": str(spec.data.split.folds_file or f"{spec.data.split.kind} k-fold, seed {spec.data.split.seed}"),
+    })  # fmt: skip
+    return cv
+
+
+def fold_rows(split: SplitSpec, data: PreparedData) -> list[np.ndarray]:
+    """Held-out rows of each fold (into ``data.table``): read from ``split.folds_file`` or drawn."""
+    if split.folds_file is not None:
+        return read_folds(split.folds_file, data.table.sample_ids)
+    column = split.column if split.kind == "stratified" else split.group_column
+    field = "data.split.column" if split.kind == "stratified" else "data.split.group_column"
+    labels = split_labels(data.metadata, split.kind, column, field)
+    return kfold_splits(len(data.table.sample_ids), split.folds, split.kind, split.seed, labels)
+
+
+def fold_splits(split: SplitSpec, data: PreparedData, test: np.ndarray, fold: int) -> dict[str, np.ndarray]:
+    """Train / val / test rows of one fold: ``test`` held out, validation carved from the rest by ``split``'s rule."""
+    rest = np.setdiff1d(np.arange(len(data.table.sample_ids)), test)
+    metadata = None if data.metadata is None else data.metadata.iloc[rest]
+    inner = split_samples(len(rest), split.model_copy(update={"test_fraction": 0.0, "seed": split.seed + fold}), metadata)
+    return {"train": rest[inner["train"]], "val": rest[inner["val"]], "test": np.asarray(test, dtype=np.int64)}
+
+
+def fold_spec(spec: RunSpec, fold: int) -> RunSpec:
+    """The fold's run: its own run folder (and checkpoint folder when one is set)."""
+    name = f"fold{fold}"
+    tracking = spec.tracking.model_copy(update={"run_dir": spec.tracking.run_dir / name,
+                                                "name": f"{spec.tracking.name}-{name}" if spec.tracking.name else None})
+    checkpoint = spec.checkpoint.model_copy(update={"dir": spec.checkpoint.dir / name if spec.checkpoint.dir else None})
+    return spec.model_copy(update={"tracking": tracking, "checkpoint": checkpoint})
+
+
+def pooled_predictions(data: PreparedData, held_out: list[np.ndarray], fold_files: list[Path]) -> CrossValidation:
+    """Each fold's test predictions placed at their samples' rows, scored per fold and pooled."""
+    target, ids = data.target_names[0], data.table.sample_ids
+    task = "classification" if data.class_names else "regression"
+    n = len(ids)
+    values = np.full(n, np.nan) if task == "regression" else None
+    probabilities = np.full((n, len(data.class_names)), np.nan) if task == "classification" else None
+    row_of = {s: i for i, s in enumerate(ids)}
+    for rows, path in zip(held_out, fold_files):
+        fold = read_predictions(path, target, task)
+        at = np.array([row_of[s] for s in fold.sample_ids], dtype=np.int64)
+        if sorted(at.tolist()) != sorted(rows.tolist()):
+            raise RuntimeError(f"{path} does not predict exactly its fold's held-out samples")
+        if task == "regression":
+            values[at] = fold.values
+        else:
+            probabilities[at] = fold.probabilities[:, [fold.class_names.index(c) for c in data.class_names]]
+    predictions = Predictions(target, list(ids), values=values, probabilities=probabilities,
+                              class_names=tuple(data.class_names or ()), source="AAM (out of fold)")
+    truth = data.targets[:, 0].astype(np.float64) if task == "regression" else np.asarray(data.class_names, dtype=object)[data.targets]
+    fold_metrics = [score(predictions.take(rows), truth[rows]) for rows in held_out]
+    return CrossValidation(predictions, truth, fold_of_samples(held_out, n), fold_metrics, score(predictions, truth))
