@@ -23,7 +23,7 @@ import numpy as np
 
 from aam_ds.data.prepare import PreparedData, prepare_data
 from aam_ds.data.splits import kfold_splits, split_labels, split_samples
-from aam_ds.engine.distributed import DistContext, barrier, init_distributed, report_rank_failure
+from aam_ds.engine.distributed import DistContext, barrier, init_distributed
 from aam_ds.engine.trainer import finetune
 from aam_ds.errors import AamInputError
 from aam_ds.evaluation.folds import fold_of_samples, read_folds, write_folds
@@ -39,8 +39,7 @@ OOF_NAME = "oof_predictions.tsv"
 def cross_validate(spec: RunSpec, ds_config_path: Path | None = None) -> CrossValidation | None:
     """Fine-tune once per fold; the out-of-fold predictions and their metrics on rank 0 (None elsewhere)."""
     ctx = init_distributed(spec.parallel.collective_timeout_s)
-    with report_rank_failure(ctx.rank):
-        return _cross_validate(ctx, spec, ds_config_path)
+    return _cross_validate(ctx, spec, ds_config_path)
 
 
 def _cross_validate(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None) -> CrossValidation | None:

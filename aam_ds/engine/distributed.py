@@ -103,14 +103,20 @@ def init_distributed(timeout_s: int = 600) -> DistContext:
 
 
 @contextmanager
-def report_rank_failure(rank: int) -> Iterator[None]:
-    """Print any exception escaping the block to stderr prefixed with ``[rank N]``, then re-raise."""
+def report_rank_failure(rank: int | str) -> Iterator[None]:
+    """Print any exception escaping the block to stderr prefixed with ``[rank N]``, then re-raise.
+
+    A bad input (AamInputError) is one line; anything else comes with its traceback.
+    """
     try:
         yield
     except BaseException as exc:
         if isinstance(exc, SystemExit) and not exc.code:
             raise
-        detail = "".join(traceback.format_exception(exc)).rstrip()
+        if isinstance(exc, AamInputError):
+            detail = f"error: {exc}"
+        else:
+            detail = "".join(traceback.format_exception(exc)).rstrip()
         sys.stderr.write("\n".join(f"[rank {rank}] {line}" for line in detail.splitlines()) + "\n")
         sys.stderr.flush()
         raise

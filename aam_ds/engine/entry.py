@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,20 +29,19 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
 def run_stage(stage: Callable[[RunSpec, Path | None], object], argv: Sequence[str] | None = None, description: str = "") -> None:
     """Parse arguments, run ``stage(spec, ds_config_path)`` on this rank, and exit the process.
 
-    A bad input prints its one-line AamInputError (prefixed with the rank) and exits 2; any other
-    failure has already been printed with its rank by the trainer and exits 1.
+    Any failure, from parsing the spec to the last step, is printed once with this rank's number:
+    a bad input as one line (exit 2), anything else with its traceback (exit 1).
     """
-    from aam_ds.engine.distributed import exit_process
+    from aam_ds.engine.distributed import exit_process, report_rank_failure
 
     args = parse_args(argv, description)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    rank = os.environ.get("RANK", "0")
     try:
-        overrides = args.overrides + (["checkpoint.resume=true"] if args.resume else [])
-        stage(load_spec(args.spec, overrides), args.ds_config)
-    except AamInputError as exc:
-        sys.stderr.write(f"[rank {rank}] error: {exc}\n")
+        with report_rank_failure(os.environ.get("RANK", "0")):
+            overrides = args.overrides + (["checkpoint.resume=true"] if args.resume else [])
+            stage(load_spec(args.spec, overrides), args.ds_config)
+    except AamInputError:
         exit_process(2)
     except BaseException:
         exit_process(1)

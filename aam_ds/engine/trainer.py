@@ -30,8 +30,7 @@ from aam_ds.data.splits import save_splits
 from aam_ds.ds_config import resolve_ds_config
 from aam_ds.engine import checkpoint as ckpt
 from aam_ds.engine.batches import GlobalBatchSampler
-from aam_ds.engine.distributed import (DistContext, all_reduce_max, all_reduce_mean, barrier, init_distributed,
-                                       report_rank_failure)
+from aam_ds.engine.distributed import DistContext, all_reduce_max, all_reduce_mean, barrier, init_distributed
 from aam_ds.engine.evaluate import evaluate, to_device
 from aam_ds.engine.memory import GIB, PeakMemory, estimate_table, is_out_of_memory, search_micro_batch
 from aam_ds.engine.objective import Objective
@@ -130,8 +129,7 @@ def finetune(spec: RunSpec, ds_config_path: Path | None = None, data: PreparedDa
 
 def train(spec: RunSpec, ds_config_path: Path | None, finetuning: bool, data: PreparedData | None = None) -> RunResult:
     ctx = init_distributed(spec.parallel.collective_timeout_s)
-    with report_rank_failure(ctx.rank):
-        return _train(ctx, spec, ds_config_path, finetuning, data)
+    return _train(ctx, spec, ds_config_path, finetuning, data)
 
 
 # --------------------------------------------------------------------------------------------
