@@ -28,6 +28,20 @@ def demo_paths(tmp_path_factory: pytest.TempPathFactory):
     return generate_demo(tmp_path_factory.mktemp("demo"), seed=0)
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder (tokens, demo data) shared by the training runs of one test module."""
+    return tmp_path_factory.mktemp("aam-cache")
+
+
+@pytest.fixture(scope="module")
+def demo(cache: Path):
+    """The demo dataset in ``cache``, where a run with ``data.cache_dir=cache`` and no table finds it."""
+    from aam_ds.data.synthetic import demo_data
+
+    return demo_data(cache)
+
+
 def write_qza(path: Path, semantic_type: str, payload_name: str, payload: bytes) -> Path:
     """Write a minimal QIIME 2 artifact: <uuid>/metadata.yaml + <uuid>/data/<payload_name>."""
     root = str(uuid.uuid4())

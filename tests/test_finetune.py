@@ -44,11 +44,6 @@ def in_process_world():
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("aam-cache")
-
-
-@pytest.fixture(scope="module")
 def metadata(cache) -> pd.DataFrame:
     return pd.read_csv(demo_data(cache).metadata, sep="\t", comment="#", index_col=0)
 

@@ -14,22 +14,11 @@ import pytest
 
 from aam_ds.cli import main as cli_main
 from aam_ds.data.splits import load_splits
-from aam_ds.data.synthetic import demo_data
 from aam_ds.engine.crossval import OOF_NAME, cross_validate
 from test_finetune import in_process_world, spec_for  # noqa: F401 (the fixture tears the world down)
 
 ROOT = Path(__file__).resolve().parents[1]
 DIST_VARIABLES = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("aam-cache")
-
-
-@pytest.fixture(scope="module")
-def demo(cache):
-    return demo_data(cache)
 
 
 @pytest.mark.slow

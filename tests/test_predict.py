@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from aam_ds.data.metadata import load_metadata
-from aam_ds.data.synthetic import demo_data
 from aam_ds.errors import AamInputError
 from aam_ds.evaluation.predictions import Predictions, read_predictions
 from aam_ds.tracking import read_metrics
@@ -58,16 +57,6 @@ def final_eval(run_dir: Path) -> dict[str, float]:
 
 def split_ids(run_dir: Path, split: str) -> list[str]:
     return (run_dir / "splits" / f"{split}.txt").read_text().split()
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("aam-cache")
-
-
-@pytest.fixture(scope="module")
-def demo(cache):
-    return demo_data(cache)
 
 
 @pytest.fixture(scope="module")
