@@ -12,7 +12,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -206,8 +206,10 @@ class ParallelSpec(_Section):
     nvme_path: Path | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     collective_timeout_s: int = Field(600, gt=0, description="a rank waiting longer than this in a collective fails")
-    max_memory_gb: float | None = Field(
-        None, gt=0, description="per-rank memory budget: search the largest micro batch whose real steps fit (GPU memory, or RSS on CPU)"
+    max_memory_gb: Annotated[float, Field(gt=0)] | Literal["auto"] | None = Field(
+        None,
+        description="per-rank memory budget in GiB, or 'auto' (90% of the GPU, or this rank's share of 80% of free RAM): "
+        "search the largest micro batch whose real steps fit (GPU memory, or RSS on CPU)",
     )
 
     @model_validator(mode="after")

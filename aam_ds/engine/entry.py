@@ -22,6 +22,8 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
                         help="override a spec field, e.g. --set model.d_model=256 (repeatable)")
     parser.add_argument("--ds-config", type=Path, help="DeepSpeed JSON; decides ZeRO, offload, precision (must agree with the spec)")
     parser.add_argument("--resume", action="store_true", help="continue from <checkpoint dir>/latest")
+    parser.add_argument("--max-memory-gb", default=None, metavar="GIB|auto",
+                        help="pick the largest micro batch whose real steps fit this per-rank budget (sets parallel.max_memory_gb)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
     return parser.parse_args(argv)
 
@@ -40,6 +42,7 @@ def run_stage(stage: Callable[[RunSpec, Path | None], object], argv: Sequence[st
     try:
         with report_rank_failure(os.environ.get("RANK", "0")):
             overrides = args.overrides + (["checkpoint.resume=true"] if args.resume else [])
+            overrides += [f"parallel.max_memory_gb={args.max_memory_gb}"] if args.max_memory_gb else []
             stage(load_spec(args.spec, overrides), args.ds_config)
     except AamInputError:
         exit_process(2)

@@ -61,6 +61,18 @@ def estimate_table(n_params: int, world_size: int, precision: str, chosen_stage:
 # measured peaks
 
 
+def memory_budget_gib(setting: float | str, device: torch.device, local_world_size: int) -> float:
+    """The per-rank budget of ``parallel.max_memory_gb``: the number itself, or for ``"auto"`` 90 % of
+    the GPU's memory, or on CPU this rank's share of 80 % of the RAM available now (Linux)."""
+    if setting != "auto":
+        return float(setting)
+    if device.type == "cuda":
+        return 0.9 * torch.cuda.get_device_properties(device).total_memory / GIB
+    import psutil  # a DeepSpeed dependency
+
+    return 0.8 * psutil.virtual_memory().available / GIB / max(local_world_size, 1)
+
+
 class PeakMemory:
     """Peak memory of this process between ``reset()`` and ``peak_bytes()``: CUDA allocator peak on a
     GPU, resident set size (VmHWM, reset through /proc/self/clear_refs) on CPU."""

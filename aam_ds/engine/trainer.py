@@ -14,6 +14,7 @@ consolidated export (of the best evaluation's weights when ``schedule.best_metri
 from __future__ import annotations
 
 import gc
+import os
 import math
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from aam_ds.engine import checkpoint as ckpt
 from aam_ds.engine.batches import GlobalBatchSampler
 from aam_ds.engine.distributed import DistContext, all_reduce_max, all_reduce_mean, barrier, init_distributed
 from aam_ds.engine.evaluate import evaluate, to_device
-from aam_ds.engine.memory import GIB, PeakMemory, estimate_table, is_out_of_memory, search_micro_batch
+from aam_ds.engine.memory import GIB, PeakMemory, estimate_table, is_out_of_memory, memory_budget_gib, search_micro_batch
 from aam_ds.engine.objective import Objective
 from aam_ds.engine.schedule import scheduler_factory
 from aam_ds.errors import AamInputError
@@ -279,9 +280,10 @@ def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], data: PreparedDat
         return None if peak == float("inf") else peak
 
     lower = 2 if spec.loss.pairwise_weight > 0 else 1  # the pairwise loss needs pairs on every rank
-    micro = search_micro_batch(peak_for, spec.parallel.max_memory_gb * GIB, upper, lower)
+    budget = memory_budget_gib(spec.parallel.max_memory_gb, ctx.device, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))
+    micro = search_micro_batch(peak_for, budget * GIB, upper, lower)
     if micro == 0:
-        raise AamInputError("parallel.max_memory_gb", f"even a micro batch of {lower} needs more than {spec.parallel.max_memory_gb} GiB per rank",
+        raise AamInputError("parallel.max_memory_gb", f"even a micro batch of {lower} needs more than {budget:.2f} GiB per rank",
                             "raise the budget, use a higher ZeRO stage or offload, or a smaller model")
     return micro
 
