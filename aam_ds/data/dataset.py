@@ -29,8 +29,8 @@ class SampleDataset(Dataset):
     ):
         self.rows = list(rows)
         self.tokens = torch.from_numpy(np.ascontiguousarray(tokens))
-        self.targets = None if targets is None else torch.from_numpy(np.ascontiguousarray(targets))
-        self.covariates = None if covariates is None else torch.from_numpy(np.ascontiguousarray(covariates))
+        self.targets = None if targets is None else torch.tensor(targets)  # a copy: pandas may hand out read-only arrays
+        self.covariates = None if covariates is None else torch.tensor(covariates)
 
     def __len__(self) -> int:
         return len(self.rows)
