@@ -171,8 +171,8 @@ def test_chunking_and_checkpointing_do_not_change_outputs_or_gradients():
         grads.append((out["sample_embedding"].detach(), [p.grad.clone() for p in m.asv_encoder.parameters()]))
     for emb, g in grads[1:]:
         torch.testing.assert_close(emb, grads[0][0], atol=1e-5, rtol=0)
-        for a, b in zip(g, grads[0][1]):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        for a, b in zip(g, grads[0][1]):  # float32 summation order differs: tolerance relative to the gradient's scale
+            torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ def test_each_loss_trains_exactly_the_parameters_on_its_path():
     )
     out = m(masked, counts, {"abundance"})
     assert trained_by(m, abundance_loss(out["abundance"], counts)) == everything - prefixed(
-        m, "nucleotide_head", "embedding_projection", "sample_encoder.pool", "task_head"
+        m, "nucleotide_head", "composition_norm", "embedding_projection", "sample_encoder.pool", "task_head"
     )
     out = m(masked, counts, {"task"}, covariates=covariates)
     assert trained_by(m, regression_loss(out["task"], torch.randn(4, 1))) == everything - prefixed(

@@ -8,8 +8,9 @@ Read top to bottom:
 3. ``Encoder``: embedded tokens -> blocks -> final LayerNorm -> pooled vector (used twice).
 4. ``AAMModel``: the ASV encoder runs only on the ASVs that are present (rows with ``counts > 0``),
    in chunks of ``asv_chunk_size``; the sample encoder reads each sample's ASV vectors (plus a
-   log-abundance embedding) and pools them into the sample embedding. ``forward`` computes only the
-   outputs named in ``want`` (lazy outputs).
+   log-abundance embedding) and pools them, plus a layer-normalised composition contrast
+   (abundance-weighted pool minus plain mean, ``_composition``), into the sample embedding.
+   ``forward`` computes only the outputs named in ``want`` (lazy outputs).
 
 Padding safety: a sequence whose keys are all padding attends to all of its (meaningless) keys
 instead of to none, so softmax never sees an all ``-inf`` row; pooled vectors of such sequences are
@@ -34,6 +35,7 @@ from aam_ds.model.heads import AbundanceHead, NucleotideHead, TaskHead, log_rela
 from aam_ds.model.normalization import TargetNormalizer
 from aam_ds.spec import MODEL_PRESETS, LossSpec, ModelSpec
 
+COMPOSITION_INIT_SCALE = 0.1  # initial LayerNorm gain of the composition contrast (see AAMModel._composition)
 OUTPUTS = frozenset({"sample_embedding", "nucleotide_logits", "abundance", "task"})
 
 
@@ -81,6 +83,8 @@ class Block(nn.Module):
 class AttentionPool(nn.Module):
     """Pool ``[N, S, D]`` into ``[N, D]`` with a learned score per element and a masked softmax.
 
+    ``log_prior [N, S]`` (optional) is added to the scores, so the weights start proportional to
+    ``exp(log_prior)`` (e.g. relative abundances) and the learned score reweights them.
     Invalid elements get weight exactly 0; a set with no valid element pools to the zero vector.
     """
 
@@ -88,8 +92,10 @@ class AttentionPool(nn.Module):
         super().__init__()
         self.score = nn.Linear(d_model, 1, bias=False)  # softmax ignores a shared shift
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, log_prior: torch.Tensor | None = None) -> torch.Tensor:
         scores = self.score(x).squeeze(-1).float()
+        if log_prior is not None:
+            scores = scores + log_prior.float()
         scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
         weights = torch.softmax(scores, dim=-1) * valid  # all-invalid rows: uniform * 0 = 0
         return torch.einsum("ns,nsd->nd", weights.to(x.dtype), x)
@@ -168,6 +174,7 @@ class AAMModel(nn.Module):
             nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d)) if spec.use_abundance else None
         )
         self.sample_encoder = Encoder(spec, spec.sample_layers)
+        self.composition_norm = nn.LayerNorm(d)
         self.embedding_projection = nn.Linear(d, d)
         self.abundance_head = AbundanceHead(d)
         # fine-tuning
@@ -175,6 +182,10 @@ class AAMModel(nn.Module):
         self.task_head = TaskHead(d, n_out, tuple(covariate_cardinalities)) if n_out else None
         self.target_normalizer = TargetNormalizer(n_targets) if n_targets else None
         self.apply(self._init_weights)
+        for chain in (self.embedding_projection, self.task_head):
+            if chain is not None:
+                chain.apply(self._init_variance_preserving)
+        nn.init.constant_(self.composition_norm.weight, COMPOSITION_INIT_SCALE)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -182,6 +193,14 @@ class AAMModel(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    @staticmethod
+    def _init_variance_preserving(module: nn.Module) -> None:
+        """Std ``fan_in ** -0.5`` for the layers after the sample encoder (projection, task head): with
+        the transformer's 0.02 they form a chain with gain ~0.16 per layer that shrinks both the
+        sample-to-sample signal and the gradient reaching the encoder."""
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=module.in_features ** -0.5)
 
     # ---------------------------------------------------------------------------------------
     # ASV encoder
@@ -248,12 +267,27 @@ class AAMModel(nn.Module):
         if "abundance" in want:
             out["abundance"] = self.abundance_head(h) * present
         if want & {"sample_embedding", "task"}:
-            embedding = self.embedding_projection(self.sample_encoder.pool(h, present))
+            embedding = self.embedding_projection(self._composition(h, counts, present))
             if "sample_embedding" in want:
                 out["sample_embedding"] = embedding
             if "task" in want:
                 out["task"] = self.task_head(embedding, covariates)
         return out
+
+    def _composition(self, h: torch.Tensor, counts: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """ASV states ``[B, A, D]`` -> pooled sample vector ``[B, D]``: the attention pool plus a
+        layer-normalised composition contrast (abundance-weighted pool minus the plain mean).
+
+        ASV states share a large common component (every sample draws from the same ASVs), so the
+        attention pool alone differs between samples by ~1% of its norm and fine-tuning collapses to
+        the mean target. The contrast cancels the common part and keeps which of a sample's ASVs
+        dominate (relative abundance, reweighted by the learned score) at a scale set by the LayerNorm
+        gain (``COMPOSITION_INIT_SCALE`` at init, not the ~1% of the common part); the plain pool
+        keeps which ASVs are present (what unweighted UniFrac measures).
+        """
+        weighted = self.sample_encoder.pool(h, present, log_relative_abundance(counts))
+        mean = (h * present[..., None]).sum(dim=1) / present.sum(dim=1, keepdim=True).clamp_min(1)
+        return self.sample_encoder.pool(h, present) + self.composition_norm(weighted - mean)
 
     def _check_inputs(self, tokens, counts, want, covariates) -> None:
         unknown = set(want) - OUTPUTS
