@@ -48,5 +48,5 @@ def test_pretraining_on_cfs_lowers_both_losses(tmp_path):
     train, final_eval = pretrain_and_read(
         tmp_path / "run", tmp_path / "cache",
         **{"data.table": cfs / "table.biom", "data.tree": cfs / "tree.nwk", "data.max_seq_len": 150, "data.max_asvs": 32,
-           "schedule.steps": 30, "parallel.micro_batch_size": 8})
+           "schedule.steps": 60, "parallel.micro_batch_size": 8})
     assert_learned(train, final_eval, 0.0, "CFS")

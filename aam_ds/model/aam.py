@@ -185,6 +185,8 @@ class AAMModel(nn.Module):
         for chain in (self.embedding_projection, self.task_head):
             if chain is not None:
                 chain.apply(self._init_variance_preserving)
+        if self.task_head is not None:  # output layer small: predictions start near the training mean
+            self._init_weights(self.task_head.mlp[-1])
         nn.init.constant_(self.composition_norm.weight, COMPOSITION_INIT_SCALE)
 
     @staticmethod
