@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aam_ds.errors import AamInputError
+from aam_ds.io_utils import atomic_write_text
 from aam_ds.spec import RunSpec, build_spec
 
 # Steps between DeepSpeed's own log lines: our tracker reports progress, so keep DeepSpeed quiet.
@@ -99,8 +100,6 @@ def build_ds_config(spec: RunSpec) -> dict[str, Any]:
 
 
 def write_ds_config(config: dict[str, Any], path: Path) -> None:
-    from aam_ds.io_utils import atomic_write_text
-
     atomic_write_text(path, json.dumps(config, indent=2) + "\n")
 
 
