@@ -51,6 +51,17 @@ class SplitSpec(_Section):
         return self
 
 
+class AugmentSpec(_Section):
+    """Training-time perturbations of each sample, redrawn every epoch (``aam_ds.data.augment``)."""
+
+    resample_reads: bool = Field(False, description="redraw each sample's reads at the same depth every epoch, keeping its ASVs")
+    asv_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="remove each of a sample's ASVs with this probability every epoch")
+
+    @property
+    def active(self) -> bool:
+        return self.resample_reads or self.asv_dropout > 0
+
+
 class DataSpec(_Section):
     """Inputs and preprocessing. With no table given the embedded demo dataset is generated."""
 
@@ -80,6 +91,7 @@ class DataSpec(_Section):
         False, description="drop table samples that have no metadata row (with a warning) instead of failing"
     )
     split: SplitSpec = Field(default_factory=SplitSpec)
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
     num_workers: int = Field(0, ge=0)
 
 
@@ -110,8 +122,22 @@ class ModelSpec(_Section):
     asv_order: bool = Field(False, description="give the sample encoder ASV positions (breaks order invariance)")
     asv_chunk_size: int = Field(0, ge=0, description="ASVs encoded per chunk to bound memory; 0 = all at once")
     activation_checkpointing: bool = False
+    asv_identity_buckets: int = Field(
+        65536, ge=0,
+        description="learned per-ASV vectors added to the sequence encoder's, looked up by a hash of the ASV's "
+        "nucleotides into this many buckets (ASVs unseen in training use the sequence encoder alone); 0 = off",
+    )
+    asv_identity_dropout: float = Field(
+        0.1, ge=0.0, lt=1.0,
+        description="training: drop each ASV's learned vector with this probability, so the sequence encoder also "
+        "learns to place ASVs (it is what serves ASVs unseen in training)",
+    )
     pretrained: Path | None = Field(None, description="consolidated export to start from (fine-tuning)")
-    freeze_encoder: bool = False
+    freeze_encoder: bool = Field(False, description="fine-tuning: train the task head only")
+    freeze_sequence_encoder: bool = Field(
+        False, description="fine-tuning: keep the nucleotide encoder fixed and run it without gradients (about 3x "
+        "cheaper); the ASV vectors, sample encoder and task head still train",
+    )
 
     @model_validator(mode="before")
     @classmethod

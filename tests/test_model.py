@@ -195,6 +195,7 @@ def test_each_loss_trains_exactly_the_parameters_on_its_path():
     target = torch.rand(4, 4)
     target = target + target.T
     m = model(tiny(use_abundance=False, dropout=0.0), n_targets=1, covariate_cardinalities=(3,)).train()
+    m.mark_asvs_seen(masked.reshape(-1, masked.shape[-1]))  # the learned ASV vectors are on the sample path
     everything = prefixed(m, "")
     covariates = torch.tensor([[0], [1], [2], [1]])
 

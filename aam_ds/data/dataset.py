@@ -36,7 +36,10 @@ class SampleDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        row = self.rows[i]
+        return self.item(self.rows[i])
+
+    def item(self, row: SampleRow) -> dict[str, Any]:
+        """The item of one sample row (this dataset's or a perturbed copy of one)."""
         item = {
             "tokens": self.tokens[torch.from_numpy(row.asv_index)],  # uint8 [k, L]
             "counts": torch.from_numpy(row.counts),  # float32 [k]

@@ -18,9 +18,11 @@ from aam_ds.errors import AamInputError
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
-    """Yields this rank's micro-batches (lists of dataset positions) forever, from ``start_micro_step``."""
+    """Yields this rank's micro-batches (lists of dataset positions, or of ``(position, epoch)`` with
+    ``with_epoch``) forever, from ``start_micro_step``."""
 
-    def __init__(self, n_samples: int, micro_batch: int, world_size: int, rank: int, seed: int, start_micro_step: int = 0):
+    def __init__(self, n_samples: int, micro_batch: int, world_size: int, rank: int, seed: int, start_micro_step: int = 0,
+                 with_epoch: bool = False):
         self.global_micro = micro_batch * world_size
         if n_samples < self.global_micro:
             raise AamInputError(
@@ -30,6 +32,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
             )
         self.n_samples, self.micro_batch, self.rank, self.seed = n_samples, micro_batch, rank, seed
         self.start_micro_step = start_micro_step
+        self.with_epoch = with_epoch  # yield (position, epoch) keys, for AugmentedDataset
 
     @property
     def micro_steps_per_epoch(self) -> int:
@@ -45,7 +48,8 @@ class GlobalBatchSampler(Sampler[list[int]]):
             order = self.epoch_order(epoch)
             for step in range(offset, self.micro_steps_per_epoch):
                 start = step * self.global_micro + self.rank * self.micro_batch
-                yield order[start : start + self.micro_batch].tolist()
+                positions = order[start : start + self.micro_batch].tolist()
+                yield [(p, epoch) for p in positions] if self.with_epoch else positions
             epoch, offset = epoch + 1, 0
 
 

@@ -15,7 +15,7 @@ import torch
 
 from aam_ds.data.dataset import collate
 from aam_ds.engine.distributed import DistContext, all_reduce_mean
-from aam_ds.engine.objective import Objective, _unwrap
+from aam_ds.engine.objective import Objective, _unwrap, unmasked_asv_ids
 from aam_ds.engine.pairwise import gather_no_grad
 from aam_ds.evaluation.metrics import classification_metrics
 from aam_ds.model import losses
@@ -51,11 +51,12 @@ def evaluate(model: Any, dataset: Any, objective: Objective, ctx: DistContext, m
     for start in range(0, share, micro_batch):
         batch = to_device(collate([dataset[i] for i in positions[start : start + micro_batch]]), ctx.device)
         weight = len(batch["counts"]) / share
-        tokens, labels = batch["tokens"], None
+        tokens, labels, asv_ids = batch["tokens"], None, None
         if "nucleotide_logits" in want:
             gen = torch.Generator().manual_seed(EVAL_MASK_SEED + start)
+            asv_ids = unmasked_asv_ids(model, tokens)
             tokens, labels = mask_nucleotides(tokens, objective.loss.mask_fraction, gen)
-        out = model(tokens, batch["counts"], want, batch.get("covariates"))
+        out = model(tokens, batch["counts"], want, batch.get("covariates"), asv_ids)
         if labels is not None:
             logits = out["nucleotide_logits"]
             local["nucleotide"] = local.get("nucleotide", 0.0) + weight * losses.masked_nucleotide_loss(logits, labels).item()
@@ -78,6 +79,8 @@ def evaluate(model: Any, dataset: Any, objective: Objective, ctx: DistContext, m
         true = objective.distance_target.batch(idx)[i, j].float().cpu().numpy()
         metrics["distance_r"] = pearson(predicted, true)
         scatter = (predicted, true)
+    if embeddings:
+        metrics.update(asv_similarity(_unwrap(model), dataset))
     if task_out:
         metrics.update(task_metrics(model, objective, gather_no_grad(torch.cat(task_out)), gather_no_grad(torch.cat(task_true))))
     metrics["loss"] = sum(
@@ -107,3 +110,26 @@ def task_metrics(model: Any, objective: Objective, predicted: torch.Tensor, targ
     total = ((targets - targets.mean(0)) ** 2).sum(0).clamp_min(1e-12)
     metrics["r2"] = (1 - residual / total).mean().item()
     return metrics
+
+
+def asv_similarity(model: Any, dataset: Any, max_asvs: int = 256) -> dict[str, float]:
+    """Mean pairwise cosine similarity of the ASV vectors of up to ``max_asvs`` distinct ASVs of
+    ``dataset`` (the first by table column): ``asv_cosine`` of the vectors the sample encoder reads
+    (sequence encoder + learned identity) and ``asv_cosine_sequence`` of the sequence encoder's alone.
+
+    Near 1 means the ASV encoder maps every ASV to nearly the same vector (a collapsed sequence
+    path); every rank computes it on the same ASVs (ZeRO-3 needs every rank in the forward).
+    """
+    columns = np.unique(np.concatenate([row.asv_index for row in dataset.rows]))[:max_asvs]
+    if len(columns) < 2:
+        return {}
+    device = next(model.parameters()).device
+    sequence, combined = model.asv_vectors(dataset.tokens[torch.as_tensor(columns)].long().to(device))
+    return {"asv_cosine": mean_pairwise_cosine(combined), "asv_cosine_sequence": mean_pairwise_cosine(sequence)}
+
+
+def mean_pairwise_cosine(vectors: torch.Tensor) -> float:
+    """Mean cosine similarity over pairs i<j of the rows of ``vectors [K, D]`` (K >= 2)."""
+    unit = torch.nn.functional.normalize(vectors.float(), dim=-1)
+    i, j = torch.triu_indices(len(unit), len(unit), offset=1, device=unit.device)
+    return float((unit @ unit.T)[i, j].mean())

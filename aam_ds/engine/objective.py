@@ -14,7 +14,7 @@ import torch
 
 from aam_ds.engine.pairwise import gathered_pairwise_loss
 from aam_ds.model import losses
-from aam_ds.model.aam import required_outputs
+from aam_ds.model.aam import asv_hash_buckets, required_outputs
 from aam_ds.model.masking import mask_nucleotides
 from aam_ds.spec import LossSpec
 
@@ -38,10 +38,11 @@ class Objective:
     def __call__(self, model: Any, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Forward ``batch`` (on the model's device) through ``model``; returns ``loss`` (the weighted
         total, to backpropagate) and each active component (detached)."""
-        tokens, labels = batch["tokens"], None
+        tokens, labels, asv_ids = batch["tokens"], None, None
         if "nucleotide_logits" in self.want:
+            asv_ids = unmasked_asv_ids(model, tokens)
             tokens, labels = mask_nucleotides(tokens, self.loss.mask_fraction, generator)
-        out = model(tokens, batch["counts"], self.want, batch.get("covariates"))
+        out = model(tokens, batch["counts"], self.want, batch.get("covariates"), asv_ids)
         parts: dict[str, tuple[float, torch.Tensor]] = {}
         if "sample_embedding" in self.want:
             parts["pairwise"] = (self.loss.pairwise_weight, gathered_pairwise_loss(
@@ -61,6 +62,13 @@ class Objective:
             return losses.classification_loss(predicted, targets, self.class_weights)
         normalizer = _unwrap(model).target_normalizer
         return losses.regression_loss(predicted, normalizer.transform(targets.float()), self.loss.regression_loss)
+
+
+def unmasked_asv_ids(model: Any, tokens: torch.Tensor) -> torch.Tensor | None:
+    """Identity buckets ``int64 [B, A]`` of the ASVs before their nucleotides are masked (None when
+    the model has no identity path): masking must not change which learned vector an ASV gets."""
+    buckets = _unwrap(model).spec.asv_identity_buckets
+    return asv_hash_buckets(tokens, buckets) if buckets else None
 
 
 def _unwrap(model: Any) -> torch.nn.Module:

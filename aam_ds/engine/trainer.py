@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import deepspeed
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from aam_ds.data.augment import AugmentedDataset
 from aam_ds.data.dataset import collate
 from aam_ds.data.prepare import PreparedData, prepare_data
 from aam_ds.data.splits import save_splits
@@ -45,6 +47,9 @@ from aam_ds.tracking import make_logger
 
 EXPORT_NAME = "model.pt"
 BEST_TAG = "best"  # checkpoint folder holding the weights of the best evaluation
+# model fields a fine-tuning run takes from its own spec (the rest of the architecture comes from the export)
+RUN_TIME_MODEL_FIELDS = ("dropout", "asv_chunk_size", "activation_checkpointing", "pretrained", "freeze_encoder",
+                         "freeze_sequence_encoder", "asv_identity_dropout")
 HIGHER_IS_BETTER = frozenset({"accuracy", "balanced_accuracy", "auc", "f1", "r2", "nucleotide_accuracy"})
 
 
@@ -182,7 +187,7 @@ def build_model(spec: RunSpec, data: PreparedData, finetuning: bool) -> tuple[AA
             raise AamInputError(str(spec.model.pretrained), f"built for {export.model_args['max_seq_len']} nucleotides, data has {data.max_seq_len}",
                                 f"set data.max_seq_len={export.model_args['max_seq_len']}")
         args["max_seq_len"] = export.model_args["max_seq_len"]
-        keep = {k: getattr(spec.model, k) for k in ("dropout", "asv_chunk_size", "activation_checkpointing", "pretrained", "freeze_encoder")}
+        keep = {k: getattr(spec.model, k) for k in RUN_TIME_MODEL_FIELDS}
         model_spec = type(spec.model).model_validate({**export.spec["model"], **keep})
     torch.manual_seed(spec.schedule.seed)
     model = AAMModel(model_spec, **args)
@@ -191,12 +196,19 @@ def build_model(spec: RunSpec, data: PreparedData, finetuning: bool) -> tuple[AA
         foreign = unexpected + [k for k in missing if not k.startswith(("task_head.", "target_normalizer."))]
         if foreign:
             raise AamInputError(str(spec.model.pretrained), f"weights do not fit the model ({foreign[:5]})", "fine-tune with the export's model settings")
+    model.mark_asvs_seen(torch.as_tensor(data.tokens[training_asvs(data)]))
     if finetuning and spec.model.freeze_encoder:
         for name, param in model.named_parameters():
             param.requires_grad_(name.startswith("task_head."))
     if n_targets:
         model.target_normalizer.fit(torch.as_tensor(data.targets[data.splits["train"]]), "data.targets (training split)")
     return model, args
+
+
+def training_asvs(data: PreparedData) -> np.ndarray:
+    """Table columns (ASVs) present in the training split's kept rows, ``int64 [K]`` sorted."""
+    rows = [data.rows[i].asv_index for i in data.splits["train"]]
+    return np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
 
 
 def build_objective(spec: RunSpec, data: PreparedData, device: torch.device, model: AAMModel) -> Objective:
@@ -227,8 +239,10 @@ def micro_step_generator(seed: int, micro_step: int, rank: int) -> torch.Generat
 
 
 def train_batches(data: PreparedData, spec: RunSpec, ctx: DistContext, micro: int, start_micro_step: int) -> Iterator[dict[str, torch.Tensor]]:
-    dataset = data.dataset("train")
-    sampler = GlobalBatchSampler(len(dataset), micro, ctx.world_size, ctx.rank, spec.schedule.seed, start_micro_step)
+    dataset, augment = data.dataset("train"), spec.data.augment
+    sampler = GlobalBatchSampler(len(dataset), micro, ctx.world_size, ctx.rank, spec.schedule.seed, start_micro_step, augment.active)
+    if augment.active:
+        dataset = AugmentedDataset(dataset, augment, spec.schedule.seed)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=spec.data.num_workers,
                         pin_memory=ctx.device.type == "cuda")
     return iter(loader)

@@ -7,7 +7,7 @@ model are scored on exactly the same held-out samples.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -72,29 +72,48 @@ def cross_validate_rf(
     max_features: str | float | None = None,
     positive_class: str | None = None,
 ) -> CrossValidation:
-    """Fit a forest on each fold's training rows and predict its test rows.
+    """Fit a forest on each fold's relative abundances (training rows) and predict its test rows;
+    see :func:`cross_validate_estimator` for ``truth``, ``class_names`` and ``folds``."""
+    task = "classification" if class_names else "regression"
+    return cross_validate_estimator(
+        relative_abundance(table), lambda: random_forest(task, trees, seed, n_jobs, max_features), table.sample_ids,
+        target, truth, folds, class_names, positive_class, "random forest (out of fold)",
+    )  # fmt: skip
+
+
+def cross_validate_estimator(
+    features: np.ndarray | sp.spmatrix,
+    make_estimator: Callable[[], Any],
+    sample_ids: Sequence[str],
+    target: str,
+    truth: np.ndarray,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+    class_names: Sequence[str] = (),
+    positive_class: str | None = None,
+    source: str = "out of fold",
+) -> CrossValidation:
+    """Fit a fresh scikit-learn estimator on each fold's training rows of ``features [N, F]`` and
+    predict its test rows.
 
     ``truth`` is float ``[N]`` (regression) or class names ``[N]`` (classification, with
-    ``class_names`` listing every class); rows follow ``table.sample_ids``. Every row must be a
-    test row of exactly one fold. Classes absent from a fold's training rows get probability 0.
+    ``class_names`` listing every class); rows follow ``sample_ids``. Every row must be a test row of
+    exactly one fold. Classes absent from a fold's training rows get probability 0.
     """
     task = "classification" if class_names else "regression"
-    features = relative_abundance(table)
-    n = len(table.sample_ids)
+    n = len(sample_ids)
     values = np.full(n, np.nan) if task == "regression" else None
     probabilities = np.full((n, len(class_names)), np.nan) if task == "classification" else None
     fold_of = fold_of_samples([test for _, test in folds], n)
     column_of = {c: i for i, c in enumerate(class_names)}
     for train, test in folds:
-        forest = random_forest(task, trees, seed, n_jobs, max_features).fit(features[train], truth[train])
+        model = make_estimator().fit(features[train], truth[train])
         if task == "regression":
-            values[test] = forest.predict(features[test])
+            values[test] = model.predict(features[test])
         else:
             probabilities[test] = 0.0
-            probabilities[np.ix_(test, [column_of[c] for c in forest.classes_])] = forest.predict_proba(features[test])
+            probabilities[np.ix_(test, [column_of[c] for c in model.classes_])] = model.predict_proba(features[test])
     predictions = Predictions(
-        target, list(table.sample_ids), values=values, probabilities=probabilities,
-        class_names=tuple(class_names), source="random forest (out of fold)",
+        target, list(sample_ids), values=values, probabilities=probabilities, class_names=tuple(class_names), source=source,
     )  # fmt: skip
     fold_metrics = [score(predictions.take(test), truth[test], positive_class) for _, test in folds]
     return CrossValidation(predictions, truth, fold_of, fold_metrics, score(predictions, truth, positive_class))

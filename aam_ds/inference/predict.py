@@ -112,19 +112,26 @@ def predict_inputs(
     ]
 
 
-def _forward(model: AAMModel, inputs: ModelInputs, rows: list[SampleRow], batch_size: int, device: str | torch.device) -> np.ndarray:
-    """``float64 [N, T]`` regression outputs in original units, or ``[N, C]`` class probabilities."""
+def _forward(model: AAMModel, inputs: ModelInputs, rows: list[SampleRow], batch_size: int, device: str | torch.device,
+             output: str = "task") -> np.ndarray:
+    """``float64 [N, T]`` regression outputs in original units, ``[N, C]`` class probabilities, or
+    (``output="sample_embedding"``) the sample embeddings ``[N, D]``."""
     dataset = SampleDataset(rows, inputs.tokens, None, inputs.covariates)
     outputs = []
     for start in range(0, len(dataset), batch_size):
         batch = to_device(collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]), torch.device(device))
-        task = model(batch["tokens"], batch["counts"], {"task"}, batch.get("covariates"))["task"].float()
-        if model.target_normalizer is not None:
-            task = model.target_normalizer.inverse(task)
-        else:
-            task = task.softmax(dim=-1)
-        outputs.append(task.double().cpu().numpy())
+        values = model(batch["tokens"], batch["counts"], {output}, batch.get("covariates"))[output].float()
+        if output == "task":
+            values = model.target_normalizer.inverse(values) if model.target_normalizer is not None else values.softmax(dim=-1)
+        outputs.append(values.double().cpu().numpy())
     return np.concatenate(outputs)
+
+
+@torch.no_grad()
+def embed_inputs(model: AAMModel, inputs: ModelInputs, batch_size: int = DEFAULT_BATCH_SIZE,
+                 device: str | torch.device = "cpu") -> np.ndarray:
+    """Sample embeddings ``float64 [N, D]`` of ``inputs`` (any export, pretrained or fine-tuned), in eval mode."""
+    return _forward(model.to(device).eval(), inputs, inputs.rows, batch_size, device, output="sample_embedding")
 
 
 def subset_rows(inputs: ModelInputs, fraction: float, seed: int, pass_index: int) -> list[SampleRow]:

@@ -17,6 +17,14 @@ instead of to none, so softmax never sees an all ``-inf`` row; pooled vectors of
 zeroed. Padding ASVs are never encoded at all. The sample encoder has no ASV positions unless
 ``model.asv_order`` is set, so its output does not depend on ASV order.
 
+ASV identity: the sequence encoder alone, trained briefly, maps different ASVs to nearly the same
+vector (mean pairwise cosine 0.995 measured on real tables), while a random forest wins by knowing
+*which* ASV each abundance belongs to. Each ASV therefore also gets a learned vector, looked up by a
+universal hash of its nucleotide tokens (``asv_hash_buckets``) into ``model.asv_identity_buckets``
+rows; it is used only for buckets marked in ``asv_seen`` (ASVs of the training data), so an ASV
+never seen in training is placed by the sequence encoder alone. ``model.asv_identity_dropout``
+drops the learned vector of random ASVs during training so that the sequence path keeps learning.
+
 ``python -m aam_ds.model.aam`` prints the parameter count of every preset.
 """
 
@@ -35,6 +43,7 @@ from aam_ds.model.heads import AbundanceHead, NucleotideHead, TaskHead, log_rela
 from aam_ds.model.normalization import TargetNormalizer
 from aam_ds.spec import MODEL_PRESETS, LossSpec, ModelSpec
 
+HASH_PRIME = 2_147_483_647  # 2**31 - 1: the ASV hash is sum(token_l * r_l) mod this prime
 COMPOSITION_INIT_SCALE = 0.1  # initial LayerNorm gain of the composition contrast (see AAMModel._composition)
 OUTPUTS = frozenset({"sample_embedding", "nucleotide_logits", "abundance", "task"})
 
@@ -124,6 +133,29 @@ class Encoder(nn.Module):
         return self.ln_out(x)
 
 
+def _hash_multipliers(n: int) -> list[int]:
+    """Fixed pseudo-random multipliers ``r_l`` in [1, HASH_PRIME) of the ASV hash (a 64-bit LCG,
+    so they are the same on every machine and torch version)."""
+    state, out = 0x5DEECE66D, []
+    for _ in range(n):
+        state = (state * 6364136223846793005 + 1442695040888963407) % 2**64
+        out.append(1 + (state >> 33) % (HASH_PRIME - 1))
+    return out
+
+
+def asv_hash_buckets(tokens: torch.Tensor, n_buckets: int) -> torch.Tensor:
+    """Bucket of each ASV from its nucleotide tokens: ``int [..., L]`` -> ``int64 [...]`` in ``[1, n_buckets)``,
+    0 for all-padding rows.
+
+    A universal hash ``sum_l token_l * r_l mod (2**31 - 1)`` (Carter & Wegman 1979) with fixed
+    multipliers: two different sequences share a bucket with probability about ``1 / (n_buckets - 1)``.
+    Trailing padding does not change the hash, so the bucket does not depend on the batch's padding.
+    """
+    multipliers = torch.tensor(_hash_multipliers(tokens.shape[-1]), dtype=torch.int64, device=tokens.device)
+    hashed = (tokens.long() * multipliers).sum(-1) % HASH_PRIME
+    return torch.where((tokens != PAD).any(-1), 1 + hashed % (n_buckets - 1), 0)
+
+
 def scatter_rows(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Place ``values [K, ...]`` at ``rows [K]`` of a zero tensor ``[n_rows, ...]`` (differentiable)."""
     return values.new_zeros(n_rows, *values.shape[1:]).index_put((rows,), values)
@@ -169,6 +201,10 @@ class AAMModel(nn.Module):
         self.position_embedding = nn.Embedding(max_seq_len, d)
         self.asv_encoder = Encoder(spec, spec.asv_layers)
         self.nucleotide_head = NucleotideHead(d)
+        # learned per-ASV vectors, by sequence hash (see the module docstring)
+        self.asv_identity = nn.Embedding(spec.asv_identity_buckets, d) if spec.asv_identity_buckets else None
+        self.register_buffer("asv_seen", torch.zeros(spec.asv_identity_buckets, dtype=torch.bool))
+        self._frozen_vectors: dict[bytes, torch.Tensor] = {}  # see _encode_frozen
         # ASV vectors of one sample -> sample embedding
         self.abundance_embedding = (
             nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d)) if spec.use_abundance else None
@@ -207,8 +243,68 @@ class AAMModel(nn.Module):
     # ---------------------------------------------------------------------------------------
     # ASV encoder
 
+    def mark_asvs_seen(self, tokens: torch.Tensor) -> int:
+        """Mark the identity buckets of ASVs ``int [K, L]`` (e.g. the training split's) as learned;
+        returns how many buckets are marked in all. A no-op without the identity path."""
+        if self.asv_identity is not None and len(tokens):
+            self.asv_seen[asv_hash_buckets(torch.as_tensor(tokens).to(self.asv_seen.device), len(self.asv_seen))] = True
+        return int(self.asv_seen.sum())
+
+    def asv_vectors(self, tokens: torch.Tensor, asv_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """ASV vectors of ``tokens int [K, L]``: (sequence encoder's ``[K, D]``, with the learned identity
+        vectors added ``[K, D]``), in evaluation mode (no identity dropout). For diagnostics."""
+        sequence, _ = self._encode_asvs(tokens, keep_states=False)
+        return sequence, sequence + self._identity(tokens if asv_ids is None else asv_ids, asv_ids is not None, sequence)
+
+    def _identity(self, tokens_or_ids: torch.Tensor, are_ids: bool, like: torch.Tensor) -> torch.Tensor:
+        """Learned vectors ``[K, D]`` of ASVs (tokens ``[K, L]`` or bucket ids ``[K]``); zero for buckets
+        not seen in training and, while training, for a random ``asv_identity_dropout`` share."""
+        if self.asv_identity is None:
+            return torch.zeros_like(like)
+        ids = tokens_or_ids if are_ids else asv_hash_buckets(tokens_or_ids, len(self.asv_seen))
+        keep = self.asv_seen[ids]
+        if self.training and self.spec.asv_identity_dropout > 0:
+            keep = keep & (torch.rand(ids.shape, device=ids.device) >= self.spec.asv_identity_dropout)
+        return self.asv_identity(ids) * keep[:, None].to(like.dtype)
+
+    def _encode_frozen(self, tokens: torch.Tensor) -> torch.Tensor:
+        """ASV vectors ``[N, D]`` from the fixed nucleotide encoder, memoised by sequence: fine-tuning
+        with ``freeze_sequence_encoder`` encodes each distinct ASV once. The memo is dropped whenever
+        weights are loaded or moved (``load_state_dict``, ``to``)."""
+        keys = [row.tobytes() for row in tokens.cpu().numpy()]
+        missing: dict[bytes, int] = {}
+        for i, key in enumerate(keys):
+            if key not in self._frozen_vectors and key not in missing:
+                missing[key] = i
+        if missing:
+            was_training = self.asv_encoder.training
+            self.asv_encoder.eval()  # one fixed vector per ASV: no dropout
+            with torch.no_grad():
+                vectors, _ = self._encode_chunks(tokens[torch.tensor(list(missing.values()), device=tokens.device)], False)
+            self.asv_encoder.train(was_training)
+            self._frozen_vectors.update(zip(missing, vectors))
+        if not keys:
+            return self.token_embedding.weight.new_zeros(0, self.spec.d_model)
+        return torch.stack([self._frozen_vectors[key] for key in keys])
+
+    def _apply(self, fn, *args, **kwargs):
+        self._frozen_vectors = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._frozen_vectors = {}
+        return super().load_state_dict(*args, **kwargs)
+
     def _encode_asvs(self, tokens: torch.Tensor, keep_states: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """tokens ``[N, L]`` of present ASVs -> (ASV vectors ``[N, D]``, token states ``[N, L, D]`` or None)."""
+        """tokens ``[N, L]`` of present ASVs -> (ASV vectors ``[N, D]``, token states ``[N, L, D]`` or None).
+
+        With ``model.freeze_sequence_encoder`` (and no nucleotide output wanted) the nucleotide
+        encoder runs without gradients."""
+        if self.spec.freeze_sequence_encoder and not keep_states:
+            return self._encode_frozen(tokens), None
+        return self._encode_chunks(tokens, keep_states)
+
+    def _encode_chunks(self, tokens: torch.Tensor, keep_states: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         chunk = self.spec.asv_chunk_size or max(tokens.shape[0], 1)
         vectors, states = [], []  # an empty batch still yields one empty chunk
         for part in tokens.split(chunk):
@@ -230,6 +326,7 @@ class AAMModel(nn.Module):
         counts: torch.Tensor,
         want: set[str] | frozenset[str],
         covariates: torch.Tensor | None = None,
+        asv_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Compute the outputs named in ``want`` and nothing else.
 
@@ -238,6 +335,8 @@ class AAMModel(nn.Module):
             counts: ``float [B, A]`` read counts; an ASV is present where ``counts > 0``.
             want: subset of ``OUTPUTS``.
             covariates: ``int64 [B, C]`` category codes (needed when the task head has covariates).
+            asv_ids: ``int64 [B, A]`` identity buckets (``asv_hash_buckets``) of the unmasked ASVs; by
+                default hashed from ``tokens``, so pass them when ``tokens`` are masked.
 
         Returns: dict with the requested entries among ``sample_embedding [B, D]``,
         ``nucleotide_logits [B, A, L, VOCAB_SIZE]`` (zeros on missing ASVs), ``abundance [B, A]``
@@ -260,7 +359,11 @@ class AAMModel(nn.Module):
 
         if not want & {"sample_embedding", "abundance", "task"}:
             return out
-        x = scatter_rows(asv_vectors, rows, b * a).view(b, a, self.spec.d_model)
+        if asv_ids is None:
+            identity = self._identity(tokens.reshape(b * a, seq_len)[rows], False, asv_vectors)
+        else:
+            identity = self._identity(asv_ids.reshape(-1)[rows], True, asv_vectors)
+        x = scatter_rows(asv_vectors + identity, rows, b * a).view(b, a, self.spec.d_model)
         if self.abundance_embedding is not None:
             x = x + self.abundance_embedding(log_relative_abundance(counts)[..., None].to(x.dtype)) * present[..., None]
         if self.spec.asv_order:
@@ -341,10 +444,18 @@ def check_loss_compatible(model: ModelSpec, loss: LossSpec) -> None:
 
 
 def count_parameters(spec: ModelSpec, max_seq_len: int = 150) -> int:
-    """Parameters of the encoder and pretraining heads, counted on the meta device (no memory)."""
+    """Parameters of the encoders and pretraining heads, counted on the meta device (no memory).
+
+    The ASV identity table (``asv_identity_buckets x d_model``, of which a step reads only the rows
+    of its batch's ASVs) is not included: see :func:`identity_table_parameters`."""
     with torch.device("meta"):
         model = AAMModel(spec, max_seq_len)
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("asv_identity."))
+
+
+def identity_table_parameters(spec: ModelSpec) -> int:
+    """Entries of the ASV identity lookup table, ``asv_identity_buckets * d_model``."""
+    return spec.asv_identity_buckets * spec.d_model
 
 
 def preset_parameter_table(max_seq_len: int = 150) -> list[tuple[str, int]]:
@@ -352,7 +463,8 @@ def preset_parameter_table(max_seq_len: int = 150) -> list[tuple[str, int]]:
 
 
 if __name__ == "__main__":
-    print(f"{'preset':<8}{'d_model':>8}{'heads':>6}{'asv':>5}{'sample':>7}{'parameters':>16}")
+    print(f"{'preset':<8}{'d_model':>8}{'heads':>6}{'asv':>5}{'sample':>7}{'parameters':>16}{'identity table':>16}")
     for name, n in preset_parameter_table():
         p = MODEL_PRESETS[name]
-        print(f"{name:<8}{p['d_model']:>8}{p['n_heads']:>6}{p['asv_layers']:>5}{p['sample_layers']:>7}{n:>16,}")
+        table = identity_table_parameters(ModelSpec(preset=name))
+        print(f"{name:<8}{p['d_model']:>8}{p['n_heads']:>6}{p['asv_layers']:>5}{p['sample_layers']:>7}{n:>16,}{table:>16,}")
