@@ -193,12 +193,23 @@ class OptimSpec(_Section):
     )
 
 
+def scaled_default(steps: int, divisor: int, cap: int, floor: int) -> int:
+    """A default that shrinks with a short run: ``steps // divisor`` within [floor, cap]."""
+    return max(floor, min(cap, steps // divisor))
+
+
 class ScheduleSpec(_Section):
+    """Run length, learning-rate schedule, reporting intervals, best-model selection.
+
+    Intervals left unset (null) scale with ``steps``: a 10-step run warms up for 1 step, logs
+    every step and evaluates every 2; from 200 steps on they are 20, 10 and 50.
+    """
+
     steps: int = Field(200, gt=0, description="optimizer steps")
-    warmup_steps: int = Field(20, ge=0)
+    warmup_steps: int | None = Field(None, ge=0, description="linear warmup steps; none = min(20, steps // 10)")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of optim.lr")
-    eval_every: int = Field(50, gt=0)
-    log_every: int = Field(10, gt=0)
+    eval_every: int | None = Field(None, gt=0, description="validate every N steps and at the end; none = min(50, steps // 4), at least 1")
+    log_every: int | None = Field(None, gt=0, description="report training every N steps and at the end; none = min(10, steps // 20), at least 1")
     seed: int = 0
     best_metric: str | None = Field(
         None, description="validation metric that selects the exported model, e.g. loss, mae, accuracy, balanced_accuracy, auc; none = the last step"
@@ -208,10 +219,17 @@ class ScheduleSpec(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> "ScheduleSpec":
-        if self.warmup_steps > self.steps:
-            raise ValueError(f"schedule.warmup_steps={self.warmup_steps} exceeds schedule.steps={self.steps}")
+        if self.warmup_steps is not None and self.warmup_steps > self.steps:
+            raise ValueError(f"schedule.warmup_steps={self.warmup_steps} exceeds schedule.steps={self.steps}; "
+                             "lower it, or leave it unset to warm up for min(20, steps // 10) steps")
         if self.early_stopping_patience and not self.best_metric:
             raise ValueError("schedule.early_stopping_patience needs schedule.best_metric (the validation metric to watch)")
+        if self.warmup_steps is None:
+            self.warmup_steps = scaled_default(self.steps, 10, 20, 0)
+        if self.eval_every is None:
+            self.eval_every = scaled_default(self.steps, 4, 50, 1)
+        if self.log_every is None:
+            self.log_every = scaled_default(self.steps, 20, 10, 1)
         return self
 
 
@@ -260,7 +278,15 @@ class ParallelSpec(_Section):
 
 
 class TrackingSpec(_Section):
-    run_dir: Path = Field(Path("runs/latest"), description="metrics.jsonl, splits, spec and exports land here")
+    run_dir: Path | None = Field(
+        None, description="metrics.jsonl, splits, spec, checkpoints and the export land here; none = a new "
+        "runs/<stage>-<YYYYmmdd-HHMMSS> (stage: pretrain, finetune, cv) that runs/<stage>-latest links to, "
+        "or with checkpoint.resume the run runs/<stage>-latest links to",
+    )
+    overwrite: bool = Field(
+        False, description="delete a previous run's outputs in run_dir (and its checkpoints) first; without it a used "
+        "run_dir is refused unless checkpoint.resume continues it",
+    )
     wandb: Literal["online", "offline", "disabled"] = Field(
         "disabled", description="W&B mode on rank 0; $WANDB_MODE overrides"
     )
@@ -271,9 +297,11 @@ class TrackingSpec(_Section):
 
 class CheckpointSpec(_Section):
     dir: Path | None = Field(None, description="default: <tracking.run_dir>/checkpoints")
-    every_steps: int = Field(0, ge=0, description="save every N steps; 0 = only at the end")
+    every_steps: int | None = Field(
+        None, ge=0, description="save every N steps and at the end; 0 = only at the end; none = max(50, schedule.steps // 10)"
+    )
     keep_last: int = Field(2, gt=0)
-    resume: bool = Field(False, description="continue from <dir>/latest if present")
+    resume: bool = Field(False, description="continue from <dir>/latest (an error when there is none)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,7 +364,17 @@ class RunSpec(_Section):
             raise ValueError(f"loss.task={self.loss.task} needs data.targets (metadata columns to predict)")
         return self
 
+    @model_validator(mode="after")
+    def _resolve_checkpointing(self) -> "RunSpec":
+        if self.checkpoint.resume and self.tracking.overwrite:
+            raise ValueError("checkpoint.resume (--resume) continues the run folder's outputs and tracking.overwrite "
+                             "deletes them: set only one")
+        if self.checkpoint.every_steps is None:
+            self.checkpoint.every_steps = max(50, self.schedule.steps // 10)
+        return self
+
     def checkpoint_dir(self) -> Path:
+        """``checkpoint.dir``, or ``<tracking.run_dir>/checkpoints`` (once the run folder is decided)."""
         return self.checkpoint.dir or self.tracking.run_dir / "checkpoints"
 
 

@@ -80,6 +80,7 @@ def common_settings(exp: dict, data: Path, args: argparse.Namespace) -> dict:
         "model.preset": args.preset, "data.table": data / exp["table"], "data.tree": data / exp["tree"],
         "data.max_seq_len": exp["max_seq_len"], "data.max_asvs": args.max_asvs, "data.cache_dir": args.out_dir / "cache",
         "parallel.micro_batch_size": args.batch, "parallel.zero_stage": 0, "tracking.rich": "false", "schedule.log_every": 25,
+        "tracking.overwrite": "true",  # a re-run of the benchmark replaces its previous runs
     }  # fmt: skip
 
 

@@ -5,7 +5,8 @@
     python launch/pretrain.py --spec run.yaml --set schedule.steps=50      # one process
     deepspeed --hostfile hostfile launch/pretrain.py --spec run.yaml         # several nodes
 
-Add --resume to continue from the checkpoint folder's ``latest``.
+Outputs go to a new runs/pretrain-<time>/ (linked as runs/pretrain-latest) unless tracking.run_dir
+is set. Add --resume to continue from the checkpoint folder's ``latest``.
 """
 
 from aam_ds.engine.entry import run_stage

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import torch
 
-from aam_ds.engine.distributed import free_port
+from aam_ds.engine.distributed import LAUNCH_VARS, free_port
 from aam_ds.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,12 +56,13 @@ def kill_tree(pid: int) -> None:
             pass
 
 
-def launch(cmd: list[str], timeout: float = 240, kill_when=None) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in its own session, output to a file (a full pipe would block the ranks);
-    SIGKILL it and its workers on timeout or once ``kill_when()`` holds."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def launch(cmd: list[str], timeout: float = 240, kill_when=None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ``cwd`` in its own session, output to a file (a full pipe would block the ranks);
+    SIGKILL it and its workers on timeout or once ``kill_when()`` holds. The launch variables of a
+    world this test process joined are not passed on: the command starts a world of its own."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         deadline = time.monotonic() + timeout
         try:
             while proc.poll() is None:

@@ -62,7 +62,25 @@ BAD_SPECS = [
     (["model.preset=tiny", "model.d_model=65"], "d_model=65", "n_heads"),
     (["schedule.steps=10", "schedule.warmup_steps=20"], "warmup_steps", "schedule.steps"),
     (["data.split.kind=grouped"], "group_column", "host_subject_id"),
+    (["checkpoint.resume=true", "tracking.overwrite=true"], "tracking.overwrite", "set only one"),
 ]
+
+
+@pytest.mark.parametrize(
+    "steps, warmup, eval_every, log_every, checkpoint_every",
+    [(3, 0, 1, 1, 50), (10, 1, 2, 1, 50), (200, 20, 50, 10, 50), (5000, 20, 50, 10, 500)],
+)
+def test_intervals_left_unset_scale_with_the_run_length(steps, warmup, eval_every, log_every, checkpoint_every):
+    spec = load_spec(None, [f"schedule.steps={steps}"])
+    s = spec.schedule
+    assert (s.warmup_steps, s.eval_every, s.log_every, spec.checkpoint.every_steps) == (warmup, eval_every, log_every, checkpoint_every)
+
+
+def test_intervals_set_by_the_user_are_kept():
+    spec = load_spec(None, ["schedule.steps=10", "schedule.warmup_steps=10", "schedule.eval_every=1000", "schedule.log_every=7",
+                            "checkpoint.every_steps=0"])
+    s = spec.schedule
+    assert (s.warmup_steps, s.eval_every, s.log_every, spec.checkpoint.every_steps) == (10, 1000, 7, 0)
 
 
 @pytest.mark.parametrize("overrides, names, fix", BAD_SPECS, ids=[" ".join(o[0]) for o in BAD_SPECS])

@@ -29,6 +29,7 @@ from aam_ds.errors import AamInputError
 from aam_ds.io_utils import atomic_path, atomic_write_text
 
 EXPORT_FORMAT = "aam-ds-export/1"
+EXPORT_NAME = "model.pt"  # the consolidated export in the run folder
 LATEST = "latest"
 
 
@@ -70,11 +71,18 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[s
     return tag
 
 
-def load_checkpoint(engine: Any, ckpt_dir: Path) -> dict[str, Any] | None:
-    """Restore model, optimizer, scheduler and client state from ``latest``; None if there is none."""
+def resumable_tag(ckpt_dir: Path) -> str:
+    """The tag a resumed run continues from: ``latest``'s; an AamInputError when there is none."""
     tag = latest_tag(ckpt_dir)
     if tag is None:
-        return None
+        raise AamInputError(str(ckpt_dir), "holds no checkpoint to resume from",
+                            "run without --resume (checkpoint.resume), or point tracking.run_dir / checkpoint.dir at the run to continue")
+    return tag
+
+
+def load_checkpoint(engine: Any, ckpt_dir: Path) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and client state from ``latest`` (an AamInputError if there is none)."""
+    tag = resumable_tag(ckpt_dir)
     try:
         path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     except (AssertionError, RuntimeError, ValueError) as exc:

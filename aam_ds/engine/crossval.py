@@ -9,6 +9,8 @@ Fold ``f``: its held-out samples are the test split; validation is carved from t
 samples by the same split rule (:func:`aam_ds.data.splits.split_samples` with ``val_fraction`` and
 no test share), so grouped folds keep groups out of validation too; the rest trains. Each fold is
 an ordinary fine-tuning run in ``<run_dir>/fold<f>/`` (export, metrics.jsonl, predictions_*.tsv).
+The run folder is claimed as a training run's is (default ``runs/cv-<time>``); a resumed
+cross-validation resumes each fold that left a checkpoint and starts the others afresh.
 
 Written to ``<run_dir>`` by rank 0: ``folds.tsv``, ``oof_predictions.tsv`` (every sample once, the
 ``aam-ds evaluate`` predictions format) and ``cv_metrics.json`` (per fold, mean +- std, pooled).
@@ -23,7 +25,9 @@ import numpy as np
 
 from aam_ds.data.prepare import PreparedData, prepare_data
 from aam_ds.data.splits import kfold_splits, split_labels, split_samples
+from aam_ds.engine.checkpoint import latest_tag
 from aam_ds.engine.distributed import DistContext, barrier, init_distributed
+from aam_ds.engine.run_folder import claim_run_dir
 from aam_ds.engine.trainer import finetune
 from aam_ds.errors import AamInputError
 from aam_ds.evaluation.folds import fold_of_samples, read_folds, write_folds
@@ -45,6 +49,7 @@ def cross_validate(spec: RunSpec, ds_config_path: Path | None = None) -> CrossVa
 def _cross_validate(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None) -> CrossValidation | None:
     if spec.loss.task == "none":
         raise AamInputError("loss.task", "cross-validation fine-tunes a task", "set loss.task=regression or classification and data.targets")
+    spec = claim_run_dir(spec, "cv", ctx, checkpointed=False)
     run_dir = spec.tracking.run_dir
     data = prepare_data(spec) if ctx.is_main else None  # rank 0 fills the token cache first
     barrier()
@@ -87,12 +92,19 @@ def fold_splits(split: SplitSpec, data: PreparedData, test: np.ndarray, fold: in
 
 
 def fold_spec(spec: RunSpec, fold: int) -> RunSpec:
-    """The fold's run: its own run folder (and checkpoint folder when one is set)."""
+    """The fold's run: its own run folder (and checkpoint folder when one is set). When the
+    cross-validation is resumed, a fold that left a checkpoint resumes it and any other fold
+    starts afresh, replacing what an interrupted start of it left behind."""
     name = f"fold{fold}"
     tracking = spec.tracking.model_copy(update={"run_dir": spec.tracking.run_dir / name,
                                                 "name": f"{spec.tracking.name}-{name}" if spec.tracking.name else None})
     checkpoint = spec.checkpoint.model_copy(update={"dir": spec.checkpoint.dir / name if spec.checkpoint.dir else None})
-    return spec.model_copy(update={"tracking": tracking, "checkpoint": checkpoint})
+    run = spec.model_copy(update={"tracking": tracking, "checkpoint": checkpoint})
+    if not spec.checkpoint.resume:
+        return run
+    started = latest_tag(run.checkpoint_dir()) is not None
+    return run.model_copy(update={"tracking": tracking.model_copy(update={"overwrite": not started}),
+                                  "checkpoint": checkpoint.model_copy(update={"resume": started})})
 
 
 def pooled_predictions(data: PreparedData, held_out: list[np.ndarray], fold_files: list[Path]) -> CrossValidation:

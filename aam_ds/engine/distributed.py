@@ -14,7 +14,7 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -106,12 +106,18 @@ def init_distributed(timeout_s: int = 600) -> DistContext:
 def report_rank_failure(rank: int | str) -> Iterator[None]:
     """Print any exception escaping the block to stderr prefixed with ``[rank N]``, then re-raise.
 
-    A bad input (AamInputError) is one line; anything else comes with its traceback.
+    A bad input (AamInputError) is one line; Ctrl-C (KeyboardInterrupt) is one line from rank 0
+    only; anything else comes with its traceback.
     """
     try:
         yield
     except BaseException as exc:
         if isinstance(exc, SystemExit) and not exc.code:
+            raise
+        if isinstance(exc, KeyboardInterrupt):
+            if str(rank) == "0":
+                sys.stderr.write(f"[rank 0] interrupted: {str(exc) or 'Ctrl-C'}\n")
+                sys.stderr.flush()
             raise
         if isinstance(exc, AamInputError):
             detail = f"error: {exc}"
@@ -125,6 +131,15 @@ def report_rank_failure(rank: int | str) -> Iterator[None]:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def broadcast_from_main(value: Any) -> Any:
+    """Rank 0's ``value`` (any picklable object) on every rank; every rank must call it."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:

@@ -21,7 +21,8 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a spec field, e.g. --set model.d_model=256 (repeatable)")
     parser.add_argument("--ds-config", type=Path, help="DeepSpeed JSON; decides ZeRO, offload, precision (must agree with the spec)")
-    parser.add_argument("--resume", action="store_true", help="continue from <checkpoint dir>/latest")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from <checkpoint dir>/latest (without tracking.run_dir: the run runs/<stage>-latest links to)")
     parser.add_argument("--max-memory-gb", default=None, metavar="GIB|auto",
                         help="pick the largest micro batch whose real steps fit this per-rank budget (sets parallel.max_memory_gb)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
@@ -32,7 +33,8 @@ def run_stage(stage: Callable[[RunSpec, Path | None], object], argv: Sequence[st
     """Parse arguments, run ``stage(spec, ds_config_path)`` on this rank, and exit the process.
 
     Any failure, from parsing the spec to the last step, is printed once with this rank's number:
-    a bad input as one line (exit 2), anything else with its traceback (exit 1).
+    a bad input as one line (exit 2), Ctrl-C as one line (exit 130, after the training loop saved a
+    checkpoint), anything else with its traceback (exit 1).
     """
     from aam_ds.engine.distributed import exit_process, report_rank_failure
 
@@ -46,6 +48,8 @@ def run_stage(stage: Callable[[RunSpec, Path | None], object], argv: Sequence[st
             stage(load_spec(args.spec, overrides), args.ds_config)
     except AamInputError:
         exit_process(2)
+    except KeyboardInterrupt:
+        exit_process(130)
     except BaseException:
         exit_process(1)
     exit_process(0)

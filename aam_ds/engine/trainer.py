@@ -5,10 +5,12 @@ One function per stage, run on every rank::
     pretrain(spec, ds_config_path=None) -> RunResult          # pairwise + masked-nucleotide (+ abundance)
     finetune(spec, ds_config_path=None, data=None) -> RunResult  # task head on a pretrained export
 
-Order: process group -> spec reconciled with the DeepSpeed file -> data (rank 0 first: it fills
-the token cache and writes the splits) -> model -> optional micro-batch search -> engine ->
-resume -> steps (log, evaluate, keep the best, checkpoint, stop early) -> final checkpoint and
-consolidated export (of the best evaluation's weights when ``schedule.best_metric`` is set).
+Order: process group -> spec reconciled with the DeepSpeed file -> run folder (a new default one,
+or refused when it holds a previous run, see :mod:`aam_ds.engine.run_folder`) -> data (rank 0
+first: it fills the token cache and writes the splits) -> model -> optional micro-batch search ->
+engine -> resume -> steps (log, evaluate, keep the best, checkpoint, stop early or on Ctrl-C) ->
+final checkpoint and consolidated export (of the best evaluation's weights when
+``schedule.best_metric`` is set).
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ from aam_ds.engine import checkpoint as ckpt
 from aam_ds.engine.batches import GlobalBatchSampler
 from aam_ds.engine.distributed import DistContext, all_reduce_max, all_reduce_mean, barrier, init_distributed
 from aam_ds.engine.evaluate import evaluate, to_device
+from aam_ds.engine.interrupt import RunInterrupted, stop_requests
 from aam_ds.engine.memory import GIB, PeakMemory, estimate_table, is_out_of_memory, memory_budget_gib, search_micro_batch
 from aam_ds.engine.objective import Objective
+from aam_ds.engine.run_folder import claim_run_dir
 from aam_ds.engine.schedule import scheduler_factory
 from aam_ds.errors import AamInputError
 from aam_ds.io_utils import atomic_write_json
@@ -45,11 +49,11 @@ from aam_ds.model.aam import AAMModel, check_loss_compatible
 from aam_ds.spec import RunSpec
 from aam_ds.tracking import make_logger
 
-EXPORT_NAME = "model.pt"
 BEST_TAG = "best"  # checkpoint folder holding the weights of the best evaluation
 # model fields a fine-tuning run takes from its own spec (the rest of the architecture comes from the export)
 RUN_TIME_MODEL_FIELDS = ("dropout", "asv_chunk_size", "activation_checkpointing", "pretrained", "freeze_encoder",
                          "freeze_sequence_encoder", "asv_identity_dropout")
+STOP_FLAG = "ctrl_c"  # reduced with each step's losses: > 0 when any rank was sent Ctrl-C
 HIGHER_IS_BETTER = frozenset({"accuracy", "balanced_accuracy", "auc", "f1", "r2", "nucleotide_accuracy"})
 
 
@@ -317,6 +321,7 @@ def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetun
     spec, ds_config = resolve_ds_config(spec, ds_config_path)
     check_world_size(spec, ctx.world_size)
     check_device_support(spec, ctx.device)
+    spec = claim_run_dir(spec, "finetune" if finetuning else "pretrain", ctx)
     run_dir, ckpt_dir = spec.tracking.run_dir, spec.checkpoint_dir()
     data = load_data(spec, ctx) if data is None else given_data(data, run_dir, ctx)
     model, model_args = build_model(spec, data, finetuning)
@@ -338,8 +343,8 @@ def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetun
                             "set data.split.val_fraction > 0, or unset schedule.best_metric")
     if spec.checkpoint.resume:
         state = ckpt.load_checkpoint(engine, ckpt_dir)
-        start_step = state["step"] if state else 0
-        if state and best is not None:
+        start_step = state["step"]
+        if best is not None:
             best.restore(state)
     par, sched = spec.parallel, spec.schedule
     batches = train_batches(data, spec, ctx, par.micro_batch_size, start_step * par.grad_accum_steps)
@@ -347,34 +352,42 @@ def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetun
 
     with make_logger(spec, ctx.rank, run_dir) as log:
         log.start(spec, sched.steps, {"world size": ctx.world_size, "parameters": n_params, "micro batch": par.micro_batch_size,
-                                      "stage": "finetune" if finetuning else "pretrain", "resumed at step": start_step})
+                                      "stage": "finetune" if finetuning else "pretrain", "run folder": str(run_dir),
+                                      "resumed at step": start_step})
         log.print(estimate_table(n_params, ctx.world_size, par.precision, par.zero_stage,
                                  par.offload_optimizer != "none", par.offload_param != "none"))
         meter, window_start, window, done = PeakMemory(ctx.device), time.perf_counter(), 0, start_step
-        for step in range(start_step, sched.steps):
-            metrics = all_reduce_mean(optimizer_step(engine, batches, objective, ctx, spec, step), ctx.device)
-            result.train_losses.append(metrics["loss"])
-            window += 1
-            done = step + 1
-            if done % sched.log_every == 0 or done == sched.steps:
-                rate = par.global_batch_size * window / (time.perf_counter() - window_start)
-                metrics["peak_memory_gib"] = all_reduce_max(meter.peak_bytes(), ctx.device) / GIB
-                log.log_train(done, step // steps_per_epoch, metrics, rate, engine.get_lr()[0])
-                window_start, window = time.perf_counter(), 0
-            if val is not None and (done % sched.eval_every == 0 or done == sched.steps):
-                result.eval_metrics, scatter = evaluate(engine, val, objective, ctx, par.micro_batch_size)
-                log.log_eval(done, result.eval_metrics, scatter)
-                if best is not None and best.update(done, result.eval_metrics):
-                    save_best(engine, ckpt_dir, done)
-                if best is not None and done < sched.steps and all_reduce_max(float(best.exhausted), ctx.device) > 0:
-                    result.stopped_early = True
-                    log.print(f"early stopping at step {done}: val {best.metric} has not improved on step {best.step}'s "
-                              f"{best.value:.4g} for {best.evals_since_best} evaluations")
-                    break
-            if spec.checkpoint.every_steps and done % spec.checkpoint.every_steps == 0 and done != sched.steps:
-                ckpt.save_checkpoint(engine, ckpt_dir, done, best.state() if best else {}, spec.checkpoint.keep_last)
+        with stop_requests() as ctrl_c:
+            for step in range(start_step, sched.steps):
+                parts = optimizer_step(engine, batches, objective, ctx, spec, step)
+                metrics = all_reduce_mean({**parts, STOP_FLAG: float(ctrl_c.requested)}, ctx.device)  # any rank's Ctrl-C stops all
+                stop = metrics.pop(STOP_FLAG) > 0
+                result.train_losses.append(metrics["loss"])
+                window += 1
+                done = step + 1
+                if done % sched.log_every == 0 or done == sched.steps:
+                    rate = par.global_batch_size * window / (time.perf_counter() - window_start)
+                    metrics["peak_memory_gib"] = all_reduce_max(meter.peak_bytes(), ctx.device) / GIB
+                    log.log_train(done, step // steps_per_epoch, metrics, rate, engine.get_lr()[0])
+                    window_start, window = time.perf_counter(), 0
+                if val is not None and (done % sched.eval_every == 0 or done == sched.steps):
+                    result.eval_metrics, scatter = evaluate(engine, val, objective, ctx, par.micro_batch_size)
+                    log.log_eval(done, result.eval_metrics, scatter)
+                    if best is not None and best.update(done, result.eval_metrics):
+                        save_best(engine, ckpt_dir, done)
+                    if best is not None and done < sched.steps and all_reduce_max(float(best.exhausted), ctx.device) > 0:
+                        result.stopped_early = True
+                        log.print(f"early stopping at step {done}: val {best.metric} has not improved on step {best.step}'s "
+                                  f"{best.value:.4g} for {best.evals_since_best} evaluations")
+                        break
+                if stop and done < sched.steps:  # after the last step the run finishes instead
+                    save_progress(engine, spec, ckpt_dir, done, best)
+                    raise RunInterrupted(f"stopped after step {done} with a checkpoint in {ckpt_dir}; continue with "
+                                         f"--resume --set tracking.run_dir={run_dir}")
+                if spec.checkpoint.every_steps and done % spec.checkpoint.every_steps == 0 and done != sched.steps:
+                    save_progress(engine, spec, ckpt_dir, done, best)
         result.step = done
-        tag = ckpt.save_checkpoint(engine, ckpt_dir, done, best.state() if best else {}, spec.checkpoint.keep_last)
+        tag = save_progress(engine, spec, ckpt_dir, done, best)
         export_step = done
         if best is not None and best.step and best.step != done:
             engine.load_checkpoint(str(ckpt_dir), tag=BEST_TAG)  # every rank: ZeRO-0 exports the module's own weights
@@ -382,7 +395,7 @@ def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetun
         if best is not None and best.step:
             result.best_step, result.eval_metrics = best.step, best.metrics
         state_dict = ckpt.consolidated_state_dict(engine, ckpt_dir, tag)
-        result.export_path = run_dir / EXPORT_NAME
+        result.export_path = run_dir / ckpt.EXPORT_NAME
         if ctx.is_main:
             export = ckpt.Export(state_dict, export_spec(spec, model), model_args, target_description(data, model, finetuning), export_step)
             ckpt.write_export(result.export_path, export)
@@ -396,6 +409,11 @@ def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetun
         summary.update({"last step": done, "exported step": export_step, "stopped early": float(result.stopped_early)})
         log.finish(summary)
     return result
+
+
+def save_progress(engine: Any, spec: RunSpec, ckpt_dir: Path, step: int, best: BestTracker | None) -> str:
+    """A resumable checkpoint of ``step`` (collective), with the best-model tracker's state; returns its tag."""
+    return ckpt.save_checkpoint(engine, ckpt_dir, step, best.state() if best else {}, spec.checkpoint.keep_last)
 
 
 def save_best(engine: Any, ckpt_dir: Path, step: int) -> None:
