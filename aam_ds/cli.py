@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation_cli.add_rf_arguments(rf)
     rf.set_defaults(func=evaluation_cli.run_rf_baseline)
 
+    from aam_ds.benchmark import cli as benchmark_cli
+
+    bench = sub.add_parser("benchmark", help="random forest, linear model and AAM (pretrain + k-fold fine-tuning) on the same folds: one report")
+    benchmark_cli.add_arguments(bench)
+    bench.set_defaults(func=benchmark_cli.run)
+
     for stage, text in TRAINING_STAGES.items():
         sub.add_parser(stage, add_help=False, help=text)
     return parser

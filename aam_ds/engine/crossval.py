@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -40,13 +41,17 @@ from aam_ds.spec import RunSpec, SplitSpec
 OOF_NAME = "oof_predictions.tsv"
 
 
-def cross_validate(spec: RunSpec, ds_config_path: Path | None = None) -> CrossValidation | None:
-    """Fine-tune once per fold; the out-of-fold predictions and their metrics on rank 0 (None elsewhere)."""
+def cross_validate(spec: RunSpec, ds_config_path: Path | None = None,
+                   on_fold: Callable[[int], None] | None = None) -> CrossValidation | None:
+    """Fine-tune once per fold; the out-of-fold predictions and their metrics on rank 0 (None elsewhere).
+
+    ``on_fold(f)`` is called before fold ``f`` starts (e.g. to advance a progress display)."""
     ctx = init_distributed(spec.parallel.collective_timeout_s)
-    return _cross_validate(ctx, spec, ds_config_path)
+    return _cross_validate(ctx, spec, ds_config_path, on_fold)
 
 
-def _cross_validate(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None) -> CrossValidation | None:
+def _cross_validate(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None,
+                    on_fold: Callable[[int], None] | None = None) -> CrossValidation | None:
     if spec.loss.task == "none":
         raise AamInputError("loss.task", "cross-validation fine-tunes a task", "set loss.task=regression or classification and data.targets")
     spec = claim_run_dir(spec, "cv", ctx, checkpointed=False)
@@ -60,6 +65,8 @@ def _cross_validate(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None
     if ctx.is_main:
         write_folds(run_dir / "folds.tsv", data.table.sample_ids, held_out)
     for fold, test in enumerate(held_out):
+        if on_fold is not None:
+            on_fold(fold)
         finetune(fold_spec(spec, fold), ds_config_path, dataclasses.replace(data, splits=fold_splits(spec.data.split, data, test, fold)))
     if not ctx.is_main:
         return None

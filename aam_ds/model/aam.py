@@ -44,7 +44,10 @@ from aam_ds.model.normalization import TargetNormalizer
 from aam_ds.spec import MODEL_PRESETS, LossSpec, ModelSpec
 
 HASH_PRIME = 2_147_483_647  # 2**31 - 1: the ASV hash is sum(token_l * r_l) mod this prime
-COMPOSITION_INIT_SCALE = 0.1  # initial LayerNorm gain of the composition contrast (see AAMModel._composition)
+COMPOSITION_INIT_SCALE = 0.1
+# initial std of the learned ASV vectors: the sequence encoder's vectors leave a LayerNorm (std ~1 per
+# dimension) and are nearly identical across ASVs, so vectors at the transformer's 0.02 would be lost beside them
+IDENTITY_INIT_STD = 1.0  # initial LayerNorm gain of the composition contrast (see AAMModel._composition)
 OUTPUTS = frozenset({"sample_embedding", "nucleotide_logits", "abundance", "task"})
 
 
@@ -224,6 +227,8 @@ class AAMModel(nn.Module):
         if self.task_head is not None:  # output layer small: predictions start near the training mean
             self._init_weights(self.task_head.mlp[-1])
         nn.init.constant_(self.composition_norm.weight, COMPOSITION_INIT_SCALE)
+        if self.asv_identity is not None:  # as large as the sequence encoder's vectors (LayerNorm scale), not 0.02
+            nn.init.normal_(self.asv_identity.weight, mean=0.0, std=IDENTITY_INIT_STD)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -1,0 +1,240 @@
+"""``aam-ds benchmark``: the classical baselines and AAM on exactly the same folds, one report folder.
+
+Stages (a Rich progress display shows the stage, the fold and an ETA):
+
+1. data and folds: the table (and ASV sequences), the metadata, the target; folds drawn by the
+   split (grouped / stratified / random, seed) or read from ``--folds-file``; ``folds.tsv`` written;
+2. baselines: a random forest on relative abundances and a ridge / logistic model on CLR
+   abundances with its penalty chosen by inner CV (:mod:`aam_ds.evaluation.linear_baseline`);
+3. AAM pretraining on every sample of the table, label-free (pairwise distance + masked
+   nucleotides: no target is seen, so no fold leaks), steps from the recipe's epochs;
+4. diagnostics of the pretrained model: mean pairwise cosine similarity of ASV vectors (a
+   collapsed sequence path is near 1) and a linear probe (the linear model on the frozen sample
+   embeddings, same folds);
+5. AAM fine-tuning per fold (:func:`aam_ds.engine.crossval.cross_validate` on ``folds.tsv``),
+   validation carved from each training part by the same split rule, best validation metric exported;
+6. the report (:mod:`aam_ds.benchmark.report`).
+
+Everything runs in this process (one rank, CPU or the first GPU).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aam_ds.benchmark.recipe import Recipe, flatten
+from aam_ds.errors import AamInputError
+
+HEADLINE = {"regression": ("mae", "min"), "classification": ("auc", "max")}
+
+
+@dataclass
+class BenchmarkInputs:
+    """What the user gives ``aam-ds benchmark`` (paths are files; ``split`` random / stratified / grouped)."""
+
+    table: Path
+    metadata: Path
+    target: str
+    out_dir: Path
+    recipe: Recipe
+    tree: Path | None = None
+    sequences: Path | None = None
+    task: str | None = None
+    split: str | None = None
+    group_column: str | None = None
+    stratify_column: str | None = None
+    folds_file: Path | None = None
+    folds: int = 5
+    seed: int = 0
+    positive_class: str | None = None
+    metric: str | None = None
+    max_seq_len: int = 150
+    cache_dir: Path | None = None
+    extra: list[str] = field(default_factory=list)  # --set overrides for both AAM stages
+
+
+def split_of(inputs: BenchmarkInputs, task: str) -> str:
+    if inputs.split:
+        return inputs.split
+    return "grouped" if inputs.group_column else "stratified" if task == "classification" else "random"
+
+
+def check_inputs(inputs: BenchmarkInputs) -> None:
+    for flag, path in (("--table", inputs.table), ("--metadata", inputs.metadata), ("--tree", inputs.tree),
+                       ("--sequences", inputs.sequences), ("--folds-file", inputs.folds_file)):
+        if path is not None and not Path(path).exists():
+            raise AamInputError(f"{flag} {path}", "file not found", "check the path")
+    if inputs.split == "grouped" and not inputs.group_column:
+        raise AamInputError("--split grouped", "no group column given", "add --group-column COLUMN (e.g. host_subject_id)")
+    metric = inputs.metric or "unweighted"
+    if inputs.tree is None and metric in ("unweighted", "weighted_normalized", "weighted_unnormalized", "generalized"):
+        if inputs.metric:
+            raise AamInputError(f"--metric {metric}", "UniFrac needs a phylogeny", "give --tree rooted-tree.qza, or --metric braycurtis")
+
+
+def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
+    """Run every stage and write the report folder; returns the report (as in ``report.json``).
+
+    ``progress``: a :class:`aam_ds.benchmark.report.StageProgress` (or anything with ``stage(name)``).
+    """
+    from aam_ds.benchmark import report as reporting
+    from aam_ds.data.metadata import align_metadata, load_metadata
+    from aam_ds.data.table import load_table
+    from aam_ds.evaluation.cli import truth_of, infer_task
+    from aam_ds.evaluation.folds import draw_folds, read_folds, train_test_pairs, write_folds
+
+    check_inputs(inputs)
+    start = time.perf_counter()
+    out = inputs.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    progress.stage("data and folds")
+    table = load_table(inputs.table)
+    metadata = align_metadata(load_metadata(inputs.metadata), table.sample_ids, str(inputs.table))
+    task = inputs.task or infer_task(metadata, inputs.target)
+    truth, class_names = truth_of(metadata, inputs.target, task)
+    split = split_of(inputs, task)
+    if inputs.folds_file:
+        held_out, split_text = read_folds(inputs.folds_file, table.sample_ids), f"from {inputs.folds_file}"
+    else:
+        column = {"grouped": inputs.group_column, "stratified": inputs.stratify_column or inputs.target}.get(split)
+        held_out = draw_folds(metadata, inputs.folds, split, inputs.seed, column)
+        split_text = f"{split} {len(held_out)}-fold" + (f" by {column}" if column else "") + f", seed {inputs.seed}"
+    folds_path = write_folds(out / "folds.tsv", table.sample_ids, held_out)
+    pairs = train_test_pairs(held_out, len(truth))
+
+    models, seconds = {}, {}
+    progress.stage("random forest")
+    models["random forest"], seconds["random forest"] = _timed(lambda: _random_forest(table, inputs, truth, pairs, class_names, task))
+    progress.stage("linear model (CLR)")
+    models["linear (CLR)"], seconds["linear (CLR)"] = _timed(lambda: _linear(table, inputs, truth, pairs, class_names))
+
+    progress.stage("AAM pretraining")
+    pretrain_spec = aam_pretrain_spec(inputs, len(truth), task)
+    (pretrain_result, pretrain_s) = _timed(lambda: _pretrain(pretrain_spec))
+    progress.stage("AAM diagnostics")
+    probe = linear_probe(pretrain_result.export_path, inputs, table.sample_ids, truth, pairs, class_names, task)
+    diagnostics = {k: v for k, v in pretrain_result.eval_metrics.items() if k in ("asv_cosine", "asv_cosine_sequence", "distance_r")}
+    models["AAM linear probe"] = probe
+
+    finetune_spec = aam_finetune_spec(inputs, folds_path, len(truth), len(held_out), task, split)
+    cv, finetune_s = _timed(lambda: _cross_validate(finetune_spec, progress, len(held_out)))
+    models["AAM"] = cv
+    seconds["AAM"] = pretrain_s + finetune_s
+    progress.stage("report")
+    return reporting.write_report(
+        out, models, truth, task, inputs.target, inputs.positive_class, seconds,
+        {"table": str(inputs.table), "metadata": str(inputs.metadata), "tree": _str(inputs.tree), "sequences": _str(inputs.sequences),
+         "samples": len(truth), "asvs": len(table.asv_ids), "split": split_text, "folds": len(held_out),
+         "recipe": inputs.recipe.as_dict(), "pretrain_steps": pretrain_spec.schedule.steps, "finetune_steps": finetune_spec.schedule.steps,
+         "overrides": inputs.extra, "diagnostics": diagnostics, "wall_time_s": round(time.perf_counter() - start, 1)},
+        [out / "aam" / "pretrain" / "metrics.jsonl"] + [out / "aam" / "cv" / f"fold{f}" / "metrics.jsonl" for f in range(len(held_out))],
+    )  # fmt: skip
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _timed(fn) -> tuple[Any, float]:
+    start = time.perf_counter()
+    value = fn()
+    return value, round(time.perf_counter() - start, 1)
+
+
+def _random_forest(table, inputs: BenchmarkInputs, truth, pairs, class_names, task):
+    from aam_ds.evaluation.rf_baseline import cross_validate_rf
+
+    return cross_validate_rf(table, inputs.target, truth, pairs, class_names, inputs.recipe.rf_trees, inputs.seed, n_jobs=-1,
+                             positive_class=inputs.positive_class)  # fmt: skip
+
+
+def _linear(table, inputs: BenchmarkInputs, truth, pairs, class_names):
+    from aam_ds.evaluation.linear_baseline import cross_validate_linear
+
+    return cross_validate_linear(table, inputs.target, truth, pairs, class_names, inputs.seed, inputs.positive_class)
+
+
+# --------------------------------------------------------------------------------------------
+# AAM stages
+
+
+def data_overrides(inputs: BenchmarkInputs) -> list[str]:
+    """Run-spec fields both AAM stages share: inputs, distance metric, token cache."""
+    items = [f"data.table={inputs.table}", f"data.max_seq_len={inputs.max_seq_len}",
+             f"data.metric={inputs.metric or ('unweighted' if inputs.tree else 'braycurtis')}"]
+    if inputs.tree:
+        items.append(f"data.tree={inputs.tree}")
+    if inputs.sequences:
+        items.append(f"data.sequences={inputs.sequences}")
+    if inputs.cache_dir:
+        items.append(f"data.cache_dir={inputs.cache_dir}")
+    return items
+
+
+def _stage_spec(inputs: BenchmarkInputs, stage_spec: dict, fixed: list[str], budget, n_samples: int, evaluations: int):
+    from aam_ds.spec import load_spec
+
+    probe = load_spec(None, flatten(stage_spec) + data_overrides(inputs) + fixed + inputs.extra)
+    steps = budget.steps(n_samples, probe.parallel.global_batch_size)
+    timing = [f"schedule.steps={steps}", f"schedule.warmup_steps={max(1, steps // 20)}",
+              f"schedule.eval_every={max(1, steps // evaluations)}", f"schedule.log_every={max(1, steps // 10)}"]
+    return load_spec(None, flatten(stage_spec) + data_overrides(inputs) + fixed + timing + inputs.extra)
+
+
+def aam_pretrain_spec(inputs: BenchmarkInputs, n_samples: int, task: str):
+    """Pretraining on every sample (label-free), 5 % of them held out to track distance r."""
+    budget = inputs.recipe.pretrain
+    fixed = [f"tracking.run_dir={inputs.out_dir / 'aam' / 'pretrain'}", "tracking.overwrite=true", "tracking.rich=false",
+             "data.split.val_fraction=0.05", f"data.split.seed={inputs.seed}", f"schedule.seed={inputs.seed}"]
+    return _stage_spec(inputs, budget.spec, fixed, budget, n_samples, evaluations=4)
+
+
+def aam_finetune_spec(inputs: BenchmarkInputs, folds_path: Path, n_samples: int, k: int, task: str, split: str):
+    """Cross-validated fine-tuning from the pretrained export on ``folds_path``."""
+    budget = inputs.recipe.finetune
+    validation = {"grouped": [f"data.split.kind=grouped", f"data.split.group_column={inputs.group_column}"],
+                  "stratified": [f"data.split.kind=stratified", f"data.split.column={inputs.stratify_column or inputs.target}"]}
+    fixed = [f"tracking.run_dir={inputs.out_dir / 'aam' / 'cv'}", "tracking.overwrite=true", "tracking.rich=false",
+             f"data.metadata={inputs.metadata}", f"data.targets=[{inputs.target}]", f"data.split.folds_file={folds_path}",
+             f"data.split.seed={inputs.seed}", f"schedule.seed={inputs.seed}", f"loss.task={task}",
+             "loss.pairwise_weight=0", "loss.nucleotide_weight=0", f"model.pretrained={inputs.out_dir / 'aam' / 'pretrain' / 'model.pt'}",
+             f"schedule.best_metric={HEADLINE[task][0]}", *validation.get(split, [])]  # fmt: skip
+    train_samples = n_samples * (k - 1) / k
+    return _stage_spec(inputs, budget.spec, fixed, budget, int(train_samples), budget.evaluations)
+
+
+def _pretrain(spec):
+    from aam_ds.engine import trainer
+
+    return trainer.pretrain(spec)
+
+
+def _cross_validate(spec, progress: Any, k: int):
+    from aam_ds.engine import crossval
+
+    progress.stage("AAM fine-tuning", folds=k)
+    return crossval.cross_validate(spec, on_fold=progress.fold)
+
+
+def linear_probe(export_path: Path, inputs: BenchmarkInputs, sample_ids: list[str], truth: np.ndarray, pairs, class_names, task: str):
+    """The linear model (:func:`aam_ds.evaluation.linear_baseline.linear_model`) on the frozen
+    pretrained sample embeddings, on the benchmark's folds: what the embedding carries."""
+    from aam_ds.engine.checkpoint import build_exported_model, load_export
+    from aam_ds.evaluation.linear_baseline import linear_model
+    from aam_ds.evaluation.rf_baseline import cross_validate_estimator
+    from aam_ds.inference.predict import embed_inputs, prepare_inputs
+
+    export = load_export(export_path)
+    prepared = prepare_inputs(export, inputs.table, inputs.sequences)
+    embeddings = embed_inputs(build_exported_model(export), prepared)
+    row_of = {s: i for i, s in enumerate(prepared.sample_ids)}
+    features = np.zeros((len(sample_ids), embeddings.shape[1]))
+    present = [i for i, s in enumerate(sample_ids) if s in row_of]
+    features[present] = embeddings[[row_of[sample_ids[i]] for i in present]]
+    return cross_validate_estimator(features, lambda: linear_model(task, inputs.seed), sample_ids, inputs.target, truth, pairs,
+                                    class_names, inputs.positive_class, "linear probe on frozen AAM embeddings (out of fold)")

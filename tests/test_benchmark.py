@@ -1,0 +1,79 @@
+"""`aam-ds benchmark`: baselines and AAM on the same folds, the report folder, recipes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aam_ds.benchmark.recipe import BUDGETS, flatten, load_recipe
+from aam_ds.cli import main
+from aam_ds.data.metadata import align_metadata, load_metadata
+from aam_ds.data.table import load_table
+from aam_ds.errors import AamInputError
+from aam_ds.evaluation.folds import draw_folds, train_test_pairs
+from aam_ds.evaluation.linear_baseline import clr, cross_validate_linear
+
+
+def test_shipped_recipes_load_and_give_valid_specs():
+    from aam_ds.spec import load_spec
+
+    for budget in BUDGETS:
+        recipe = load_recipe(budget)
+        for stage in (recipe.pretrain, recipe.finetune):
+            load_spec(None, flatten(stage.spec))  # every field is a run-spec field
+            assert stage.min_steps <= stage.steps(10, 32) <= stage.max_steps
+    assert load_recipe("standard").finetune.steps(2000, 32) == 1250  # 20 epochs of 2,000 samples
+
+
+def test_a_bad_recipe_is_refused_with_its_path(tmp_path):
+    with pytest.raises(AamInputError, match="no recipe file"):
+        load_recipe(str(tmp_path / "none.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pretrain: {epochs: 1}\n")
+    with pytest.raises(AamInputError, match="bad.yaml"):
+        load_recipe(str(bad))
+
+
+def test_flatten_gives_set_overrides():
+    assert flatten({"data": {"augment": {"asv_dropout": 0.2}, "targets": ["age"]}, "model": {"preset": "tiny"}}) == [
+        "data.augment.asv_dropout=0.2", "data.targets=[age]", "model.preset=tiny"]
+
+
+def test_linear_baseline_learns_the_demo_age(demo_paths):
+    table = load_table(demo_paths.table)
+    metadata = align_metadata(load_metadata(demo_paths.metadata), table.sample_ids, "demo")
+    np.testing.assert_allclose(clr(table).sum(axis=1), 0.0, atol=1e-9)
+    truth = metadata["age"].to_numpy(float)
+    folds = train_test_pairs(draw_folds(metadata, 5, "grouped", 0, "subject"), len(truth))
+    cv = cross_validate_linear(table, "age", truth, folds)
+    assert cv.pooled["r2"] > 0.3  # the demo composition depends on age
+    assert np.isfinite(cv.predictions.values).all()
+
+
+@pytest.mark.slow
+def test_benchmark_quick_end_to_end_on_demo_data(demo_paths, tmp_path):
+    out = tmp_path / "bench"
+    code = main(["benchmark", "--table", str(demo_paths.table), "--tree", str(demo_paths.tree), "--metadata", str(demo_paths.metadata),
+                 "--target", "age", "--split", "grouped", "--group-column", "subject", "--budget", "quick", "--out-dir", str(out),
+                 "--set", f"data.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    for name in ("report.md", "report.json", "folds.tsv", "predicted_vs_true.png", "learning_curves.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert set(report["models"]) == {"random forest", "linear (CLR)", "AAM linear probe", "AAM"}
+    ids = {}
+    for path in out.glob("predictions_*.tsv"):
+        ids[path.name] = set(pd.read_csv(path, sep="\t", dtype={"sample_id": str})["sample_id"])
+    assert len(ids) == 4 and len({frozenset(v) for v in ids.values()}) == 1  # every model scored the same samples
+    folds = pd.read_csv(out / "folds.tsv", sep="\t", dtype={"sample_id": str})
+    assert set(folds["sample_id"]) == next(iter(ids.values()))
+    groups = load_metadata(demo_paths.metadata)["subject"]
+    assert folds.assign(g=groups.reindex(folds["sample_id"]).to_numpy()).groupby("g")["fold"].nunique().max() == 1  # grouped
+    assert report["verdict"]["best_baseline"] in ("random forest", "linear (CLR)")
+    assert report["verdict"]["metric"] == "mae"
+    assert {"asv_cosine", "asv_cosine_sequence", "distance_r"} <= set(report["diagnostics"])
+    assert report["recipe"]["name"] == "quick"
+    assert "AAM" in (out / "report.md").read_text()
