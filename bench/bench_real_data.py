@@ -1,15 +1,16 @@
-"""Random-forest baselines on real data, on folds saved for the AAM runs to reuse.
+"""The shared real-data experiments, each one `aam-ds benchmark` call (baselines and AAM on the same folds).
 
-    python bench/bench_real_data.py --out-dir runs/bench_real [--trees 500] [--n-jobs 1]
+    OMP_NUM_THREADS=2 python bench/bench_real_data.py --out-dir runs/bench_real [--budget standard] \
+        [--experiments huang-grouped cfs-stratified]
 
-Experiments (each one `aam-ds rf-baseline` run; its folds.tsv, rf_predictions.tsv, metrics.json
-and plots land in <out-dir>/<experiment>/):
-- huang-grouped: Huang et al. oral age, 5-fold CV grouped by proxy subject (Qiita study prefix of
-  the sample ID + integer age), the honest split;
-- huang-random: the same data, plain random 5-fold CV (leaks subjects; comparable to the paper);
-- cfs-stratified: Giloteaux et al. ME/CFS Patient vs Control, 5-fold CV stratified on Subject.
-The summary (pooled out-of-fold metrics, mean +- std over folds, the data README's reference
-figures) is printed and written to <out-dir>/summary.json and summary.md.
+Experiments (data in ../shared/data, never in the repository):
+- huang-grouped: Huang et al. 2020 oral age, 5 folds grouped by a proxy subject (the Qiita study
+  prefix of the sample ID plus the integer age: the table has no subject IDs and a few people gave
+  hundreds of samples), written as a ``proxy_subject`` column of a derived metadata file;
+- huang-random: the same table, random 5-fold (leaks subjects; comparable to the paper's figure);
+- cfs-stratified: Giloteaux et al. 2016 ME/CFS, Subject (Patient / Control), stratified 5-fold.
+Each report lands in ``<out-dir>/<experiment>/`` (report.md, report.json, predictions, plots);
+the summary table of every experiment is printed and written to ``<out-dir>/summary.md``.
 """
 
 from __future__ import annotations
@@ -17,87 +18,69 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-from aam_ds.evaluation.cli import add_rf_arguments, run_rf_baseline
-from aam_ds.evaluation.rf_baseline import fold_spread
-from aam_ds.io_utils import atomic_write_json, atomic_write_text
+import pandas as pd
+
+from aam_ds.cli import main as aam_ds
+from aam_ds.data.metadata import load_metadata
+from aam_ds.io_utils import atomic_path, atomic_write_text
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-# name -> (rf-baseline arguments relative to the data folder, headline metrics, the README's RF reference)
+HUANG = "huang_oral_2550"
 EXPERIMENTS = {
-    "huang-grouped": (
-        ["--table", "huang_oral_2550/oral_2550.rarefied1000.biom", "--metadata", "huang_oral_2550/oral_2550_map.txt",
-         "--target", "age", "--split", "grouped", "--group-by", "huang-proxy"],
-        ("mae",), {"mae": 6.49},
-    ),
-    "huang-random": (
-        ["--table", "huang_oral_2550/oral_2550.rarefied1000.biom", "--metadata", "huang_oral_2550/oral_2550_map.txt",
-         "--target", "age", "--split", "random"],
-        ("mae",), {"mae": 4.84},
-    ),
-    "cfs-stratified": (
-        ["--table", "cfs/table.biom", "--metadata", "cfs/metadata.tsv", "--target", "Subject", "--split", "stratified",
-         "--positive-class", "Patient"],
-        ("accuracy", "auc"), {"accuracy": 0.70, "auc": 0.79},
-    ),
+    "huang-grouped": ["--table", f"{HUANG}/oral_2550.rarefied1000.biom", "--tree", f"{HUANG}/tree.nwk", "--target", "age",
+                      "--split", "grouped", "--group-column", "proxy_subject", "--max-seq-len", "100"],
+    "huang-random": ["--table", f"{HUANG}/oral_2550.rarefied1000.biom", "--tree", f"{HUANG}/tree.nwk", "--target", "age",
+                     "--split", "random", "--max-seq-len", "100"],
+    "cfs-stratified": ["--table", "cfs/table.biom", "--tree", "cfs/tree.nwk", "--metadata", "cfs/metadata.tsv", "--target", "Subject",
+                       "--split", "stratified", "--positive-class", "Patient", "--max-seq-len", "150"],
 }  # fmt: skip
-_PATH_FLAGS = ("--table", "--metadata")
 
 
-def run_experiment(name: str, data: Path, out_dir: Path, trees: int, n_jobs: int, seed: int) -> dict:
-    argv, headline, reference = EXPERIMENTS[name]
-    argv = [str(data / a) if i and argv[i - 1] in _PATH_FLAGS else a for i, a in enumerate(argv)]
-    argv += ["--folds", "5", "--trees", str(trees), "--n-jobs", str(n_jobs), "--seed", str(seed), "--out-dir", str(out_dir / name)]
-    parser = argparse.ArgumentParser()
-    add_rf_arguments(parser)
-    start = time.perf_counter()
-    run_rf_baseline(parser.parse_args(argv))
-    seconds = time.perf_counter() - start
-    report = json.loads((out_dir / name / "metrics.json").read_text())
-    spread = fold_spread(report["fold_metrics"])
-    rows = {
-        metric: {"pooled": report["metrics"][metric], "fold_mean": spread[metric][0], "fold_std": spread[metric][1], "reference": reference[metric]}
-        for metric in headline
-    }  # fmt: skip
-    return {"metrics": rows, "n": report["metrics"]["n"], "seconds": round(seconds, 1), "folds": str(out_dir / name / "folds.tsv")}
-
-
-def markdown(results: dict) -> str:
-    lines = [
-        "| experiment | metric | RF pooled (this run) | RF fold mean ± std | RF reference (data README) | AAM |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, result in results.items():
-        for metric, row in result["metrics"].items():
-            lines.append(
-                f"| {name} (n={result['n']}) | {metric} | {row['pooled']:.3f} | {row['fold_mean']:.3f} ± {row['fold_std']:.3f} "
-                f"| {row['reference']:.2f} | pending |"
-            )
-    return "\n".join(lines) + "\n"
+def huang_metadata(data: Path, out: Path) -> Path:
+    """Huang's metadata with a ``proxy_subject`` column (Qiita study prefix of the sample ID + integer age)."""
+    metadata = load_metadata(data / HUANG / "oral_2550_map.txt")
+    ages = pd.to_numeric(metadata["age"])
+    metadata = metadata.assign(proxy_subject=[f"{sid.split('.')[0]}_{int(age)}" for sid, age in zip(metadata.index, ages)])
+    path = out / "huang_metadata_with_proxy_subject.tsv"
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        metadata.rename_axis("sample-id").to_csv(tmp, sep="\t")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=Path("runs/bench_real"))
     parser.add_argument("--data-dir", type=Path, default=DATA, help="the shared real-data folder")
-    parser.add_argument("--experiments", nargs="+", choices=list(EXPERIMENTS), default=list(EXPERIMENTS))
-    parser.add_argument("--trees", type=int, default=500)
-    parser.add_argument("--n-jobs", type=int, default=1)
+    parser.add_argument("--experiments", nargs="+", choices=list(EXPERIMENTS), default=["huang-grouped", "cfs-stratified"])
+    parser.add_argument("--budget", default="standard", help="quick, standard, full or a recipe YAML")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not args.data_dir.is_dir():
         print(f"real data folder {args.data_dir} is absent; nothing to benchmark", file=sys.stderr)
         return 1
-    results = {name: run_experiment(name, args.data_dir, args.out_dir, args.trees, args.n_jobs, args.seed) for name in args.experiments}
-    atomic_write_json(args.out_dir / "summary.json", results)
-    table = markdown(results)
+    lines = []
+    for name in args.experiments:
+        argv_ = [str(args.data_dir / a) if i and EXPERIMENTS[name][i - 1] in ("--table", "--tree", "--metadata") else a
+                 for i, a in enumerate(EXPERIMENTS[name])]  # fmt: skip
+        if name.startswith("huang"):
+            argv_ += ["--metadata", str(huang_metadata(args.data_dir, args.out_dir))]
+        out = args.out_dir / name
+        code = aam_ds(["benchmark", *argv_, "--budget", args.budget, "--seed", str(args.seed), "--out-dir", str(out),
+                       "--set", f"data.cache_dir={args.out_dir / 'cache'}"])  # fmt: skip
+        if code:
+            return code
+        report = json.loads((out / "report.json").read_text())
+        v = report["verdict"]
+        lines.append(f"| {name} | {v['metric']} | {v['aam_value']:.3f} | {report['models']['random forest']['pooled'][v['metric']]:.3f} | "
+                     f"{report['models']['linear (CLR)']['pooled'][v['metric']]:.3f} | "
+                     f"{report['models']['AAM linear probe']['pooled'][v['metric']]:.3f} | {report['wall_time_s']:.0f} s |")
+    table = "\n".join(["| experiment | metric | AAM | random forest | linear (CLR) | AAM linear probe | wall time |",
+                       "|---|---|---:|---:|---:|---:|---:|", *lines]) + "\n"  # fmt: skip
     atomic_write_text(args.out_dir / "summary.md", table)
     print(table)
-    for name, result in results.items():
-        print(f"{name}: {result['seconds']} s, folds for AAM: {result['folds']}")
     return 0
 
 
