@@ -1,22 +1,28 @@
 """The ``aam-ds`` command. Each subcommand parses its arguments and calls the library.
 
-Heavy imports (torch, deepspeed) happen inside the subcommands that need them, so
-``aam-ds spec show`` answers instantly.
+Heavy imports (torch, deepspeed) happen inside the subcommands that need them: ``aam-ds --help``
+imports no subcommand's module, and ``aam-ds spec show`` answers instantly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
+from typing import Callable
 
 from aam_ds.errors import AamInputError
+from aam_ds.help_format import HelpFormatter
+
+Runner = Callable[[argparse.Namespace], int]
 
 
 def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     """--spec FILE and repeated --set dotted.key=value, shared by every command that reads a spec."""
-    parser.add_argument("--spec", type=Path, default=None, help="run spec (YAML, TOML or JSON)")
+    parser.add_argument("--spec", type=Path, default=None, help="run spec (YAML, TOML or JSON); default: every field at its default")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a spec field, e.g. --set model.d_model=256 (repeatable)",
@@ -76,85 +82,148 @@ def cmd_ds_config(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# parser
+# parsers: each command's module is imported only when that command runs
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aam-ds", description="Train AAM microbiome transformers with DeepSpeed: spec, data, distances, training, evaluation.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    spec = sub.add_parser("spec", help="print the run spec's JSON Schema or a resolved spec")
-    spec_sub = spec.add_subparsers(dest="spec_command", required=True)
-    spec_sub.add_parser("schema", help="JSON Schema of the run spec")
-    show = spec_sub.add_parser("show", help="the resolved spec (file + overrides + defaults)")
+def add_spec_command(parser: argparse.ArgumentParser) -> Runner:
+    spec_sub = parser.add_subparsers(dest="spec_command", required=True)
+    spec_sub.add_parser("schema", help="JSON Schema of the run spec", description="Print the JSON Schema of the run spec.")
+    show = spec_sub.add_parser("show", help="the resolved spec (file + overrides + defaults)", formatter_class=HelpFormatter,
+                               description="Print the resolved run spec: the file, then the overrides, then every default.")
     add_spec_arguments(show)
-    spec.set_defaults(func=cmd_spec)
+    return cmd_spec
 
-    ds = sub.add_parser("ds-config", help="write a DeepSpeed config generated from the spec")
-    ds.add_argument("--stage", type=int, choices=[0, 1, 2, 3], required=True)
-    ds.add_argument("--offload", choices=["cpu", "nvme"], default=None)
-    ds.add_argument("--nvme-path", type=Path, default=None)
-    ds.add_argument("--out", type=Path, default=None, help="file to write (default: print)")
-    add_spec_arguments(ds)
-    ds.set_defaults(func=cmd_ds_config)
 
-    from aam_ds.distances import cli as distances_cli
-    from aam_ds.evaluation import cli as evaluation_cli
-    from aam_ds.inference import cli as inference_cli
+def add_ds_config_command(parser: argparse.ArgumentParser) -> Runner:
+    parser.add_argument("--stage", type=int, choices=[0, 1, 2, 3], required=True, help="ZeRO stage")
+    parser.add_argument("--offload", choices=["cpu", "nvme"], default=None,
+                        help="offload the optimizer state (and at stage 3 the parameters); default: none")
+    parser.add_argument("--nvme-path", type=Path, default=None, help="local NVMe folder, needed with --offload nvme")
+    parser.add_argument("--out", type=Path, default=None, help="file to write (default: print)")
+    add_spec_arguments(parser)
+    return cmd_ds_config
 
-    dist = sub.add_parser("distances", help="full distance matrix (unifrac HDF5 layout) with the torch or ssu engine")
-    distances_cli.add_arguments(dist)
-    dist.set_defaults(func=distances_cli.run)
 
-    predict = sub.add_parser("predict", help="predict metadata with a fine-tuned model.pt (TSV for `aam-ds evaluate`)")
-    inference_cli.add_arguments(predict)
-    predict.set_defaults(func=inference_cli.run)
+def add_distances_command(parser: argparse.ArgumentParser) -> Runner:
+    from aam_ds.distances import cli
 
-    evaluate = sub.add_parser("evaluate", help="metrics, per-group errors, worst samples and plots for a predictions TSV")
-    evaluation_cli.add_evaluate_arguments(evaluate)
-    evaluate.set_defaults(func=evaluation_cli.run_evaluate)
+    cli.add_arguments(parser)
+    return cli.run
 
-    rf = sub.add_parser("rf-baseline", help="scikit-learn random forest on the same folds, side by side")
-    evaluation_cli.add_rf_arguments(rf)
-    rf.set_defaults(func=evaluation_cli.run_rf_baseline)
 
-    from aam_ds.benchmark import cli as benchmark_cli
+def add_predict_command(parser: argparse.ArgumentParser) -> Runner:
+    from aam_ds.inference import cli
 
-    bench = sub.add_parser("benchmark", help="random forest, linear model and AAM (pretrain + k-fold fine-tuning) on the same folds: one report")
-    benchmark_cli.add_arguments(bench)
-    bench.set_defaults(func=benchmark_cli.run)
+    cli.add_arguments(parser)
+    return cli.run
 
-    for stage, text in TRAINING_STAGES.items():
-        sub.add_parser(stage, add_help=False, help=text)
-    return parser
 
+def add_evaluate_command(parser: argparse.ArgumentParser) -> Runner:
+    from aam_ds.evaluation import cli
+
+    cli.add_evaluate_arguments(parser)
+    return cli.run_evaluate
+
+
+def add_rf_baseline_command(parser: argparse.ArgumentParser) -> Runner:
+    from aam_ds.evaluation import cli
+
+    cli.add_rf_arguments(parser)
+    return cli.run_rf_baseline
+
+
+def add_benchmark_command(parser: argparse.ArgumentParser) -> Runner:
+    from aam_ds.benchmark import cli
+
+    cli.add_arguments(parser)
+    return cli.run
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Runner]]] = {
+    "spec": ("print the run spec's JSON Schema or a resolved spec", add_spec_command),
+    "ds-config": ("write a DeepSpeed config generated from the spec", add_ds_config_command),
+    "distances": ("full distance matrix (unifrac HDF5 layout) with the torch or ssu engine", add_distances_command),
+    "predict": ("predict metadata with a fine-tuned model.pt (TSV for `aam-ds evaluate`)", add_predict_command),
+    "evaluate": ("metrics, per-group errors, worst samples and plots for a predictions TSV", add_evaluate_command),
+    "rf-baseline": ("scikit-learn random forest on the same folds, side by side", add_rf_baseline_command),
+    "benchmark": ("random forest, linear model and AAM (pretrain + k-fold fine-tuning) on the same folds: one report",
+                  add_benchmark_command),
+}
 
 TRAINING_STAGES = {
-    "pretrain": "pretrain with DeepSpeed (same as launch/pretrain.py; see `aam-ds pretrain --help`)",
-    "finetune": "fine-tune with DeepSpeed (same as launch/finetune.py; see `aam-ds finetune --help`)",
+    "pretrain": "pretrain with DeepSpeed (the code path of launch/pretrain.py)",
+    "finetune": "fine-tune with DeepSpeed (the code path of launch/finetune.py)",
     "cv": "k-fold cross-validated fine-tuning (data.split.folds / folds_file): out-of-fold predictions and metrics",
 }
 
+TRAINING_EXAMPLES = {
+    "pretrain": "aam-ds pretrain --spec run.yaml --set schedule.steps=50",
+    "finetune": "aam-ds finetune --spec run.yaml --set model.pretrained=runs/pretrain-latest/model.pt \\\n"
+                "    --set loss.task=regression --set data.targets=[age]",
+    "cv": "aam-ds cv --spec run.yaml --set loss.task=regression --set data.targets=[age] --set data.split.folds=5",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: it lists the commands (for ``aam-ds --help``) without importing them."""
+    parser = argparse.ArgumentParser(
+        prog="aam-ds", formatter_class=HelpFormatter,
+        description="Train AAM microbiome transformers with DeepSpeed: spec, data, distances, training, evaluation.",
+        epilog="`aam-ds COMMAND --help` describes a command's options.",
+    )  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in {**{n: text for n, (text, _) in COMMANDS.items()}, **TRAINING_STAGES}.items():
+        sub.add_parser(name, add_help=False, help=text)
+    return parser
+
+
+def sentence(text: str) -> str:
+    """A command's one-line help as the first sentence of its ``--help``."""
+    return text[:1].upper() + text[1:] + "."
+
+
+def command_parser(name: str) -> tuple[argparse.ArgumentParser, Runner]:
+    """The parser of ``aam-ds NAME`` and the function that runs it."""
+    text, add_command = COMMANDS[name]
+    parser = argparse.ArgumentParser(prog=f"aam-ds {name}", description=sentence(text), formatter_class=HelpFormatter)
+    return parser, add_command(parser)
+
 
 def run_training_stage(stage: str, argv: list[str]) -> None:
-    """``aam-ds pretrain|finetune ...``: the launch scripts' code path, in this process."""
+    """``aam-ds pretrain|finetune|cv ...``: the launch scripts' code path, in this process."""
     from aam_ds.engine import crossval, trainer
     from aam_ds.engine.entry import run_stage
 
     stages = {"pretrain": trainer.pretrain, "finetune": trainer.finetune, "cv": crossval.cross_validate}
-    run_stage(stages[stage], argv, description=TRAINING_STAGES[stage])
+    description = f"{sentence(TRAINING_STAGES[stage])}\n\nexample:\n  {TRAINING_EXAMPLES[stage]}"
+    run_stage(stages[stage], argv, description=description, prog=f"aam-ds {stage}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def run_command(argv: list[str]) -> int:
+    """Parse ``argv`` and run its command; a bad input is one line on stderr (exit 2)."""
     if argv and argv[0] in TRAINING_STAGES:
         run_training_stage(argv[0], argv[1:])  # exits the process with the run's status
-    args = build_parser().parse_args(argv)
+    if not argv or argv[0] not in COMMANDS:
+        build_parser().parse_args(argv)  # --help, or an error naming the commands; exits
+    parser, runner = command_parser(argv[0])
+    args = parser.parse_args(argv[1:])
     try:
-        return args.func(args)
+        return runner(args)
     except AamInputError as exc:
         print(f"aam-ds: error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``aam-ds`` entry point. Output piped into a reader that stops early (``| head``) ends
+    the command quietly with the status of a process killed by SIGPIPE (141)."""
+    try:
+        code = run_command(sys.argv[1:] if argv is None else list(argv))
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush stays silent
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Fine-tune a pretrained AAM model on sample metadata with DeepSpeed.
+r"""Fine-tune a pretrained AAM model on sample metadata with DeepSpeed.
 
     deepspeed --num_gpus 2 launch/finetune.py --spec finetune.yaml \
         --set model.pretrained=runs/pretrain-latest/model.pt --set loss.task=regression --set data.targets=[age]

@@ -12,6 +12,14 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """One line at the top of every run: whether the tests that need the real data can run here."""
+    if SHARED_DATA.is_dir():
+        return f"real data folder: {SHARED_DATA} (the tests that need it run)"
+    return (f"real data folder: {SHARED_DATA} is absent, so the tests that need it skip "
+            "(CI has it; see README, 'Quick start')")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The folder of real public 16S data beside the repository (skips when absent)."""

@@ -15,7 +15,7 @@ EXAMPLE = """example (QIIME 2 artifacts, folds grouped by subject):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog, parser.formatter_class = EXAMPLE, argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXAMPLE  # aam-ds keeps its line breaks
     parser.add_argument("--table", type=Path, required=True, help="BIOM table or FeatureTable[Frequency] .qza")
     parser.add_argument("--metadata", type=Path, required=True, help="QIIME 2 metadata TSV")
     parser.add_argument("--target", required=True, help="metadata column to predict")

@@ -13,7 +13,8 @@ The run folder is claimed as a training run's is (default ``runs/cv-<time>``); a
 cross-validation resumes each fold that left a checkpoint and starts the others afresh.
 
 Written to ``<run_dir>`` by rank 0: ``folds.tsv``, ``oof_predictions.tsv`` (every sample once, the
-``aam-ds evaluate`` predictions format) and ``cv_metrics.json`` (per fold, mean +- std, pooled).
+``aam-ds evaluate`` predictions format) and ``cv_metrics.json`` (per fold, mean +- std, pooled);
+rank 0 then prints the same metrics as one table and names these files.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ from aam_ds.engine.trainer import finetune
 from aam_ds.errors import AamInputError
 from aam_ds.evaluation.folds import fold_of_samples, read_folds, write_folds
 from aam_ds.evaluation.predictions import Predictions, read_predictions, write_predictions
+from aam_ds.evaluation.report import metrics_table, wide_console
 from aam_ds.evaluation.rf_baseline import CrossValidation, fold_spread
 from aam_ds.evaluation.scoring import score
 from aam_ds.io_utils import atomic_write_json
 from aam_ds.spec import RunSpec, SplitSpec
 
 OOF_NAME = "oof_predictions.tsv"
+METRICS_NAME = "cv_metrics.json"
 
 
 def cross_validate(spec: RunSpec, ds_config_path: Path | None = None,
@@ -72,12 +75,23 @@ def _cross_validate(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None
         return None
     cv = pooled_predictions(data, held_out, [run_dir / f"fold{f}" / "predictions_test.tsv" for f in range(len(held_out))])
     write_predictions(run_dir / OOF_NAME, cv.predictions)
-    atomic_write_json(run_dir / "cv_metrics.json", {
+    folds_from = str(spec.data.split.folds_file or f"{spec.data.split.kind} k-fold, seed {spec.data.split.seed}")
+    atomic_write_json(run_dir / METRICS_NAME, {
         "target": data.target_names[0], "task": spec.loss.task, "folds": len(held_out), "pooled": cv.pooled,
-        "fold_metrics": cv.fold_metrics, "fold_mean_std": fold_spread(cv.fold_metrics),
-        "folds_from": str(spec.data.split.folds_file or f"{spec.data.split.kind} k-fold, seed {spec.data.split.seed}"),
+        "fold_metrics": cv.fold_metrics, "fold_mean_std": fold_spread(cv.fold_metrics), "folds_from": folds_from,
     })  # fmt: skip
+    print_cross_validation(cv, spec.loss.task, data.target_names[0], folds_from, run_dir)
     return cv
+
+
+def print_cross_validation(cv: CrossValidation, task: str, target: str, folds_from: str, run_dir: Path) -> None:
+    """Rank 0's closing report: one table (each fold, mean ± std over folds, pooled), where the
+    folds came from and the files written."""
+    console = wide_console()
+    title = f"cross-validation of {target} ({task}), {len(cv.fold_metrics)} folds"
+    console.print(metrics_table(cv.table_rows(), task, title, first_column="fold"))
+    console.print(f"folds: {folds_from}\nwrote {run_dir}/folds.tsv, {OOF_NAME} (for aam-ds evaluate), {METRICS_NAME}; "
+                  f"each fold's run in {run_dir}/fold<f>/", markup=False, highlight=False, soft_wrap=True)
 
 
 def fold_rows(split: SplitSpec, data: PreparedData) -> list[np.ndarray]:
@@ -99,12 +113,14 @@ def fold_splits(split: SplitSpec, data: PreparedData, test: np.ndarray, fold: in
 
 
 def fold_spec(spec: RunSpec, fold: int) -> RunSpec:
-    """The fold's run: its own run folder (and checkpoint folder when one is set). When the
+    """The fold's run: its own run folder (and checkpoint folder when one is set), named
+    ``<cross-validation's name or folder>-fold<f>`` so that its console header, summary and W&B run
+    say which fold it is. When the
     cross-validation is resumed, a fold that left a checkpoint resumes it and any other fold
     starts afresh, replacing what an interrupted start of it left behind."""
     name = f"fold{fold}"
     tracking = spec.tracking.model_copy(update={"run_dir": spec.tracking.run_dir / name,
-                                                "name": f"{spec.tracking.name}-{name}" if spec.tracking.name else None})
+                                                "name": f"{spec.tracking.name or spec.tracking.run_dir.name}-{name}"})
     checkpoint = spec.checkpoint.model_copy(update={"dir": spec.checkpoint.dir / name if spec.checkpoint.dir else None})
     run = spec.model_copy(update={"tracking": tracking, "checkpoint": checkpoint})
     if not spec.checkpoint.resume:

@@ -12,15 +12,18 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from aam_ds.errors import AamInputError
+from aam_ds.help_format import HelpFormatter
 from aam_ds.spec import RunSpec, load_spec
 
 
-def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
+def parse_args(argv: Sequence[str] | None, description: str, prog: str | None = None) -> argparse.Namespace:
+    """The options of a training stage; ``prog`` names the command in ``--help`` (default: the script's name)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     parser.add_argument("--spec", type=Path, help="run spec (YAML, TOML or JSON); default: the built-in demo run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a spec field, e.g. --set model.d_model=256 (repeatable)")
-    parser.add_argument("--ds-config", type=Path, help="DeepSpeed JSON; decides ZeRO, offload, precision (must agree with the spec)")
+    parser.add_argument("--ds-config", type=Path, help="DeepSpeed JSON; decides ZeRO, offload, precision (must agree with the spec); "
+                        "default: generated from the spec")
     parser.add_argument("--resume", action="store_true",
                         help="continue from <checkpoint dir>/latest (without tracking.run_dir: the run runs/<stage>-latest links to)")
     parser.add_argument("--max-memory-gb", default=None, metavar="GIB|auto",
@@ -29,7 +32,8 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
     return parser.parse_args(argv)
 
 
-def run_stage(stage: Callable[[RunSpec, Path | None], object], argv: Sequence[str] | None = None, description: str = "") -> None:
+def run_stage(stage: Callable[[RunSpec, Path | None], object], argv: Sequence[str] | None = None, description: str = "",
+              prog: str | None = None) -> None:
     """Parse arguments, run ``stage(spec, ds_config_path)`` on this rank, and exit the process.
 
     Any failure, from parsing the spec to the last step, is printed once with this rank's number:
@@ -38,7 +42,7 @@ def run_stage(stage: Callable[[RunSpec, Path | None], object], argv: Sequence[st
     """
     from aam_ds.engine.distributed import exit_process, report_rank_failure
 
-    args = parse_args(argv, description)
+    args = parse_args(argv, description, prog)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:

@@ -82,13 +82,13 @@ def add_rf_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stratify-column", default=None, help="stratified folds: column to balance (default: the target)")
     parser.add_argument("--folds-file", type=Path, default=None, help="reuse the folds of an earlier run (folds.tsv)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the folds and the forest")
-    parser.add_argument("--trees", type=int, default=500)
+    parser.add_argument("--trees", type=int, default=500, help="trees of the forest")
     parser.add_argument("--n-jobs", type=int, default=1, help="cores for the forest (-1 = all)")
     parser.add_argument("--max-features", default=None, help="features per split: sqrt, log2 or a fraction (default: scikit-learn's)")
     parser.add_argument("--positive-class", default=None, help="binary AUC / F1 class (default: the second class name)")
     parser.add_argument("--compare", type=Path, action="append", default=[], metavar="P.tsv",
                         help="another model's out-of-fold predictions of the same samples (repeatable)")  # fmt: skip
-    parser.add_argument("--out-dir", type=Path, default=Path("rf_baseline"))
+    parser.add_argument("--out-dir", type=Path, default=Path("rf_baseline"), help="report folder (predictions, folds.tsv, metrics)")
 
 
 def run_rf_baseline(args: argparse.Namespace) -> int:

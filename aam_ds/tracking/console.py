@@ -39,7 +39,8 @@ class StepRate:
 
 
 class ConsoleLogger(RunLogger):
-    """Progress bar (step/total, epoch, samples/s, each loss, lr, ETA), eval lines and a summary table.
+    """Progress bar (step/total, epoch, samples/s, each loss, lr, ETA), eval lines and a summary table;
+    the header line and the summary's title name the run when ``tracking.name`` is set.
 
     ``bar=False``, or a console that is not a terminal (a batch job's log file), prints one plain
     line per training report instead of the live bar.
@@ -50,11 +51,13 @@ class ConsoleLogger(RunLogger):
         self.bar = bar and self.console.is_terminal
         self._progress: Progress | None = None
         self._rate = StepRate(0)
+        self._name: str | None = None
 
     def start(self, spec: RunSpec, total_steps: int, extra: dict[str, Any] | None = None) -> None:
         self._rate = StepRate(total_steps)
+        self._name = spec.tracking.name
         facts = {"steps": total_steps, "global batch": spec.parallel.global_batch_size, **(extra or {})}
-        self.print("aam-ds run: " + ", ".join(f"{key} {value}" for key, value in facts.items()))
+        self.print(f"aam-ds run{self._label(' ')}: " + ", ".join(f"{key} {value}" for key, value in facts.items()))
         if self.bar:
             self._progress = Progress(
                 TextColumn("step"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -84,12 +87,17 @@ class ConsoleLogger(RunLogger):
 
     def finish(self, summary: dict[str, float]) -> None:
         self.close()
-        table = Table(title="run summary")
+        title = f"run summary{self._label(': ')}"
+        table = Table(title=title, min_width=len(title))  # wide enough for the title on one line
         table.add_column("metric")
         table.add_column("value", justify="right")
         for name, value in summary.items():
             table.add_row(name, f"{float(value):.6g}")
         self.console.print(table)
+
+    def _label(self, separator: str) -> str:
+        """The run's name (``tracking.name``, e.g. a cross-validation fold's) after ``separator``; empty without one."""
+        return f"{separator}{self._name}" if self._name else ""
 
     def close(self, failed: bool = False) -> None:
         if self._progress is not None:
