@@ -7,6 +7,7 @@ imports no subcommand's module, and ``aam-ds spec show`` answers instantly.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -104,50 +105,26 @@ def add_ds_config_command(parser: argparse.ArgumentParser) -> Runner:
     return cmd_ds_config
 
 
-def add_distances_command(parser: argparse.ArgumentParser) -> Runner:
-    from aam_ds.distances import cli
+def lazy_command(module: str, add_arguments: str, runner: str) -> Callable[[argparse.ArgumentParser], Runner]:
+    """A command whose module is imported only when the command runs (``aam-ds --help`` imports none)."""
 
-    cli.add_arguments(parser)
-    return cli.run
+    def add_command(parser: argparse.ArgumentParser) -> Runner:
+        commands = importlib.import_module(module)
+        getattr(commands, add_arguments)(parser)
+        return getattr(commands, runner)
 
-
-def add_predict_command(parser: argparse.ArgumentParser) -> Runner:
-    from aam_ds.inference import cli
-
-    cli.add_arguments(parser)
-    return cli.run
-
-
-def add_evaluate_command(parser: argparse.ArgumentParser) -> Runner:
-    from aam_ds.evaluation import cli
-
-    cli.add_evaluate_arguments(parser)
-    return cli.run_evaluate
-
-
-def add_rf_baseline_command(parser: argparse.ArgumentParser) -> Runner:
-    from aam_ds.evaluation import cli
-
-    cli.add_rf_arguments(parser)
-    return cli.run_rf_baseline
-
-
-def add_benchmark_command(parser: argparse.ArgumentParser) -> Runner:
-    from aam_ds.benchmark import cli
-
-    cli.add_arguments(parser)
-    return cli.run
+    return add_command
 
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Runner]]] = {
     "spec": ("print the run spec's JSON Schema or a resolved spec", add_spec_command),
     "ds-config": ("write a DeepSpeed config generated from the spec", add_ds_config_command),
-    "distances": ("full distance matrix (unifrac HDF5 layout) with the torch or ssu engine", add_distances_command),
-    "predict": ("predict metadata with a fine-tuned model.pt (TSV for `aam-ds evaluate`)", add_predict_command),
-    "evaluate": ("metrics, per-group errors, worst samples and plots for a predictions TSV", add_evaluate_command),
-    "rf-baseline": ("scikit-learn random forest on the same folds, side by side", add_rf_baseline_command),
+    "distances": ("full distance matrix (unifrac HDF5 layout) with the torch or ssu engine", lazy_command("aam_ds.distances.cli", "add_arguments", "run")),
+    "predict": ("predict metadata with a fine-tuned model.pt (TSV for `aam-ds evaluate`)", lazy_command("aam_ds.inference.cli", "add_arguments", "run")),
+    "evaluate": ("metrics, per-group errors, worst samples and plots for a predictions TSV", lazy_command("aam_ds.evaluation.cli", "add_evaluate_arguments", "run_evaluate")),
+    "rf-baseline": ("scikit-learn random forest on the same folds, side by side", lazy_command("aam_ds.evaluation.cli", "add_rf_arguments", "run_rf_baseline")),
     "benchmark": ("random forest, linear model and AAM (pretrain + k-fold fine-tuning) on the same folds: one report",
-                  add_benchmark_command),
+                  lazy_command("aam_ds.benchmark.cli", "add_arguments", "run")),
 }
 
 TRAINING_STAGES = {

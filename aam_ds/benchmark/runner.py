@@ -124,7 +124,7 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     finetune_spec = aam_finetune_spec(inputs, folds_path, len(truth), len(held_out), task, split)
     cv, finetune_s = _timed(lambda: _cross_validate(finetune_spec, progress, len(held_out)))
     models["AAM"] = cv
-    seconds["AAM"] = pretrain_s + finetune_s
+    seconds["AAM"] = round(pretrain_s + finetune_s, 1)
     progress.stage("report")
     return reporting.write_report(
         out, models, truth, task, inputs.target, inputs.positive_class, seconds,
