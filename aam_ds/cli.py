@@ -67,13 +67,13 @@ def ds_config_spec_overrides(stage: int, offload: str | None, nvme_path: Path | 
 
 
 def cmd_ds_config(args: argparse.Namespace) -> int:
-    from aam_ds.ds_config import build_ds_config, write_ds_config
+    from aam_ds.ds_config import pinned_ds_config, write_ds_config
     from aam_ds.spec import load_spec
 
     if args.offload == "nvme" and args.nvme_path is None:
         raise AamInputError("--offload nvme", "NVMe offload needs a directory", "add --nvme-path /local/nvme/dir")
     overrides = args.overrides + ds_config_spec_overrides(args.stage, args.offload, args.nvme_path)
-    config = build_ds_config(load_spec(args.spec, overrides))
+    config = pinned_ds_config(load_spec(args.spec, overrides))
     if args.out:
         write_ds_config(config, args.out)
         print(f"wrote {args.out}")
@@ -118,7 +118,8 @@ def lazy_command(module: str, add_arguments: str, runner: str) -> Callable[[argp
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Runner]]] = {
     "spec": ("print the run spec's JSON Schema or a resolved spec", add_spec_command),
-    "ds-config": ("write a DeepSpeed config generated from the spec", add_ds_config_command),
+    "ds-config": ("write a DeepSpeed config: ZeRO, offload, communication, and the batch / optimiser / precision "
+                  "fields the spec sets", add_ds_config_command),
     "distances": ("full distance matrix (unifrac HDF5 layout) with the torch or ssu engine", lazy_command("aam_ds.distances.cli", "add_arguments", "run")),
     "predict": ("predict metadata with a fine-tuned model.pt (TSV for `aam-ds evaluate`)", lazy_command("aam_ds.inference.cli", "add_arguments", "run")),
     "evaluate": ("metrics, per-group errors, worst samples and plots for a predictions TSV", lazy_command("aam_ds.evaluation.cli", "add_evaluate_arguments", "run_evaluate")),

@@ -8,6 +8,11 @@ Division of authority when a run is given ``--ds-config FILE``: the file decides
 precision and communication; the spec decides model, data and optimiser. A field that both set
 (batch sizes, optimiser hyper-parameters, clipping, precision, ZeRO stage, offload) must agree;
 all disagreements are reported together in one error.
+
+A file written by ``aam-ds ds-config`` (:func:`pinned_ds_config`) pins only the batch, optimiser
+and precision fields that the spec it was generated from sets explicitly; fields left at their
+defaults are omitted, so the checked-in ``ds_configs/*.json`` decide ZeRO, offload and
+communication and serve any run spec's batch sizes, optimiser and precision.
 """
 
 from __future__ import annotations
@@ -99,6 +104,31 @@ def build_ds_config(spec: RunSpec) -> dict[str, Any]:
     return config
 
 
+# spec fields (dotted) -> the top-level DeepSpeed keys that carry them
+_SPEC_DECIDED_KEYS: dict[str, tuple[str, ...]] = {
+    "parallel.global_batch_size": ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"),
+    "parallel.micro_batch_size": ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"),
+    "parallel.grad_accum_steps": ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"),
+    "parallel.precision": ("bf16", "fp16"),
+    "optim.grad_clip": ("gradient_clipping",),
+    "optim.lr": ("optimizer",),
+    "optim.betas": ("optimizer",),
+    "optim.eps": ("optimizer",),
+    "optim.weight_decay": ("optimizer",),
+    "optim.implementation": ("optimizer",),
+}
+
+
+def pinned_ds_config(spec: RunSpec) -> dict[str, Any]:
+    """The config ``aam-ds ds-config`` writes: :func:`build_ds_config` without the batch, precision
+    and optimiser keys whose spec fields were left at their defaults (an explicitly set field pins
+    its keys). Such a file can be given to any run; the run's spec fills the omitted keys."""
+    config = build_ds_config(spec)
+    pinned = {key for dotted, keys in _SPEC_DECIDED_KEYS.items() if _user_set_value(spec, dotted)[0] for key in keys}
+    unpinned = {key for keys in _SPEC_DECIDED_KEYS.values() for key in keys} - pinned
+    return {key: value for key, value in config.items() if key not in unpinned}
+
+
 def write_ds_config(config: dict[str, Any], path: Path) -> None:
     atomic_write_text(path, json.dumps(config, indent=2) + "\n")
 
@@ -139,7 +169,10 @@ def read_ds_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _file_precision(config: dict[str, Any]) -> str:
+def _file_precision(config: dict[str, Any]) -> str | None:
+    """The precision a file enables; None when it has neither a bf16 nor an fp16 section."""
+    if "bf16" not in config and "fp16" not in config:
+        return None
     if config.get("bf16", {}).get("enabled"):
         return "bf16"
     if config.get("fp16", {}).get("enabled"):

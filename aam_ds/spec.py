@@ -67,7 +67,10 @@ class DataSpec(_Section):
 
     table: Path | None = Field(None, description="BIOM (HDF5 v2.1 or TSV) or QIIME 2 FeatureTable[Frequency] .qza; none = embedded demo data")
     tree: Path | None = Field(None, description="rooted Newick or QIIME 2 Phylogeny[Rooted] .qza (needed for UniFrac)")
-    sequences: Path | None = Field(None, description="FASTA or FeatureData[Sequence] .qza; none = observation IDs are the sequences")
+    sequences: Path | None = Field(
+        None, description="FASTA or FeatureData[Sequence] .qza (e.g. rep-seqs.qza), needed when feature IDs are MD5 "
+        "hashes; none = the IDs are the sequences",
+    )
     metadata: Path | None = Field(None, description="QIIME 2 metadata TSV")
     targets: list[str] = Field(default_factory=list, description="metadata columns to predict when fine-tuning")
     covariates: list[str] = Field(default_factory=list, description="categorical metadata columns fused with the sample embedding")

@@ -64,6 +64,31 @@ def test_user_file_decides_zero_offload_and_precision(tmp_path):
     assert used["zero_optimization"] == config["zero_optimization"]
 
 
+def test_checked_in_file_leaves_batch_optimiser_and_precision_to_the_spec():
+    spec = load_spec(None, ["parallel.global_batch_size=256", "parallel.micro_batch_size=32", "parallel.precision=bf16",
+                            "optim.lr=0.0003", "model.preset=tiny"])
+    resolved, used = resolve_ds_config(spec, REPO / "ds_configs" / "zero2.json")
+    par = resolved.parallel
+    assert (par.global_batch_size, par.micro_batch_size, par.grad_accum_steps, par.precision) == (256, 32, 8, "bf16")
+    assert (used["train_micro_batch_size_per_gpu"], used["gradient_accumulation_steps"]) == (32, 8)
+    assert used["bf16"]["enabled"] and not used["fp16"]["enabled"]
+    assert used["optimizer"]["params"]["lr"] == 0.0003 and used["zero_optimization"]["stage"] == 2
+
+
+def test_generated_file_pins_what_its_spec_sets(tmp_path):
+    out = tmp_path / "bf16.json"
+    assert cli_main(["ds-config", "--stage", "2", "--set", "parallel.precision=bf16", "--set", "parallel.micro_batch_size=4",
+                     "--out", str(out)]) == 0
+    config = json.loads(out.read_text())
+    assert config["bf16"]["enabled"] and config["train_micro_batch_size_per_gpu"] == 4
+    assert "optimizer" not in config and "gradient_clipping" not in config
+    with pytest.raises(AamInputError) as err:
+        resolve_ds_config(load_spec(None, ["parallel.precision=fp32", "parallel.micro_batch_size=8"]), out)
+    assert "parallel.precision: spec says 'fp32'" in str(err.value) and "parallel.micro_batch_size: spec says 8" in str(err.value)
+    resolved, _ = resolve_ds_config(load_spec(None), out)
+    assert (resolved.parallel.precision, resolved.parallel.micro_batch_size) == ("bf16", 4)
+
+
 def test_every_disagreement_is_listed_with_both_values(tmp_path):
     config = build_ds_config(load_spec(None))
     path = _write(tmp_path, config)

@@ -93,9 +93,10 @@ def asv_sequences(asv_ids: Sequence[str], sequences: str | Path | None, table_so
     if not_dna:
         raise AamInputError(
             table_source,
-            f"{len(not_dna)} of {len(asv_ids)} observation IDs are not DNA sequences (e.g. {not_dna[:3]}; "
-            "MD5 hashes or reference-database numbers)",
-            "give the ASV sequences with data.sequences (a FASTA or FeatureData[Sequence] .qza keyed by these IDs)",
+            f"{len(not_dna)} of {len(asv_ids)} feature IDs are not DNA sequences (e.g. {not_dna[:3]}; MD5 hashes, "
+            "QIIME 2's default feature IDs, or reference-database numbers), so the ASVs' DNA is unknown",
+            "give the QIIME 2 artifact FeatureData[Sequence] of these features (e.g. rep-seqs.qza from DADA2 or "
+            "deblur) or a FASTA keyed by these IDs: data.sequences in the run spec, --sequences on the command line",
         )
     return list(asv_ids)
 
