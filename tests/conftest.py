@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 import zipfile
 from pathlib import Path
@@ -10,6 +11,22 @@ from typing import Callable
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_launch_environment():
+    """An in-process training run sets MASTER_PORT & co. in os.environ (its one-process group keeps
+    that port bound); restore them after each test so that a later test's subprocess does not
+    inherit a port that this process still holds (EADDRINUSE)."""
+    from aam_ds.engine.distributed import LAUNCH_VARS
+
+    saved = {name: os.environ.get(name) for name in LAUNCH_VARS}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -113,18 +113,23 @@ def task_metrics(model: Any, objective: Objective, predicted: torch.Tensor, targ
 
 
 def asv_similarity(model: Any, dataset: Any, max_asvs: int = 256) -> dict[str, float]:
-    """Mean pairwise cosine similarity of the ASV vectors of up to ``max_asvs`` distinct ASVs of
-    ``dataset`` (the first by table column): ``asv_cosine`` of the vectors the sample encoder reads
+    """Mean pairwise cosine similarity of the ASV vectors of the first ``max_asvs`` distinct ASVs of
+    ``dataset`` (any dataset of sample items): ``asv_cosine`` of the vectors the sample encoder reads
     (sequence encoder + learned identity) and ``asv_cosine_sequence`` of the sequence encoder's alone.
 
     Near 1 means the ASV encoder maps every ASV to nearly the same vector (a collapsed sequence
     path); every rank computes it on the same ASVs (ZeRO-3 needs every rank in the forward).
     """
-    columns = np.unique(np.concatenate([row.asv_index for row in dataset.rows]))[:max_asvs]
-    if len(columns) < 2:
+    distinct: dict[bytes, torch.Tensor] = {}
+    for i in range(len(dataset)):
+        for tokens in dataset[i]["tokens"]:
+            distinct.setdefault(tokens.numpy().tobytes(), tokens)
+        if len(distinct) >= max_asvs:
+            break
+    if len(distinct) < 2:
         return {}
     device = next(model.parameters()).device
-    sequence, combined = model.asv_vectors(dataset.tokens[torch.as_tensor(columns)].long().to(device))
+    sequence, combined = model.asv_vectors(torch.stack(list(distinct.values())[:max_asvs]).long().to(device))
     return {"asv_cosine": mean_pairwise_cosine(combined), "asv_cosine_sequence": mean_pairwise_cosine(sequence)}
 
 
