@@ -53,7 +53,7 @@ class StageProgress:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    def stage(self, name: str, folds: int = 0) -> None:
+    def stage(self, name: str) -> None:
         if self.started and name != "AAM fine-tuning":
             self.progress.advance(self.task)
         self.started = True

@@ -30,7 +30,7 @@ import numpy as np
 from aam_ds.benchmark.recipe import Recipe, flatten
 from aam_ds.errors import AamInputError
 
-HEADLINE = {"regression": ("mae", "min"), "classification": ("auc", "max")}
+UNIFRAC = ("unweighted", "weighted_normalized", "weighted_unnormalized", "generalized")
 
 
 @dataclass
@@ -71,10 +71,8 @@ def check_inputs(inputs: BenchmarkInputs) -> None:
             raise AamInputError(f"{flag} {path}", "file not found", "check the path")
     if inputs.split == "grouped" and not inputs.group_column:
         raise AamInputError("--split grouped", "no group column given", "add --group-column COLUMN (e.g. host_subject_id)")
-    metric = inputs.metric or "unweighted"
-    if inputs.tree is None and metric in ("unweighted", "weighted_normalized", "weighted_unnormalized", "generalized"):
-        if inputs.metric:
-            raise AamInputError(f"--metric {metric}", "UniFrac needs a phylogeny", "give --tree rooted-tree.qza, or --metric braycurtis")
+    if inputs.tree is None and inputs.metric in UNIFRAC:
+        raise AamInputError(f"--metric {inputs.metric}", "UniFrac needs a phylogeny", "give --tree rooted-tree.qza, or --metric braycurtis")
 
 
 def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
@@ -114,7 +112,7 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     models["linear (CLR)"], seconds["linear (CLR)"] = _timed(lambda: _linear(table, inputs, truth, pairs, class_names))
 
     progress.stage("AAM pretraining")
-    pretrain_spec = aam_pretrain_spec(inputs, len(truth), task)
+    pretrain_spec = aam_pretrain_spec(inputs, len(truth))
     (pretrain_result, pretrain_s) = _timed(lambda: _pretrain(pretrain_spec))
     progress.stage("AAM diagnostics")
     probe = linear_probe(pretrain_result.export_path, inputs, table.sample_ids, truth, pairs, class_names, task)
@@ -122,7 +120,7 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     models["AAM linear probe"] = probe
 
     finetune_spec = aam_finetune_spec(inputs, folds_path, len(truth), len(held_out), task, split)
-    cv, finetune_s = _timed(lambda: _cross_validate(finetune_spec, progress, len(held_out)))
+    cv, finetune_s = _timed(lambda: _cross_validate(finetune_spec, progress))
     models["AAM"] = cv
     seconds["AAM"] = round(pretrain_s + finetune_s, 1)
     progress.stage("report")
@@ -186,7 +184,7 @@ def _stage_spec(inputs: BenchmarkInputs, stage_spec: dict, fixed: list[str], bud
     return load_spec(None, flatten(stage_spec) + data_overrides(inputs) + fixed + timing + inputs.extra)
 
 
-def aam_pretrain_spec(inputs: BenchmarkInputs, n_samples: int, task: str):
+def aam_pretrain_spec(inputs: BenchmarkInputs, n_samples: int):
     """Pretraining on every sample (label-free), 5 % of them held out to track distance r."""
     budget = inputs.recipe.pretrain
     fixed = [f"tracking.run_dir={inputs.out_dir / 'aam' / 'pretrain'}", "tracking.overwrite=true", "tracking.rich=false",
@@ -196,14 +194,16 @@ def aam_pretrain_spec(inputs: BenchmarkInputs, n_samples: int, task: str):
 
 def aam_finetune_spec(inputs: BenchmarkInputs, folds_path: Path, n_samples: int, k: int, task: str, split: str):
     """Cross-validated fine-tuning from the pretrained export on ``folds_path``."""
+    from aam_ds.benchmark import report as reporting
+
     budget = inputs.recipe.finetune
-    validation = {"grouped": [f"data.split.kind=grouped", f"data.split.group_column={inputs.group_column}"],
-                  "stratified": [f"data.split.kind=stratified", f"data.split.column={inputs.stratify_column or inputs.target}"]}
+    validation = {"grouped": ["data.split.kind=grouped", f"data.split.group_column={inputs.group_column}"],
+                  "stratified": ["data.split.kind=stratified", f"data.split.column={inputs.stratify_column or inputs.target}"]}
     fixed = [f"tracking.run_dir={inputs.out_dir / 'aam' / 'cv'}", "tracking.overwrite=true", "tracking.rich=false",
              f"data.metadata={inputs.metadata}", f"data.targets=[{inputs.target}]", f"data.split.folds_file={folds_path}",
              f"data.split.seed={inputs.seed}", f"schedule.seed={inputs.seed}", f"loss.task={task}",
              "loss.pairwise_weight=0", "loss.nucleotide_weight=0", f"model.pretrained={inputs.out_dir / 'aam' / 'pretrain' / 'model.pt'}",
-             f"schedule.best_metric={HEADLINE[task][0]}", *validation.get(split, [])]  # fmt: skip
+             f"schedule.best_metric={reporting.HEADLINE[task][0]}", *validation.get(split, [])]  # fmt: skip
     train_samples = n_samples * (k - 1) / k
     return _stage_spec(inputs, budget.spec, fixed, budget, int(train_samples), budget.evaluations)
 
@@ -214,10 +214,10 @@ def _pretrain(spec):
     return trainer.pretrain(spec)
 
 
-def _cross_validate(spec, progress: Any, k: int):
+def _cross_validate(spec, progress: Any):
     from aam_ds.engine import crossval
 
-    progress.stage("AAM fine-tuning", folds=k)
+    progress.stage("AAM fine-tuning")
     return crossval.cross_validate(spec, on_fold=progress.fold)
 
 
