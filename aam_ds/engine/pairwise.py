@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
 
 PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -22,29 +23,11 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather along dim 0 whose backward hands each rank the sum, over ranks, of the gradients
-    of its own rows (an all-reduce, which gloo supports, then this rank's slice). The same rule as
-    the deprecated ``torch.distributed.nn.functional.all_gather``, with public collectives only."""
-
-    @staticmethod
-    def forward(ctx, local: torch.Tensor) -> torch.Tensor:
-        ctx.rows = local.shape[0]
-        return gather_no_grad(local)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone(memory_format=torch.contiguous_format)  # reduced in place: never the caller's tensor
-        dist.all_reduce(grad)
-        start = dist.get_rank() * ctx.rows
-        return grad[start:start + ctx.rows]
-
-
 def gather_with_grad(local: torch.Tensor) -> torch.Tensor:
     """All-gather ``[B, ...]`` from every rank into ``[W*B, ...]`` (rank-major), keeping autograd."""
     if _world_size() == 1:
         return local
-    return _GatherWithGrad.apply(local.contiguous())
+    return torch.cat(dist_fn.all_gather(local.contiguous()), dim=0)
 
 
 def gather_no_grad(local: torch.Tensor) -> torch.Tensor:
