@@ -118,7 +118,10 @@ class ModelSpec(_Section):
     d_model: int = Field(0, ge=0, description="width of both transformers")
     n_heads: int = Field(0, ge=0)
     asv_layers: int = Field(0, ge=0, description="transformer layers over the nucleotides of one ASV")
-    sample_layers: int = Field(0, ge=0, description="transformer layers over the ASVs of one sample")
+    sample_layers: int = Field(
+        0, ge=0, description="transformer layers over the ASVs of one sample; 0 = a deep set (pooling without "
+        "attention between ASVs)",
+    )
     ffn_mult: int = Field(0, ge=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     use_abundance: bool = Field(True, description="add a log-abundance embedding to each ASV vector")
@@ -156,7 +159,7 @@ class ModelSpec(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
-        for name in ("d_model", "n_heads", "asv_layers", "sample_layers", "ffn_mult"):
+        for name in ("d_model", "n_heads", "asv_layers", "ffn_mult"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be set (> 0) when model.preset is null")
         if self.d_model % self.n_heads:

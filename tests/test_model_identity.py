@@ -51,10 +51,10 @@ def test_masked_tokens_keep_their_identity_when_ids_are_passed():
     masked = tokens.clone()
     masked[..., 0] = 6  # the MASK token
     ids = asv_hash_buckets(tokens, model.spec.asv_identity_buckets)
-    _, with_ids = model.asv_vectors(masked.view(-1, L), ids.view(-1))
-    _, plain = model.asv_vectors(tokens.view(-1, L))
-    sequence_masked, _ = model.asv_vectors(masked.view(-1, L))
-    torch.testing.assert_close(with_ids - sequence_masked, plain - model.asv_vectors(tokens.view(-1, L))[0])
+    with_ids = model.asv_vectors(masked.view(-1, L), ids.view(-1))
+    plain = model.asv_vectors(tokens.view(-1, L))
+    sequence_masked = model.asv_vectors(masked.view(-1, L))["sequence"]
+    torch.testing.assert_close(with_ids["combined"] - sequence_masked, plain["combined"] - plain["sequence"])
 
 
 def test_frozen_sequence_encoder_memo_matches_a_fresh_encoding_and_gets_no_gradient():

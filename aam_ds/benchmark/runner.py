@@ -116,7 +116,7 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     (pretrain_result, pretrain_s) = _timed(lambda: _pretrain(pretrain_spec))
     progress.stage("AAM diagnostics")
     probe = linear_probe(pretrain_result.export_path, inputs, table.sample_ids, truth, pairs, class_names, task)
-    diagnostics = {k: v for k, v in pretrain_result.eval_metrics.items() if k in ("asv_cosine", "asv_cosine_sequence", "distance_r")}
+    diagnostics = {k: v for k, v in pretrain_result.eval_metrics.items() if k in ("asv_cosine", "asv_cosine_sequence", "asv_cosine_pooled", "distance_r")}
     models["AAM linear probe"] = probe
 
     finetune_spec = aam_finetune_spec(inputs, folds_path, len(truth), len(held_out), task, split)

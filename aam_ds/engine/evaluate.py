@@ -115,10 +115,14 @@ def task_metrics(model: Any, objective: Objective, predicted: torch.Tensor, targ
 def asv_similarity(model: Any, dataset: Any, max_asvs: int = 256) -> dict[str, float]:
     """Mean pairwise cosine similarity of the ASV vectors of the first ``max_asvs`` distinct ASVs of
     ``dataset`` (any dataset of sample items): ``asv_cosine`` of the vectors the sample encoder reads
-    (sequence encoder + learned identity) and ``asv_cosine_sequence`` of the sequence encoder's alone.
+    (standardised sequence vectors + learned identity), ``asv_cosine_sequence`` of the standardised
+    sequence vectors alone and ``asv_cosine_pooled`` of the nucleotide encoder's raw output (before
+    :class:`aam_ds.model.aam.AsvStandardizer`).
 
-    Near 1 means the ASV encoder maps every ASV to nearly the same vector (a collapsed sequence
-    path); every rank computes it on the same ASVs (ZeRO-3 needs every rank in the forward).
+    Near 1 means every ASV gets nearly the same vector (a collapsed path). Standardisation removes
+    the common component, so ``asv_cosine_sequence`` is low by construction once its running
+    statistics are set; ``asv_cosine_pooled`` shows how much of each raw vector is shared. Every
+    rank computes it on the same ASVs (ZeRO-3 needs every rank in the forward).
     """
     distinct: dict[bytes, torch.Tensor] = {}
     for i in range(len(dataset)):
@@ -129,8 +133,9 @@ def asv_similarity(model: Any, dataset: Any, max_asvs: int = 256) -> dict[str, f
     if len(distinct) < 2:
         return {}
     device = next(model.parameters()).device
-    sequence, combined = model.asv_vectors(torch.stack(list(distinct.values())[:max_asvs]).long().to(device))
-    return {"asv_cosine": mean_pairwise_cosine(combined), "asv_cosine_sequence": mean_pairwise_cosine(sequence)}
+    vectors = model.asv_vectors(torch.stack(list(distinct.values())[:max_asvs]).long().to(device))
+    return {"asv_cosine": mean_pairwise_cosine(vectors["combined"]), "asv_cosine_sequence": mean_pairwise_cosine(vectors["sequence"]),
+            "asv_cosine_pooled": mean_pairwise_cosine(vectors["pooled"])}
 
 
 def mean_pairwise_cosine(vectors: torch.Tensor) -> float:

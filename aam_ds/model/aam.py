@@ -17,13 +17,16 @@ instead of to none, so softmax never sees an all ``-inf`` row; pooled vectors of
 zeroed. Padding ASVs are never encoded at all. The sample encoder has no ASV positions unless
 ``model.asv_order`` is set, so its output does not depend on ASV order.
 
-ASV identity: the sequence encoder alone, trained briefly, maps different ASVs to nearly the same
-vector (mean pairwise cosine 0.995 measured on real tables), while a random forest wins by knowing
-*which* ASV each abundance belongs to. Each ASV therefore also gets a learned vector, looked up by a
-universal hash of its nucleotide tokens (``asv_hash_buckets``) into ``model.asv_identity_buckets``
-rows; it is used only for buckets marked in ``asv_seen`` (ASVs of the training data), so an ASV
-never seen in training is placed by the sequence encoder alone. ``model.asv_identity_dropout``
-drops the learned vector of random ASVs during training so that the sequence path keeps learning.
+ASV vectors: pooled nucleotide-transformer vectors share a large common component (mean pairwise
+cosine 0.995 measured on real tables), so ``AsvStandardizer`` standardises them across the ASVs of
+a batch before the sample encoder reads them. A random forest wins by knowing *which* ASV each
+abundance belongs to, so each ASV also gets a learned vector, looked up by a universal hash of its
+nucleotide tokens (``asv_hash_buckets``) into ``model.asv_identity_buckets`` rows; it is used only
+for buckets marked in ``asv_seen`` (ASVs of the training data), so an ASV never seen in training is
+placed by the sequence encoder alone. ``model.asv_identity_dropout`` drops the learned vector of
+random ASVs during training so that the sequence path keeps learning. With ``model.sample_layers``
+0 the sample encoder is a deep set (Zaheer et al. 2017): LayerNorm, attention pool and the
+composition contrast over the ASV vectors, no attention between ASVs.
 
 ``python -m aam_ds.model.aam`` prints the parameter count of every preset.
 """
@@ -44,10 +47,11 @@ from aam_ds.model.normalization import TargetNormalizer
 from aam_ds.spec import MODEL_PRESETS, LossSpec, ModelSpec
 
 HASH_PRIME = 2_147_483_647  # 2**31 - 1: the ASV hash is sum(token_l * r_l) mod this prime
-COMPOSITION_INIT_SCALE = 0.1
+COMPOSITION_INIT_SCALE = 0.1  # initial LayerNorm gain of the composition contrast (see AAMModel._composition)
 # initial std of the learned ASV vectors (the transformer's 0.02: on Huang oral age, fine-tuning from
-# scratch, std 1.0, as large as the sequence encoder's vectors, overfits: grouped MAE 7.02 vs 6.66)
-IDENTITY_INIT_STD = 0.02  # initial LayerNorm gain of the composition contrast (see AAMModel._composition)
+# scratch, std 1.0, as large as the standardised sequence vectors, overfits: grouped MAE 7.02 vs 6.66)
+IDENTITY_INIT_STD = 0.02
+STANDARDIZER_MOMENTUM = 0.01  # running statistics of AsvStandardizer: an average over ~100 batches
 OUTPUTS = frozenset({"sample_embedding", "nucleotide_logits", "abundance", "task"})
 
 
@@ -136,6 +140,41 @@ class Encoder(nn.Module):
         return self.ln_out(x)
 
 
+class AsvStandardizer(nn.Module):
+    """Standardise ASV vectors ``[K, D]`` across the ASVs of a batch, per dimension (batch
+    normalisation, Ioffe & Szegedy 2015, over ASVs instead of samples), then a learned scale and shift.
+
+    Pooled nucleotide-transformer vectors share a large common component: on real tables, trained
+    briefly, every pair of ASVs has cosine similarity ~0.99, so the differences between ASVs are ~1 %
+    of each vector and the sample encoder (whose LayerNorm acts within a vector, not across ASVs)
+    hardly tells them apart. Subtracting the mean over ASVs and dividing by the spread puts those
+    differences at unit scale. Training uses the batch's statistics (a batch of one ASV uses the
+    running ones) and updates running averages, which evaluation uses, so inference does not depend
+    on the batch. Statistics are per rank (like ``torch.nn.BatchNorm1d`` without synchronisation);
+    computed in float32 whatever the module dtype.
+    """
+
+    def __init__(self, d_model: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))
+        self.bias = nn.Parameter(torch.zeros(d_model))
+        self.register_buffer("running_mean", torch.zeros(d_model))
+        self.register_buffer("running_var", torch.ones(d_model))
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        x = vectors.float()
+        if self.training and x.shape[0] > 1:
+            mean, var = x.mean(0), x.var(0, unbiased=False)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), STANDARDIZER_MOMENTUM)
+                self.running_var.lerp_(var.to(self.running_var.dtype), STANDARDIZER_MOMENTUM)
+        else:
+            mean, var = self.running_mean.float(), self.running_var.float()
+        standard = (x - mean) * torch.rsqrt(var + self.eps)
+        return standard.to(vectors.dtype) * self.weight + self.bias
+
+
 def _hash_multipliers(n: int) -> list[int]:
     """Fixed pseudo-random multipliers ``r_l`` in [1, HASH_PRIME) of the ASV hash (a 64-bit LCG,
     so they are the same on every machine and torch version)."""
@@ -203,6 +242,7 @@ class AAMModel(nn.Module):
         self.token_embedding = nn.Embedding(VOCAB_SIZE, d)
         self.position_embedding = nn.Embedding(max_seq_len, d)
         self.asv_encoder = Encoder(spec, spec.asv_layers)
+        self.asv_standardizer = AsvStandardizer(d)
         self.nucleotide_head = NucleotideHead(d)
         # learned per-ASV vectors, by sequence hash (see the module docstring)
         self.asv_identity = nn.Embedding(spec.asv_identity_buckets, d) if spec.asv_identity_buckets else None
@@ -227,7 +267,7 @@ class AAMModel(nn.Module):
         if self.task_head is not None:  # output layer small: predictions start near the training mean
             self._init_weights(self.task_head.mlp[-1])
         nn.init.constant_(self.composition_norm.weight, COMPOSITION_INIT_SCALE)
-        if self.asv_identity is not None:  # as large as the sequence encoder's vectors (LayerNorm scale), not 0.02
+        if self.asv_identity is not None:
             nn.init.normal_(self.asv_identity.weight, mean=0.0, std=IDENTITY_INIT_STD)
 
     @staticmethod
@@ -255,11 +295,15 @@ class AAMModel(nn.Module):
             self.asv_seen[asv_hash_buckets(torch.as_tensor(tokens).to(self.asv_seen.device), len(self.asv_seen))] = True
         return int(self.asv_seen.sum())
 
-    def asv_vectors(self, tokens: torch.Tensor, asv_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """ASV vectors of ``tokens int [K, L]``: (sequence encoder's ``[K, D]``, with the learned identity
-        vectors added ``[K, D]``), in evaluation mode (no identity dropout). For diagnostics."""
-        sequence, _ = self._encode_asvs(tokens, keep_states=False)
-        return sequence, sequence + self._identity(tokens if asv_ids is None else asv_ids, asv_ids is not None, sequence)
+    def asv_vectors(self, tokens: torch.Tensor, asv_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """ASV vectors of ``tokens int [K, L]``, each ``[K, D]``, for diagnostics (call in evaluation
+        mode): ``pooled`` (the nucleotide encoder's output), ``sequence`` (standardised across ASVs:
+        what the sequence path gives the sample encoder) and ``combined`` (with the learned identity
+        vectors added: what the sample encoder reads)."""
+        pooled, _ = self._encode_asvs(tokens, keep_states=False)
+        sequence = self.asv_standardizer(pooled)
+        combined = sequence + self._identity(tokens if asv_ids is None else asv_ids, asv_ids is not None, sequence)
+        return {"pooled": pooled, "sequence": sequence, "combined": combined}
 
     def _identity(self, tokens_or_ids: torch.Tensor, are_ids: bool, like: torch.Tensor) -> torch.Tensor:
         """Learned vectors ``[K, D]`` of ASVs (tokens ``[K, L]`` or bucket ids ``[K]``); zero for buckets
@@ -364,6 +408,7 @@ class AAMModel(nn.Module):
 
         if not want & {"sample_embedding", "abundance", "task"}:
             return out
+        asv_vectors = self.asv_standardizer(asv_vectors)
         if asv_ids is None:
             identity = self._identity(tokens.reshape(b * a, seq_len)[rows], False, asv_vectors)
         else:
