@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from aam_ds.errors import AamInputError
+from aam_ds.errors import AamInputError, show_notices_as_lines
 from aam_ds.help_format import HelpFormatter
 
 Runner = Callable[[argparse.Namespace], int]
@@ -195,6 +195,7 @@ def run_command(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """The ``aam-ds`` entry point. Output piped into a reader that stops early (``| head``) ends
     the command quietly with the status of a process killed by SIGPIPE (141)."""
+    show_notices_as_lines()
     try:
         code = run_command(sys.argv[1:] if argv is None else list(argv))
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the whole test suite, slow tests included.
+# Set up (scripts/setup.sh), lint (ruff, rules in pyproject.toml) and run the whole test suite, slow tests included.
 # The reference UniFrac oracle (Debian's python3-unifrac, unifrac-tools) is installed when we are root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,5 +9,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! /usr/bin/python3 -c 
         || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q python3-unifrac unifrac-tools >/dev/null 2>&1)) \
         || echo "note: could not install python3-unifrac; oracle tests will be skipped"
 fi
+.venv/bin/ruff check aam_ds tests bench launch  # lint first: a failing lint fails CI in seconds
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
 exec .venv/bin/python -m pytest "$@"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_engine_pairwise import run_ranks
 
 from aam_ds.cli import main as cli_main
-from test_engine_pairwise import run_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 AAM_DS = Path(sys.executable).parent / "aam-ds"  # the console script of this environment

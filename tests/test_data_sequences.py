@@ -10,7 +10,18 @@ import pytest
 import aam_ds.data.cache as cache_module
 from aam_ds.data.cache import cached_tokenize
 from aam_ds.data.sequences import (
-    PAD, VOCAB_SIZE, A, C, G, N, T, MASK, asv_sequences, dropped_rows, read_fasta, tokenize,
+    MASK,
+    PAD,
+    VOCAB_SIZE,
+    A,
+    C,
+    G,
+    N,
+    T,
+    asv_sequences,
+    dropped_rows,
+    read_fasta,
+    tokenize,
 )  # fmt: skip
 from aam_ds.data.table import load_table
 from aam_ds.errors import AamInputError

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_engine_train import BIN, PRETRAIN, checked, launch, run_args
 
 from aam_ds.tracking import read_metrics
-from test_engine_train import BIN, PRETRAIN, checked, launch, run_args
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -200,18 +200,21 @@ def test_plain_python_with_cpu_offload_and_wandb_offline(tmp_path, cache_dir):
 @pytest.mark.slow
 def test_memory_budget_picks_the_micro_batch_from_real_steps(tmp_path, cache_dir):
     """Real data (23 samples): a generous budget (`--max-memory-gb auto`: 80 % of free RAM) admits the
-    largest micro batch the training split allows; a budget below the runtime's own footprint is refused with a clear message."""
+    whole per-rank batch as one micro batch, and the global batch stays what the spec says (issue 16:
+    the search once swapped a global batch of 8 for the whole training split); each probe is
+    reported; a budget below the runtime's own footprint is refused with a clear message."""
     small = ROOT.parent / "shared" / "data" / "small"
     if not (small / "test-small.biom").is_file():
         pytest.skip(f"real data folder {small} is absent")
     data = {"data.table": small / "test-small.biom", "data.tree": small / "test-small-tree.nwk", "data.max_seq_len": 90,
             "schedule.steps": 2, "data.split.val_fraction": 0.15}
     roomy = tmp_path / "roomy"
-    checked(launch([str(BIN / "python"), PRETRAIN, *run_args(roomy, cache_dir, **data), "--max-memory-gb", "auto"]))
+    roomy_run = checked(launch([str(BIN / "python"), PRETRAIN, *run_args(roomy, cache_dir, **data, **{"parallel.micro_batch_size": 2,
+                                "parallel.grad_accum_steps": 3}), "--max-memory-gb", "auto"]))  # fmt: skip
     spec = json.loads((roomy / "spec.json").read_text())
-    n_train = len((roomy / "splits" / "train.txt").read_text().split())
-    assert spec["parallel"]["micro_batch_size"] == n_train
-    assert spec["parallel"]["global_batch_size"] == n_train  # 1 rank, no accumulation
+    assert (spec["parallel"]["micro_batch_size"], spec["parallel"]["grad_accum_steps"], spec["parallel"]["global_batch_size"]) == (6, 1, 6)
+    assert "memory search: micro batch 6: peak" in roomy_run.stdout
+    assert "memory search: micro batch 6 x accumulation 1" in roomy_run.stdout
     peak = [r for r in read_metrics(roomy / "metrics.jsonl") if r["kind"] == "train"][-1]["metrics"]["peak_memory_gib"]
     assert 0 < peak < 16
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_engine_pairwise import make_model, make_problem, pair_mse, run_ranks
 
-from aam_ds.engine.memory import PeakMemory, model_state_bytes, search_micro_batch
+from aam_ds.engine.memory import PeakMemory, micro_batch_candidates, model_state_bytes, search_micro_batch
 from aam_ds.engine.schedule import warmup_cosine
 from aam_ds.engine.trainer import check_world_size
 from aam_ds.errors import AamInputError
 from aam_ds.spec import RunSpec, ScheduleSpec
-from test_engine_pairwise import make_model, make_problem, pair_mse, run_ranks
 
 
 def _failing_rank(rank: int, world: int, port: int, log_dir: str) -> None:
@@ -127,14 +127,42 @@ def test_micro_batch_search_takes_the_largest_size_within_budget():
         measured.append(m)
         return None if m > 40 else 100.0 + 10.0 * m  # out of memory beyond 40
 
-    assert search_micro_batch(peak, budget_bytes=300.0, upper=64) == 20
-    assert search_micro_batch(peak, budget_bytes=10_000.0, upper=64) == 40
-    assert search_micro_batch(peak, budget_bytes=50.0, upper=64) == 0
-    assert search_micro_batch(peak, budget_bytes=10_000.0, upper=6) == 6
+    every = list(range(1, 65))
+    assert search_micro_batch(peak, budget_bytes=300.0, candidates=every) == 20
+    assert search_micro_batch(peak, budget_bytes=10_000.0, candidates=every) == 40
+    assert search_micro_batch(peak, budget_bytes=50.0, candidates=every) == 0
+    assert search_micro_batch(peak, budget_bytes=10_000.0, candidates=every[:6]) == 6
     measured.clear()
-    assert search_micro_batch(peak, budget_bytes=300.0, upper=64, lower=2) == 20
-    assert search_micro_batch(peak, budget_bytes=115.0, upper=64, lower=2) == 0  # 1 would fit, but is below lower
-    assert min(measured) == 2  # sizes below ``lower`` are never tried
+    assert search_micro_batch(peak, budget_bytes=300.0, candidates=every[1:]) == 20
+    assert search_micro_batch(peak, budget_bytes=115.0, candidates=every[1:]) == 0  # 1 would fit, but is not a candidate
+    assert min(measured) == 2
+
+
+def test_micro_batch_candidates_keep_the_global_batch():
+    """Issue 16: the search trades micro batch against accumulation; it never changes the batch."""
+    assert micro_batch_candidates(24, lower=2) == [2, 3, 4, 6, 8, 12, 24]
+    assert micro_batch_candidates(7, lower=1) == [1, 7]
+    assert micro_batch_candidates(1, lower=2) == []
+    measured = []
+
+    def peak(m):
+        measured.append(m)
+        return 10.0 * m
+
+    assert search_micro_batch(peak, 85.0, micro_batch_candidates(24, 2)) == 8
+    assert set(measured) <= set(micro_batch_candidates(24, 2))
+
+
+def test_micro_batch_search_stops_at_its_time_cap_with_the_best_size_so_far():
+    measured = []
+
+    def peak(m):
+        measured.append(m)
+        return 1.0
+
+    assert search_micro_batch(peak, 10.0, list(range(1, 100)), out_of_time=lambda: len(measured) >= 2) == 2
+    assert measured == [1, 2]  # after the cap no further size is tried, but the first always is
+    assert search_micro_batch(peak, 10.0, [3, 4], out_of_time=lambda: True) == 3
 
 
 def test_peak_rss_sees_a_real_allocation():

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_finetune import in_process_world, spec_for  # noqa: F401 (the fixture tears the world down)
 
 from aam_ds.cli import main as cli_main
 from aam_ds.data.splits import load_splits
 from aam_ds.engine.crossval import OOF_NAME, cross_validate
-from test_finetune import in_process_world, spec_for  # noqa: F401 (the fixture tears the world down)
 
 ROOT = Path(__file__).resolve().parents[1]
 DIST_VARIABLES = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"}

@@ -46,7 +46,7 @@ def test_unseen_asvs_use_the_sequence_encoder_alone():
 def test_masked_tokens_keep_their_identity_when_ids_are_passed():
     torch.manual_seed(0)
     model = AAMModel(ModelSpec(preset="tiny", asv_identity_dropout=0.0), L).eval()
-    tokens, counts = sequences(4).view(1, 4, L), torch.tensor([[4.0, 3, 2, 1]])
+    tokens = sequences(4).view(1, 4, L)
     model.mark_asvs_seen(tokens.view(-1, L))
     masked = tokens.clone()
     masked[..., 0] = 6  # the MASK token

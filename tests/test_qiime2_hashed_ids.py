@@ -13,6 +13,7 @@ from pathlib import Path
 import biom
 import h5py
 import pytest
+from test_finetune import in_process_world  # noqa: F401 (the fixture tears the in-process world down)
 
 from aam_ds.data.sequences import read_fasta
 from aam_ds.data.table import load_table
@@ -20,7 +21,6 @@ from aam_ds.engine import trainer
 from aam_ds.errors import AamInputError
 from aam_ds.spec import load_spec
 from aam_ds.tracking import read_metrics
-from test_finetune import in_process_world  # noqa: F401 (the fixture tears the in-process world down)
 
 
 def md5(sequence: str) -> str:

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+from test_engine_train import BIN, PRETRAIN, checked, kill_tree, launch, torchrun, train_losses
+from test_finetune import in_process_world  # noqa: F401 (the fixture tears the in-process world down)
 
 from aam_ds.engine import crossval, trainer
 from aam_ds.engine.checkpoint import load_export
@@ -22,8 +24,6 @@ from aam_ds.engine.distributed import LAUNCH_VARS
 from aam_ds.errors import AamInputError
 from aam_ds.spec import load_spec
 from aam_ds.tracking import read_metrics
-from test_engine_train import BIN, PRETRAIN, checked, kill_tree, launch, torchrun, train_losses
-from test_finetune import in_process_world  # noqa: F401 (the fixture tears the in-process world down)
 
 STEPS = 100  # long enough for the automatic checkpoint interval (max(50, steps // 10)) to save once before the end
 

@@ -69,8 +69,11 @@ def shared_rows(models: dict[str, CrossValidation]) -> dict[str, np.ndarray]:
     """Rows of each model's predictions that hold the samples every model predicted, in one order."""
     ids = [m.predictions.sample_ids for m in models.values()]
     common = sorted(set(ids[0]).intersection(*map(set, ids[1:])))
-    return {name: np.array([{s: i for i, s in enumerate(m.predictions.sample_ids)}[s] for s in common], dtype=np.int64)
-            for name, m in models.items()}  # fmt: skip
+    rows = {}
+    for name, model in models.items():
+        row_of = {sample: i for i, sample in enumerate(model.predictions.sample_ids)}
+        rows[name] = np.array([row_of[sample] for sample in common], dtype=np.int64)
+    return rows
 
 
 def model_scores(models: dict[str, CrossValidation], positive_class: str | None) -> dict[str, dict[str, Any]]:

@@ -83,7 +83,7 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     from aam_ds.benchmark import report as reporting
     from aam_ds.data.metadata import align_metadata, load_metadata
     from aam_ds.data.table import load_table
-    from aam_ds.evaluation.cli import truth_of, infer_task
+    from aam_ds.evaluation.cli import infer_task, truth_of
     from aam_ds.evaluation.folds import draw_folds, read_folds, train_test_pairs, write_folds
 
     check_inputs(inputs)
@@ -175,13 +175,18 @@ def data_overrides(inputs: BenchmarkInputs) -> list[str]:
 
 
 def _stage_spec(inputs: BenchmarkInputs, stage_spec: dict, fixed: list[str], budget, n_samples: int, evaluations: int):
-    from aam_ds.spec import load_spec
+    """The stage's run spec; its schedule (steps, warmup, evaluation and log intervals) follows from
+    the budget and the spec's own global batch, except fields the user set with ``--set schedule.*``."""
+    from aam_ds.spec import ScheduleSpec, load_spec
 
-    probe = load_spec(None, flatten(stage_spec) + data_overrides(inputs) + fixed + inputs.extra)
-    steps = budget.steps(n_samples, probe.parallel.global_batch_size)
-    timing = [f"schedule.steps={steps}", f"schedule.warmup_steps={max(1, steps // 20)}",
-              f"schedule.eval_every={max(1, steps // evaluations)}", f"schedule.log_every={max(1, steps // 10)}"]
-    return load_spec(None, flatten(stage_spec) + data_overrides(inputs) + fixed + timing + inputs.extra)
+    spec = load_spec(None, flatten(stage_spec) + data_overrides(inputs) + fixed + inputs.extra)
+    steps = budget.steps(n_samples, spec.parallel.global_batch_size)
+    timing = {"steps": steps, "warmup_steps": max(1, steps // 20), "eval_every": max(1, steps // evaluations),
+              "log_every": max(1, steps // 10)}
+    user_set = {item.split("=", 1)[0].removeprefix("schedule.") for item in inputs.extra if item.startswith("schedule.")}
+    timing = {key: value for key, value in timing.items() if key not in user_set}
+    schedule = ScheduleSpec.model_validate({**spec.schedule.model_dump(), **timing})
+    return spec.model_copy(update={"schedule": schedule})
 
 
 def aam_pretrain_spec(inputs: BenchmarkInputs, n_samples: int):

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
-import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from aam_ds.errors import AamInputError
+from aam_ds.errors import AamInputError, notice
 
 ID_HEADERS = frozenset(
     h.lower()
@@ -121,7 +120,7 @@ def align_metadata(
             "(`qiime feature-table filter-samples --m-metadata-file`); check that the IDs are spelled identically",
         )
     if missing:
-        warnings.warn(f"{source}: dropping {len(missing)} table samples without metadata, e.g. {missing[:5]}", stacklevel=2)
+        notice(f"{source}: dropping {len(missing)} table samples without metadata, e.g. {missing[:5]}")
     aligned = metadata.loc[[s for s in sample_ids if s in metadata.index]]
     aligned.attrs["source"] = source
     return aligned

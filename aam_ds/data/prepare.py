@@ -6,8 +6,7 @@ ambiguity policy rejects -> per-sample ASV selection -> targets / covariates -> 
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from aam_ds.data.sequences import asv_sequences, dropped_rows
 from aam_ds.data.splits import save_splits, split_samples
 from aam_ds.data.synthetic import demo_data
 from aam_ds.data.table import FeatureTable, load_table
-from aam_ds.errors import AamInputError
+from aam_ds.errors import AamInputError, notice
 from aam_ds.spec import RunSpec
 
 # with the demo data and no data.targets, fine-tuning predicts these metadata columns
@@ -38,6 +37,8 @@ class PreparedData:
     - ``targets``: ``float32 [N, T]`` (regression) or ``int64 [N]`` (classification) or None
     - ``covariates``: ``int64 [N, C]`` category codes or None; ``covariate_classes[c]`` their names
     - ``splits``: sorted row indices for ``train`` / ``val`` / ``test``
+    - ``origin``: where the table came from (its path, or that the demo data was generated)
+    - ``samples_loaded``: samples in the table as read; ``drops``: reason -> samples dropped since
     """
 
     table: FeatureTable
@@ -54,6 +55,15 @@ class PreparedData:
     tree: Path | None
     sequences: Path | None
     token_cache_hit: bool
+    origin: str = ""
+    samples_loaded: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+
+    def sample_accounting(self) -> str:
+        """One line for the run header: samples loaded, dropped (why) and in each split."""
+        dropped = "".join(f", {n} dropped ({reason})" for reason, n in self.drops.items())
+        splits = " / ".join(f"{name} {len(rows)}" for name, rows in self.splits.items() if len(rows))
+        return f"{self.samples_loaded} loaded{dropped}; {splits}"
 
     @property
     def max_seq_len(self) -> int:
@@ -80,8 +90,15 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
             target_columns = [DEMO_TARGETS[spec.loss.task]]
 
     table = load_table(table_path)
+    samples_loaded, drops = len(table.sample_ids), {}
+
+    def count_drop(reason: str, before: int) -> None:
+        if len(table.sample_ids) < before:
+            drops[reason] = before - len(table.sample_ids)
+
     if data.rarefy_depth is not None:
-        table = rarefy(table, data.rarefy_depth, data.rarefy_seed)
+        before, table = len(table.sample_ids), rarefy(table, data.rarefy_depth, data.rarefy_seed)
+        count_drop(f"fewer reads than data.rarefy_depth {data.rarefy_depth}", before)
 
     metadata = None
     if metadata_path is not None:
@@ -89,8 +106,9 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
             load_metadata(metadata_path), table.sample_ids, table.source, data.drop_samples_without_metadata
         )
         if len(metadata) < len(table.sample_ids):
-            keep = set(metadata.index)
+            keep, before = set(metadata.index), len(table.sample_ids)
             table = table.take_samples([i for i, s in enumerate(table.sample_ids) if s in keep]).drop_empty_asvs()
+            count_drop("no metadata", before)
     elif target_columns or data.covariates or data.split.kind != "random":
         raise AamInputError(
             "data.metadata", "targets, covariates and stratified / grouped splits need sample metadata",
@@ -103,7 +121,9 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
         source=str(sequences or table.source),
     )
     tokens = cached.tokens
+    before = len(table.sample_ids)
     table, tokens, metadata = drop_rejected_asvs(table, tokens, metadata)
+    count_drop("no reads left without ASVs with ambiguous bases", before)
 
     rows = sample_rows(table, data.max_asvs, data.asv_selection, seed=data.split.seed)
     targets, class_names = _targets(target_columns, spec.loss.task, metadata)
@@ -121,7 +141,8 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
         target_names=target_columns, targets=targets, class_names=class_names,
         covariate_names=list(data.covariates), covariates=covariates, covariate_classes=covariate_classes,
         splits=splits, tree=Path(tree) if tree else None, sequences=Path(sequences) if sequences else None,
-        token_cache_hit=cached.hit,
+        token_cache_hit=cached.hit, origin=str(table_path) if data.table else f"demo data (generated, seeded) {table_path}",
+        samples_loaded=samples_loaded, drops=drops,
     )  # fmt: skip
 
 
@@ -133,13 +154,13 @@ def drop_rejected_asvs(
     if not rejected.any():
         return table, tokens, metadata
     keep = np.flatnonzero(~rejected)
-    warnings.warn(f"{table.source}: dropping {rejected.sum()} ASVs with ambiguous bases (data.ambiguous_bases=drop_asv)")
+    notice(f"{table.source}: dropping {rejected.sum()} ASVs with ambiguous bases (data.ambiguous_bases=drop_asv)")
     table = FeatureTable(table.sample_ids, [table.asv_ids[j] for j in keep], table.counts[:, keep].tocsr(), table.source)
     nonempty = np.flatnonzero(np.asarray(table.counts.sum(axis=1)).ravel() > 0)
     if len(nonempty) == 0:
         raise AamInputError(table.source, "no reads remain after dropping ASVs with ambiguous bases", "set data.ambiguous_bases=as_n")
     if len(nonempty) < len(table.sample_ids):
-        warnings.warn(f"{table.source}: dropping {len(table.sample_ids) - len(nonempty)} samples left without reads")
+        notice(f"{table.source}: dropping {len(table.sample_ids) - len(nonempty)} samples left without reads")
         table = table.take_samples(nonempty)
         metadata = None if metadata is None else metadata.iloc[nonempty]
     return table, tokens[keep], metadata

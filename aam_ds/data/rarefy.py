@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import scipy.sparse as sp
 
 from aam_ds.data.table import FeatureTable
-from aam_ds.errors import AamInputError
+from aam_ds.errors import AamInputError, notice
 
 
 def rarefy(table: FeatureTable, depth: int, seed: int = 0) -> FeatureTable:
@@ -33,10 +31,7 @@ def rarefy(table: FeatureTable, depth: int, seed: int = 0) -> FeatureTable:
             f"({int(np.percentile(totals, 10))})",
         )
     if len(keep) < len(totals):
-        warnings.warn(
-            f"rarefaction to {depth} reads drops {len(totals) - len(keep)} of {len(totals)} samples with fewer reads",
-            stacklevel=2,
-        )
+        notice(f"rarefaction to {depth} reads drops {len(totals) - len(keep)} of {len(totals)} samples with fewer reads")
     rng = np.random.default_rng(seed)
     indptr, indices, data = [0], [], []
     for row in keep:

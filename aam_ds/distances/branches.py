@@ -13,7 +13,6 @@ on-disk cache would save nothing worth its invalidation rules.
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ import scipy.sparse as sp
 
 from aam_ds.data.table import FeatureTable
 from aam_ds.distances.tree import Tree
-from aam_ds.errors import AamInputError
+from aam_ds.errors import AamInputError, notice
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ def tip_nodes_of(table: FeatureTable, tree: Tree, drop_missing_tips: bool) -> tu
             "(--drop-missing-tips) to drop them",
         )
     if len(missing):
-        warnings.warn(f"dropping {len(missing)} of {len(nodes)} ASVs absent from the tree {tree.source}", stacklevel=2)
+        notice(f"dropping {len(missing)} of {len(nodes)} ASVs absent from the tree {tree.source}")
     kept = np.flatnonzero(nodes >= 0)
     return kept, nodes[kept]
 

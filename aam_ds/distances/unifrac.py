@@ -93,8 +93,8 @@ def weighted_unnormalized(a: torch.Tensor, b: torch.Tensor, length: torch.Tensor
     b_rest = (b @ length)[None, :] - (a > 0).to(a.dtype) @ (b * length).T  # [m, n]
     order, chunks = _over_support(a, b, length)
     out = torch.empty(len(a), len(b), dtype=a.dtype, device=a.device)
-    for span, av, bv, l in chunks:
-        out[span] = torch.einsum("ckn,ck->cn", (bv - av).abs_(), l)
+    for span, av, bv, lengths in chunks:
+        out[span] = torch.einsum("ckn,ck->cn", (bv - av).abs_(), lengths)
     return _unsort(order, out) + b_rest
 
 
@@ -112,9 +112,9 @@ def generalized(a: torch.Tensor, b: torch.Tensor, length: torch.Tensor, alpha: f
     order, chunks = _over_support(a, b, length)
     numerator = torch.empty(len(a), len(b), dtype=a.dtype, device=a.device)
     denominator = torch.empty_like(numerator)
-    for span, av, bv, l in chunks:
+    for span, av, bv, lengths in chunks:
         total = bv + av
-        q = total.pow(alpha - 1).mul_(l[..., None])
+        q = total.pow(alpha - 1).mul_(lengths[..., None])
         numerator[span] = (q * (bv - av).abs_()).sum(1)
         denominator[span] = q.mul_(total).sum(1)
     return _ratio(_unsort(order, numerator) + b_rest, _unsort(order, denominator) + b_rest)

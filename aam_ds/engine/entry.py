@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-from aam_ds.errors import AamInputError
+from aam_ds.errors import AamInputError, show_notices_as_lines
 from aam_ds.help_format import HelpFormatter
 from aam_ds.spec import RunSpec, load_spec
 
@@ -43,6 +43,7 @@ def run_stage(stage: Callable[[RunSpec, Path | None], object], argv: Sequence[st
     from aam_ds.engine.distributed import exit_process, report_rank_failure
 
     args = parse_args(argv, description, prog)
+    show_notices_as_lines(show=os.environ.get("RANK", "0") == "0")  # one line each, from rank 0 only
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:

@@ -107,22 +107,29 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
 
 
-def search_micro_batch(peak_for: Callable[[int], float | None], budget_bytes: float, upper: int, lower: int = 1) -> int:
-    """Largest micro batch in ``[lower, upper]`` whose measured peak stays within ``budget_bytes``.
+def micro_batch_candidates(per_rank_batch: int, lower: int) -> list[int]:
+    """Micro batches that keep the per-rank batch (``micro x accumulation``) exactly: the divisors
+    of ``per_rank_batch`` from ``lower`` up, ascending."""
+    return [m for m in range(max(lower, 1), per_rank_batch + 1) if per_rank_batch % m == 0]
+
+
+def search_micro_batch(peak_for: Callable[[int], float | None], budget_bytes: float, candidates: list[int],
+                       out_of_time: Callable[[], bool] = lambda: False) -> int:
+    """Largest of ``candidates`` (ascending) whose measured peak stays within ``budget_bytes``.
 
     ``peak_for(m)`` runs real training steps with micro batch ``m`` and returns the peak bytes, or
-    None when they ran out of memory. Doubles from ``lower`` until a size fails, then bisects.
-    Returns 0 when even ``lower`` does not fit.
+    None when they ran out of memory. Doubles the index from the smallest candidate until one
+    fails, then bisects. When ``out_of_time()`` turns true between probes the search stops with the
+    largest size that fitted so far. Returns 0 when the smallest candidate does not fit.
     """
-    fits = lambda m: (peak := peak_for(m)) is not None and peak <= budget_bytes  # noqa: E731
-    good, bad = lower - 1, upper + 1
-    m = lower
-    while m <= upper:
-        if not fits(m):
-            bad = m
+    fits = lambda i: (peak := peak_for(candidates[i])) is not None and peak <= budget_bytes  # noqa: E731
+    good, bad, i = -1, len(candidates), 0
+    while i < len(candidates) and not (good >= 0 and out_of_time()):
+        if not fits(i):
+            bad = i
             break
-        good, m = m, m * 2
-    while bad - good > 1:
+        good, i = i, 2 * i + 1
+    while bad - good > 1 and not out_of_time():
         mid = (good + bad) // 2
         good, bad = (mid, bad) if fits(mid) else (good, mid)
-    return good if good >= lower else 0
+    return candidates[good] if good >= 0 else 0

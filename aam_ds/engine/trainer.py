@@ -16,8 +16,8 @@ final checkpoint and consolidated export (of the best evaluation's weights when
 from __future__ import annotations
 
 import gc
-import os
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +38,15 @@ from aam_ds.engine.batches import GlobalBatchSampler
 from aam_ds.engine.distributed import DistContext, all_reduce_max, all_reduce_mean, barrier, init_distributed
 from aam_ds.engine.evaluate import evaluate, to_device
 from aam_ds.engine.interrupt import RunInterrupted, stop_requests
-from aam_ds.engine.memory import GIB, PeakMemory, estimate_table, is_out_of_memory, memory_budget_gib, search_micro_batch
+from aam_ds.engine.memory import (
+    GIB,
+    PeakMemory,
+    estimate_table,
+    is_out_of_memory,
+    memory_budget_gib,
+    micro_batch_candidates,
+    search_micro_batch,
+)
 from aam_ds.engine.objective import Objective
 from aam_ds.engine.run_folder import claim_run_dir
 from aam_ds.engine.schedule import scheduler_factory
@@ -266,26 +274,47 @@ def optimizer_step(engine: Any, batches: Iterator, objective: Objective, ctx: Di
     return totals
 
 
+def parameter_text(model: AAMModel) -> str:
+    """``"86,216 (+ 4,194,304 in the ASV identity table)"``: a step reads only its batch's rows of the table."""
+    table = model.asv_identity.weight.numel() if model.asv_identity is not None else 0
+    dense = sum(p.numel() for p in model.parameters()) - table
+    return f"{dense:,}" + (f" (+ {table:,} in the ASV identity table)" if table else "")
+
+
 # --------------------------------------------------------------------------------------------
 # automatic micro batch
+
+
+MEMORY_SEARCH_CAP_S = 300.0  # the micro-batch search stops probing after this long and keeps the best size so far
 
 
 def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], data: PreparedData, model_factory: Any,
                      objective: Objective, ctx: DistContext) -> int:
     """Largest micro batch whose real training steps (all active losses, this ZeRO stage) stay under
-    ``parallel.max_memory_gb`` per rank; every rank agrees on the worst rank's peak."""
+    ``parallel.max_memory_gb`` per rank, among those that keep the global batch (micro x accumulation
+    x ranks); every rank agrees on the worst rank's peak. Rank 0 prints each probe; the search stops
+    probing after ``MEMORY_SEARCH_CAP_S`` seconds."""
+    say = print if ctx.is_main else (lambda *args, **kwargs: None)
     meter = PeakMemory(ctx.device)
-    upper = len(data.splits["train"]) // ctx.world_size
+    per_rank = spec.parallel.global_batch_size // ctx.world_size
+    lower = 2 if spec.loss.pairwise_weight > 0 else 1  # the pairwise loss needs pairs on every rank
+    budget = memory_budget_gib(spec.parallel.max_memory_gb, ctx.device, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))
+    candidates = micro_batch_candidates(per_rank, lower)
+    say(f"memory search: largest micro batch among {candidates} (global batch {spec.parallel.global_batch_size} kept) "
+        f"within {budget:.2f} GiB per rank, 2 real steps each, at most {MEMORY_SEARCH_CAP_S:.0f} s", flush=True)
+    start = time.perf_counter()
 
     def peak_for(micro: int) -> float | None:
         meter.reset()
         engine = None
         try:
-            model = model_factory()
-            engine = build_engine(model, spec, {**ds_config, "train_micro_batch_size_per_gpu": micro})
-            batches = train_batches(data, spec, ctx, micro, 0)
+            # no accumulation while probing: each step reaches the optimizer (whose states count), as every
+            # accumulation boundary does
+            probe_spec, probe_config = with_micro_batch(spec, ds_config, micro, ctx.world_size, accumulation=1)
+            engine = build_engine(model_factory(), probe_spec, probe_config)
+            batches = train_batches(data, probe_spec, ctx, micro, 0)
             for step in range(2):
-                optimizer_step(engine, batches, objective, ctx, spec, step)
+                optimizer_step(engine, batches, objective, ctx, probe_spec, step)
             peak = meter.peak_bytes()
         except Exception as exc:  # only out-of-memory means "does not fit"
             if not is_out_of_memory(exc):
@@ -295,21 +324,32 @@ def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], data: PreparedDat
             del engine
             gc.collect()
         peak = all_reduce_max(peak, ctx.device)
+        say(f"memory search: micro batch {micro}: " + ("out of memory" if peak == float("inf") else
+            f"peak {peak / GIB:.2f} GiB, {'fits' if peak <= budget * GIB else 'too large'}") +
+            f" ({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
         return None if peak == float("inf") else peak
 
-    lower = 2 if spec.loss.pairwise_weight > 0 else 1  # the pairwise loss needs pairs on every rank
-    budget = memory_budget_gib(spec.parallel.max_memory_gb, ctx.device, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))
-    micro = search_micro_batch(peak_for, budget * GIB, upper, lower)
+    def out_of_time() -> bool:
+        return all_reduce_max(time.perf_counter() - start, ctx.device) > MEMORY_SEARCH_CAP_S
+
+    micro = search_micro_batch(peak_for, budget * GIB, candidates, out_of_time)
     if micro == 0:
         raise AamInputError("parallel.max_memory_gb", f"even a micro batch of {lower} needs more than {budget:.2f} GiB per rank",
                             "raise the budget, use a higher ZeRO stage or offload, or a smaller model")
+    say(f"memory search: micro batch {micro} x accumulation {per_rank // micro} ({time.perf_counter() - start:.0f} s"
+        + (", time cap reached" if out_of_time() else "") + ")", flush=True)
     return micro
 
 
-def with_micro_batch(spec: RunSpec, ds_config: dict[str, Any], micro: int, world_size: int) -> tuple[RunSpec, dict[str, Any]]:
-    par = spec.parallel.model_copy(update={"micro_batch_size": micro, "global_batch_size": micro * spec.parallel.grad_accum_steps * world_size})
-    config = {k: v for k, v in ds_config.items() if k != "train_batch_size"}
-    config["train_micro_batch_size_per_gpu"] = micro
+def with_micro_batch(spec: RunSpec, ds_config: dict[str, Any], micro: int, world_size: int,
+                     accumulation: int | None = None) -> tuple[RunSpec, dict[str, Any]]:
+    """The spec and DeepSpeed config with micro batch ``micro``; by default the global batch stays and
+    accumulation takes up the rest, else ``accumulation`` is used (and the global batch follows)."""
+    accum = accumulation or spec.parallel.global_batch_size // (micro * world_size)
+    par = spec.parallel.model_copy(update={"micro_batch_size": micro, "grad_accum_steps": accum,
+                                           "global_batch_size": micro * accum * world_size})
+    config = {k: v for k, v in ds_config.items() if k != "train_batch_size"}  # DeepSpeed derives it
+    config.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum)
     return spec.model_copy(update={"parallel": par}), config
 
 
@@ -351,8 +391,9 @@ def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetun
     steps_per_epoch = max(1, len(data.splits["train"]) // par.global_batch_size)
 
     with make_logger(spec, ctx.rank, run_dir) as log:
-        log.start(spec, sched.steps, {"world size": ctx.world_size, "parameters": n_params, "micro batch": par.micro_batch_size,
+        log.start(spec, sched.steps, {"world size": ctx.world_size, "parameters": parameter_text(model), "micro batch": par.micro_batch_size,
                                       "stage": "finetune" if finetuning else "pretrain", "run folder": str(run_dir),
+                                      "data": data.origin, "samples": data.sample_accounting(),
                                       "resumed at step": start_step})
         log.print(estimate_table(n_params, ctx.world_size, par.precision, par.zero_stage,
                                  par.offload_optimizer != "none", par.offload_param != "none"))

@@ -31,7 +31,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from aam_ds.data.metadata import load_metadata
     from aam_ds.evaluation.predictions import read_predictions
-    from aam_ds.evaluation.report import wide_console, metrics_table, write_evaluation
+    from aam_ds.evaluation.report import metrics_table, wide_console, write_evaluation
     from aam_ds.evaluation.scoring import join_truth
 
     predictions = read_predictions(args.predictions, args.target, args.task)
@@ -96,7 +96,7 @@ def run_rf_baseline(args: argparse.Namespace) -> int:
     from aam_ds.data.table import load_table
     from aam_ds.evaluation.folds import read_folds, train_test_pairs, write_folds
     from aam_ds.evaluation.predictions import read_predictions, write_predictions
-    from aam_ds.evaluation.report import wide_console, metrics_table, write_evaluation, write_tsv
+    from aam_ds.evaluation.report import metrics_table, wide_console, write_evaluation, write_tsv
     from aam_ds.evaluation.rf_baseline import comparison_rows, cross_validate_rf
 
     table = load_table(args.table)

@@ -32,7 +32,6 @@ Choices made for prediction (training's settings where they define the model's i
 
 from __future__ import annotations
 
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,7 @@ from aam_ds.data.sequences import asv_sequences, dropped_rows, tokenize
 from aam_ds.data.table import FeatureTable, load_table
 from aam_ds.engine.checkpoint import Export, build_exported_model, load_export
 from aam_ds.engine.evaluate import to_device
-from aam_ds.errors import AamInputError
+from aam_ds.errors import AamInputError, notice
 from aam_ds.evaluation.predictions import Predictions, write_predictions
 from aam_ds.model.aam import AAMModel
 from aam_ds.spec import DataSpec
@@ -221,7 +220,7 @@ def without_empty_samples(table: FeatureTable) -> FeatureTable:
     if len(nonempty) == len(table.sample_ids):
         return table
     empty = sorted(set(table.sample_ids) - {table.sample_ids[i] for i in nonempty})
-    warnings.warn(f"{table.source}: {len(empty)} samples have no reads and get no prediction, e.g. {empty[:5]}", stacklevel=2)
+    notice(f"{table.source}: {len(empty)} samples have no reads and get no prediction, e.g. {empty[:5]}")
     return table.take_samples(nonempty).drop_empty_asvs()
 
 

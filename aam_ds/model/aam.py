@@ -51,7 +51,7 @@ COMPOSITION_INIT_SCALE = 0.1  # initial LayerNorm gain of the composition contra
 # initial std of the learned ASV vectors (the transformer's 0.02: on Huang oral age, fine-tuning from
 # scratch, std 1.0, as large as the standardised sequence vectors, overfits: grouped MAE 7.02 vs 6.66)
 IDENTITY_INIT_STD = 0.02
-STANDARDIZER_MOMENTUM = 0.01  # running statistics of AsvStandardizer: an average over ~100 batches
+STANDARDIZER_MOMENTUM = 0.1  # running statistics of AsvStandardizer (BatchNorm's default): ~the last 10 batches
 OUTPUTS = frozenset({"sample_embedding", "nucleotide_logits", "abundance", "task"})
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
+from aam_ds.errors import notice
 from aam_ds.tracking.base import DistanceScatter, RunLogger
 
 
@@ -76,5 +76,5 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            warnings.warn(f"{path}:{line_no}: skipping a damaged record (a crash cut it short)", stacklevel=2)
+            notice(f"{path}:{line_no}: skipping a damaged record (a crash cut it short)")
     return records
