@@ -5,6 +5,7 @@ refusals of inputs the model cannot read."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ def run(cmd: list[str], timeout: float = 240) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    return result.stdout
+    return result.stdout + result.stderr
 
 
 def finetune(cache: Path, run_dir: Path, **overrides) -> Path:
@@ -73,6 +74,7 @@ def test_regression_round_trip_matches_training_in_original_units(regression_run
     out = tmp_path / "age.tsv"
     printed = predict_cli("--model", str(regression_run / "model.pt"), "--table", str(demo.table), "--out", str(out), "--device", "cpu")
     assert "wrote 300 regression predictions of 'age'" in printed
+    assert re.search(r"predicting .*300/300 samples", printed)  # the progress bar's final state
     predictions = read_predictions(out, "age", "regression")
     ages = load_metadata(demo.metadata)["age"]
     assert sorted(predictions.sample_ids) == sorted(ages.index)
@@ -92,7 +94,8 @@ def test_regression_round_trip_matches_training_in_original_units(regression_run
 
     # original units: centred on the training ages (mean ~54 years, sd ~17), not on 0
     train_ages = ages.loc[split_ids(regression_run, "train")]
-    assert abs(predictions.values.mean() - train_ages.mean()) < 0.25 * train_ages.std()
+    # (after 6 steps the mean is within half an sd; a missing inverse transform would put it ~3 sd away, near 0)
+    assert abs(predictions.values.mean() - train_ages.mean()) < 0.5 * train_ages.std()
     assert predictions.std is None
 
 
@@ -192,7 +195,7 @@ def test_passes_over_asv_subsets(regression_export, small_table):
     subsets = predict_table(regression_export, small_table, passes=3, subset_fraction=0.8, seed=1)[0]
     assert (subsets.std > 0).all()
     assert np.corrcoef(subsets.values, single.values)[0, 1] > 0.9  # the same ranking of samples
-    np.testing.assert_allclose(subsets.values, single.values, rtol=0.05)  # and the same units and level
+    np.testing.assert_allclose(subsets.values, single.values, rtol=0.1)  # and the same units and level
     again = predict_table(regression_export, small_table, passes=3, subset_fraction=0.8, seed=1)[0]
     np.testing.assert_array_equal(again.values, subsets.values)
     other = predict_table(regression_export, small_table, passes=3, subset_fraction=0.8, seed=2)[0]

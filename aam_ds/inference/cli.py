@@ -29,17 +29,20 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from aam_ds.inference.predict import DEFAULT_BATCH_SIZE, DEFAULT_SUBSET_FRACTION, predict_table, write_prediction_files
+    from aam_ds.tracking.console import count_progress
 
     if args.subset_fraction is not None and args.passes == 1:
         raise AamInputError("--subset-fraction", "only applies to repeated passes", "add --passes K (K > 1) or drop --subset-fraction")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise AamInputError("--device cuda", "no CUDA device is visible to this process", "use --device cpu or run on a GPU node")
-    predictions = predict_table(
-        args.model, args.table, args.sequences, args.metadata, passes=args.passes,
-        subset_fraction=DEFAULT_SUBSET_FRACTION if args.subset_fraction is None else args.subset_fraction,
-        seed=args.seed, batch_size=DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size, device=device,
-    )  # fmt: skip
+    with count_progress("predicting") as progress:
+        predictions = predict_table(
+            args.model, args.table, args.sequences, args.metadata, passes=args.passes,
+            subset_fraction=DEFAULT_SUBSET_FRACTION if args.subset_fraction is None else args.subset_fraction,
+            seed=args.seed, batch_size=DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size, device=device,
+            progress=progress,
+        )  # fmt: skip
     for path, prediction in zip(write_prediction_files(args.out, predictions), predictions):
         print(f"wrote {len(prediction.sample_ids)} {prediction.task} predictions of {prediction.target!r} to {path}")
     return 0

@@ -35,7 +35,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -82,11 +82,12 @@ class ModelInputs:
 def predict_inputs(
     model: AAMModel, inputs: ModelInputs, target_names: Sequence[str], class_names: Sequence[str] | None = None,
     passes: int = 1, subset_fraction: float = DEFAULT_SUBSET_FRACTION, seed: int = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device = "cpu",
+    batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device = "cpu", on_batch: Callable[[int], None] | None = None,
 ) -> list[Predictions]:
     """One :class:`Predictions` per regression target (original units), or one for classification.
 
-    ``model`` must have a task head; it is moved to ``device`` and put in eval mode.
+    ``model`` must have a task head; it is moved to ``device`` and put in eval mode. ``on_batch(n)``
+    is called after each forward pass with its number of samples (``passes x N`` in all): a progress bar.
     """
     if passes < 1:
         raise AamInputError("--passes", f"must be at least 1, got {passes}", "give a positive number of passes")
@@ -96,10 +97,11 @@ def predict_inputs(
         raise AamInputError("--batch-size", f"must be at least 1, got {batch_size}", "give a positive batch size")
     model = model.to(device).eval()
     if passes == 1:
-        outputs = _forward(model, inputs, inputs.rows, batch_size, device)[None]
+        outputs = _forward(model, inputs, inputs.rows, batch_size, device, on_batch=on_batch)[None]
     else:
         outputs = np.stack([
-            _forward(model, inputs, subset_rows(inputs, subset_fraction, seed, p), batch_size, device) for p in range(passes)
+            _forward(model, inputs, subset_rows(inputs, subset_fraction, seed, p), batch_size, device, on_batch=on_batch)
+            for p in range(passes)
         ])  # fmt: skip
     mean = outputs.mean(axis=0)  # [N, T] or [N, C]
     if class_names:
@@ -112,7 +114,7 @@ def predict_inputs(
 
 
 def _forward(model: AAMModel, inputs: ModelInputs, rows: list[SampleRow], batch_size: int, device: str | torch.device,
-             output: str = "task") -> np.ndarray:
+             output: str = "task", on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """``float64 [N, T]`` regression outputs in original units, ``[N, C]`` class probabilities, or
     (``output="sample_embedding"``) the sample embeddings ``[N, D]``."""
     dataset = SampleDataset(rows, inputs.tokens, None, inputs.covariates)
@@ -123,6 +125,8 @@ def _forward(model: AAMModel, inputs: ModelInputs, rows: list[SampleRow], batch_
         if output == "task":
             values = model.target_normalizer.inverse(values) if model.target_normalizer is not None else values.softmax(dim=-1)
         outputs.append(values.double().cpu().numpy())
+        if on_batch is not None:
+            on_batch(len(values))
     return np.concatenate(outputs)
 
 
@@ -170,19 +174,22 @@ def predict_table(
     export: Export | str | Path, table: str | Path, sequences: str | Path | None = None, metadata: str | Path | None = None,
     passes: int = 1, subset_fraction: float = DEFAULT_SUBSET_FRACTION, seed: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device = "cpu",
+    progress: Callable[[int], Callable[[int], None]] | None = None,
 ) -> list[Predictions]:
     """Predict every (kept) sample of ``table`` with a fine-tuned export (a path or a loaded Export).
 
     Returns one :class:`Predictions` per regression target, in original units, or one with class
     probabilities. Refuses (AamInputError) a pretraining export, sequences the model cannot read,
-    and missing or unknown covariates.
+    and missing or unknown covariates. ``progress(total)``, once the table is read, returns the
+    ``on_batch`` callback of :func:`predict_inputs` (``total`` = passes x samples).
     """
     source = "model export" if isinstance(export, Export) else str(export)
     export = export if isinstance(export, Export) else load_export(Path(export))
     description = task_description(export, source)
     inputs = prepare_inputs(export, table, sequences, metadata)
+    on_batch = progress(passes * len(inputs.sample_ids)) if progress is not None else None
     return predict_inputs(build_exported_model(export), inputs, description["target_names"], description["class_names"],
-                          passes, subset_fraction, seed, batch_size, device)
+                          passes, subset_fraction, seed, batch_size, device, on_batch)
 
 
 def task_description(export: Export, source: str) -> dict:

@@ -149,8 +149,9 @@ class AsvStandardizer(nn.Module):
     of each vector and the sample encoder (whose LayerNorm acts within a vector, not across ASVs)
     hardly tells them apart. Subtracting the mean over ASVs and dividing by the spread puts those
     differences at unit scale. Training uses the batch's statistics (a batch of one ASV uses the
-    running ones) and updates running averages, which evaluation uses, so inference does not depend
-    on the batch. Statistics are per rank (like ``torch.nn.BatchNorm1d`` without synchronisation);
+    running ones) and updates running averages (a plain mean over the first batches, then an
+    exponential average with ``STANDARDIZER_MOMENTUM``), which evaluation uses, so inference does not
+    depend on the batch. Statistics are per rank (like ``torch.nn.BatchNorm1d`` without synchronisation);
     computed in float32 whatever the module dtype.
     """
 
@@ -161,14 +162,17 @@ class AsvStandardizer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d_model))
         self.register_buffer("running_mean", torch.zeros(d_model))
         self.register_buffer("running_var", torch.ones(d_model))
+        self.register_buffer("batches_tracked", torch.zeros((), dtype=torch.long))
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
         x = vectors.float()
         if self.training and x.shape[0] > 1:
             mean, var = x.mean(0), x.var(0, unbiased=False)
             with torch.no_grad():
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), STANDARDIZER_MOMENTUM)
-                self.running_var.lerp_(var.to(self.running_var.dtype), STANDARDIZER_MOMENTUM)
+                self.batches_tracked += 1
+                weight = max(STANDARDIZER_MOMENTUM, 1.0 / float(self.batches_tracked))
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), weight)
+                self.running_var.lerp_(var.to(self.running_var.dtype), weight)
         else:
             mean, var = self.running_mean.float(), self.running_var.float()
         standard = (x - mean) * torch.rsqrt(var + self.eps)

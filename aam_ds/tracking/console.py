@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import datetime
 import time
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
 from aam_ds.tracking.base import DistanceScatter, RunLogger
 
 if TYPE_CHECKING:
     from aam_ds.spec import RunSpec
+
+
+@contextmanager
+def count_progress(description: str, unit: str = "samples") -> Iterator[Callable[[int], Callable[[int], None]]]:
+    """A Rich progress bar on stderr for work counted in items (a live bar on a terminal, the final
+    state in a log file). Yields ``start(total)``, which shows the bar and returns ``advance(n)``."""
+    progress = Progress(TextColumn(description), BarColumn(bar_width=24), MofNCompleteColumn(), TextColumn(unit),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True))
+
+    def start(total: int) -> Callable[[int], None]:
+        task = progress.add_task(description, total=total)
+        progress.start()
+        return lambda n: progress.advance(task, n)
+
+    try:
+        yield start
+    finally:
+        progress.stop()
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
