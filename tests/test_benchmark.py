@@ -25,8 +25,9 @@ def test_shipped_recipes_load_and_give_valid_specs():
     for budget in BUDGETS:
         recipe = load_recipe(budget)
         for stage in (recipe.pretrain, recipe.finetune):
-            load_spec(None, flatten(stage.spec))  # every field is a run-spec field
+            spec = load_spec(None, recipe.stage_spec(stage))  # every field is a run-spec field
             assert stage.min_steps <= stage.steps(10, 32) <= stage.max_steps
+            assert spec.data.max_asvs == recipe.shared["data"]["max_asvs"]  # fine-tuning reads as many ASVs as pretraining
     assert load_recipe("standard").finetune.steps(2000, 32) == 1250  # 20 epochs of 2,000 samples
 
 
@@ -84,3 +85,22 @@ def test_benchmark_quick_end_to_end_on_demo_data(demo_paths, tmp_path):
     assert {"asv_cosine", "asv_cosine_sequence", "distance_r"} <= set(report["diagnostics"])
     assert report["recipe"]["name"] == "quick"
     assert "AAM" in (out / "report.md").read_text()
+
+
+def test_finetune_spec_starts_from_the_export_or_from_scratch(tmp_path):
+    """The recipe's ``finetune.from_pretrained`` (the pretraining ablation): false fine-tunes the same
+    model settings from scratch."""
+    import dataclasses
+
+    from aam_ds.benchmark.runner import BenchmarkInputs, aam_finetune_spec
+
+    recipe = load_recipe("quick")
+    folds = tmp_path / "folds.tsv"
+    inputs = BenchmarkInputs(table=tmp_path / "t.biom", metadata=tmp_path / "m.tsv", target="age", out_dir=tmp_path, recipe=recipe)
+    spec = aam_finetune_spec(inputs, folds, 100, 5, "regression", "random")
+    assert spec.model.pretrained == tmp_path / "aam" / "pretrain" / "model.pt"
+    scratch_recipe = dataclasses.replace(recipe, finetune=dataclasses.replace(recipe.finetune, from_pretrained=False))
+    scratch = aam_finetune_spec(dataclasses.replace(inputs, recipe=scratch_recipe), folds, 100, 5, "regression", "random")
+    assert scratch.model.pretrained is None
+    assert scratch.model.preset == "tiny" and scratch.data.max_asvs == spec.data.max_asvs
+    assert scratch.schedule.steps == spec.schedule.steps

@@ -5,12 +5,14 @@ the installed package's data); ``--budget path/to/recipe.yaml`` reads any file o
 
     description: one line
     baselines: {rf_trees: 500}
+    spec: {model: {preset: tiny}, data: {max_asvs: 1024}}   # run-spec sections both AAM stages share
     pretrain:                      # label-free, on all samples
       epochs: 5                    # steps = epochs x samples / global batch, clipped to [min_steps, max_steps]
       min_steps: 100
       max_steps: 400
-      spec: {model: {preset: tiny}, ...}   # run-spec sections, as in a run.yaml
+      spec: {optim: {lr: 0.002}, ...}      # this stage's run-spec sections, as in a run.yaml
     finetune:                      # per fold
+      from_pretrained: true        # start from the pretrained export (false: from scratch, an ablation)
       epochs: 20
       min_steps: 200
       max_steps: 1300
@@ -42,6 +44,7 @@ class StageBudget:
     max_steps: int
     spec: dict[str, Any]
     evaluations: int = 1
+    from_pretrained: bool = True
 
     def steps(self, n_samples: int, global_batch: int) -> int:
         """``epochs`` passes over ``n_samples`` in batches of ``global_batch``, within [min_steps, max_steps]."""
@@ -56,13 +59,18 @@ class Recipe:
     pretrain: StageBudget
     finetune: StageBudget
     source: str
+    shared: dict[str, Any]
+
+    def stage_spec(self, stage: StageBudget) -> list[str]:
+        """``--set`` overrides of one stage: the shared sections, then the stage's own."""
+        return flatten(self.shared) + flatten(stage.spec)
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as recorded in the report."""
         stage = lambda s: {"epochs": s.epochs, "min_steps": s.min_steps, "max_steps": s.max_steps,  # noqa: E731
-                           "evaluations": s.evaluations, "spec": s.spec}
+                           "evaluations": s.evaluations, "from_pretrained": s.from_pretrained, "spec": s.spec}
         return {"name": self.name, "description": self.description, "source": self.source, "rf_trees": self.rf_trees,
-                "pretrain": stage(self.pretrain), "finetune": stage(self.finetune)}
+                "spec": self.shared, "pretrain": stage(self.pretrain), "finetune": stage(self.finetune)}
 
 
 def load_recipe(budget: str) -> Recipe:
@@ -78,7 +86,7 @@ def load_recipe(budget: str) -> Recipe:
         return Recipe(
             name=budget if budget in BUDGETS else path.stem, description=str(raw.get("description", "")),
             rf_trees=int(raw["baselines"]["rf_trees"]), pretrain=_stage(raw["pretrain"]), finetune=_stage(raw["finetune"]),
-            source=str(path),
+            source=str(path), shared=dict(raw.get("spec") or {}),
         )  # fmt: skip
     except (KeyError, TypeError, ValueError) as exc:
         raise AamInputError(str(path), f"is not a benchmark recipe ({type(exc).__name__}: {exc})",
@@ -87,7 +95,7 @@ def load_recipe(budget: str) -> Recipe:
 
 def _stage(raw: dict[str, Any]) -> StageBudget:
     return StageBudget(float(raw["epochs"]), int(raw["min_steps"]), int(raw["max_steps"]), dict(raw.get("spec") or {}),
-                       int(raw.get("evaluations", 1)))
+                       int(raw.get("evaluations", 1)), bool(raw.get("from_pretrained", True)))
 
 
 def flatten(sections: dict[str, Any], prefix: str = "") -> list[str]:

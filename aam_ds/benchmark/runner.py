@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from aam_ds.benchmark.recipe import Recipe, flatten
+from aam_ds.benchmark.recipe import Recipe
 from aam_ds.errors import AamInputError
 
 UNIFRAC = ("unweighted", "weighted_normalized", "weighted_unnormalized", "generalized")
@@ -174,12 +174,12 @@ def data_overrides(inputs: BenchmarkInputs) -> list[str]:
     return items
 
 
-def _stage_spec(inputs: BenchmarkInputs, stage_spec: dict, fixed: list[str], budget, n_samples: int, evaluations: int):
+def _stage_spec(inputs: BenchmarkInputs, fixed: list[str], budget, n_samples: int, evaluations: int):
     """The stage's run spec; its schedule (steps, warmup, evaluation and log intervals) follows from
     the budget and the spec's own global batch, except fields the user set with ``--set schedule.*``."""
     from aam_ds.spec import ScheduleSpec, load_spec
 
-    spec = load_spec(None, flatten(stage_spec) + data_overrides(inputs) + fixed + inputs.extra)
+    spec = load_spec(None, inputs.recipe.stage_spec(budget) + data_overrides(inputs) + fixed + inputs.extra)
     steps = budget.steps(n_samples, spec.parallel.global_batch_size)
     timing = {"steps": steps, "warmup_steps": max(1, steps // 20), "eval_every": max(1, steps // evaluations),
               "log_every": max(1, steps // 10)}
@@ -194,11 +194,12 @@ def aam_pretrain_spec(inputs: BenchmarkInputs, n_samples: int):
     budget = inputs.recipe.pretrain
     fixed = [f"tracking.run_dir={inputs.out_dir / 'aam' / 'pretrain'}", "tracking.overwrite=true", "tracking.rich=false",
              "data.split.val_fraction=0.05", f"data.split.seed={inputs.seed}", f"schedule.seed={inputs.seed}"]
-    return _stage_spec(inputs, budget.spec, fixed, budget, n_samples, evaluations=4)
+    return _stage_spec(inputs, fixed, budget, n_samples, evaluations=4)
 
 
 def aam_finetune_spec(inputs: BenchmarkInputs, folds_path: Path, n_samples: int, k: int, task: str, split: str):
-    """Cross-validated fine-tuning from the pretrained export on ``folds_path``."""
+    """Cross-validated fine-tuning on ``folds_path``, from the pretrained export (unless the recipe's
+    ``finetune.from_pretrained`` is false: then from scratch, the same model settings)."""
     from aam_ds.benchmark import report as reporting
 
     budget = inputs.recipe.finetune
@@ -207,10 +208,11 @@ def aam_finetune_spec(inputs: BenchmarkInputs, folds_path: Path, n_samples: int,
     fixed = [f"tracking.run_dir={inputs.out_dir / 'aam' / 'cv'}", "tracking.overwrite=true", "tracking.rich=false",
              f"data.metadata={inputs.metadata}", f"data.targets=[{inputs.target}]", f"data.split.folds_file={folds_path}",
              f"data.split.seed={inputs.seed}", f"schedule.seed={inputs.seed}", f"loss.task={task}",
-             "loss.pairwise_weight=0", "loss.nucleotide_weight=0", f"model.pretrained={inputs.out_dir / 'aam' / 'pretrain' / 'model.pt'}",
+             "loss.pairwise_weight=0", "loss.nucleotide_weight=0",
+             *([f"model.pretrained={inputs.out_dir / 'aam' / 'pretrain' / 'model.pt'}"] if budget.from_pretrained else []),
              f"schedule.best_metric={reporting.HEADLINE[task][0]}", *validation.get(split, [])]  # fmt: skip
     train_samples = n_samples * (k - 1) / k
-    return _stage_spec(inputs, budget.spec, fixed, budget, int(train_samples), budget.evaluations)
+    return _stage_spec(inputs, fixed, budget, int(train_samples), budget.evaluations)
 
 
 def _pretrain(spec):
