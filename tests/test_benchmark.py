@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from aam_ds.benchmark.recipe import BUDGETS, flatten, load_recipe
+from aam_ds.benchmark.recipe import BUDGETS, RECIPE_DIR, flatten, load_recipe
 from aam_ds.data.metadata import align_metadata, load_metadata
 from aam_ds.data.table import load_table
 from aam_ds.errors import AamInputError
@@ -24,6 +25,7 @@ def test_shipped_recipes_load_and_give_valid_specs():
 
     for budget in BUDGETS:
         recipe = load_recipe(budget)
+        assert recipe.pretrain is not None and recipe.finetune.from_pretrained  # shipped recipes pretrain
         for stage in (recipe.pretrain, recipe.finetune):
             spec = load_spec(None, recipe.stage_spec(stage))  # every field is a run-spec field
             assert stage.min_steps <= stage.steps(10, 32) <= stage.max_steps
@@ -38,6 +40,13 @@ def test_a_bad_recipe_is_refused_with_its_path(tmp_path):
     bad.write_text("pretrain: {epochs: 1}\n")
     with pytest.raises(AamInputError, match="bad.yaml"):
         load_recipe(str(bad))
+    scratch = yaml.safe_load((RECIPE_DIR / "quick.yaml").read_text()) | {"pretrain": None}
+    bad.write_text(yaml.safe_dump(scratch))
+    with pytest.raises(AamInputError, match="no pretrain stage but finetune.from_pretrained is true"):
+        load_recipe(str(bad))
+    scratch["finetune"]["from_pretrained"] = False
+    bad.write_text(yaml.safe_dump(scratch))
+    assert load_recipe(str(bad)).pretrain is None
 
 
 def test_flatten_gives_set_overrides():

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         positive_class=args.positive_class, metric=args.metric, max_seq_len=args.max_seq_len, extra=list(args.overrides),
     )  # fmt: skip
     console = wide_console()
-    with StageProgress(console, args.folds) as progress:
+    with StageProgress(console, args.folds, pretraining=recipe.pretrain is not None) as progress:
         report = run_benchmark(inputs, progress)
     console.print((args.out_dir / "report.md").read_text())
     console.print(f"wrote {args.out_dir}/: " + ", ".join(report["files"]))

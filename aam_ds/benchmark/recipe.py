@@ -6,7 +6,7 @@ the installed package's data); ``--budget path/to/recipe.yaml`` reads any file o
     description: one line
     baselines: {rf_trees: 500}
     spec: {model: {preset: tiny}, data: {max_asvs: 1024}}   # run-spec sections both AAM stages share
-    pretrain:                      # label-free, on all samples
+    pretrain:                      # label-free, on all samples; null = no pretraining (then from_pretrained: false)
       epochs: 5                    # steps = epochs x samples / global batch, clipped to [min_steps, max_steps]
       min_steps: 100
       max_steps: 400
@@ -56,7 +56,7 @@ class Recipe:
     name: str
     description: str
     rf_trees: int
-    pretrain: StageBudget
+    pretrain: StageBudget | None
     finetune: StageBudget
     source: str
     shared: dict[str, Any]
@@ -70,7 +70,7 @@ class Recipe:
         stage = lambda s: {"epochs": s.epochs, "min_steps": s.min_steps, "max_steps": s.max_steps,  # noqa: E731
                            "evaluations": s.evaluations, "from_pretrained": s.from_pretrained, "spec": s.spec}
         return {"name": self.name, "description": self.description, "source": self.source, "rf_trees": self.rf_trees,
-                "spec": self.shared, "pretrain": stage(self.pretrain), "finetune": stage(self.finetune)}
+                "spec": self.shared, "pretrain": stage(self.pretrain) if self.pretrain else None, "finetune": stage(self.finetune)}
 
 
 def load_recipe(budget: str) -> Recipe:
@@ -83,14 +83,18 @@ def load_recipe(budget: str) -> Recipe:
         raise AamInputError(f"--budget {budget}", f"no recipe file {path}", f"use one of {', '.join(BUDGETS)} or a recipe YAML path")
     raw = yaml.safe_load(path.read_text()) or {}
     try:
-        return Recipe(
+        recipe = Recipe(
             name=budget if budget in BUDGETS else path.stem, description=str(raw.get("description", "")),
-            rf_trees=int(raw["baselines"]["rf_trees"]), pretrain=_stage(raw["pretrain"]), finetune=_stage(raw["finetune"]),
-            source=str(path), shared=dict(raw.get("spec") or {}),
+            rf_trees=int(raw["baselines"]["rf_trees"]), pretrain=_stage(raw["pretrain"]) if raw["pretrain"] is not None else None,
+            finetune=_stage(raw["finetune"]), source=str(path), shared=dict(raw.get("spec") or {}),
         )  # fmt: skip
     except (KeyError, TypeError, ValueError) as exc:
         raise AamInputError(str(path), f"is not a benchmark recipe ({type(exc).__name__}: {exc})",
                             f"follow the layout of {RECIPE_DIR / 'standard.yaml'}") from None
+    if recipe.pretrain is None and recipe.finetune.from_pretrained:
+        raise AamInputError(str(path), "has no pretrain stage but finetune.from_pretrained is true",
+                            "add a pretrain section, or set finetune.from_pretrained: false")
+    return recipe
 
 
 def _stage(raw: dict[str, Any]) -> StageBudget:

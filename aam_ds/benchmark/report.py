@@ -40,10 +40,11 @@ class StageProgress:
     """A Rich progress bar over the benchmark's stages (fine-tuning counts one step per fold), with
     elapsed time and an ETA. Log lines printed meanwhile scroll above the bar."""
 
-    def __init__(self, console: Any, folds: int):
+    def __init__(self, console: Any, folds: int, pretraining: bool = True):
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
-        self.task = self.progress.add_task("starting", total=len(STAGES) - 1 + folds)
+        stages = len(STAGES) - 1 - (0 if pretraining else 2)  # without pretraining: no pretraining, no diagnostics
+        self.task = self.progress.add_task("starting", total=stages + folds)
         self.started = False
 
     def __enter__(self) -> "StageProgress":

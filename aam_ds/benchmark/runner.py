@@ -111,13 +111,15 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     progress.stage("linear model (CLR)")
     models["linear (CLR)"], seconds["linear (CLR)"] = _timed(lambda: _linear(table, inputs, truth, pairs, class_names))
 
-    progress.stage("AAM pretraining")
-    pretrain_spec = aam_pretrain_spec(inputs, len(truth))
-    (pretrain_result, pretrain_s) = _timed(lambda: _pretrain(pretrain_spec))
-    progress.stage("AAM diagnostics")
-    probe = linear_probe(pretrain_result.export_path, inputs, table.sample_ids, truth, pairs, class_names, task)
-    diagnostics = {k: v for k, v in pretrain_result.eval_metrics.items() if k in ("asv_cosine", "asv_cosine_sequence", "asv_cosine_pooled", "distance_r")}
-    models["AAM linear probe"] = probe
+    pretrain_spec, pretrain_s, diagnostics = None, 0.0, {}
+    if inputs.recipe.pretrain is not None:
+        progress.stage("AAM pretraining")
+        pretrain_spec = aam_pretrain_spec(inputs, len(truth))
+        (pretrain_result, pretrain_s) = _timed(lambda: _pretrain(pretrain_spec))
+        progress.stage("AAM diagnostics")
+        models["AAM linear probe"] = linear_probe(pretrain_result.export_path, inputs, table.sample_ids, truth, pairs, class_names, task)
+        diagnostics = {k: v for k, v in pretrain_result.eval_metrics.items()
+                       if k in ("asv_cosine", "asv_cosine_sequence", "asv_cosine_pooled", "distance_r")}
 
     finetune_spec = aam_finetune_spec(inputs, folds_path, len(truth), len(held_out), task, split)
     cv, finetune_s = _timed(lambda: _cross_validate(finetune_spec, progress))
@@ -128,7 +130,7 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
         out, models, truth, task, inputs.target, inputs.positive_class, seconds,
         {"table": str(inputs.table), "metadata": str(inputs.metadata), "tree": _str(inputs.tree), "sequences": _str(inputs.sequences),
          "samples": len(truth), "asvs": len(table.asv_ids), "split": split_text, "folds": len(held_out),
-         "recipe": inputs.recipe.as_dict(), "pretrain_steps": pretrain_spec.schedule.steps, "finetune_steps": finetune_spec.schedule.steps,
+         "recipe": inputs.recipe.as_dict(), "pretrain_steps": pretrain_spec.schedule.steps if pretrain_spec else 0, "finetune_steps": finetune_spec.schedule.steps,
          "overrides": inputs.extra, "diagnostics": diagnostics, "wall_time_s": round(time.perf_counter() - start, 1)},
         [out / "aam" / "pretrain" / "metrics.jsonl"] + [out / "aam" / "cv" / f"fold{f}" / "metrics.jsonl" for f in range(len(held_out))],
     )  # fmt: skip
