@@ -208,6 +208,8 @@ def build_model(spec: RunSpec, data: PreparedData, finetuning: bool) -> tuple[AA
         foreign = unexpected + [k for k in missing if not k.startswith(("task_head.", "target_normalizer."))]
         if foreign:
             raise AamInputError(str(spec.model.pretrained), f"weights do not fit the model ({foreign[:5]})", "fine-tune with the export's model settings")
+    if export is not None and (spec.model.freeze_encoder or spec.model.freeze_sequence_encoder):
+        model.asv_standardizer.fixed = True  # the pretrained sequence path stays as exported, statistics included
     model.mark_asvs_seen(torch.as_tensor(data.tokens[training_asvs(data)]))
     if finetuning and spec.model.freeze_encoder:
         for name, param in model.named_parameters():

@@ -151,13 +151,17 @@ class AsvStandardizer(nn.Module):
     differences at unit scale. Training uses the batch's statistics (a batch of one ASV uses the
     running ones) and updates running averages (a plain mean over the first batches, then an
     exponential average with ``STANDARDIZER_MOMENTUM``), which evaluation uses, so inference does not
-    depend on the batch. Statistics are per rank (like ``torch.nn.BatchNorm1d`` without synchronisation);
-    computed in float32 whatever the module dtype.
+    depend on the batch. The running statistics are those of the global batch: with several ranks
+    their moments are summed over ranks (a collective in every training forward), so every rank,
+    and the export, hold the same ones. ``fixed = True`` (a fine-tuning that keeps a pretrained
+    sequence path frozen) uses the running statistics in training too and never changes them.
+    Computed in float32 whatever the module dtype.
     """
 
     def __init__(self, d_model: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
+        self.fixed = False
         self.weight = nn.Parameter(torch.ones(d_model))
         self.bias = nn.Parameter(torch.zeros(d_model))
         self.register_buffer("running_mean", torch.zeros(d_model))
@@ -166,17 +170,29 @@ class AsvStandardizer(nn.Module):
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
         x = vectors.float()
-        if self.training and x.shape[0] > 1:
-            mean, var = x.mean(0), x.var(0, unbiased=False)
-            with torch.no_grad():
-                self.batches_tracked += 1
-                weight = max(STANDARDIZER_MOMENTUM, 1.0 / float(self.batches_tracked))
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), weight)
-                self.running_var.lerp_(var.to(self.running_var.dtype), weight)
-        else:
-            mean, var = self.running_mean.float(), self.running_var.float()
+        mean, var = self.running_mean.float(), self.running_var.float()
+        if self.training and not self.fixed:
+            self._update_running(x)
+            if x.shape[0] > 1:
+                mean, var = x.mean(0), x.var(0, unbiased=False)
         standard = (x - mean) * torch.rsqrt(var + self.eps)
         return standard.to(vectors.dtype) * self.weight + self.bias
+
+    @torch.no_grad()
+    def _update_running(self, x: torch.Tensor) -> None:
+        d = x.shape[1]
+        moments = torch.cat([x.new_full((1,), x.shape[0]), x.sum(0), (x * x).sum(0)]).double()
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(moments)
+        n = float(moments[0])
+        if n < 2:
+            return
+        mean = moments[1 : 1 + d] / n
+        var = (moments[1 + d :] / n - mean * mean).clamp_min(0)
+        self.batches_tracked += 1
+        weight = max(STANDARDIZER_MOMENTUM, 1.0 / float(self.batches_tracked))
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), weight)
+        self.running_var.lerp_(var.to(self.running_var.dtype), weight)
 
 
 def _hash_multipliers(n: int) -> list[int]:
