@@ -102,7 +102,7 @@ def test_regression_round_trip_matches_training_in_original_units(regression_run
 @pytest.mark.slow
 def test_classification_round_trip_with_covariates_rarefaction_and_random_selection(cache, demo, tmp_path):
     from aam_ds.data.prepare import prepare_data
-    from aam_ds.engine.checkpoint import build_exported_model, load_export
+    from aam_ds.export import build_exported_model, load_export
     from aam_ds.inference.predict import predict_split
     from aam_ds.spec import RunSpec
 
@@ -139,8 +139,8 @@ def write_untrained_export(path: Path, cache: Path, finetuning: bool = True, **o
     """An export written as the trainer writes it (its model builder, target description and export
     writer), with random weights instead of trained ones."""
     from aam_ds.data.prepare import prepare_data
-    from aam_ds.engine.checkpoint import Export, write_export
     from aam_ds.engine.trainer import build_model, export_spec, target_description
+    from aam_ds.export import Export, write_export
     from aam_ds.spec import load_spec
 
     spec = load_spec(None, [f"{k}={v}" for k, v in settings(cache, path.parent / "run", **overrides).items()])

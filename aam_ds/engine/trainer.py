@@ -51,6 +51,7 @@ from aam_ds.engine.objective import Objective
 from aam_ds.engine.run_folder import claim_run_dir
 from aam_ds.engine.schedule import scheduler_factory
 from aam_ds.errors import AamInputError
+from aam_ds.export import EXPORT_NAME, Export, build_exported_model, load_export, write_export
 from aam_ds.io_utils import atomic_write_json
 from aam_ds.model import losses
 from aam_ds.model.aam import AAMModel, check_loss_compatible
@@ -193,7 +194,7 @@ def build_model(spec: RunSpec, data: PreparedData, finetuning: bool) -> tuple[AA
     args = {"max_seq_len": data.max_seq_len, "n_targets": n_targets, "n_classes": n_classes,
             "covariate_cardinalities": [len(c) for c in data.covariate_classes] if finetuning else []}
     model_spec = spec.model
-    export = ckpt.load_export(spec.model.pretrained) if spec.model.pretrained else None
+    export = load_export(spec.model.pretrained) if spec.model.pretrained else None
     if export is not None:
         if export.model_args["max_seq_len"] < data.max_seq_len:
             raise AamInputError(str(spec.model.pretrained), f"built for {export.model_args['max_seq_len']} nucleotides, data has {data.max_seq_len}",
@@ -436,10 +437,10 @@ def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetun
         if best is not None and best.step:
             result.best_step, result.eval_metrics = best.step, best.metrics
         state_dict = ckpt.consolidated_state_dict(engine, ckpt_dir, tag)
-        result.export_path = run_dir / ckpt.EXPORT_NAME
+        result.export_path = run_dir / EXPORT_NAME
         if ctx.is_main:
-            export = ckpt.Export(state_dict, export_spec(spec, model), model_args, target_description(data, model, finetuning), export_step)
-            ckpt.write_export(result.export_path, export)
+            export = Export(state_dict, export_spec(spec, model), model_args, target_description(data, model, finetuning), export_step)
+            write_export(result.export_path, export)
             log.print(f"consolidated model (step {export_step}) written to {result.export_path}")
             if finetuning:
                 write_split_predictions(export, data, run_dir, par.micro_batch_size, ctx.device)
@@ -469,12 +470,12 @@ def export_spec(spec: RunSpec, model: AAMModel) -> dict[str, Any]:
     return {**spec.model_dump(mode="json"), "model": model.spec.model_dump(mode="json")}
 
 
-def write_split_predictions(export: ckpt.Export, data: PreparedData, run_dir: Path, batch_size: int, device: torch.device) -> None:
+def write_split_predictions(export: Export, data: PreparedData, run_dir: Path, batch_size: int, device: torch.device) -> None:
     """``<run_dir>/predictions_<split>.tsv`` for val and test, from the consolidated weights: the
     same code path as ``aam-ds predict``, so a later predict on the export reproduces them."""
     from aam_ds.inference.predict import predict_split, write_prediction_files
 
-    model = ckpt.build_exported_model(export)
+    model = build_exported_model(export)
     for split in ("val", "test"):
         if len(data.splits.get(split, [])):
             write_prediction_files(run_dir / f"predictions_{split}.tsv", predict_split(model, data, split, batch_size, device))

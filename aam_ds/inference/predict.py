@@ -47,10 +47,10 @@ from aam_ds.data.rarefy import rarefy
 from aam_ds.data.select import SampleRow, sample_rows
 from aam_ds.data.sequences import asv_sequences, dropped_rows, tokenize
 from aam_ds.data.table import FeatureTable, load_table
-from aam_ds.engine.checkpoint import Export, build_exported_model, load_export
 from aam_ds.engine.evaluate import to_device
 from aam_ds.errors import AamInputError, notice
 from aam_ds.evaluation.predictions import Predictions, write_predictions
+from aam_ds.export import Export, build_exported_model, load_export
 from aam_ds.model.aam import AAMModel
 from aam_ds.spec import DataSpec
 
