@@ -103,7 +103,7 @@ def test_regression_round_trip_matches_training_in_original_units(regression_run
 def test_classification_round_trip_with_covariates_rarefaction_and_random_selection(cache, demo, tmp_path):
     from aam_ds.data.prepare import prepare_data
     from aam_ds.export import build_exported_model, load_export
-    from aam_ds.inference.predict import predict_split
+    from aam_ds.prediction import predict_split
     from aam_ds.spec import RunSpec
 
     run_dir = finetune(cache, tmp_path / "run", **{
@@ -224,7 +224,7 @@ def test_covariates_are_coded_in_the_training_classes(covariate_export, demo):
 
 
 def test_several_targets_get_one_file_each(tmp_path):
-    from aam_ds.inference.predict import write_prediction_files
+    from aam_ds.prediction import write_prediction_files
 
     age, bmi = (Predictions(name, ["s1", "s2"], values=np.array([1.0, 2.0]) * k) for k, name in ((1, "age"), (3, "bmi")))
     assert write_prediction_files(tmp_path / "p.tsv", [age]) == [tmp_path / "p.tsv"]

@@ -29,14 +29,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from aam_ds.data.augment import AugmentedDataset
-from aam_ds.data.dataset import collate
+from aam_ds.data.dataset import collate, to_device
 from aam_ds.data.prepare import PreparedData, prepare_data
 from aam_ds.data.splits import save_splits
 from aam_ds.ds_config import resolve_ds_config
 from aam_ds.engine import checkpoint as ckpt
 from aam_ds.engine.batches import GlobalBatchSampler
 from aam_ds.engine.distributed import DistContext, all_reduce_max, all_reduce_mean, barrier, init_distributed
-from aam_ds.engine.evaluate import evaluate, to_device
+from aam_ds.engine.evaluate import evaluate
 from aam_ds.engine.interrupt import RunInterrupted, stop_requests
 from aam_ds.engine.memory import (
     GIB,
@@ -55,6 +55,7 @@ from aam_ds.export import EXPORT_NAME, Export, build_exported_model, load_export
 from aam_ds.io_utils import atomic_write_json
 from aam_ds.model import losses
 from aam_ds.model.aam import AAMModel, check_loss_compatible
+from aam_ds.prediction import predict_split, write_prediction_files
 from aam_ds.spec import RunSpec
 from aam_ds.tracking import make_logger
 
@@ -473,8 +474,6 @@ def export_spec(spec: RunSpec, model: AAMModel) -> dict[str, Any]:
 def write_split_predictions(export: Export, data: PreparedData, run_dir: Path, batch_size: int, device: torch.device) -> None:
     """``<run_dir>/predictions_<split>.tsv`` for val and test, from the consolidated weights: the
     same code path as ``aam-ds predict``, so a later predict on the export reproduces them."""
-    from aam_ds.inference.predict import predict_split, write_prediction_files
-
     model = build_exported_model(export)
     for split in ("val", "test"):
         if len(data.splits.get(split, [])):
