@@ -16,7 +16,6 @@ final checkpoint and consolidated export (of the best evaluation's weights when
 from __future__ import annotations
 
 import gc
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from aam_ds.data.splits import save_splits
 from aam_ds.ds_config import resolve_ds_config
 from aam_ds.engine import checkpoint as ckpt
 from aam_ds.engine.batches import GlobalBatchSampler
+from aam_ds.engine.best import BestTracker
 from aam_ds.engine.distributed import DistContext, all_reduce_max, all_reduce_mean, barrier, init_distributed
 from aam_ds.engine.evaluate import evaluate
 from aam_ds.engine.interrupt import RunInterrupted, stop_requests
@@ -46,6 +46,7 @@ from aam_ds.engine.memory import (
     memory_budget_gib,
     micro_batch_candidates,
     search_micro_batch,
+    with_micro_batch,
 )
 from aam_ds.engine.objective import Objective
 from aam_ds.engine.run_folder import claim_run_dir
@@ -64,7 +65,6 @@ BEST_TAG = "best"  # checkpoint folder holding the weights of the best evaluatio
 RUN_TIME_MODEL_FIELDS = ("dropout", "asv_chunk_size", "activation_checkpointing", "pretrained", "freeze_encoder",
                          "freeze_sequence_encoder", "asv_identity_dropout")
 STOP_FLAG = "ctrl_c"  # reduced with each step's losses: > 0 when any rank was sent Ctrl-C
-HIGHER_IS_BETTER = frozenset({"accuracy", "balanced_accuracy", "auc", "f1", "r2", "nucleotide_accuracy"})
 
 
 @dataclass
@@ -78,57 +78,6 @@ class RunResult:
     micro_batch_size: int = 0
     best_step: int | None = None  # step whose weights were exported (schedule.best_metric); None = the last
     stopped_early: bool = False
-
-
-@dataclass
-class BestTracker:
-    """Best value of one validation metric so far, and evaluations since it improved (early stopping).
-
-    Every rank evaluates the same gathered metrics, so every rank's tracker agrees; the stop decision
-    is still reduced over ranks before acting on it.
-    """
-
-    metric: str
-    maximize: bool
-    patience: int
-    value: float = math.nan
-    step: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
-    evals_since_best: int = 0
-
-    @classmethod
-    def from_spec(cls, spec: RunSpec) -> "BestTracker | None":
-        sched = spec.schedule
-        if not sched.best_metric:
-            return None
-        maximize = sched.best_mode == "max" or (sched.best_mode == "auto" and (sched.best_metric in HIGHER_IS_BETTER or sched.best_metric.endswith("_r")))
-        return cls(sched.best_metric, maximize, sched.early_stopping_patience)
-
-    def update(self, step: int, metrics: dict[str, float]) -> bool:
-        """Record an evaluation; True when it is the best so far (NaN never is)."""
-        if self.metric not in metrics:
-            raise AamInputError("schedule.best_metric", f"'{self.metric}' is not a validation metric of this run",
-                                f"choose one of {sorted(metrics)}")
-        value = metrics[self.metric]
-        better = not math.isnan(value) and (math.isnan(self.value) or (value > self.value if self.maximize else value < self.value))
-        if better:
-            self.value, self.step, self.metrics, self.evals_since_best = value, step, dict(metrics), 0
-        else:
-            self.evals_since_best += 1
-        return better
-
-    @property
-    def exhausted(self) -> bool:
-        return self.patience > 0 and self.evals_since_best >= self.patience
-
-    def state(self) -> dict[str, Any]:
-        """Saved in each checkpoint's client state, so a resumed run keeps selecting and counting."""
-        return {"best": {"value": self.value, "step": self.step, "metrics": self.metrics, "evals_since_best": self.evals_since_best}}
-
-    def restore(self, client_state: dict[str, Any]) -> None:
-        saved = client_state.get("best")
-        if saved:
-            self.value, self.step, self.metrics, self.evals_since_best = saved["value"], saved["step"], saved["metrics"], saved["evals_since_best"]
 
 
 def pretrain(spec: RunSpec, ds_config_path: Path | None = None) -> RunResult:
@@ -341,18 +290,6 @@ def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], data: PreparedDat
     say(f"memory search: micro batch {micro} x accumulation {per_rank // micro} ({time.perf_counter() - start:.0f} s"
         + (", time cap reached" if out_of_time() else "") + ")", flush=True)
     return micro
-
-
-def with_micro_batch(spec: RunSpec, ds_config: dict[str, Any], micro: int, world_size: int,
-                     accumulation: int | None = None) -> tuple[RunSpec, dict[str, Any]]:
-    """The spec and DeepSpeed config with micro batch ``micro``; by default the global batch stays and
-    accumulation takes up the rest, else ``accumulation`` is used (and the global batch follows)."""
-    accum = accumulation or spec.parallel.global_batch_size // (micro * world_size)
-    par = spec.parallel.model_copy(update={"micro_batch_size": micro, "grad_accum_steps": accum,
-                                           "global_batch_size": micro * accum * world_size})
-    config = {k: v for k, v in ds_config.items() if k != "train_batch_size"}  # DeepSpeed derives it
-    config.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum)
-    return spec.model_copy(update={"parallel": par}), config
 
 
 # --------------------------------------------------------------------------------------------
