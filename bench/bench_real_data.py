@@ -24,6 +24,7 @@ import pandas as pd
 
 from aam_ds.cli import main as aam_ds
 from aam_ds.data.metadata import load_metadata
+from aam_ds.evaluation.folds import huang_proxy_groups
 from aam_ds.io_utils import atomic_path, atomic_write_text
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -39,10 +40,11 @@ EXPERIMENTS = {
 
 
 def huang_metadata(data: Path, out: Path) -> Path:
-    """Huang's metadata with a ``proxy_subject`` column (Qiita study prefix of the sample ID + integer age)."""
+    """Huang's metadata with a ``proxy_subject`` column (Qiita study prefix of the sample ID + integer age,
+    :func:`aam_ds.evaluation.folds.huang_proxy_groups`, as ``aam-ds rf-baseline --group-by huang-proxy``)."""
     metadata = load_metadata(data / HUANG / "oral_2550_map.txt")
     ages = pd.to_numeric(metadata["age"])
-    metadata = metadata.assign(proxy_subject=[f"{sid.split('.')[0]}_{int(age)}" for sid, age in zip(metadata.index, ages)])
+    metadata = metadata.assign(proxy_subject=huang_proxy_groups(metadata.index, ages))
     path = out / "huang_metadata_with_proxy_subject.tsv"
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

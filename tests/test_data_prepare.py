@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_data_splits import saved_splits
 
 from aam_ds.data.dataset import collate
 from aam_ds.data.prepare import prepare_data
-from aam_ds.data.splits import load_splits
 from aam_ds.data.table import load_table
 from aam_ds.spec import build_spec
 
@@ -25,7 +25,7 @@ def test_demo_default_end_to_end(tmp_path):
     np.testing.assert_allclose(data.targets[:, 0], data.metadata["age"].to_numpy(), rtol=1e-6)
     assert data.covariate_classes == [["gut", "oral", "skin"]] and data.covariates.shape == (n, 1)
     assert max(len(r.asv_index) for r in data.rows) == 64
-    saved = load_splits(tmp_path / "run")
+    saved = saved_splits(tmp_path / "run")
     assert saved == {k: [data.table.sample_ids[i] for i in v] for k, v in data.splits.items()}
     batch = collate([data.dataset("train")[i] for i in range(3)])
     assert batch["tokens"].shape[0] == 3 and batch["targets"].shape == (3, 1)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from aam_ds.data.metadata import align_metadata, load_metadata
-from aam_ds.data.splits import kfold_splits, load_splits, save_splits, split_labels, split_samples
+from aam_ds.data.splits import kfold_splits, save_splits, split_labels, split_samples
 from aam_ds.data.table import load_table
 from aam_ds.spec import SplitSpec
 
@@ -71,12 +73,17 @@ def test_stratified_numeric_column_uses_quantile_bins(demo_metadata):
     assert ages[labels == 0].max() <= ages[labels == 4].min()
 
 
+def saved_splits(run_dir: Path) -> dict[str, list[str]]:
+    """The sample-ID lists :func:`save_splits` wrote under ``run_dir``, by split name."""
+    return {p.stem: p.read_text().splitlines() for p in sorted((Path(run_dir) / "splits").glob("*.txt"))}
+
+
 def test_saved_id_lists_round_trip(tmp_path, demo_metadata):
     ids = list(demo_metadata.index)
     splits = split_samples(len(ids), SplitSpec(val_fraction=0.2, test_fraction=0.1))
     paths = save_splits(tmp_path, splits, ids)
     assert paths["train"] == tmp_path / "splits" / "train.txt"
-    loaded = load_splits(tmp_path)
+    loaded = saved_splits(tmp_path)
     assert loaded == {k: [ids[i] for i in v] for k, v in splits.items()}
     assert not list(tmp_path.rglob("*.tmp"))
 

@@ -117,10 +117,10 @@ def test_zero3_export_predicts_like_the_trained_engine(tmp_path, cache_dir):
     partitioned over ranks) are reproduced by the consolidated export in a fresh 1-process model."""
     from aam_ds.data.prepare import prepare_data
     from aam_ds.data.synthetic import demo_data
-    from aam_ds.engine.checkpoint import build_exported_model, load_export
     from aam_ds.engine.distributed import DistContext
     from aam_ds.engine.evaluate import evaluate
     from aam_ds.engine.objective import Objective
+    from aam_ds.export import build_exported_model, load_export
     from aam_ds.spec import RunSpec
 
     run_dir = tmp_path / "run"

@@ -14,8 +14,8 @@ import torch
 
 from aam_ds.data.synthetic import demo_data
 from aam_ds.engine import trainer
-from aam_ds.engine.checkpoint import load_export
 from aam_ds.errors import AamInputError
+from aam_ds.export import load_export
 from aam_ds.spec import load_spec
 from aam_ds.tracking import read_metrics
 

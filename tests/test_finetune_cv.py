@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_data_splits import saved_splits
 from test_finetune import in_process_world, spec_for  # noqa: F401 (the fixture tears the world down)
 
 from aam_ds.cli import main as cli_main
-from aam_ds.data.splits import load_splits
 from aam_ds.engine.crossval import OOF_NAME, cross_validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def test_grouped_cv_predicts_every_sample_once_without_leaking_groups(cache, dem
     assert (metadata.loc[folds.index].groupby("subject").size() > 0).all()
     assert (pd.Series(folds.values, index=metadata.loc[folds.index, "subject"]).groupby(level=0).nunique() == 1).all()
     for fold in range(3):
-        splits = load_splits(run_dir / f"fold{fold}")
+        splits = saved_splits(run_dir / f"fold{fold}")
         assert sorted(splits["test"]) == sorted(folds.index[folds == fold])
         subjects = {name: set(metadata.loc[ids, "subject"]) for name, ids in splits.items()}
         assert splits["val"] and not subjects["train"] & subjects["val"]

@@ -102,8 +102,8 @@ def test_regression_round_trip_matches_training_in_original_units(regression_run
 @pytest.mark.slow
 def test_classification_round_trip_with_covariates_rarefaction_and_random_selection(cache, demo, tmp_path):
     from aam_ds.data.prepare import prepare_data
-    from aam_ds.engine.checkpoint import build_exported_model, load_export
-    from aam_ds.inference.predict import predict_split
+    from aam_ds.export import build_exported_model, load_export
+    from aam_ds.prediction import predict_split
     from aam_ds.spec import RunSpec
 
     run_dir = finetune(cache, tmp_path / "run", **{
@@ -139,8 +139,8 @@ def write_untrained_export(path: Path, cache: Path, finetuning: bool = True, **o
     """An export written as the trainer writes it (its model builder, target description and export
     writer), with random weights instead of trained ones."""
     from aam_ds.data.prepare import prepare_data
-    from aam_ds.engine.checkpoint import Export, write_export
     from aam_ds.engine.trainer import build_model, export_spec, target_description
+    from aam_ds.export import Export, write_export
     from aam_ds.spec import load_spec
 
     spec = load_spec(None, [f"{k}={v}" for k, v in settings(cache, path.parent / "run", **overrides).items()])
@@ -224,7 +224,7 @@ def test_covariates_are_coded_in_the_training_classes(covariate_export, demo):
 
 
 def test_several_targets_get_one_file_each(tmp_path):
-    from aam_ds.inference.predict import write_prediction_files
+    from aam_ds.prediction import write_prediction_files
 
     age, bmi = (Predictions(name, ["s1", "s2"], values=np.array([1.0, 2.0]) * k) for k, name in ((1, "age"), (3, "bmi")))
     assert write_prediction_files(tmp_path / "p.tsv", [age]) == [tmp_path / "p.tsv"]

@@ -19,9 +19,9 @@ from test_engine_train import BIN, PRETRAIN, checked, kill_tree, launch, torchru
 from test_finetune import in_process_world  # noqa: F401 (the fixture tears the in-process world down)
 
 from aam_ds.engine import crossval, trainer
-from aam_ds.engine.checkpoint import load_export
 from aam_ds.engine.distributed import LAUNCH_VARS
 from aam_ds.errors import AamInputError
+from aam_ds.export import load_export
 from aam_ds.spec import load_spec
 from aam_ds.tracking import read_metrics
 

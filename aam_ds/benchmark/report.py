@@ -26,8 +26,8 @@ from matplotlib.figure import Figure
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from sklearn.metrics import roc_curve
 
+from aam_ds.evaluation.cross_validation import CrossValidation, fold_spread
 from aam_ds.evaluation.predictions import write_predictions
-from aam_ds.evaluation.rf_baseline import CrossValidation, fold_spread
 from aam_ds.evaluation.scoring import score
 from aam_ds.io_utils import atomic_path, atomic_write_json, atomic_write_text
 

@@ -233,10 +233,11 @@ def _cross_validate(spec, progress: Any):
 def linear_probe(export_path: Path, inputs: BenchmarkInputs, sample_ids: list[str], truth: np.ndarray, pairs, class_names, task: str):
     """The linear model (:func:`aam_ds.evaluation.linear_baseline.linear_model`) on the frozen
     pretrained sample embeddings, on the benchmark's folds: what the embedding carries."""
-    from aam_ds.engine.checkpoint import build_exported_model, load_export
+    from aam_ds.evaluation.cross_validation import cross_validate_estimator
     from aam_ds.evaluation.linear_baseline import linear_model
-    from aam_ds.evaluation.rf_baseline import cross_validate_estimator
-    from aam_ds.inference.predict import embed_inputs, prepare_inputs
+    from aam_ds.export import build_exported_model, load_export
+    from aam_ds.inference.predict import prepare_inputs
+    from aam_ds.prediction import embed_inputs
 
     export = load_export(export_path)
     prepared = prepare_inputs(export, inputs.table, inputs.sequences)

@@ -1,4 +1,4 @@
-"""Samples as a torch Dataset, and ``collate`` building the batch dict of docs/architecture.md."""
+"""Samples as a torch Dataset, ``collate`` building the batch dict of docs/architecture.md, and ``to_device``."""
 
 from __future__ import annotations
 
@@ -78,3 +78,8 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     if "covariates" in samples[0]:
         batch["covariates"] = torch.stack([s["covariates"] for s in samples]).to(torch.int64)
     return batch
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch of :func:`collate` with every tensor on ``device`` (copied without blocking where it can)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -53,7 +53,6 @@ class PreparedData:
     covariate_classes: list[list[str]]
     splits: dict[str, np.ndarray]
     tree: Path | None
-    sequences: Path | None
     token_cache_hit: bool
     origin: str = ""
     samples_loaded: int = 0
@@ -140,7 +139,7 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
         table=table, tokens=tokens, rows=rows, metadata=metadata,
         target_names=target_columns, targets=targets, class_names=class_names,
         covariate_names=list(data.covariates), covariates=covariates, covariate_classes=covariate_classes,
-        splits=splits, tree=Path(tree) if tree else None, sequences=Path(sequences) if sequences else None,
+        splits=splits, tree=Path(tree) if tree else None,
         token_cache_hit=cached.hit, origin=str(table_path) if data.table else f"demo data (generated, seeded) {table_path}",
         samples_loaded=samples_loaded, drops=drops,
     )  # fmt: skip

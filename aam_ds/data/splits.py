@@ -128,11 +128,3 @@ def save_splits(run_dir: str | Path, splits: dict[str, np.ndarray], sample_ids: 
         atomic_write_text(path, "".join(f"{sample_ids[i]}\n" for i in rows))
         paths[name] = path
     return paths
-
-
-def load_splits(run_dir: str | Path) -> dict[str, list[str]]:
-    """Read back the sample-ID lists written by :func:`save_splits`."""
-    folder = Path(run_dir) / "splits"
-    if not folder.is_dir():
-        raise AamInputError(str(folder), "no saved splits here", "point at the run directory of a finished run")
-    return {p.stem: p.read_text().splitlines() for p in sorted(folder.glob("*.txt"))}

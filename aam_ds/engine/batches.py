@@ -51,12 +51,3 @@ class GlobalBatchSampler(Sampler[list[int]]):
                 positions = order[start : start + self.micro_batch].tolist()
                 yield [(p, epoch) for p in positions] if self.with_epoch else positions
             epoch, offset = epoch + 1, 0
-
-
-def fixed_batches(n_samples: int, micro_batch: int, world_size: int, rank: int) -> list[list[int]]:
-    """Evaluation batches in order: each global batch is ``W * micro`` consecutive samples, remainder dropped."""
-    global_micro = micro_batch * world_size
-    return [
-        list(range(g + rank * micro_batch, g + (rank + 1) * micro_batch))
-        for g in range(0, n_samples - global_micro + 1, global_micro)
-    ]

@@ -1,4 +1,4 @@
-"""DeepSpeed checkpoints (every rank), an atomically updated ``latest``, and the consolidated export.
+"""DeepSpeed checkpoints (every rank), an atomically updated ``latest``, and the consolidated fp32 state dict.
 
 Layout of a checkpoint folder::
 
@@ -8,16 +8,13 @@ Layout of a checkpoint folder::
 ``latest`` is only replaced after every rank has finished writing its tag folder, so a crash in
 the middle of a save leaves the previous checkpoint as the one a resume picks up.
 
-The consolidated export is one ``torch.save`` file, written by rename, holding the fp32 state
-dict (gathered from ZeRO partitions for stages 1-3), the run spec as JSON, the model
-constructor arguments and the target description (names, classes, normaliser mean / std):
-everything fine-tuning and predict need.
+:func:`consolidated_state_dict` gathers the fp32 weights (from ZeRO partitions for stages 1-3)
+that the trainer writes into the consolidated export (:mod:`aam_ds.export`).
 """
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +23,8 @@ import torch.distributed as dist
 
 from aam_ds.engine.distributed import barrier
 from aam_ds.errors import AamInputError
-from aam_ds.io_utils import atomic_path, atomic_write_text
+from aam_ds.io_utils import atomic_write_text
 
-EXPORT_FORMAT = "aam-ds-export/1"
-EXPORT_NAME = "model.pt"  # the consolidated export in the run folder
 LATEST = "latest"
 
 
@@ -135,45 +130,3 @@ def _zero0_master_weights(engine: Any) -> dict[str, torch.Tensor]:
         for params, masters in zip(optimizer.fp16_groups, groups)
         for param, master in zip(params, masters)
     }
-
-
-@dataclass
-class Export:
-    """A loaded consolidated export."""
-
-    state_dict: dict[str, torch.Tensor]
-    spec: dict[str, Any]
-    model_args: dict[str, Any]
-    targets: dict[str, Any] | None
-    step: int
-
-
-def write_export(path: Path, export: Export) -> None:
-    """Write the consolidated export by rename (a crash leaves any previous export intact)."""
-    payload = {"format": EXPORT_FORMAT, "state_dict": export.state_dict, "spec": export.spec,
-               "model_args": export.model_args, "targets": export.targets, "step": export.step}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_export(path: Path) -> Export:
-    path = Path(path)
-    if not path.is_file():
-        raise AamInputError(str(path), "model export not found", "point to the model.pt written at the end of pretraining")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise AamInputError(str(path), f"cannot be read as a model export ({exc})", "re-export it from its checkpoint") from exc
-    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
-        raise AamInputError(str(path), "is not an aam-ds model export", "use the model.pt written by `aam-ds pretrain`")
-    return Export(payload["state_dict"], payload["spec"], payload["model_args"], payload["targets"], payload["step"])
-
-
-def build_exported_model(export: Export) -> torch.nn.Module:
-    """A fresh AAMModel with the export's architecture and weights (fp32, CPU, eval mode)."""
-    from aam_ds.model.aam import AAMModel
-    from aam_ds.spec import ModelSpec
-
-    model = AAMModel(ModelSpec.model_validate(export.spec["model"]), **export.model_args)
-    model.load_state_dict(export.state_dict)
-    return model.eval()

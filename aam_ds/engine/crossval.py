@@ -32,10 +32,10 @@ from aam_ds.engine.distributed import DistContext, barrier, init_distributed
 from aam_ds.engine.run_folder import claim_run_dir
 from aam_ds.engine.trainer import finetune
 from aam_ds.errors import AamInputError
+from aam_ds.evaluation.cross_validation import CrossValidation, fold_spread
 from aam_ds.evaluation.folds import fold_of_samples, read_folds, write_folds
 from aam_ds.evaluation.predictions import Predictions, read_predictions, write_predictions
 from aam_ds.evaluation.report import metrics_table, wide_console
-from aam_ds.evaluation.rf_baseline import CrossValidation, fold_spread
 from aam_ds.evaluation.scoring import score
 from aam_ds.io_utils import atomic_write_json
 from aam_ds.spec import RunSpec, SplitSpec

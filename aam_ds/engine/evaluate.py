@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aam_ds.data.dataset import collate
+from aam_ds.data.dataset import collate, to_device
 from aam_ds.engine.distributed import DistContext, all_reduce_mean
 from aam_ds.engine.objective import Objective, _unwrap, unmasked_asv_ids
 from aam_ds.engine.pairwise import gather_no_grad
@@ -22,10 +22,6 @@ from aam_ds.model import losses
 from aam_ds.model.masking import mask_nucleotides
 
 EVAL_MASK_SEED = 12345
-
-
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:

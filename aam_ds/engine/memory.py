@@ -5,6 +5,11 @@ bf16 / fp16 keep 16-bit weights 2 + gradients 2 + fp32 master weights, moments 1
 partitions the optimizer part over the W ranks, ZeRO-2 the gradients too, ZeRO-3 everything.
 Offloading moves the optimizer part (and with ``offload_param`` the weights) to host memory.
 Activations are not included: they depend on the batch, which the search below measures.
+
+The micro-batch search's pieces that need no training live here (candidate sizes, the search
+itself, the spec / DeepSpeed config for a size); its probe, which runs real training steps, is
+:func:`aam_ds.engine.trainer.find_micro_batch` (it builds engines and steps them with the
+trainer's functions, and this module does not import the trainer).
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import gc
 import resource
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+
+from aam_ds.spec import RunSpec
 
 GIB = 1024**3
 
@@ -111,6 +118,18 @@ def micro_batch_candidates(per_rank_batch: int, lower: int) -> list[int]:
     """Micro batches that keep the per-rank batch (``micro x accumulation``) exactly: the divisors
     of ``per_rank_batch`` from ``lower`` up, ascending."""
     return [m for m in range(max(lower, 1), per_rank_batch + 1) if per_rank_batch % m == 0]
+
+
+def with_micro_batch(spec: RunSpec, ds_config: dict[str, Any], micro: int, world_size: int,
+                     accumulation: int | None = None) -> tuple[RunSpec, dict[str, Any]]:
+    """The spec and DeepSpeed config with micro batch ``micro``; by default the global batch stays and
+    accumulation takes up the rest, else ``accumulation`` is used (and the global batch follows)."""
+    accum = accumulation or spec.parallel.global_batch_size // (micro * world_size)
+    par = spec.parallel.model_copy(update={"micro_batch_size": micro, "grad_accum_steps": accum,
+                                           "global_batch_size": micro * accum * world_size})
+    config = {k: v for k, v in ds_config.items() if k != "train_batch_size"}  # DeepSpeed derives it
+    config.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum)
+    return spec.model_copy(update={"parallel": par}), config
 
 
 def search_micro_batch(peak_for: Callable[[int], float | None], budget_bytes: float, candidates: list[int],

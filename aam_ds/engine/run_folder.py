@@ -19,9 +19,10 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
-from aam_ds.engine.checkpoint import EXPORT_NAME, LATEST, resumable_tag
+from aam_ds.engine.checkpoint import LATEST, resumable_tag
 from aam_ds.engine.distributed import DistContext, broadcast_from_main
 from aam_ds.errors import AamInputError
+from aam_ds.export import EXPORT_NAME
 from aam_ds.spec import RunSpec
 from aam_ds.tracking import METRICS_FILE
 

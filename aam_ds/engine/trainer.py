@@ -16,7 +16,6 @@ final checkpoint and consolidated export (of the best evaluation's weights when
 from __future__ import annotations
 
 import gc
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,14 +28,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from aam_ds.data.augment import AugmentedDataset
-from aam_ds.data.dataset import collate
+from aam_ds.data.dataset import collate, to_device
 from aam_ds.data.prepare import PreparedData, prepare_data
 from aam_ds.data.splits import save_splits
 from aam_ds.ds_config import resolve_ds_config
 from aam_ds.engine import checkpoint as ckpt
 from aam_ds.engine.batches import GlobalBatchSampler
+from aam_ds.engine.best import BestTracker
 from aam_ds.engine.distributed import DistContext, all_reduce_max, all_reduce_mean, barrier, init_distributed
-from aam_ds.engine.evaluate import evaluate, to_device
+from aam_ds.engine.evaluate import evaluate
 from aam_ds.engine.interrupt import RunInterrupted, stop_requests
 from aam_ds.engine.memory import (
     GIB,
@@ -46,14 +46,17 @@ from aam_ds.engine.memory import (
     memory_budget_gib,
     micro_batch_candidates,
     search_micro_batch,
+    with_micro_batch,
 )
 from aam_ds.engine.objective import Objective
 from aam_ds.engine.run_folder import claim_run_dir
 from aam_ds.engine.schedule import scheduler_factory
 from aam_ds.errors import AamInputError
+from aam_ds.export import EXPORT_NAME, Export, build_exported_model, load_export, write_export
 from aam_ds.io_utils import atomic_write_json
 from aam_ds.model import losses
 from aam_ds.model.aam import AAMModel, check_loss_compatible
+from aam_ds.prediction import predict_split, write_prediction_files
 from aam_ds.spec import RunSpec
 from aam_ds.tracking import make_logger
 
@@ -62,7 +65,6 @@ BEST_TAG = "best"  # checkpoint folder holding the weights of the best evaluatio
 RUN_TIME_MODEL_FIELDS = ("dropout", "asv_chunk_size", "activation_checkpointing", "pretrained", "freeze_encoder",
                          "freeze_sequence_encoder", "asv_identity_dropout")
 STOP_FLAG = "ctrl_c"  # reduced with each step's losses: > 0 when any rank was sent Ctrl-C
-HIGHER_IS_BETTER = frozenset({"accuracy", "balanced_accuracy", "auc", "f1", "r2", "nucleotide_accuracy"})
 
 
 @dataclass
@@ -76,57 +78,6 @@ class RunResult:
     micro_batch_size: int = 0
     best_step: int | None = None  # step whose weights were exported (schedule.best_metric); None = the last
     stopped_early: bool = False
-
-
-@dataclass
-class BestTracker:
-    """Best value of one validation metric so far, and evaluations since it improved (early stopping).
-
-    Every rank evaluates the same gathered metrics, so every rank's tracker agrees; the stop decision
-    is still reduced over ranks before acting on it.
-    """
-
-    metric: str
-    maximize: bool
-    patience: int
-    value: float = math.nan
-    step: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
-    evals_since_best: int = 0
-
-    @classmethod
-    def from_spec(cls, spec: RunSpec) -> "BestTracker | None":
-        sched = spec.schedule
-        if not sched.best_metric:
-            return None
-        maximize = sched.best_mode == "max" or (sched.best_mode == "auto" and (sched.best_metric in HIGHER_IS_BETTER or sched.best_metric.endswith("_r")))
-        return cls(sched.best_metric, maximize, sched.early_stopping_patience)
-
-    def update(self, step: int, metrics: dict[str, float]) -> bool:
-        """Record an evaluation; True when it is the best so far (NaN never is)."""
-        if self.metric not in metrics:
-            raise AamInputError("schedule.best_metric", f"'{self.metric}' is not a validation metric of this run",
-                                f"choose one of {sorted(metrics)}")
-        value = metrics[self.metric]
-        better = not math.isnan(value) and (math.isnan(self.value) or (value > self.value if self.maximize else value < self.value))
-        if better:
-            self.value, self.step, self.metrics, self.evals_since_best = value, step, dict(metrics), 0
-        else:
-            self.evals_since_best += 1
-        return better
-
-    @property
-    def exhausted(self) -> bool:
-        return self.patience > 0 and self.evals_since_best >= self.patience
-
-    def state(self) -> dict[str, Any]:
-        """Saved in each checkpoint's client state, so a resumed run keeps selecting and counting."""
-        return {"best": {"value": self.value, "step": self.step, "metrics": self.metrics, "evals_since_best": self.evals_since_best}}
-
-    def restore(self, client_state: dict[str, Any]) -> None:
-        saved = client_state.get("best")
-        if saved:
-            self.value, self.step, self.metrics, self.evals_since_best = saved["value"], saved["step"], saved["metrics"], saved["evals_since_best"]
 
 
 def pretrain(spec: RunSpec, ds_config_path: Path | None = None) -> RunResult:
@@ -193,7 +144,7 @@ def build_model(spec: RunSpec, data: PreparedData, finetuning: bool) -> tuple[AA
     args = {"max_seq_len": data.max_seq_len, "n_targets": n_targets, "n_classes": n_classes,
             "covariate_cardinalities": [len(c) for c in data.covariate_classes] if finetuning else []}
     model_spec = spec.model
-    export = ckpt.load_export(spec.model.pretrained) if spec.model.pretrained else None
+    export = load_export(spec.model.pretrained) if spec.model.pretrained else None
     if export is not None:
         if export.model_args["max_seq_len"] < data.max_seq_len:
             raise AamInputError(str(spec.model.pretrained), f"built for {export.model_args['max_seq_len']} nucleotides, data has {data.max_seq_len}",
@@ -343,18 +294,6 @@ def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], data: PreparedDat
     return micro
 
 
-def with_micro_batch(spec: RunSpec, ds_config: dict[str, Any], micro: int, world_size: int,
-                     accumulation: int | None = None) -> tuple[RunSpec, dict[str, Any]]:
-    """The spec and DeepSpeed config with micro batch ``micro``; by default the global batch stays and
-    accumulation takes up the rest, else ``accumulation`` is used (and the global batch follows)."""
-    accum = accumulation or spec.parallel.global_batch_size // (micro * world_size)
-    par = spec.parallel.model_copy(update={"micro_batch_size": micro, "grad_accum_steps": accum,
-                                           "global_batch_size": micro * accum * world_size})
-    config = {k: v for k, v in ds_config.items() if k != "train_batch_size"}  # DeepSpeed derives it
-    config.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum)
-    return spec.model_copy(update={"parallel": par}), config
-
-
 # --------------------------------------------------------------------------------------------
 # the loop
 
@@ -438,10 +377,10 @@ def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetun
         if best is not None and best.step:
             result.best_step, result.eval_metrics = best.step, best.metrics
         state_dict = ckpt.consolidated_state_dict(engine, ckpt_dir, tag)
-        result.export_path = run_dir / ckpt.EXPORT_NAME
+        result.export_path = run_dir / EXPORT_NAME
         if ctx.is_main:
-            export = ckpt.Export(state_dict, export_spec(spec, model), model_args, target_description(data, model, finetuning), export_step)
-            ckpt.write_export(result.export_path, export)
+            export = Export(state_dict, export_spec(spec, model), model_args, target_description(data, model, finetuning), export_step)
+            write_export(result.export_path, export)
             log.print(f"consolidated model (step {export_step}) written to {result.export_path}")
             if finetuning:
                 write_split_predictions(export, data, run_dir, par.micro_batch_size, ctx.device)
@@ -471,12 +410,10 @@ def export_spec(spec: RunSpec, model: AAMModel) -> dict[str, Any]:
     return {**spec.model_dump(mode="json"), "model": model.spec.model_dump(mode="json")}
 
 
-def write_split_predictions(export: ckpt.Export, data: PreparedData, run_dir: Path, batch_size: int, device: torch.device) -> None:
+def write_split_predictions(export: Export, data: PreparedData, run_dir: Path, batch_size: int, device: torch.device) -> None:
     """``<run_dir>/predictions_<split>.tsv`` for val and test, from the consolidated weights: the
     same code path as ``aam-ds predict``, so a later predict on the export reproduces them."""
-    from aam_ds.inference.predict import predict_split, write_prediction_files
-
-    model = ckpt.build_exported_model(export)
+    model = build_exported_model(export)
     for split in ("val", "test"):
         if len(data.splits.get(split, [])):
             write_prediction_files(run_dir / f"predictions_{split}.tsv", predict_split(model, data, split, batch_size, device))

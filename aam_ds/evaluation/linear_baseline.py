@@ -16,7 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from aam_ds.data.table import FeatureTable
-from aam_ds.evaluation.rf_baseline import CrossValidation, cross_validate_estimator
+from aam_ds.evaluation.cross_validation import CrossValidation, cross_validate_estimator
 
 PENALTIES = np.logspace(-3, 5, 17)  # ridge alpha grid; logistic C = 1 / alpha
 
@@ -50,7 +50,7 @@ def cross_validate_linear(
     positive_class: str | None = None,
 ) -> CrossValidation:
     """Out-of-fold predictions of :func:`linear_model` on :func:`clr` features (arguments as
-    :func:`aam_ds.evaluation.rf_baseline.cross_validate_estimator`)."""
+    :func:`aam_ds.evaluation.cross_validation.cross_validate_estimator`)."""
     task = "classification" if class_names else "regression"
     return cross_validate_estimator(
         clr(table), lambda: linear_model(task, seed), table.sample_ids, target, truth, folds, class_names,

@@ -1,14 +1,6 @@
-"""Predictions of a fine-tuned export on new tables (``aam-ds predict``) and on a run's own splits."""
+"""Predictions of a fine-tuned export on new tables (``aam-ds predict``); the prediction code path
+it shares with the trainer's split predictions is :mod:`aam_ds.prediction`."""
 
-from aam_ds.inference.predict import (
-                                      ModelInputs,
-                                      predict_inputs,
-                                      predict_split,
-                                      predict_table,
-                                      prediction_paths,
-                                      prepare_inputs,
-                                      write_prediction_files,
-)
+from aam_ds.inference.predict import predict_table, prepare_inputs
 
-__all__ = ["ModelInputs", "predict_inputs", "predict_split", "predict_table", "prepare_inputs", "prediction_paths",
-           "write_prediction_files"]
+__all__ = ["predict_table", "prepare_inputs"]

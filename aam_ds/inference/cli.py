@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from aam_ds.inference.predict import DEFAULT_BATCH_SIZE, DEFAULT_SUBSET_FRACTION, predict_table, write_prediction_files
+    from aam_ds.inference.predict import predict_table
+    from aam_ds.prediction import DEFAULT_BATCH_SIZE, DEFAULT_SUBSET_FRACTION, write_prediction_files
     from aam_ds.tracking.console import count_progress
 
     if args.subset_fraction is not None and args.passes == 1:

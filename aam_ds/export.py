@@ -1,0 +1,64 @@
+"""The consolidated export: one ``torch.save`` file that fine-tuning, predict and the benchmark load.
+
+Written by rename at the end of training (``<run_dir>/model.pt``), it holds the fp32 state dict
+(gathered from ZeRO partitions for stages 1-3, see :mod:`aam_ds.engine.checkpoint`), the run spec
+as JSON, the model constructor arguments and the target description (names, classes, normaliser
+mean / std): everything fine-tuning and predict need. This module sits below both
+:mod:`aam_ds.engine` (which writes exports) and :mod:`aam_ds.inference` (which reads them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aam_ds.errors import AamInputError
+from aam_ds.io_utils import atomic_path
+
+EXPORT_FORMAT = "aam-ds-export/1"
+EXPORT_NAME = "model.pt"  # the consolidated export in the run folder
+
+
+@dataclass
+class Export:
+    """A loaded consolidated export."""
+
+    state_dict: dict[str, torch.Tensor]
+    spec: dict[str, Any]
+    model_args: dict[str, Any]
+    targets: dict[str, Any] | None
+    step: int
+
+
+def write_export(path: Path, export: Export) -> None:
+    """Write the consolidated export by rename (a crash leaves any previous export intact)."""
+    payload = {"format": EXPORT_FORMAT, "state_dict": export.state_dict, "spec": export.spec,
+               "model_args": export.model_args, "targets": export.targets, "step": export.step}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_export(path: Path) -> Export:
+    path = Path(path)
+    if not path.is_file():
+        raise AamInputError(str(path), "model export not found", "point to the model.pt written at the end of pretraining")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise AamInputError(str(path), f"cannot be read as a model export ({exc})", "re-export it from its checkpoint") from exc
+    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
+        raise AamInputError(str(path), "is not an aam-ds model export", "use the model.pt written by `aam-ds pretrain`")
+    return Export(payload["state_dict"], payload["spec"], payload["model_args"], payload["targets"], payload["step"])
+
+
+def build_exported_model(export: Export) -> torch.nn.Module:
+    """A fresh AAMModel with the export's architecture and weights (fp32, CPU, eval mode)."""
+    from aam_ds.model.aam import AAMModel
+    from aam_ds.spec import ModelSpec
+
+    model = AAMModel(ModelSpec.model_validate(export.spec["model"]), **export.model_args)
+    model.load_state_dict(export.state_dict)
+    return model.eval()
