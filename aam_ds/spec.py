@@ -222,6 +222,10 @@ class ScheduleSpec(_Section):
     )
     best_mode: Literal["auto", "min", "max"] = Field("auto", description="auto: max for accuracy / auc / r2 / *_r metrics, else min")
     early_stopping_patience: int = Field(0, ge=0, description="stop after this many evaluations without a better best_metric; 0 = never")
+    max_nonfinite_steps: int = Field(
+        3, ge=0, description="stop with an error after this many consecutive steps whose loss is NaN or infinite "
+        "(their updates are worthless); 0 = never",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "ScheduleSpec":

@@ -5,7 +5,9 @@ CPU optimizer offload. Every launch runs in its own session under an outer timeo
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -221,3 +223,21 @@ def test_memory_budget_picks_the_micro_batch_from_real_steps(tmp_path, cache_dir
     tight = launch([str(BIN / "python"), PRETRAIN, *run_args(tmp_path / "tight", cache_dir, **data, **{"parallel.max_memory_gb": 0.05})])
     assert tight.returncode == 2
     assert "parallel.max_memory_gb: even a micro batch of 2 needs more than 0.05 GiB" in tight.stdout
+
+
+@pytest.mark.slow
+def test_a_loss_that_stays_non_finite_stops_the_run_with_a_clear_error(tmp_path, cache_dir):
+    """Issue 20: a learning rate that drives the loss to NaN no longer trains on to an export; after
+    ``schedule.max_nonfinite_steps`` such steps the run stops (exit 2) naming the step, the loss
+    terms and the last checkpoint."""
+    run_dir = tmp_path / "nan"
+    result = launch([str(BIN / "python"), PRETRAIN, *run_args(run_dir, cache_dir, **{
+        "optim.lr": 1e12, "schedule.steps": 30, "schedule.warmup_steps": 0, "checkpoint.every_steps": 1,
+        "schedule.max_nonfinite_steps": 2})])  # fmt: skip
+    assert result.returncode == 2, result.stdout[-3000:]
+    message = next(line for line in result.stdout.splitlines() if "schedule.max_nonfinite_steps" in line)
+    assert re.search(r"the loss was not finite for 2 consecutive steps, up to step \d+ \(pairwise \S+, nucleotide \S+", message)
+    assert "the last checkpoint is" in message and "lower optim.lr" in message
+    assert not (run_dir / "model.pt").exists()  # no export of a broken model
+    losses = train_losses(run_dir)
+    assert losses and all(math.isfinite(v) for v in list(losses.values())[:1])

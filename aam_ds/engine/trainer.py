@@ -16,6 +16,7 @@ final checkpoint and consolidated export (of the best evaluation's weights when
 from __future__ import annotations
 
 import gc
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -338,7 +339,7 @@ def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetun
                                       "resumed at step": start_step})
         log.print(estimate_table(n_params, ctx.world_size, par.precision, par.zero_stage,
                                  par.offload_optimizer != "none", par.offload_param != "none"))
-        meter, window_start, window, done = PeakMemory(ctx.device), time.perf_counter(), 0, start_step
+        meter, window_start, window, done, nonfinite = PeakMemory(ctx.device), time.perf_counter(), 0, start_step, 0
         with stop_requests() as ctrl_c:
             for step in range(start_step, sched.steps):
                 parts = optimizer_step(engine, batches, objective, ctx, spec, step)
@@ -347,6 +348,9 @@ def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetun
                 result.train_losses.append(metrics["loss"])
                 window += 1
                 done = step + 1
+                nonfinite = 0 if math.isfinite(metrics["loss"]) else nonfinite + 1
+                if sched.max_nonfinite_steps and nonfinite >= sched.max_nonfinite_steps:
+                    raise nonfinite_loss_error(done, nonfinite, metrics, ckpt_dir)
                 if done % sched.log_every == 0 or done == sched.steps:
                     rate = par.global_batch_size * window / (time.perf_counter() - window_start)
                     metrics["peak_memory_gib"] = all_reduce_max(meter.peak_bytes(), ctx.device) / GIB
@@ -391,6 +395,17 @@ def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetun
         summary.update({"last step": done, "exported step": export_step, "stopped early": float(result.stopped_early)})
         log.finish(summary)
     return result
+
+
+def nonfinite_loss_error(step: int, count: int, metrics: dict[str, float], ckpt_dir: Path) -> AamInputError:
+    """The error that stops a run whose loss stayed NaN / infinite (``schedule.max_nonfinite_steps``)."""
+    terms = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items() if name != "loss")
+    last = ckpt.latest_tag(ckpt_dir)
+    return AamInputError(
+        "schedule.max_nonfinite_steps", f"the loss was not finite for {count} consecutive steps, up to step {step} ({terms})",
+        "lower optim.lr (or raise schedule.warmup_steps), check the data for extreme values, or use fp32/bf16 instead of "
+        "fp16; " + (f"the last checkpoint is {ckpt_dir / last}" if last else "no checkpoint was written before it"),
+    )
 
 
 def save_progress(engine: Any, spec: RunSpec, ckpt_dir: Path, step: int, best: BestTracker | None) -> str:
