@@ -116,6 +116,20 @@ def test_a_used_run_folder_is_refused_unless_overwritten(cache, tmp_path):
     assert (run_dir / "notes.txt").read_text() == "mine\n"  # files that are not run outputs stay
 
 
+def test_outputs_that_cannot_be_written_are_refused_before_training(cache, tmp_path):
+    """Issue 20: a run folder that cannot be made, or an output name taken by a folder, is one clear
+    error at the start, not a traceback after all the compute."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(AamInputError, match=r"tracking.run_dir .*a-file/run: cannot be created .*choose a writable folder"):
+        trainer.pretrain(spec_of(cache, **{"schedule.steps": 2, "tracking.run_dir": blocker / "run"}))
+    run_dir = tmp_path / "run"
+    (run_dir / "spec.json").mkdir(parents=True)
+    with pytest.raises(AamInputError, match=r"run/spec.json: is a folder, but the run writes a file of that name"):
+        trainer.pretrain(spec_of(cache, **{"schedule.steps": 2, "tracking.run_dir": run_dir}))
+    assert sorted(p.name for p in run_dir.iterdir()) == ["spec.json"]  # nothing written
+
+
 def test_resume_needs_something_to_resume(cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(AamInputError, match=r"runs/pretrain-latest: not found: there is no previous pretrain run to resume"):

@@ -75,10 +75,27 @@ def prepare_run_dir(spec: RunSpec, stage: str, checkpointed: bool) -> Path:
         if not spec.tracking.overwrite:
             raise in_use_error(run_dir, history)
         remove_outputs(run_dir, ckpt_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AamInputError(f"tracking.run_dir {run_dir}", f"cannot be created ({exc.strerror})", "choose a writable folder") from None
+    check_writable(run_dir, ckpt_dir)
     if fresh:
         point_latest_link(stage, run_dir)
     return run_dir
+
+
+def check_writable(run_dir: Path, ckpt_dir: Path) -> None:
+    """Refuse, before any compute, a run folder (or checkpoint folder) this process cannot write, and
+    a file name the run will write that is taken by a folder (e.g. ``model.pt/``)."""
+    for folder in (run_dir, ckpt_dir if ckpt_dir.exists() else ckpt_dir.parent):
+        if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+            raise AamInputError(str(folder), "is not writable by this process", "choose another tracking.run_dir "
+                                "(or checkpoint.dir), or fix its permissions")
+    for name in (METRICS_FILE, EXPORT_NAME, "spec.json", "ds_config.json"):
+        if (run_dir / name).is_dir():
+            raise AamInputError(str(run_dir / name), "is a folder, but the run writes a file of that name",
+                                "remove or rename it, or choose another tracking.run_dir")
 
 
 def with_run_dir(spec: RunSpec, run_dir: Path) -> RunSpec:
