@@ -116,7 +116,8 @@ def test_resume_after_kill_repeats_the_uninterrupted_losses(tmp_path, cache_dir,
 @pytest.mark.slow
 def test_zero3_export_predicts_like_the_trained_engine(tmp_path, cache_dir):
     """The 2-rank ZeRO-3 run's final validation metrics (computed by the engine, parameters
-    partitioned over ranks) are reproduced by the consolidated export in a fresh 1-process model."""
+    partitioned over ranks) are reproduced by the consolidated export in a fresh 1-process model,
+    over every validation sample (an odd number: issue 20, the ranks once left the odd one out)."""
     from aam_ds.data.prepare import prepare_data
     from aam_ds.data.synthetic import demo_data
     from aam_ds.engine.distributed import DistContext
@@ -127,7 +128,7 @@ def test_zero3_export_predicts_like_the_trained_engine(tmp_path, cache_dir):
 
     run_dir = tmp_path / "run"
     checked(launch(torchrun(2, *run_args(run_dir, cache_dir, **{"parallel.zero_stage": 3, "schedule.steps": 4,
-                                                               "loss.nucleotide_weight": 0}))))
+                                                               "loss.nucleotide_weight": 0, "data.split.val_fraction": 0.05}))))
     final_eval = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "eval"][-1]["metrics"]
 
     export = load_export(run_dir / "model.pt")
@@ -138,11 +139,11 @@ def test_zero3_export_predicts_like_the_trained_engine(tmp_path, cache_dir):
 
     target = build_distance_target(spec.data.model_copy(update={"tree": data.tree}), data.table, torch.device("cpu"))
     val = data.dataset("val")
-    val_even = torch.utils.data.Subset(val, range(len(val) // 2 * 2))  # the samples the 2 ranks evaluated
-    metrics, _ = evaluate(model, val_even, Objective(spec.loss, target), DistContext(0, 1, 0, torch.device("cpu"), "gloo"), 4)
+    assert len(val) % 2 == 1
+    metrics, _ = evaluate(model, val, Objective(spec.loss, target), DistContext(0, 1, 0, torch.device("cpu"), "gloo"), 4)
     assert export.spec["parallel"]["zero_stage"] == 3 and export.step == 4
-    assert metrics["pairwise"] == pytest.approx(final_eval["pairwise"], rel=1e-5)
-    assert metrics["distance_r"] == pytest.approx(final_eval["distance_r"], abs=1e-5)
+    for name in ("pairwise", "distance_r"):
+        assert metrics[name] == pytest.approx(final_eval[name], rel=1e-5, abs=1e-6), name
 
     # fine-tuning starts from that export; its own export carries the target normaliser
     tuned = tmp_path / "tuned"

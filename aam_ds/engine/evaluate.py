@@ -1,13 +1,16 @@
 """Evaluation on a held-out split, sharded over ranks.
 
-Every rank takes an equal contiguous share of the split (``len // W`` samples; the remainder is
-left out so every rank runs the same number of forward passes, which ZeRO-3 requires) and
-forwards it in micro-batches. Embeddings, predictions and sample indices are gathered, so the
-pairwise metrics cover every pair of evaluated samples, across ranks.
+Every rank takes a contiguous share of ``ceil(len / W)`` positions of the split; the last ranks'
+shares are filled up with repeats of the first sample, marked invalid, so every rank runs the same
+number of forward passes (ZeRO-3 requires it) and every sample is evaluated exactly once. Losses
+are averaged over valid samples of all ranks; embeddings, predictions, sample indices and the
+validity flags are gathered and the repeats dropped, so the pairwise metrics cover every pair of
+samples of the split, across ranks.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -35,50 +38,55 @@ def evaluate(model: Any, dataset: Any, objective: Objective, ctx: DistContext, m
              ) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray] | None]:
     """Metrics over ``dataset`` (same dict on every rank) and, when the pairwise loss is on, the
     (predicted, true) distances of all evaluated pairs i<j (``float [P]`` each)."""
-    share = len(dataset) // ctx.world_size
-    if share < 1 or (share * ctx.world_size < 2 and "sample_embedding" in objective.want):
+    if len(dataset) < (2 if "sample_embedding" in objective.want else 1):
         return {}, None
     want = objective.want
-    positions = list(range(ctx.rank * share, (ctx.rank + 1) * share))
+    share = math.ceil(len(dataset) / ctx.world_size)
+    mine = list(range(ctx.rank * share, min((ctx.rank + 1) * share, len(dataset))))
+    positions, valid_all = mine + [0] * (share - len(mine)), torch.arange(share) < len(mine)
     was_training = model.training
     model.eval()
-    local: dict[str, float] = {}
-    embeddings, indices, task_out, task_true = [], [], [], []
+    sums: dict[str, float] = {}
+    embeddings, indices, flags, task_out, task_true = [], [], [], [], []
     for start in range(0, share, micro_batch):
         batch = to_device(collate([dataset[i] for i in positions[start : start + micro_batch]]), ctx.device)
-        weight = len(batch["counts"]) / share
+        valid = valid_all[start : start + micro_batch].to(ctx.device)
         tokens, labels, asv_ids = batch["tokens"], None, None
         if "nucleotide_logits" in want:
             gen = torch.Generator().manual_seed(EVAL_MASK_SEED + start)
             asv_ids = unmasked_asv_ids(model, tokens)
             tokens, labels = mask_nucleotides(tokens, objective.loss.mask_fraction, gen)
         out = model(tokens, batch["counts"], want, batch.get("covariates"), asv_ids)
-        if labels is not None:
-            logits = out["nucleotide_logits"]
-            local["nucleotide"] = local.get("nucleotide", 0.0) + weight * losses.masked_nucleotide_loss(logits, labels).item()
-            local["nucleotide_accuracy"] = local.get("nucleotide_accuracy", 0.0) + weight * losses.masked_nucleotide_accuracy(logits, labels).nan_to_num(0.0).item()
-        if "abundance" in out:
-            local["abundance"] = local.get("abundance", 0.0) + weight * losses.abundance_loss(out["abundance"], batch["counts"]).item()
+        n = int(valid.sum())
+        sums["samples"] = sums.get("samples", 0.0) + n
+        if labels is not None and n:
+            logits, kept = out["nucleotide_logits"][valid], labels[valid]
+            sums["nucleotide"] = sums.get("nucleotide", 0.0) + n * losses.masked_nucleotide_loss(logits, kept).item()
+            sums["nucleotide_accuracy"] = sums.get("nucleotide_accuracy", 0.0) + n * losses.masked_nucleotide_accuracy(logits, kept).nan_to_num(0.0).item()
+        if "abundance" in out and n:
+            sums["abundance"] = sums.get("abundance", 0.0) + n * losses.abundance_loss(out["abundance"][valid], batch["counts"][valid]).item()
+        flags.append(valid)
         if "sample_embedding" in out:
             embeddings.append(out["sample_embedding"].float())
             indices.append(batch["sample_index"])
         if "task" in out:
             task_out.append(out["task"].float())
             task_true.append(batch["targets"])
-    metrics = all_reduce_mean(local, ctx.device)
+    totals = all_reduce_mean(sums, ctx.device)  # means over ranks of sums: their ratio is the mean over samples
+    metrics = {name: value / totals["samples"] for name, value in totals.items() if name != "samples"}
     scatter = None
+    keep = gather_no_grad(torch.cat(flags)) if flags else None
     if embeddings:
-        emb, idx = gather_no_grad(torch.cat(embeddings)), gather_no_grad(torch.cat(indices))
+        emb, idx = gather_no_grad(torch.cat(embeddings))[keep], gather_no_grad(torch.cat(indices))[keep]
         metrics["pairwise"] = losses.pairwise_distance_loss(emb, objective.distance_target.batch(idx)).item()
         i, j = torch.triu_indices(len(emb), len(emb), offset=1, device=emb.device)
         predicted = losses.embedding_distances(emb)[i, j].cpu().numpy()
         true = objective.distance_target.batch(idx)[i, j].float().cpu().numpy()
         metrics["distance_r"] = pearson(predicted, true)
         scatter = (predicted, true)
-    if embeddings:
         metrics.update(asv_similarity(_unwrap(model), dataset))
     if task_out:
-        metrics.update(task_metrics(model, objective, gather_no_grad(torch.cat(task_out)), gather_no_grad(torch.cat(task_true))))
+        metrics.update(task_metrics(model, objective, gather_no_grad(torch.cat(task_out))[keep], gather_no_grad(torch.cat(task_true))[keep]))
     metrics["loss"] = sum(
         weight * metrics[name]
         for name, weight in (("pairwise", objective.loss.pairwise_weight), ("nucleotide", objective.loss.nucleotide_weight),
