@@ -242,3 +242,24 @@ def test_a_loss_that_stays_non_finite_stops_the_run_with_a_clear_error(tmp_path,
     assert not (run_dir / "model.pt").exists()  # no export of a broken model
     losses = train_losses(run_dir)
     assert losses and all(math.isfinite(v) for v in list(losses.values())[:1])
+
+
+@pytest.mark.slow
+def test_resume_with_another_layout_is_refused_before_deepspeed_reads_it(tmp_path, cache_dir):
+    """Issue 20: a checkpoint resumed with another world size, ZeRO stage, batch or model shape is
+    one clear error listing every difference (from the checkpoint's layout.json), not DeepSpeed's
+    traceback; the run's spec.json stays the one that wrote it."""
+    run_dir = tmp_path / "run"
+    common = {"schedule.steps": 3, "parallel.zero_stage": 1}
+    checked(launch(torchrun(2, *run_args(run_dir, cache_dir, **common))))
+    tag_dir = run_dir / "checkpoints" / "step00000003"
+    assert json.loads((tag_dir / "layout.json").read_text())["world size"] == 2
+    spec_before = (run_dir / "spec.json").read_text()
+    changed = {**common, "schedule.steps": 5, "parallel.zero_stage": 2, "model.d_model": 32, "model.n_heads": 2}
+    result = launch([str(BIN / "python"), PRETRAIN, *run_args(run_dir, cache_dir, **changed), "--resume"])
+    assert result.returncode == 2, result.stdout[-3000:]
+    line = next(line for line in result.stdout.splitlines() if "was written with another layout" in line)
+    for difference in ("world size 2 -> 1", "parallel.zero_stage 1 -> 2", "parallel.global_batch_size 8 -> 4", "model.d_model 64 -> 32"):
+        assert difference in line
+    assert "model.pretrained" in line and "Traceback" not in result.stdout
+    assert (run_dir / "spec.json").read_text() == spec_before

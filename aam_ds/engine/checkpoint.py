@@ -3,6 +3,7 @@
 Layout of a checkpoint folder::
 
     <dir>/step00000040/...   DeepSpeed's files (model, ZeRO partitions, optimizer, scheduler, client state)
+    <dir>/step00000040/layout.json   world size, ZeRO stage, batch layout, model shape (checked on resume)
     <dir>/latest             the tag of the newest complete checkpoint (written by rename)
 
 ``latest`` is only replaced after every rank has finished writing its tag folder, so a crash in
@@ -14,6 +15,7 @@ that the trainer writes into the consolidated export (:mod:`aam_ds.export`).
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,11 @@ import torch.distributed as dist
 from aam_ds.engine.distributed import barrier
 from aam_ds.errors import AamInputError
 from aam_ds.io_utils import atomic_write_text
+from aam_ds.spec import RunSpec
 
 LATEST = "latest"
+LAYOUT_FILE = "layout.json"
+SHAPE_FIELDS = ("d_model", "n_heads", "asv_layers", "sample_layers", "ffn_mult", "asv_identity_buckets")
 
 
 def step_tag(step: int) -> str:
@@ -47,16 +52,46 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep_last: int) -> str:
+def checkpoint_layout(spec: RunSpec, world_size: int) -> dict[str, Any]:
+    """What a checkpoint can only be resumed with: the world size, ZeRO stage, offload, precision,
+    batch layout and model shape (``layout.json`` in each tag folder)."""
+    par, model = spec.parallel, spec.model
+    return {"world size": world_size, "parallel.zero_stage": par.zero_stage, "parallel.offload_optimizer": par.offload_optimizer,
+            "parallel.offload_param": par.offload_param, "parallel.precision": par.precision,
+            "parallel.global_batch_size": par.global_batch_size, "parallel.micro_batch_size": par.micro_batch_size,
+            **{f"model.{name}": getattr(model, name) for name in SHAPE_FIELDS}}  # fmt: skip
+
+
+def check_layout(tag_dir: Path, layout: dict[str, Any]) -> None:
+    """Refuse, before DeepSpeed reads anything, a checkpoint written with another layout (an
+    AamInputError listing every difference); checkpoints without ``layout.json`` are not checked."""
+    path = tag_dir / LAYOUT_FILE
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    changed = [f"{name} {saved[name]} -> {value}" for name, value in layout.items() if name in saved and saved[name] != value]
+    if changed:
+        raise AamInputError(
+            str(tag_dir), f"was written with another layout than this run's ({'; '.join(changed)})",
+            "resume with the settings it was written with, or start a new run from the consolidated export "
+            "(--set model.pretrained=<run>/model.pt, optimizer state reset)",
+        )
+
+
+def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep_last: int,
+                    layout: dict[str, Any] | None = None) -> str:
     """Save on every rank (DeepSpeed's save is collective), then point ``latest`` at it; returns the tag.
 
-    Older tags beyond ``keep_last`` are removed by rank 0 after ``latest`` moved on.
+    Rank 0 writes ``layout`` (:func:`checkpoint_layout`) into the tag folder before ``latest`` moves;
+    older tags beyond ``keep_last`` are removed by rank 0 after ``latest`` moved on.
     """
     ckpt_dir = Path(ckpt_dir)
     tag = step_tag(step)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={**client_state, "step": step}, save_latest=False)
     barrier()
     if _rank() == 0:
+        if layout is not None:
+            atomic_write_text(ckpt_dir / tag / LAYOUT_FILE, json.dumps(layout, indent=1) + "\n")
         atomic_write_text(ckpt_dir / LATEST, tag + "\n")
         tags = sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step"))
         for old in tags[: max(0, len(tags) - keep_last)]:
@@ -76,14 +111,15 @@ def resumable_tag(ckpt_dir: Path) -> str:
 
 
 def load_checkpoint(engine: Any, ckpt_dir: Path) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and client state from ``latest`` (an AamInputError if there is none)."""
+    """Restore model, optimizer, scheduler and client state from ``latest`` (an AamInputError if there
+    is none; check its layout first with :func:`check_layout`)."""
     tag = resumable_tag(ckpt_dir)
     try:
         path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     except (AssertionError, RuntimeError, ValueError) as exc:
         raise AamInputError(
             str(Path(ckpt_dir) / tag),
-            f"cannot be resumed ({exc})",
+            f"cannot be resumed ({type(exc).__name__}: {exc})",
             "resume with the same world size and ZeRO stage as the run that wrote it, "
             "or start from its consolidated export via model.pretrained",
         ) from exc

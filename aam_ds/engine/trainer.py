@@ -311,6 +311,8 @@ def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetun
     if spec.parallel.max_memory_gb:
         micro = find_micro_batch(spec, ds_config, data, lambda: build_model(spec, data, finetuning)[0], objective, ctx)
         spec, ds_config = with_micro_batch(spec, ds_config, micro, ctx.world_size)
+    if spec.checkpoint.resume:  # before anything is written: a refused resume leaves the run as it was
+        ckpt.check_layout(ckpt_dir / ckpt.resumable_tag(ckpt_dir), ckpt.checkpoint_layout(spec, ctx.world_size))
     if ctx.is_main:
         atomic_write_json(run_dir / "spec.json", spec.model_dump(mode="json"))
         atomic_write_json(run_dir / "ds_config.json", ds_config)
@@ -410,7 +412,9 @@ def nonfinite_loss_error(step: int, count: int, metrics: dict[str, float], ckpt_
 
 def save_progress(engine: Any, spec: RunSpec, ckpt_dir: Path, step: int, best: BestTracker | None) -> str:
     """A resumable checkpoint of ``step`` (collective), with the best-model tracker's state; returns its tag."""
-    return ckpt.save_checkpoint(engine, ckpt_dir, step, best.state() if best else {}, spec.checkpoint.keep_last)
+    world_size = spec.parallel.global_batch_size // (spec.parallel.micro_batch_size * spec.parallel.grad_accum_steps)
+    return ckpt.save_checkpoint(engine, ckpt_dir, step, best.state() if best else {}, spec.checkpoint.keep_last,
+                                ckpt.checkpoint_layout(spec, world_size))
 
 
 def save_best(engine: Any, ckpt_dir: Path, step: int) -> None:
