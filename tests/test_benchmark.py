@@ -113,3 +113,16 @@ def test_finetune_spec_starts_from_the_export_or_from_scratch(tmp_path):
     assert scratch.model.pretrained is None
     assert scratch.model.preset == "tiny" and scratch.data.max_asvs == spec.data.max_asvs
     assert scratch.schedule.steps == spec.schedule.steps
+
+
+def test_finetune_without_evaluations_trains_on_every_training_sample(tmp_path):
+    import dataclasses
+
+    from aam_ds.benchmark.runner import BenchmarkInputs, aam_finetune_spec
+
+    recipe = load_recipe("quick")
+    recipe = dataclasses.replace(recipe, finetune=dataclasses.replace(recipe.finetune, evaluations=0))
+    inputs = BenchmarkInputs(table=tmp_path / "t.biom", metadata=tmp_path / "m.tsv", target="age", out_dir=tmp_path, recipe=recipe,
+                             group_column="subject")
+    spec = aam_finetune_spec(inputs, tmp_path / "folds.tsv", 100, 5, "regression", "grouped")
+    assert spec.data.split.val_fraction == 0 and spec.schedule.best_metric is None

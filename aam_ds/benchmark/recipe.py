@@ -16,7 +16,7 @@ the installed package's data); ``--budget path/to/recipe.yaml`` reads any file o
       epochs: 20
       min_steps: 200
       max_steps: 1300
-      evaluations: 10              # validation evaluations per fold; the best is exported
+      evaluations: 10              # validation evaluations per fold; the best is exported (0: no validation part, last step)
       spec: {...}
 """
 

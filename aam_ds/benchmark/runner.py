@@ -201,7 +201,10 @@ def aam_pretrain_spec(inputs: BenchmarkInputs, n_samples: int):
 
 def aam_finetune_spec(inputs: BenchmarkInputs, folds_path: Path, n_samples: int, k: int, task: str, split: str):
     """Cross-validated fine-tuning on ``folds_path``, from the pretrained export (unless the recipe's
-    ``finetune.from_pretrained`` is false: then from scratch, the same model settings)."""
+    ``finetune.from_pretrained`` is false: then from scratch, the same model settings). With
+    ``finetune.evaluations`` > 0 a validation part is carved from each training part by the split
+    rule and the best evaluation is exported; with 0 every training sample trains and the last
+    step is exported."""
     from aam_ds.benchmark import report as reporting
 
     budget = inputs.recipe.finetune
@@ -212,9 +215,10 @@ def aam_finetune_spec(inputs: BenchmarkInputs, folds_path: Path, n_samples: int,
              f"data.split.seed={inputs.seed}", f"schedule.seed={inputs.seed}", f"loss.task={task}",
              "loss.pairwise_weight=0", "loss.nucleotide_weight=0",
              *([f"model.pretrained={inputs.out_dir / 'aam' / 'pretrain' / 'model.pt'}"] if budget.from_pretrained else []),
-             f"schedule.best_metric={reporting.HEADLINE[task][0]}", *validation.get(split, [])]  # fmt: skip
+             *([f"schedule.best_metric={reporting.HEADLINE[task][0]}", *validation.get(split, [])] if budget.evaluations
+               else ["data.split.val_fraction=0"])]  # fmt: skip
     train_samples = n_samples * (k - 1) / k
-    return _stage_spec(inputs, fixed, budget, int(train_samples), budget.evaluations)
+    return _stage_spec(inputs, fixed, budget, int(train_samples), max(budget.evaluations, 1))
 
 
 def _pretrain(spec):
