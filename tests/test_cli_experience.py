@@ -216,3 +216,24 @@ def test_pytest_header_says_whether_the_real_data_folder_was_found():
     shared = ROOT.parent / "shared" / "data"
     assert lines == [f"real data folder: {shared} " + ("(the tests that need it run)" if shared.is_dir() else
                      "is absent, so the tests that need it skip (CI has it; see README, 'Quick start')")]
+
+
+def test_run_header_accounts_for_every_sample_and_notices_are_one_line(cache, tmp_path):
+    """Issue 16 item 9: the header says the demo data was generated and how many samples were
+    loaded, dropped (why) and put in each split; a rarefaction drop is one `aam-ds: notice:` line,
+    not a raw UserWarning with its source line."""
+    result = run([sys.executable, str(ROOT / "launch" / "pretrain.py"), "--set", "model.preset=tiny", "--set", "data.max_asvs=16",
+                  "--set", "data.max_seq_len=48", "--set", f"data.cache_dir={cache}", "--set", "data.rarefy_depth=4000",
+                  "--set", "schedule.steps=1", "--set", "schedule.warmup_steps=0", "--set", "tracking.rich=false",
+                  "--set", f"tracking.run_dir={tmp_path / 'run'}", "--set", "parallel.micro_batch_size=4"], cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    output = result.stdout + result.stderr
+    header = next(line for line in output.splitlines() if line.startswith("aam-ds run:"))
+    found = re.search(r"data demo data \(generated, seeded\) .*, samples 300 loaded, (\d+) dropped \(fewer reads than "
+                      r"data.rarefy_depth 4000\); train (\d+) / val (\d+)", header)
+    assert found is not None, header
+    dropped, train, val = map(int, found.groups())
+    assert dropped > 0 and dropped + train + val == 300
+    notices = [line for line in output.splitlines() if "rarefaction to 4000 reads drops" in line]
+    assert notices == [f"aam-ds: notice: rarefaction to 4000 reads drops {dropped} of 300 samples with fewer reads"]
+    assert "UserWarning" not in output and "warnings.warn" not in output
