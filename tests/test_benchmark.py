@@ -126,3 +126,24 @@ def test_finetune_without_evaluations_trains_on_every_training_sample(tmp_path):
                              group_column="subject")
     spec = aam_finetune_spec(inputs, tmp_path / "folds.tsv", 100, 5, "regression", "grouped")
     assert spec.data.split.val_fraction == 0 and spec.schedule.best_metric is None
+
+
+def test_stages_follow_the_recipe_and_a_given_export(tmp_path):
+    """``--pretrained model.pt`` skips pretraining (the export is probed and fine-tuned); a recipe
+    without pretraining skips the diagnostics too; a from-scratch recipe refuses an export."""
+    import dataclasses
+
+    from aam_ds.benchmark.runner import BenchmarkInputs, aam_finetune_spec, check_inputs, stages_of
+
+    recipe = load_recipe("quick")
+    export = tmp_path / "model.pt"
+    export.write_bytes(b"")
+    inputs = BenchmarkInputs(table=export, metadata=export, target="age", out_dir=tmp_path, recipe=recipe)
+    assert "AAM pretraining" in stages_of(inputs) and "AAM diagnostics" in stages_of(inputs)
+    given = dataclasses.replace(inputs, pretrained=export)
+    assert "AAM pretraining" not in stages_of(given) and "AAM diagnostics" in stages_of(given)
+    assert aam_finetune_spec(given, tmp_path / "folds.tsv", 100, 5, "regression", "random", export).model.pretrained == export
+    scratch = dataclasses.replace(recipe, pretrain=None, finetune=dataclasses.replace(recipe.finetune, from_pretrained=False))
+    assert {"AAM pretraining", "AAM diagnostics"}.isdisjoint(stages_of(dataclasses.replace(inputs, recipe=scratch)))
+    with pytest.raises(AamInputError, match="fine-tunes from scratch"):
+        check_inputs(dataclasses.replace(given, recipe=scratch))

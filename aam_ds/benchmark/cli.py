@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", default="standard",
                         help=f"training budget: {', '.join(BUDGETS)} (configs/benchmark/<budget>.yaml) or a recipe YAML path "
                              "(default: standard, about an hour on a 2-core CPU)")  # fmt: skip
+    parser.add_argument("--pretrained", type=Path, default=None,
+                        help="a pretrained export (model.pt of a pretraining run on this table) to fine-tune instead of "
+                             "pretraining anew; the recipe's pretrain stage is skipped")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="run-spec override for both AAM stages, e.g. --set data.cache_dir=/scratch/cache (repeatable)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmark"), help="report folder (default: ./benchmark)")
@@ -45,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from aam_ds.benchmark.recipe import load_recipe
     from aam_ds.benchmark.report import StageProgress
-    from aam_ds.benchmark.runner import BenchmarkInputs, run_benchmark
+    from aam_ds.benchmark.runner import BenchmarkInputs, run_benchmark, stages_of
     from aam_ds.evaluation.report import wide_console
 
     recipe = load_recipe(args.budget)
@@ -54,9 +57,10 @@ def run(args: argparse.Namespace) -> int:
         sequences=args.sequences, task=args.task, split=args.split, group_column=args.group_column,
         stratify_column=args.stratify_column, folds_file=args.folds_file, folds=args.folds, seed=args.seed,
         positive_class=args.positive_class, metric=args.metric, max_seq_len=args.max_seq_len, extra=list(args.overrides),
+        pretrained=args.pretrained,
     )  # fmt: skip
     console = wide_console()
-    with StageProgress(console, args.folds, pretraining=recipe.pretrain is not None) as progress:
+    with StageProgress(console, args.folds, stages_of(inputs)) as progress:
         report = run_benchmark(inputs, progress)
     console.print((args.out_dir / "report.md").read_text())
     console.print(f"wrote {args.out_dir}/: " + ", ".join(report["files"]))

@@ -40,11 +40,10 @@ class StageProgress:
     """A Rich progress bar over the benchmark's stages (fine-tuning counts one step per fold), with
     elapsed time and an ETA. Log lines printed meanwhile scroll above the bar."""
 
-    def __init__(self, console: Any, folds: int, pretraining: bool = True):
+    def __init__(self, console: Any, folds: int, stages: Sequence[str] = STAGES):
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
-        stages = len(STAGES) - 1 - (0 if pretraining else 2)  # without pretraining: no pretraining, no diagnostics
-        self.task = self.progress.add_task("starting", total=stages + folds)
+        self.task = self.progress.add_task("starting", total=len(stages) - 1 + folds)
         self.started = False
 
     def __enter__(self) -> "StageProgress":

@@ -29,6 +29,7 @@ import numpy as np
 
 from aam_ds.benchmark.recipe import Recipe
 from aam_ds.errors import AamInputError
+from aam_ds.tracking import METRICS_FILE
 
 UNIFRAC = ("unweighted", "weighted_normalized", "weighted_unnormalized", "generalized")
 
@@ -56,6 +57,19 @@ class BenchmarkInputs:
     max_seq_len: int = 150
     cache_dir: Path | None = None
     extra: list[str] = field(default_factory=list)  # --set overrides for both AAM stages
+    pretrained: Path | None = None  # an export to fine-tune instead of pretraining anew
+
+
+def stages_of(inputs: BenchmarkInputs) -> list[str]:
+    """The stages this benchmark runs, in order (:data:`aam_ds.benchmark.report.STAGES` less the skipped)."""
+    from aam_ds.benchmark.report import STAGES
+
+    skipped = set()
+    if inputs.pretrained is not None or inputs.recipe.pretrain is None:
+        skipped.add("AAM pretraining")
+    if inputs.pretrained is None and inputs.recipe.pretrain is None:
+        skipped.add("AAM diagnostics")
+    return [stage for stage in STAGES if stage not in skipped]
 
 
 def split_of(inputs: BenchmarkInputs, task: str) -> str:
@@ -66,11 +80,14 @@ def split_of(inputs: BenchmarkInputs, task: str) -> str:
 
 def check_inputs(inputs: BenchmarkInputs) -> None:
     for flag, path in (("--table", inputs.table), ("--metadata", inputs.metadata), ("--tree", inputs.tree),
-                       ("--sequences", inputs.sequences), ("--folds-file", inputs.folds_file)):
+                       ("--sequences", inputs.sequences), ("--folds-file", inputs.folds_file), ("--pretrained", inputs.pretrained)):
         if path is not None and not Path(path).exists():
             raise AamInputError(f"{flag} {path}", "file not found", "check the path")
     if inputs.split == "grouped" and not inputs.group_column:
         raise AamInputError("--split grouped", "no group column given", "add --group-column COLUMN (e.g. host_subject_id)")
+    if inputs.pretrained is not None and not inputs.recipe.finetune.from_pretrained:
+        raise AamInputError(f"--pretrained {inputs.pretrained}", f"recipe {inputs.recipe.name} fine-tunes from scratch",
+                            "drop --pretrained, or use a recipe with finetune.from_pretrained: true")
     if inputs.tree is None and inputs.metric in UNIFRAC:
         raise AamInputError(f"--metric {inputs.metric}", "UniFrac needs a phylogeny", "give --tree rooted-tree.qza, or --metric braycurtis")
 
@@ -111,17 +128,20 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     progress.stage("linear model (CLR)")
     models["linear (CLR)"], seconds["linear (CLR)"] = _timed(lambda: _linear(table, inputs, truth, pairs, class_names))
 
-    pretrain_spec, pretrain_s, diagnostics = None, 0.0, {}
-    if inputs.recipe.pretrain is not None:
+    pretrain_spec, pretrain_s, diagnostics, export = None, 0.0, {}, inputs.pretrained
+    if "AAM pretraining" in stages_of(inputs):
         progress.stage("AAM pretraining")
         pretrain_spec = aam_pretrain_spec(inputs, len(truth))
         (pretrain_result, pretrain_s) = _timed(lambda: _pretrain(pretrain_spec))
+        export, diagnostics = pretrain_result.export_path, pretrain_result.eval_metrics
+    elif export is not None:
+        diagnostics = last_evaluation(export.parent / METRICS_FILE)
+    if export is not None:
         progress.stage("AAM diagnostics")
-        models["AAM linear probe"] = linear_probe(pretrain_result.export_path, inputs, table.sample_ids, truth, pairs, class_names, task)
-        diagnostics = {k: v for k, v in pretrain_result.eval_metrics.items()
-                       if k in ("asv_cosine", "asv_cosine_sequence", "asv_cosine_pooled", "distance_r")}
+        models["AAM linear probe"] = linear_probe(export, inputs, table.sample_ids, truth, pairs, class_names, task)
+        diagnostics = {k: v for k, v in diagnostics.items() if k in ("asv_cosine", "asv_cosine_sequence", "asv_cosine_pooled", "distance_r")}
 
-    finetune_spec = aam_finetune_spec(inputs, folds_path, len(truth), len(held_out), task, split)
+    finetune_spec = aam_finetune_spec(inputs, folds_path, len(truth), len(held_out), task, split, export)
     cv, finetune_s = _timed(lambda: _cross_validate(finetune_spec, progress))
     models["AAM"] = cv
     seconds["AAM"] = round(pretrain_s + finetune_s, 1)
@@ -129,11 +149,21 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     return reporting.write_report(
         out, models, truth, task, inputs.target, inputs.positive_class, seconds,
         {"table": str(inputs.table), "metadata": str(inputs.metadata), "tree": _str(inputs.tree), "sequences": _str(inputs.sequences),
-         "samples": len(truth), "asvs": len(table.asv_ids), "split": split_text, "folds": len(held_out),
+         "pretrained": _str(inputs.pretrained), "samples": len(truth), "asvs": len(table.asv_ids), "split": split_text, "folds": len(held_out),
          "recipe": inputs.recipe.as_dict(), "pretrain_steps": pretrain_spec.schedule.steps if pretrain_spec else 0, "finetune_steps": finetune_spec.schedule.steps,
          "overrides": inputs.extra, "diagnostics": diagnostics, "wall_time_s": round(time.perf_counter() - start, 1)},
         [out / "aam" / "pretrain" / "metrics.jsonl"] + [out / "aam" / "cv" / f"fold{f}" / "metrics.jsonl" for f in range(len(held_out))],
     )  # fmt: skip
+
+
+def last_evaluation(metrics_file: Path) -> dict[str, float]:
+    """The metrics of the last evaluation recorded in a run's metrics.jsonl ({} without one)."""
+    from aam_ds.tracking import read_metrics
+
+    if not metrics_file.is_file():
+        return {}
+    evals = [record["metrics"] for record in read_metrics(metrics_file) if record["kind"] == "eval"]
+    return evals[-1] if evals else {}
 
 
 def _str(path: Path | None) -> str | None:
@@ -199,8 +229,10 @@ def aam_pretrain_spec(inputs: BenchmarkInputs, n_samples: int):
     return _stage_spec(inputs, fixed, budget, n_samples, evaluations=4)
 
 
-def aam_finetune_spec(inputs: BenchmarkInputs, folds_path: Path, n_samples: int, k: int, task: str, split: str):
-    """Cross-validated fine-tuning on ``folds_path``, from the pretrained export (unless the recipe's
+def aam_finetune_spec(inputs: BenchmarkInputs, folds_path: Path, n_samples: int, k: int, task: str, split: str,
+                      export: Path | None = None):
+    """Cross-validated fine-tuning on ``folds_path``, from the pretrained ``export`` (default: the
+    pretraining stage's; unless the recipe's
     ``finetune.from_pretrained`` is false: then from scratch, the same model settings). With
     ``finetune.evaluations`` > 0 a validation part is carved from each training part by the split
     rule and the best evaluation is exported; with 0 every training sample trains and the last
@@ -214,7 +246,7 @@ def aam_finetune_spec(inputs: BenchmarkInputs, folds_path: Path, n_samples: int,
              f"data.metadata={inputs.metadata}", f"data.targets=[{inputs.target}]", f"data.split.folds_file={folds_path}",
              f"data.split.seed={inputs.seed}", f"schedule.seed={inputs.seed}", f"loss.task={task}",
              "loss.pairwise_weight=0", "loss.nucleotide_weight=0",
-             *([f"model.pretrained={inputs.out_dir / 'aam' / 'pretrain' / 'model.pt'}"] if budget.from_pretrained else []),
+             *([f"model.pretrained={export or inputs.out_dir / 'aam' / 'pretrain' / 'model.pt'}"] if budget.from_pretrained else []),
              *([f"schedule.best_metric={reporting.HEADLINE[task][0]}", *validation.get(split, [])] if budget.evaluations
                else ["data.split.val_fraction=0"])]  # fmt: skip
     train_samples = n_samples * (k - 1) / k
