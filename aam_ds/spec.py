@@ -197,6 +197,10 @@ class OptimSpec(_Section):
     implementation: Literal["torch", "deepspeed"] = Field(
         "torch", description="torch AdamW (no compile step) or DeepSpeed's fused / CPU Adam (JIT-built, faster)"
     )
+    encoder_lr_scale: float = Field(
+        1.0, gt=0.0, le=1.0, description="fine-tuning: learning rate of everything but the task head as a fraction of "
+        "optim.lr (discriminative fine-tuning, Howard & Ruder 2018), so the pretrained encoder changes less than the new head",
+    )
 
 
 def scaled_default(steps: int, divisor: int, cap: int, floor: int) -> int:

@@ -117,3 +117,32 @@ def test_regression_losses_train(cache, tmp_path, loss):
     assert load_export(run_dir / "model.pt").spec["loss"]["regression_loss"] == loss
     assert np.isfinite(result.train_losses).all()
     assert np.mean(result.train_losses[-3:]) < np.mean(result.train_losses[:3])
+
+
+def test_encoder_learning_rate_scale_moves_the_pretrained_encoder_less(cache, tmp_path):
+    """``optim.encoder_lr_scale``: the engine's optimizer has the head at optim.lr and the rest at the
+    scaled rate (through the schedule), and the encoder moves away from the export less."""
+    pretrained = tmp_path / "pretrain"
+    trainer.pretrain(spec_for(cache, pretrained, **{"loss.task": "none", "data.targets": "[]", "loss.nucleotide_weight": 1,
+                                                    "schedule.steps": 2}))
+    before = load_export(pretrained / "model.pt").state_dict
+    moved = {}
+    for scale in (1.0, 0.01):
+        run_dir = tmp_path / f"scale{scale}"
+        model, _ = trainer.build_model(spec_for(cache, run_dir, **{"model.pretrained": pretrained / "model.pt"}), _data(cache, run_dir), True)
+        groups = trainer.parameter_groups(model, 0.003, scale)
+        if scale == 1.0:
+            assert all(isinstance(p, torch.nn.Parameter) for p in groups)
+        else:
+            assert [g["lr"] for g in groups] == [0.003, pytest.approx(0.003 * scale)]
+            assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model.parameters() if p.requires_grad}
+        trainer.finetune(spec_for(cache, run_dir, **{"model.pretrained": pretrained / "model.pt", "optim.encoder_lr_scale": scale}))
+        after = load_export(run_dir / "model.pt").state_dict
+        moved[scale] = sum((after[k] - before[k]).abs().sum().item() for k in before if k.startswith("token_embedding."))
+    assert 0 < moved[0.01] < 0.1 * moved[1.0]
+
+
+def _data(cache: Path, run_dir: Path):
+    from aam_ds.data.prepare import prepare_data
+
+    return prepare_data(spec_for(cache, run_dir))

@@ -191,10 +191,21 @@ def build_objective(spec: RunSpec, data: PreparedData, device: torch.device, mod
 
 
 def build_engine(model: AAMModel, spec: RunSpec, ds_config: dict[str, Any]) -> Any:
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = parameter_groups(model, spec.optim.lr, spec.optim.encoder_lr_scale)
     scheduler = None if "scheduler" in ds_config else scheduler_factory(spec.schedule)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config, lr_scheduler=scheduler)
     return engine
+
+
+def parameter_groups(model: AAMModel, lr: float, encoder_lr_scale: float) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
+    """The trainable parameters; with a task head and ``encoder_lr_scale`` < 1, two optimizer groups:
+    the head at ``lr``, everything else at ``lr * encoder_lr_scale`` (the schedule scales both)."""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if model.task_head is None or encoder_lr_scale == 1.0:
+        return [p for _, p in trainable]
+    head = [p for name, p in trainable if name.startswith("task_head.")]
+    encoder = [p for name, p in trainable if not name.startswith("task_head.")]
+    return [group for group in ({"params": head, "lr": lr}, {"params": encoder, "lr": lr * encoder_lr_scale}) if group["params"]]
 
 
 def micro_step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
