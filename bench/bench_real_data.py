@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiments", nargs="+", choices=list(EXPERIMENTS), default=["huang-grouped", "cfs-stratified"])
     parser.add_argument("--budget", default="standard", help="quick, standard, full or a recipe YAML")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args, passed_on = parser.parse_known_args(argv)  # other options go to every aam-ds benchmark call (e.g. --pretrained)
     if not args.data_dir.is_dir():
         print(f"real data folder {args.data_dir} is absent; nothing to benchmark", file=sys.stderr)
         return 1
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             argv_ += ["--metadata", str(huang_metadata(args.data_dir, args.out_dir))]
         out = args.out_dir / name
         code = aam_ds(["benchmark", *argv_, "--budget", args.budget, "--seed", str(args.seed), "--out-dir", str(out),
-                       "--set", f"data.cache_dir={args.out_dir / 'cache'}"])  # fmt: skip
+                       "--set", f"data.cache_dir={args.out_dir / 'cache'}", *passed_on])  # fmt: skip
         if code:
             return code
         report = json.loads((out / "report.json").read_text())
