@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from aam_ds.data.sequences import PAD
-from aam_ds.model.aam import AAMModel, asv_hash_buckets
+from aam_ds.model.aam import AAMModel
+from aam_ds.model.blocks import asv_hash_buckets
 from aam_ds.spec import ModelSpec
 
 L = 20

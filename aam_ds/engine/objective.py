@@ -14,7 +14,8 @@ import torch
 
 from aam_ds.engine.pairwise import gathered_pairwise_loss
 from aam_ds.model import losses
-from aam_ds.model.aam import asv_hash_buckets, required_outputs
+from aam_ds.model.aam import required_outputs
+from aam_ds.model.blocks import asv_hash_buckets
 from aam_ds.model.masking import mask_nucleotides
 from aam_ds.spec import LossSpec
 
