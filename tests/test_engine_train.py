@@ -263,3 +263,35 @@ def test_resume_with_another_layout_is_refused_before_deepspeed_reads_it(tmp_pat
         assert difference in line
     assert "model.pretrained" in line and "Traceback" not in result.stdout
     assert (run_dir / "spec.json").read_text() == spec_before
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_complete_one(tmp_path, cache_dir):
+    """Issue 20: every checkpoint carries a manifest (sizes, SHA-256); a resume whose newest
+    checkpoint is truncated says so in one notice and continues from the previous complete one,
+    repeating the uninterrupted run's losses; with no complete checkpoint left it is one clear error."""
+    settings = {"schedule.steps": 6, "checkpoint.every_steps": 2, "parallel.zero_stage": 1}
+    reference = tmp_path / "reference"
+    checked(launch([str(BIN / "python"), PRETRAIN, *run_args(reference, cache_dir, **settings)]))
+    run_dir = tmp_path / "run"
+    checked(launch([str(BIN / "python"), PRETRAIN, *run_args(run_dir, cache_dir, **{**settings, "schedule.steps": 4})]))
+    ckpt = run_dir / "checkpoints"
+    assert (ckpt / "latest").read_text().strip() == "step00000004"
+    manifest = json.loads((ckpt / "step00000004" / "manifest.json").read_text())
+    victim = ckpt / "step00000004" / max(manifest, key=lambda name: manifest[name][0])  # the largest file
+    victim.write_bytes(victim.read_bytes()[: manifest[victim.name][0] // 2])
+    truncated = victim.stat().st_size
+
+    resumed = checked(launch([str(BIN / "python"), PRETRAIN, *run_args(run_dir, cache_dir, **settings), "--resume"]))
+    notices = [line for line in resumed.stdout.splitlines() if "is damaged" in line]
+    assert len(notices) == 1 and notices[0].startswith("aam-ds: notice: checkpoint ")
+    assert f"has {truncated} bytes" in notices[0] and "resuming from the previous one" in notices[0]
+    assert notices[0].endswith("step00000002")
+    expected = train_losses(reference)
+    assert train_losses(run_dir) == pytest.approx(expected, rel=1e-6)  # steps 3-6 redone from step 2, as uninterrupted
+
+    for tag_dir in ckpt.glob("step*"):  # the kept ones, steps 4 and 6
+        (tag_dir / "manifest.json").write_text(json.dumps({"missing.pt": [1, "0"]}))
+    refused = launch([str(BIN / "python"), PRETRAIN, *run_args(run_dir, cache_dir, **{**settings, "schedule.steps": 8}), "--resume"])
+    assert refused.returncode == 2
+    assert "is damaged (missing.pt is missing) and no older complete checkpoint is left" in refused.stdout

@@ -4,6 +4,7 @@ Layout of a checkpoint folder::
 
     <dir>/step00000040/...   DeepSpeed's files (model, ZeRO partitions, optimizer, scheduler, client state)
     <dir>/step00000040/layout.json   world size, ZeRO stage, batch layout, model shape (checked on resume)
+    <dir>/step00000040/manifest.json size and SHA-256 of every file (a damaged newest checkpoint falls back)
     <dir>/latest             the tag of the newest complete checkpoint (written by rename)
 
 ``latest`` is only replaced after every rank has finished writing its tag folder, so a crash in
@@ -15,6 +16,7 @@ that the trainer writes into the consolidated export (:mod:`aam_ds.export`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -24,12 +26,13 @@ import torch
 import torch.distributed as dist
 
 from aam_ds.engine.distributed import barrier
-from aam_ds.errors import AamInputError
+from aam_ds.errors import AamInputError, notice
 from aam_ds.io_utils import atomic_write_text
 from aam_ds.spec import RunSpec
 
 LATEST = "latest"
 LAYOUT_FILE = "layout.json"
+MANIFEST_FILE = "manifest.json"
 SHAPE_FIELDS = ("d_model", "n_heads", "asv_layers", "sample_layers", "ffn_mult", "asv_identity_buckets")
 
 
@@ -82,8 +85,8 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[s
                     layout: dict[str, Any] | None = None) -> str:
     """Save on every rank (DeepSpeed's save is collective), then point ``latest`` at it; returns the tag.
 
-    Rank 0 writes ``layout`` (:func:`checkpoint_layout`) into the tag folder before ``latest`` moves;
-    older tags beyond ``keep_last`` are removed by rank 0 after ``latest`` moved on.
+    Rank 0 writes ``layout`` (:func:`checkpoint_layout`) and a manifest of every file's size and
+    SHA-256 (:func:`damage`) into the tag folder before ``latest`` moves; older tags beyond ``keep_last`` are removed by rank 0 after ``latest`` moved on.
     """
     ckpt_dir = Path(ckpt_dir)
     tag = step_tag(step)
@@ -92,6 +95,7 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[s
     if _rank() == 0:
         if layout is not None:
             atomic_write_text(ckpt_dir / tag / LAYOUT_FILE, json.dumps(layout, indent=1) + "\n")
+        atomic_write_text(ckpt_dir / tag / MANIFEST_FILE, json.dumps(file_manifest(ckpt_dir / tag), indent=1) + "\n")
         atomic_write_text(ckpt_dir / LATEST, tag + "\n")
         tags = sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step"))
         for old in tags[: max(0, len(tags) - keep_last)]:
@@ -101,18 +105,74 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[s
     return tag
 
 
+def file_manifest(tag_dir: Path) -> dict[str, list]:
+    """``{relative path: [bytes, sha256]}`` of every file under ``tag_dir`` (but the manifest)."""
+    manifest = {}
+    for path in sorted(p for p in tag_dir.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        manifest[str(path.relative_to(tag_dir))] = [path.stat().st_size, digest.hexdigest()]
+    return manifest
+
+
+def damage(tag_dir: Path) -> str | None:
+    """What is wrong with a checkpoint against its manifest (a missing, truncated or changed file),
+    or None when it is complete; a checkpoint without a manifest (older runs) is taken as complete."""
+    path = tag_dir / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    expected, found = json.loads(path.read_text()), file_manifest(tag_dir)
+    for name, (size, digest) in expected.items():
+        if name not in found:
+            return f"{name} is missing"
+        if found[name][0] != size:
+            return f"{name} has {found[name][0]} bytes, {size} were written"
+        if found[name][1] != digest:
+            return f"{name} differs from what was written"
+    return None
+
+
 def resumable_tag(ckpt_dir: Path) -> str:
-    """The tag a resumed run continues from: ``latest``'s; an AamInputError when there is none."""
-    tag = latest_tag(ckpt_dir)
-    if tag is None:
+    """The tag a resumed run continues from: ``latest``'s when it is complete (:func:`damage`), else
+    the newest complete older one, with a notice naming both; an AamInputError when there is none.
+    Every rank reaches the same answer on a checkpoint folder they share."""
+    ckpt_dir = Path(ckpt_dir)
+    latest = latest_tag(ckpt_dir)
+    if latest is None:
         raise AamInputError(str(ckpt_dir), "holds no checkpoint to resume from",
                             "run without --resume (checkpoint.resume), or point tracking.run_dir / checkpoint.dir at the run to continue")
-    return tag
+    problem = _damage_cached(ckpt_dir / latest)
+    if problem is None:
+        return latest
+    older = sorted((p.name for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step") and p.name < latest), reverse=True)
+    for tag in older:
+        if _damage_cached(ckpt_dir / tag) is None:
+            message = f"checkpoint {ckpt_dir / latest} is damaged ({problem}); resuming from the previous one, {ckpt_dir / tag}"
+            if message not in _ANNOUNCED:  # asked more than once per run: said once
+                _ANNOUNCED.add(message)
+                notice(message)
+            return tag
+    raise AamInputError(str(ckpt_dir / latest), f"is damaged ({problem}) and no older complete checkpoint is left",
+                        "start the run again, or from its last export with --set model.pretrained=<run>/model.pt")
+
+
+_ANNOUNCED: set[str] = set()
+_DAMAGE: dict[tuple[str, float], str | None] = {}  # (tag folder, manifest mtime) -> damage: hashed once per process
+
+
+def _damage_cached(tag_dir: Path) -> str | None:
+    manifest = tag_dir / MANIFEST_FILE
+    key = (str(tag_dir), manifest.stat().st_mtime if manifest.is_file() else 0.0)
+    if key not in _DAMAGE:
+        _DAMAGE[key] = damage(tag_dir)
+    return _DAMAGE[key]
 
 
 def load_checkpoint(engine: Any, ckpt_dir: Path) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and client state from ``latest`` (an AamInputError if there
-    is none; check its layout first with :func:`check_layout`)."""
+    """Restore model, optimizer, scheduler and client state from :func:`resumable_tag`'s checkpoint
+    (an AamInputError if there is none; check its layout first with :func:`check_layout`)."""
     tag = resumable_tag(ckpt_dir)
     try:
         path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
