@@ -8,8 +8,8 @@ Activations are not included: they depend on the batch, which the search below m
 
 The micro-batch search's pieces that need no training live here (candidate sizes, the search
 itself, the spec / DeepSpeed config for a size); its probe, which runs real training steps, is
-:func:`aam_ds.engine.trainer.find_micro_batch` (it builds engines and steps them with the
-trainer's functions, and this module does not import the trainer).
+:func:`aam_ds.engine.steps.find_micro_batch` (it builds engines and steps them with the
+trainer's step functions, and this module does not import them).
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ One function per stage, run on every rank::
     pretrain(spec, ds_config_path=None) -> RunResult          # pairwise + masked-nucleotide (+ abundance)
     finetune(spec, ds_config_path=None, data=None) -> RunResult  # task head on a pretrained export
 
+Each builds a :class:`Trainer` (``Trainer.build``: config, run folder, data, model, engine, resume)
+and runs it: ``train_step`` / ``evaluate`` / ``checkpoint`` per step, ``finish`` at the end. The
+step pieces and the micro-batch probe are in :mod:`aam_ds.engine.steps` and the end-of-run export
+helpers in :mod:`aam_ds.engine.run_export`; this module re-exports them.
+
 Order: process group -> spec reconciled with the DeepSpeed file -> run folder (a new default one,
 or refused when it holds a previous run, see :mod:`aam_ds.engine.run_folder`) -> data (rank 0
 first: it fills the token cache and writes the splits) -> model -> optional micro-batch search ->
@@ -15,49 +20,41 @@ final checkpoint and consolidated export (of the best evaluation's weights when
 
 from __future__ import annotations
 
-import gc
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import deepspeed
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from aam_ds.data.augment import AugmentedDataset
-from aam_ds.data.dataset import collate, to_device
 from aam_ds.data.prepare import PreparedData, prepare_data
 from aam_ds.data.splits import save_splits
 from aam_ds.ds_config import resolve_ds_config
 from aam_ds.engine import checkpoint as ckpt
-from aam_ds.engine.batches import GlobalBatchSampler
 from aam_ds.engine.best import BestTracker
 from aam_ds.engine.distributed import DistContext, all_reduce_max, all_reduce_mean, barrier, init_distributed
-from aam_ds.engine.evaluate import evaluate
-from aam_ds.engine.interrupt import RunInterrupted, stop_requests
-from aam_ds.engine.memory import (
-    GIB,
-    PeakMemory,
-    estimate_table,
-    is_out_of_memory,
-    memory_budget_gib,
-    micro_batch_candidates,
-    search_micro_batch,
-    with_micro_batch,
-)
+from aam_ds.engine.evaluate import evaluate as evaluate_split
+from aam_ds.engine.interrupt import RunInterrupted, StopRequest, stop_requests
+from aam_ds.engine.memory import GIB, PeakMemory, estimate_table, with_micro_batch
 from aam_ds.engine.objective import Objective
+from aam_ds.engine.run_export import export_spec, target_description, write_split_predictions
 from aam_ds.engine.run_folder import claim_run_dir
-from aam_ds.engine.schedule import scheduler_factory
+from aam_ds.engine.steps import (  # also re-exported: the step pieces stay importable from here
+    MEMORY_SEARCH_CAP_S,  # noqa: F401
+    build_engine,
+    find_micro_batch,
+    micro_step_generator,  # noqa: F401
+    optimizer_step,
+    parameter_groups,  # noqa: F401
+    train_batches,
+)
 from aam_ds.errors import AamInputError
-from aam_ds.export import EXPORT_NAME, Export, build_exported_model, load_export, write_export
+from aam_ds.export import EXPORT_NAME, Export, load_export, write_export
 from aam_ds.io_utils import atomic_write_json
 from aam_ds.model import losses
 from aam_ds.model.aam import AAMModel, check_loss_compatible
-from aam_ds.prediction import predict_split, write_prediction_files
 from aam_ds.spec import RunSpec
 from aam_ds.tracking import make_logger
 
@@ -98,8 +95,9 @@ def finetune(spec: RunSpec, ds_config_path: Path | None = None, data: PreparedDa
 
 
 def train(spec: RunSpec, ds_config_path: Path | None, finetuning: bool, data: PreparedData | None = None) -> RunResult:
+    """Build a :class:`Trainer` for this rank (``finetuning``: task head) and run it."""
     ctx = init_distributed(spec.parallel.collective_timeout_s)
-    return _train(ctx, spec, ds_config_path, finetuning, data)
+    return Trainer.build(ctx, spec, ds_config_path, finetuning, data).run()
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,55 +188,6 @@ def build_objective(spec: RunSpec, data: PreparedData, device: torch.device, mod
     return Objective(spec.loss, target, weights)
 
 
-def build_engine(model: AAMModel, spec: RunSpec, ds_config: dict[str, Any]) -> Any:
-    params = parameter_groups(model, spec.optim.lr, spec.optim.encoder_lr_scale)
-    scheduler = None if "scheduler" in ds_config else scheduler_factory(spec.schedule)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config, lr_scheduler=scheduler)
-    return engine
-
-
-def parameter_groups(model: AAMModel, lr: float, encoder_lr_scale: float) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
-    """The trainable parameters; with a task head and ``encoder_lr_scale`` < 1, two optimizer groups:
-    the head at ``lr``, everything else at ``lr * encoder_lr_scale`` (the schedule scales both)."""
-    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if model.task_head is None or encoder_lr_scale == 1.0:
-        return [p for _, p in trainable]
-    head = [p for name, p in trainable if name.startswith("task_head.")]
-    encoder = [p for name, p in trainable if not name.startswith("task_head.")]
-    return [group for group in ({"params": head, "lr": lr}, {"params": encoder, "lr": lr * encoder_lr_scale}) if group["params"]]
-
-
-def micro_step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
-    """Seeds masking and dropout from (seed, micro-step, rank) alone, so a resumed run repeats them."""
-    value = (seed * 1_000_003 + micro_step) * 1009 + rank
-    torch.manual_seed(value)
-    return torch.Generator().manual_seed(value)
-
-
-def train_batches(data: PreparedData, spec: RunSpec, ctx: DistContext, micro: int, start_micro_step: int) -> Iterator[dict[str, torch.Tensor]]:
-    dataset, augment = data.dataset("train"), spec.data.augment
-    sampler = GlobalBatchSampler(len(dataset), micro, ctx.world_size, ctx.rank, spec.schedule.seed, start_micro_step, augment.active)
-    if augment.active:
-        dataset = AugmentedDataset(dataset, augment, spec.schedule.seed)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=spec.data.num_workers,
-                        pin_memory=ctx.device.type == "cuda")
-    return iter(loader)
-
-
-def optimizer_step(engine: Any, batches: Iterator, objective: Objective, ctx: DistContext, spec: RunSpec, step: int) -> dict[str, float]:
-    """One optimizer step (``grad_accum_steps`` micro-steps); the mean loss components over micro-steps."""
-    accum = spec.parallel.grad_accum_steps
-    totals: dict[str, float] = {}
-    for micro in range(accum):
-        gen = micro_step_generator(spec.schedule.seed, step * accum + micro, ctx.rank)
-        parts = objective(engine, to_device(next(batches), ctx.device), gen)
-        engine.backward(parts["loss"])
-        engine.step()
-        for name, value in parts.items():
-            totals[name] = totals.get(name, 0.0) + value.item() / accum
-    return totals
-
-
 def parameter_text(model: AAMModel) -> str:
     """``"86,216 (+ 4,194,304 in the ASV identity table)"``: a step reads only its batch's rows of the table."""
     table = model.asv_identity.weight.numel() if model.asv_identity is not None else 0
@@ -247,167 +196,172 @@ def parameter_text(model: AAMModel) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# automatic micro batch
+# the run
 
 
-MEMORY_SEARCH_CAP_S = 300.0  # the micro-batch search stops probing after this long and keeps the best size so far
+class Trainer:
+    """One run on this rank: :meth:`build` sets it up, :meth:`run` steps it and :meth:`finish` closes it.
 
+    Per step (:meth:`run`): :meth:`train_step` (one optimizer step, its metrics reduced over ranks
+    and logged, the non-finite-loss stop), then when due :meth:`evaluate` (validation, the best
+    model's checkpoint, the early-stopping decision), then :meth:`checkpoint` (the periodic
+    checkpoint, or the checkpoint and :class:`RunInterrupted` after a Ctrl-C on any rank).
+    """
 
-def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], data: PreparedData, model_factory: Any,
-                     objective: Objective, ctx: DistContext) -> int:
-    """Largest micro batch whose real training steps (all active losses, this ZeRO stage) stay under
-    ``parallel.max_memory_gb`` per rank, among those that keep the global batch (micro x accumulation
-    x ranks); every rank agrees on the worst rank's peak. Rank 0 prints each probe; the search stops
-    probing after ``MEMORY_SEARCH_CAP_S`` seconds."""
-    say = print if ctx.is_main else (lambda *args, **kwargs: None)
-    meter = PeakMemory(ctx.device)
-    per_rank = spec.parallel.global_batch_size // ctx.world_size
-    lower = 2 if spec.loss.pairwise_weight > 0 else 1  # the pairwise loss needs pairs on every rank
-    budget = memory_budget_gib(spec.parallel.max_memory_gb, ctx.device, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))
-    candidates = micro_batch_candidates(per_rank, lower)
-    say(f"memory search: largest micro batch among {candidates} (global batch {spec.parallel.global_batch_size} kept) "
-        f"within {budget:.2f} GiB per rank, 2 real steps each, at most {MEMORY_SEARCH_CAP_S:.0f} s", flush=True)
-    start = time.perf_counter()
+    def __init__(self, ctx: DistContext, spec: RunSpec, ds_config: dict[str, Any], finetuning: bool, data: PreparedData,
+                 model: AAMModel, model_args: dict[str, Any], objective: Objective, n_params: int):
+        """Builds the engine, the best-model tracker and the batch stream, resuming from the last
+        checkpoint when ``checkpoint.resume`` is set (the run folder's files are already written)."""
+        self.ctx, self.spec, self.finetuning, self.data = ctx, spec, finetuning, data
+        self.model, self.model_args, self.objective, self.n_params = model, model_args, objective, n_params
+        self.run_dir, self.ckpt_dir = spec.tracking.run_dir, spec.checkpoint_dir()
+        self.engine = build_engine(model, spec, ds_config)
+        self.start_step, self.result = 0, RunResult(step=0, micro_batch_size=spec.parallel.micro_batch_size)
+        self.best = BestTracker.from_spec(spec)
+        self.val = data.dataset("val") if len(data.splits.get("val", [])) else None
+        if self.best is not None and self.val is None:
+            raise AamInputError("schedule.best_metric", "selecting the best model needs a validation split, and it is empty",
+                                "set data.split.val_fraction > 0, or unset schedule.best_metric")
+        if spec.checkpoint.resume:
+            state = ckpt.load_checkpoint(self.engine, self.ckpt_dir)
+            self.start_step = state["step"]
+            if self.best is not None:
+                self.best.restore(state)
+        par = spec.parallel
+        self.batches = train_batches(data, spec, ctx, par.micro_batch_size, self.start_step * par.grad_accum_steps)
+        self.steps_per_epoch = max(1, len(data.splits["train"]) // par.global_batch_size)
+        # steps done, consecutive non-finite losses, whether any rank was sent Ctrl-C before the last step's reduction
+        self.done, self.nonfinite, self.stop_requested = self.start_step, 0, False
+        self.log: Any = None  # the run's logger and Ctrl-C request, set by run()
+        self.ctrl_c: StopRequest | None = None
+        self.meter, self.window_start, self.window = PeakMemory(ctx.device), 0.0, 0  # throughput window since the last log line
 
-    def peak_for(micro: int) -> float | None:
-        meter.reset()
-        engine = None
-        try:
-            # no accumulation while probing: each step reaches the optimizer (whose states count), as every
-            # accumulation boundary does
-            probe_spec, probe_config = with_micro_batch(spec, ds_config, micro, ctx.world_size, accumulation=1)
-            engine = build_engine(model_factory(), probe_spec, probe_config)
-            batches = train_batches(data, probe_spec, ctx, micro, 0)
-            for step in range(2):
-                optimizer_step(engine, batches, objective, ctx, probe_spec, step)
-            peak = meter.peak_bytes()
-        except Exception as exc:  # only out-of-memory means "does not fit"
-            if not is_out_of_memory(exc):
-                raise
-            peak = float("inf")
-        finally:
-            del engine
-            gc.collect()
-        peak = all_reduce_max(peak, ctx.device)
-        say(f"memory search: micro batch {micro}: " + ("out of memory" if peak == float("inf") else
-            f"peak {peak / GIB:.2f} GiB, {'fits' if peak <= budget * GIB else 'too large'}") +
-            f" ({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
-        return None if peak == float("inf") else peak
+    @classmethod
+    def build(cls, ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetuning: bool,
+              data: PreparedData | None = None) -> Trainer:
+        """Spec reconciled with the DeepSpeed file -> run folder -> data -> model -> optional micro-batch
+        search -> resume layout check -> spec.json / ds_config.json -> engine and resume (:meth:`__init__`)."""
+        spec, ds_config = resolve_ds_config(spec, ds_config_path)
+        check_world_size(spec, ctx.world_size)
+        check_device_support(spec, ctx.device)
+        spec = claim_run_dir(spec, "finetune" if finetuning else "pretrain", ctx)
+        run_dir, ckpt_dir = spec.tracking.run_dir, spec.checkpoint_dir()
+        data = load_data(spec, ctx) if data is None else given_data(data, run_dir, ctx)
+        model, model_args = build_model(spec, data, finetuning)
+        objective = build_objective(spec, data, ctx.device, model)
+        if spec.parallel.max_memory_gb:
+            micro = find_micro_batch(spec, ds_config, data, lambda: build_model(spec, data, finetuning)[0], objective, ctx)
+            spec, ds_config = with_micro_batch(spec, ds_config, micro, ctx.world_size)
+        if spec.checkpoint.resume:  # before anything is written: a refused resume leaves the run as it was
+            ckpt.check_layout(ckpt_dir / ckpt.resumable_tag(ckpt_dir), ckpt.checkpoint_layout(spec, ctx.world_size))
+        if ctx.is_main:
+            atomic_write_json(run_dir / "spec.json", spec.model_dump(mode="json"))
+            atomic_write_json(run_dir / "ds_config.json", ds_config)
+        n_params = sum(p.numel() for p in model.parameters())  # before the engine: ZeRO-3 partitions the parameters
+        return cls(ctx, spec, ds_config, finetuning, data, model, model_args, objective, n_params)
 
-    def out_of_time() -> bool:
-        return all_reduce_max(time.perf_counter() - start, ctx.device) > MEMORY_SEARCH_CAP_S
-
-    micro = search_micro_batch(peak_for, budget * GIB, candidates, out_of_time)
-    if micro == 0:
-        raise AamInputError("parallel.max_memory_gb", f"even a micro batch of {lower} needs more than {budget:.2f} GiB per rank",
-                            "raise the budget, use a higher ZeRO stage or offload, or a smaller model")
-    say(f"memory search: micro batch {micro} x accumulation {per_rank // micro} ({time.perf_counter() - start:.0f} s"
-        + (", time cap reached" if out_of_time() else "") + ")", flush=True)
-    return micro
-
-
-# --------------------------------------------------------------------------------------------
-# the loop
-
-
-def _train(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetuning: bool, data: PreparedData | None) -> RunResult:
-    spec, ds_config = resolve_ds_config(spec, ds_config_path)
-    check_world_size(spec, ctx.world_size)
-    check_device_support(spec, ctx.device)
-    spec = claim_run_dir(spec, "finetune" if finetuning else "pretrain", ctx)
-    run_dir, ckpt_dir = spec.tracking.run_dir, spec.checkpoint_dir()
-    data = load_data(spec, ctx) if data is None else given_data(data, run_dir, ctx)
-    model, model_args = build_model(spec, data, finetuning)
-    objective = build_objective(spec, data, ctx.device, model)
-    if spec.parallel.max_memory_gb:
-        micro = find_micro_batch(spec, ds_config, data, lambda: build_model(spec, data, finetuning)[0], objective, ctx)
-        spec, ds_config = with_micro_batch(spec, ds_config, micro, ctx.world_size)
-    if spec.checkpoint.resume:  # before anything is written: a refused resume leaves the run as it was
-        ckpt.check_layout(ckpt_dir / ckpt.resumable_tag(ckpt_dir), ckpt.checkpoint_layout(spec, ctx.world_size))
-    if ctx.is_main:
-        atomic_write_json(run_dir / "spec.json", spec.model_dump(mode="json"))
-        atomic_write_json(run_dir / "ds_config.json", ds_config)
-    n_params = sum(p.numel() for p in model.parameters())
-    engine = build_engine(model, spec, ds_config)
-
-    start_step, result = 0, RunResult(step=0, micro_batch_size=spec.parallel.micro_batch_size)
-    best = BestTracker.from_spec(spec)
-    val = data.dataset("val") if len(data.splits.get("val", [])) else None
-    if best is not None and val is None:
-        raise AamInputError("schedule.best_metric", "selecting the best model needs a validation split, and it is empty",
-                            "set data.split.val_fraction > 0, or unset schedule.best_metric")
-    if spec.checkpoint.resume:
-        state = ckpt.load_checkpoint(engine, ckpt_dir)
-        start_step = state["step"]
-        if best is not None:
-            best.restore(state)
-    par, sched = spec.parallel, spec.schedule
-    batches = train_batches(data, spec, ctx, par.micro_batch_size, start_step * par.grad_accum_steps)
-    steps_per_epoch = max(1, len(data.splits["train"]) // par.global_batch_size)
-
-    with make_logger(spec, ctx.rank, run_dir) as log:
-        log.start(spec, sched.steps, {"world size": ctx.world_size, "parameters": parameter_text(model), "micro batch": par.micro_batch_size,
-                                      "stage": "finetune" if finetuning else "pretrain", "run folder": str(run_dir),
-                                      "data": data.origin, "samples": data.sample_accounting(),
-                                      "resumed at step": start_step})
-        log.print(estimate_table(n_params, ctx.world_size, par.precision, par.zero_stage,
-                                 par.offload_optimizer != "none", par.offload_param != "none"))
-        meter, window_start, window, done, nonfinite = PeakMemory(ctx.device), time.perf_counter(), 0, start_step, 0
-        with stop_requests() as ctrl_c:
-            for step in range(start_step, sched.steps):
-                parts = optimizer_step(engine, batches, objective, ctx, spec, step)
-                metrics = all_reduce_mean({**parts, STOP_FLAG: float(ctrl_c.requested)}, ctx.device)  # any rank's Ctrl-C stops all
-                stop = metrics.pop(STOP_FLAG) > 0
-                result.train_losses.append(metrics["loss"])
-                window += 1
-                done = step + 1
-                nonfinite = 0 if math.isfinite(metrics["loss"]) else nonfinite + 1
-                if sched.max_nonfinite_steps and nonfinite >= sched.max_nonfinite_steps:
-                    raise nonfinite_loss_error(done, nonfinite, metrics, ckpt_dir)
-                if done % sched.log_every == 0 or done == sched.steps:
-                    rate = par.global_batch_size * window / (time.perf_counter() - window_start)
-                    metrics["peak_memory_gib"] = all_reduce_max(meter.peak_bytes(), ctx.device) / GIB
-                    log.log_train(done, step // steps_per_epoch, metrics, rate, engine.get_lr()[0])
-                    window_start, window = time.perf_counter(), 0
-                if val is not None and (done % sched.eval_every == 0 or done == sched.steps):
-                    result.eval_metrics, scatter = evaluate(engine, val, objective, ctx, par.micro_batch_size)
-                    log.log_eval(done, result.eval_metrics, scatter)
-                    if best is not None and best.update(done, result.eval_metrics):
-                        save_best(engine, ckpt_dir, done)
-                    if best is not None and done < sched.steps and all_reduce_max(float(best.exhausted), ctx.device) > 0:
-                        result.stopped_early = True
-                        log.print(f"early stopping at step {done}: val {best.metric} has not improved on step {best.step}'s "
-                                  f"{best.value:.4g} for {best.evals_since_best} evaluations")
+    def run(self) -> RunResult:
+        """Steps from the resumed step to ``schedule.steps`` (or an early stop), then :meth:`finish`."""
+        sched, par, ctx = self.spec.schedule, self.spec.parallel, self.ctx
+        with make_logger(self.spec, ctx.rank, self.run_dir) as self.log:
+            self.log.start(self.spec, sched.steps, {
+                "world size": ctx.world_size, "parameters": parameter_text(self.model), "micro batch": par.micro_batch_size,
+                "stage": "finetune" if self.finetuning else "pretrain", "run folder": str(self.run_dir),
+                "data": self.data.origin, "samples": self.data.sample_accounting(), "resumed at step": self.start_step})
+            self.log.print(estimate_table(self.n_params, ctx.world_size, par.precision, par.zero_stage,
+                                          par.offload_optimizer != "none", par.offload_param != "none"))
+            self.window_start, self.window = time.perf_counter(), 0
+            with stop_requests() as self.ctrl_c:
+                for step in range(self.start_step, sched.steps):
+                    self.train_step(step)
+                    done = self.done
+                    if self.val is not None and (done % sched.eval_every == 0 or done == sched.steps) and self.evaluate(done):
                         break
-                if stop and done < sched.steps:  # after the last step the run finishes instead
-                    save_progress(engine, spec, ckpt_dir, done, best)
-                    raise RunInterrupted(f"stopped after step {done} with a checkpoint in {ckpt_dir}; continue with "
-                                         f"--resume --set tracking.run_dir={run_dir}")
-                if spec.checkpoint.every_steps and done % spec.checkpoint.every_steps == 0 and done != sched.steps:
-                    save_progress(engine, spec, ckpt_dir, done, best)
+                    self.checkpoint(done)
+            return self.finish()
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """Optimizer step ``step``: its loss components averaged over ranks (with whether any rank was
+        sent Ctrl-C, kept in ``stop_requested``), logged every ``schedule.log_every`` steps with the
+        throughput, the peak memory and the learning rate; raises :func:`nonfinite_loss_error` after
+        ``schedule.max_nonfinite_steps`` consecutive non-finite losses."""
+        sched, par, ctx = self.spec.schedule, self.spec.parallel, self.ctx
+        parts = optimizer_step(self.engine, self.batches, self.objective, ctx, self.spec, step)
+        requested = self.ctrl_c is not None and self.ctrl_c.requested
+        metrics = all_reduce_mean({**parts, STOP_FLAG: float(requested)}, ctx.device)  # any rank's Ctrl-C stops all
+        self.stop_requested = metrics.pop(STOP_FLAG) > 0
+        self.result.train_losses.append(metrics["loss"])
+        self.window += 1
+        self.done = done = step + 1
+        self.nonfinite = 0 if math.isfinite(metrics["loss"]) else self.nonfinite + 1
+        if sched.max_nonfinite_steps and self.nonfinite >= sched.max_nonfinite_steps:
+            raise nonfinite_loss_error(done, self.nonfinite, metrics, self.ckpt_dir)
+        if done % sched.log_every == 0 or done == sched.steps:
+            rate = par.global_batch_size * self.window / (time.perf_counter() - self.window_start)
+            metrics["peak_memory_gib"] = all_reduce_max(self.meter.peak_bytes(), ctx.device) / GIB
+            self.log.log_train(done, step // self.steps_per_epoch, metrics, rate, self.engine.get_lr()[0])
+            self.window_start, self.window = time.perf_counter(), 0
+        return metrics
+
+    def evaluate(self, step: int) -> bool:
+        """Validation after ``step`` (logged; kept as the run's eval metrics); with ``schedule.best_metric``
+        the best evaluation's weights go to the checkpoint folder ``best``. True when early stopping
+        ends the run here (patience exhausted on any rank, before the last step)."""
+        result, best = self.result, self.best
+        result.eval_metrics, scatter = evaluate_split(self.engine, self.val, self.objective, self.ctx, self.spec.parallel.micro_batch_size)
+        self.log.log_eval(step, result.eval_metrics, scatter)
+        if best is not None and best.update(step, result.eval_metrics):
+            save_best(self.engine, self.ckpt_dir, step)
+        if best is not None and step < self.spec.schedule.steps and all_reduce_max(float(best.exhausted), self.ctx.device) > 0:
+            result.stopped_early = True
+            self.log.print(f"early stopping at step {step}: val {best.metric} has not improved on step {best.step}'s "
+                           f"{best.value:.4g} for {best.evals_since_best} evaluations")
+            return True
+        return False
+
+    def checkpoint(self, step: int) -> None:
+        """After a Ctrl-C (any rank), a checkpoint of ``step`` and :class:`RunInterrupted`; otherwise the
+        periodic ``checkpoint.every_steps`` checkpoint. Neither after the last step (:meth:`finish` saves it)."""
+        last, every = self.spec.schedule.steps, self.spec.checkpoint.every_steps
+        if self.stop_requested and step < last:  # after the last step the run finishes instead
+            self.save(step)
+            raise RunInterrupted(f"stopped after step {step} with a checkpoint in {self.ckpt_dir}; continue with "
+                                 f"--resume --set tracking.run_dir={self.run_dir}")
+        if every and step % every == 0 and step != last:
+            self.save(step)
+
+    def save(self, step: int) -> str:
+        """A resumable checkpoint of ``step`` with the best-model tracker's state (collective); its tag."""
+        return save_progress(self.engine, self.spec, self.ckpt_dir, step, self.best)
+
+    def finish(self) -> RunResult:
+        """Final checkpoint, consolidated export ``<run_dir>/model.pt`` (of the best evaluation's weights
+        when ``schedule.best_metric`` picked one other than the last step), fine-tuning's split
+        predictions (rank 0), the logger's summary; the result."""
+        result, best, done = self.result, self.best, self.done
         result.step = done
-        tag = save_progress(engine, spec, ckpt_dir, done, best)
-        export_step = done
+        tag, export_step = self.save(done), done
         if best is not None and best.step and best.step != done:
-            engine.load_checkpoint(str(ckpt_dir), tag=BEST_TAG)  # every rank: ZeRO-0 exports the module's own weights
+            self.engine.load_checkpoint(str(self.ckpt_dir), tag=BEST_TAG)  # every rank: ZeRO-0 exports the module's own weights
             tag, export_step = BEST_TAG, best.step
         if best is not None and best.step:
             result.best_step, result.eval_metrics = best.step, best.metrics
-        state_dict = ckpt.consolidated_state_dict(engine, ckpt_dir, tag)
-        result.export_path = run_dir / EXPORT_NAME
-        if ctx.is_main:
-            export = Export(state_dict, export_spec(spec, model), model_args, target_description(data, model, finetuning), export_step)
+        state_dict = ckpt.consolidated_state_dict(self.engine, self.ckpt_dir, tag)
+        result.export_path = self.run_dir / EXPORT_NAME
+        if self.ctx.is_main:
+            export = Export(state_dict, export_spec(self.spec, self.model), self.model_args,
+                            target_description(self.data, self.model, self.finetuning), export_step)
             write_export(result.export_path, export)
-            log.print(f"consolidated model (step {export_step}) written to {result.export_path}")
-            if finetuning:
-                write_split_predictions(export, data, run_dir, par.micro_batch_size, ctx.device)
+            self.log.print(f"consolidated model (step {export_step}) written to {result.export_path}")
+            if self.finetuning:
+                write_split_predictions(export, self.data, self.run_dir, self.spec.parallel.micro_batch_size, self.ctx.device)
         barrier()
         summary = {f"val {name}": value for name, value in result.eval_metrics.items()}
         if result.train_losses:
             summary["train loss"] = result.train_losses[-1]
         summary.update({"last step": done, "exported step": export_step, "stopped early": float(result.stopped_early)})
-        log.finish(summary)
-    return result
+        self.log.finish(summary)
+        return result
 
 
 def nonfinite_loss_error(step: int, count: int, metrics: dict[str, float], ckpt_dir: Path) -> AamInputError:
@@ -432,32 +386,3 @@ def save_best(engine: Any, ckpt_dir: Path, step: int) -> None:
     """Overwrite ``<ckpt_dir>/best`` with the current state (collective: every rank writes its shard)."""
     engine.save_checkpoint(str(ckpt_dir), tag=BEST_TAG, client_state={"step": step}, save_latest=False)
     barrier()
-
-
-def export_spec(spec: RunSpec, model: AAMModel) -> dict[str, Any]:
-    """The run spec as JSON, with the model section the model was actually built from (a fine-tuned
-    model takes its architecture from the pretrained export, not from the fine-tuning spec)."""
-    return {**spec.model_dump(mode="json"), "model": model.spec.model_dump(mode="json")}
-
-
-def write_split_predictions(export: Export, data: PreparedData, run_dir: Path, batch_size: int, device: torch.device) -> None:
-    """``<run_dir>/predictions_<split>.tsv`` for val and test, from the consolidated weights: the
-    same code path as ``aam-ds predict``, so a later predict on the export reproduces them."""
-    model = build_exported_model(export)
-    for split in ("val", "test"):
-        if len(data.splits.get(split, [])):
-            write_prediction_files(run_dir / f"predictions_{split}.tsv", predict_split(model, data, split, batch_size, device))
-
-
-def target_description(data: PreparedData, model: AAMModel, finetuning: bool) -> dict[str, Any] | None:
-    """What predict needs to map outputs back to metadata: names, classes, normaliser mean / std."""
-    if not finetuning:
-        return None
-    norm = model.target_normalizer
-    return {
-        "target_names": data.target_names,
-        "class_names": data.class_names,
-        "covariate_names": data.covariate_names,
-        "covariate_classes": data.covariate_classes,
-        "normalizer": None if norm is None else {"mean": norm.mean.tolist(), "std": norm.std.tolist()},
-    }

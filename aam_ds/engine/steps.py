@@ -1,0 +1,147 @@
+"""Optimizer steps and their pieces, shared by the training loop and the micro-batch probe.
+
+- :func:`build_engine` / :func:`parameter_groups`: the DeepSpeed engine over the trainable
+  parameters (with ``optim.encoder_lr_scale``, two learning-rate groups);
+- :func:`train_batches`: this rank's resumable stream of training micro-batches;
+- :func:`micro_step_generator`: masking / dropout seeded from (seed, micro-step, rank) alone;
+- :func:`optimizer_step`: one optimizer step (``grad_accum_steps`` micro-steps);
+- :func:`find_micro_batch`: the micro-batch search's probe, which runs real steps of candidate
+  sizes (the search itself and the memory estimate are in :mod:`aam_ds.engine.memory`).
+
+The trainer (:mod:`aam_ds.engine.trainer`) re-exports all of them.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from typing import Any, Iterator
+
+import deepspeed
+import torch
+from torch.utils.data import DataLoader
+
+from aam_ds.data.augment import AugmentedDataset
+from aam_ds.data.dataset import collate, to_device
+from aam_ds.data.prepare import PreparedData
+from aam_ds.engine.batches import GlobalBatchSampler
+from aam_ds.engine.distributed import DistContext, all_reduce_max
+from aam_ds.engine.memory import (
+    GIB,
+    PeakMemory,
+    is_out_of_memory,
+    memory_budget_gib,
+    micro_batch_candidates,
+    search_micro_batch,
+    with_micro_batch,
+)
+from aam_ds.engine.objective import Objective
+from aam_ds.engine.schedule import scheduler_factory
+from aam_ds.errors import AamInputError
+from aam_ds.model.aam import AAMModel
+from aam_ds.spec import RunSpec
+
+MEMORY_SEARCH_CAP_S = 300.0  # the micro-batch search stops probing after this long and keeps the best size so far
+
+
+def build_engine(model: AAMModel, spec: RunSpec, ds_config: dict[str, Any]) -> Any:
+    params = parameter_groups(model, spec.optim.lr, spec.optim.encoder_lr_scale)
+    scheduler = None if "scheduler" in ds_config else scheduler_factory(spec.schedule)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config, lr_scheduler=scheduler)
+    return engine
+
+
+def parameter_groups(model: AAMModel, lr: float, encoder_lr_scale: float) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
+    """The trainable parameters; with a task head and ``encoder_lr_scale`` < 1, two optimizer groups:
+    the head at ``lr``, everything else at ``lr * encoder_lr_scale`` (the schedule scales both)."""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if model.task_head is None or encoder_lr_scale == 1.0:
+        return [p for _, p in trainable]
+    head = [p for name, p in trainable if name.startswith("task_head.")]
+    encoder = [p for name, p in trainable if not name.startswith("task_head.")]
+    return [group for group in ({"params": head, "lr": lr}, {"params": encoder, "lr": lr * encoder_lr_scale}) if group["params"]]
+
+
+def micro_step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
+    """Seeds masking and dropout from (seed, micro-step, rank) alone, so a resumed run repeats them."""
+    value = (seed * 1_000_003 + micro_step) * 1009 + rank
+    torch.manual_seed(value)
+    return torch.Generator().manual_seed(value)
+
+
+def train_batches(data: PreparedData, spec: RunSpec, ctx: DistContext, micro: int, start_micro_step: int) -> Iterator[dict[str, torch.Tensor]]:
+    dataset, augment = data.dataset("train"), spec.data.augment
+    sampler = GlobalBatchSampler(len(dataset), micro, ctx.world_size, ctx.rank, spec.schedule.seed, start_micro_step, augment.active)
+    if augment.active:
+        dataset = AugmentedDataset(dataset, augment, spec.schedule.seed)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=spec.data.num_workers,
+                        pin_memory=ctx.device.type == "cuda")
+    return iter(loader)
+
+
+def optimizer_step(engine: Any, batches: Iterator, objective: Objective, ctx: DistContext, spec: RunSpec, step: int) -> dict[str, float]:
+    """One optimizer step (``grad_accum_steps`` micro-steps); the mean loss components over micro-steps."""
+    accum = spec.parallel.grad_accum_steps
+    totals: dict[str, float] = {}
+    for micro in range(accum):
+        gen = micro_step_generator(spec.schedule.seed, step * accum + micro, ctx.rank)
+        parts = objective(engine, to_device(next(batches), ctx.device), gen)
+        engine.backward(parts["loss"])
+        engine.step()
+        for name, value in parts.items():
+            totals[name] = totals.get(name, 0.0) + value.item() / accum
+    return totals
+
+
+def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], data: PreparedData, model_factory: Any,
+                     objective: Objective, ctx: DistContext) -> int:
+    """Largest micro batch whose real training steps (all active losses, this ZeRO stage) stay under
+    ``parallel.max_memory_gb`` per rank, among those that keep the global batch (micro x accumulation
+    x ranks); every rank agrees on the worst rank's peak. Rank 0 prints each probe; the search stops
+    probing after ``MEMORY_SEARCH_CAP_S`` seconds."""
+    say = print if ctx.is_main else (lambda *args, **kwargs: None)
+    meter = PeakMemory(ctx.device)
+    per_rank = spec.parallel.global_batch_size // ctx.world_size
+    lower = 2 if spec.loss.pairwise_weight > 0 else 1  # the pairwise loss needs pairs on every rank
+    budget = memory_budget_gib(spec.parallel.max_memory_gb, ctx.device, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))
+    candidates = micro_batch_candidates(per_rank, lower)
+    say(f"memory search: largest micro batch among {candidates} (global batch {spec.parallel.global_batch_size} kept) "
+        f"within {budget:.2f} GiB per rank, 2 real steps each, at most {MEMORY_SEARCH_CAP_S:.0f} s", flush=True)
+    start = time.perf_counter()
+
+    def peak_for(micro: int) -> float | None:
+        meter.reset()
+        engine = None
+        try:
+            # no accumulation while probing: each step reaches the optimizer (whose states count), as every
+            # accumulation boundary does
+            probe_spec, probe_config = with_micro_batch(spec, ds_config, micro, ctx.world_size, accumulation=1)
+            engine = build_engine(model_factory(), probe_spec, probe_config)
+            batches = train_batches(data, probe_spec, ctx, micro, 0)
+            for step in range(2):
+                optimizer_step(engine, batches, objective, ctx, probe_spec, step)
+            peak = meter.peak_bytes()
+        except Exception as exc:  # only out-of-memory means "does not fit"
+            if not is_out_of_memory(exc):
+                raise
+            peak = float("inf")
+        finally:
+            del engine
+            gc.collect()
+        peak = all_reduce_max(peak, ctx.device)
+        say(f"memory search: micro batch {micro}: " + ("out of memory" if peak == float("inf") else
+            f"peak {peak / GIB:.2f} GiB, {'fits' if peak <= budget * GIB else 'too large'}") +
+            f" ({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+        return None if peak == float("inf") else peak
+
+    def out_of_time() -> bool:
+        return all_reduce_max(time.perf_counter() - start, ctx.device) > MEMORY_SEARCH_CAP_S
+
+    micro = search_micro_batch(peak_for, budget * GIB, candidates, out_of_time)
+    if micro == 0:
+        raise AamInputError("parallel.max_memory_gb", f"even a micro batch of {lower} needs more than {budget:.2f} GiB per rank",
+                            "raise the budget, use a higher ZeRO stage or offload, or a smaller model")
+    say(f"memory search: micro batch {micro} x accumulation {per_rank // micro} ({time.perf_counter() - start:.0f} s"
+        + (", time cap reached" if out_of_time() else "") + ")", flush=True)
+    return micro
