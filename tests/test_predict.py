@@ -139,7 +139,8 @@ def write_untrained_export(path: Path, cache: Path, finetuning: bool = True, **o
     """An export written as the trainer writes it (its model builder, target description and export
     writer), with random weights instead of trained ones."""
     from aam_ds.data.prepare import prepare_data
-    from aam_ds.engine.trainer import build_model, export_spec, target_description
+    from aam_ds.engine.run_export import export_spec, target_description
+    from aam_ds.engine.trainer import build_model
     from aam_ds.export import Export, write_export
     from aam_ds.spec import load_spec
 

@@ -41,15 +41,7 @@ from aam_ds.engine.memory import GIB, PeakMemory, estimate_table, with_micro_bat
 from aam_ds.engine.objective import Objective
 from aam_ds.engine.run_export import export_spec, target_description, write_split_predictions
 from aam_ds.engine.run_folder import claim_run_dir
-from aam_ds.engine.steps import (  # also re-exported: the step pieces stay importable from here
-    MEMORY_SEARCH_CAP_S,  # noqa: F401
-    build_engine,
-    find_micro_batch,
-    micro_step_generator,  # noqa: F401
-    optimizer_step,
-    parameter_groups,  # noqa: F401
-    train_batches,
-)
+from aam_ds.engine.steps import build_engine, find_micro_batch, optimizer_step, train_batches
 from aam_ds.errors import AamInputError
 from aam_ds.export import EXPORT_NAME, Export, load_export, write_export
 from aam_ds.io_utils import atomic_write_json
