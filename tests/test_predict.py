@@ -94,8 +94,7 @@ def test_regression_round_trip_matches_training_in_original_units(regression_run
 
     # original units: centred on the training ages (mean ~54 years, sd ~17), not on 0
     train_ages = ages.loc[split_ids(regression_run, "train")]
-    # (after 6 steps the mean is within half an sd; a missing inverse transform would put it ~3 sd away, near 0)
-    assert abs(predictions.values.mean() - train_ages.mean()) < 0.5 * train_ages.std()
+    assert abs(predictions.values.mean() - train_ages.mean()) < 0.25 * train_ages.std()
     assert predictions.std is None
 
 
@@ -196,7 +195,7 @@ def test_passes_over_asv_subsets(regression_export, small_table):
     subsets = predict_table(regression_export, small_table, passes=3, subset_fraction=0.8, seed=1)[0]
     assert (subsets.std > 0).all()
     assert np.corrcoef(subsets.values, single.values)[0, 1] > 0.9  # the same ranking of samples
-    np.testing.assert_allclose(subsets.values, single.values, rtol=0.1)  # and the same units and level
+    np.testing.assert_allclose(subsets.values, single.values, rtol=0.1)  # and the same units and level (within 10 %)
     again = predict_table(regression_export, small_table, passes=3, subset_fraction=0.8, seed=1)[0]
     np.testing.assert_array_equal(again.values, subsets.values)
     other = predict_table(regression_export, small_table, passes=3, subset_fraction=0.8, seed=2)[0]
