@@ -86,7 +86,8 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[s
     """Save on every rank (DeepSpeed's save is collective), then point ``latest`` at it; returns the tag.
 
     Rank 0 writes ``layout`` (:func:`checkpoint_layout`) and a manifest of every file's size and
-    SHA-256 (:func:`damage`) into the tag folder before ``latest`` moves; older tags beyond ``keep_last`` are removed by rank 0 after ``latest`` moved on.
+    SHA-256 (:func:`damage`) into the tag folder before ``latest`` moves; older tags beyond
+    ``keep_last`` are removed by rank 0 after ``latest`` moved on.
     """
     ckpt_dir = Path(ckpt_dir)
     tag = step_tag(step)

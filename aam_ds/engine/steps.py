@@ -7,8 +7,6 @@
 - :func:`optimizer_step`: one optimizer step (``grad_accum_steps`` micro-steps);
 - :func:`find_micro_batch`: the micro-batch search's probe, which runs real steps of candidate
   sizes (the search itself and the memory estimate are in :mod:`aam_ds.engine.memory`).
-
-The trainer (:mod:`aam_ds.engine.trainer`) re-exports all of them.
 """
 
 from __future__ import annotations

@@ -324,7 +324,7 @@ class Trainer:
 
     def save(self, step: int) -> str:
         """A resumable checkpoint of ``step`` with the best-model tracker's state (collective); its tag."""
-        return save_progress(self.engine, self.spec, self.ckpt_dir, step, self.best)
+        return save_progress(self.engine, self.spec, self.ckpt_dir, step, self.best, self.ctx.world_size)
 
     def finish(self) -> RunResult:
         """Final checkpoint, consolidated export ``<run_dir>/model.pt`` (of the best evaluation's weights
@@ -367,9 +367,8 @@ def nonfinite_loss_error(step: int, count: int, metrics: dict[str, float], ckpt_
     )
 
 
-def save_progress(engine: Any, spec: RunSpec, ckpt_dir: Path, step: int, best: BestTracker | None) -> str:
+def save_progress(engine: Any, spec: RunSpec, ckpt_dir: Path, step: int, best: BestTracker | None, world_size: int) -> str:
     """A resumable checkpoint of ``step`` (collective), with the best-model tracker's state; returns its tag."""
-    world_size = spec.parallel.global_batch_size // (spec.parallel.micro_batch_size * spec.parallel.grad_accum_steps)
     return ckpt.save_checkpoint(engine, ckpt_dir, step, best.state() if best else {}, spec.checkpoint.keep_last,
                                 ckpt.checkpoint_layout(spec, world_size))
 
