@@ -122,6 +122,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Runner]]] = {
                   "fields the spec sets", add_ds_config_command),
     "distances": ("full distance matrix (unifrac HDF5 layout) with the torch or ssu engine", lazy_command("aam_ds.distances.cli", "add_arguments", "run")),
     "predict": ("predict metadata with a fine-tuned model.pt (TSV for `aam-ds evaluate`)", lazy_command("aam_ds.inference.cli", "add_arguments", "run")),
+    "explain": ("attention maps and per-ASV / per-taxon feature importance of a model.pt (TSV, NPZ, PNG)",
+                lazy_command("aam_ds.explain.cli", "add_arguments", "run")),
     "evaluate": ("metrics, per-group errors, worst samples and plots for a predictions TSV", lazy_command("aam_ds.evaluation.cli", "add_evaluate_arguments", "run_evaluate")),
     "rf-baseline": ("scikit-learn random forest on the same folds, side by side", lazy_command("aam_ds.evaluation.cli", "add_rf_arguments", "run_rf_baseline")),
     "benchmark": ("random forest, linear model and AAM (pretrain + k-fold fine-tuning) on the same folds: one report",

@@ -46,12 +46,14 @@ class ModelInputs:
     - ``tokens``: ``uint8 [M, L]`` tokens of every ASV column referenced by ``rows``
     - ``rows``: per sample, its selected ASV columns and read counts
     - ``covariates``: ``int64 [N_table, C]`` codes indexed by ``SampleRow.sample_index``, or None
+    - ``asv_ids``: the feature ID of each row of ``tokens`` (set by ``aam-ds predict``'s preprocessing)
     """
 
     sample_ids: list[str]
     tokens: np.ndarray
     rows: list[SampleRow]
     covariates: np.ndarray | None
+    asv_ids: list[str] | None = None
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,6 +37,18 @@ NOT_RUN = {
     "--target body_site --split grouped --group-column host_subject_id --budget standard --out-dir bench-body-site":
         "an hour at the standard budget: tests/test_benchmark.py runs the command with --budget quick, and "
         "tests/test_qiime2_hashed_ids.py trains on artifacts with hashed IDs and rep-seqs",
+    "aam-ds explain --model runs/mp-body-site/model.pt --table mp-table.biom --sequences rep-seqs.qza --metadata "
+    "../shared/data/small/moving_pictures.sample-metadata.tsv --target BodySite --taxonomy "
+    "../shared/data/small/moving_pictures.taxonomy.tsv --out-dir explain-body-site":
+        "needs the moving-pictures tutorial's rep-seqs.qza, which ../shared/data lacks: tests/test_explain.py runs "
+        "`aam-ds explain` on a model fine-tuned on the demo data",
+    "aam-ds finetune --set data.table=mp-table.biom --set data.sequences=rep-seqs.qza --set "
+    "data.metadata=../shared/data/small/moving_pictures.sample-metadata.tsv --set loss.task=classification --set "
+    "data.targets=[BodySite] --set model.preset=tiny --set loss.pairwise_weight=0 --set loss.nucleotide_weight=0 --set "
+    "data.max_asvs=64 --set data.max_seq_len=120 --set schedule.steps=80 --set data.split.kind=stratified --set "
+    "data.split.column=BodySite --set data.split.val_fraction=0.3 --set tracking.run_dir=runs/mp-body-site":
+        "the fine-tuning behind the explain example above (same reason); tests/test_qiime2_hashed_ids.py trains on "
+        "hashed IDs with rep-seqs",
 }
 TEMPLATE = "cat > run.yaml <<'EOF'"  # written by lay_out: the README's template, pointed at the demo files, shrunk
 BENCHMARK_SCRIPT = re.compile(r"python (bench/\S+\.py)")  # docs/benchmarks.md: minutes to hours each; --help is checked

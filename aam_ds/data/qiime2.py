@@ -1,7 +1,7 @@
 """Reading QIIME 2 artifacts (.qza) directly, without QIIME 2 installed.
 
 A .qza is a zip archive holding ``<uuid>/metadata.yaml`` (with the semantic ``type:``) and the
-payload under ``<uuid>/data/``. We support the three artifact types a run needs and return the
+payload under ``<uuid>/data/``. We support the artifact types a run (and ``aam-ds explain``) needs and return the
 payload file's raw bytes.
 """
 
@@ -19,6 +19,7 @@ PAYLOAD_FILES: dict[str, str] = {
     "FeatureTable[Frequency]": "feature-table.biom",
     "Phylogeny[Rooted]": "tree.nwk",
     "FeatureData[Sequence]": "dna-sequences.fasta",
+    "FeatureData[Taxonomy]": "taxonomy.tsv",
 }
 
 _WRONG_TYPE_FIX: dict[str, str] = {
@@ -28,6 +29,8 @@ _WRONG_TYPE_FIX: dict[str, str] = {
     "or pass a rooted Newick file",
     "FeatureData[Sequence]": "give the FeatureData[Sequence] artifact of the ASVs (e.g. the rep-seqs.qza from DADA2 or "
     "deblur), or pass a FASTA file",
+    "FeatureData[Taxonomy]": "give the FeatureData[Taxonomy] artifact (e.g. from `qiime feature-classifier classify-sklearn`), "
+    "or its exported taxonomy.tsv",
 }
 
 

@@ -10,6 +10,12 @@ log-abundance has a phylogenetically correlated (Brownian-motion) response to ``
 - ``tree.nwk``     rooted Newick over every tip, tip names = the sequences
 - ``metadata.tsv`` QIIME 2 metadata: ``age`` (numeric, years), ``body_site``, ``subject`` (categorical)
 - ``sequences.fasta`` the ASV sequences keyed by ID (= sequence)
+- ``truth.tsv``    the generating effects per observed ASV (``asv_id``, then one column per metadata
+  variable): ``age`` is the change of the ASV's log-abundance score per year of age, and
+  ``body_site_<site>`` its log-abundance offset at that site (a sample's ASVs and reads are drawn
+  from ``exp`` of these scores plus baseline, subject and noise terms, see ``_sample_counts``), so
+  ``|age|`` is the truth that an age model's per-ASV importance can be scored against. Effects are
+  centred over all ASVs: a shift shared by every ASV changes no sample's composition.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import numpy as np
 
 from aam_ds.io_utils import atomic_path, atomic_write_text
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: truth.tsv
 N_TIPS = 300
 N_SUBJECTS = 60
 SAMPLES_PER_SUBJECT = 5
@@ -31,6 +37,8 @@ BODY_SITES = ("gut", "oral", "skin")
 ROOT_LENGTH = 150
 MIN_LENGTH = 100
 TREE_HEIGHT = 0.25  # expected root-to-tip substitutions per site
+AGE_MEAN, AGE_SD = 50.0, 17.0  # age is standardised with these in the composition model
+AGE_EFFECT, SITE_EFFECT = 1.5, 2.0  # weights of the age and body-site responses in the log-abundance score
 
 
 @dataclass(frozen=True)
@@ -39,11 +47,13 @@ class DemoPaths:
     tree: Path
     metadata: Path
     sequences: Path
+    truth: Path
 
 
 def demo_paths(out_dir: str | Path) -> DemoPaths:
     out_dir = Path(out_dir)
-    return DemoPaths(out_dir / "table.biom", out_dir / "tree.nwk", out_dir / "metadata.tsv", out_dir / "sequences.fasta")
+    return DemoPaths(out_dir / "table.biom", out_dir / "tree.nwk", out_dir / "metadata.tsv", out_dir / "sequences.fasta",
+                     out_dir / "truth.tsv")
 
 
 def generate_demo(out_dir: str | Path, seed: int = 0) -> DemoPaths:
@@ -52,7 +62,7 @@ def generate_demo(out_dir: str | Path, seed: int = 0) -> DemoPaths:
     parent, length = _random_tree(N_TIPS, rng)
     seqs = _evolve_sequences(parent, length, N_TIPS, rng)
     sample_ids, age, site, subject = _sample_design(rng)
-    counts = _sample_counts(parent, length, N_TIPS, age, site, subject, rng)  # [samples, tips]
+    counts, effects = _sample_counts(parent, length, N_TIPS, age, site, subject, rng)  # [samples, tips], name -> [tips]
     observed = np.flatnonzero(counts.sum(axis=0) > 0)
     paths = demo_paths(out_dir)
     table = biom.Table(counts[:, observed].T, [seqs[i] for i in observed], sample_ids)
@@ -63,6 +73,9 @@ def generate_demo(out_dir: str | Path, seed: int = 0) -> DemoPaths:
     lines += [f"{s}\t{a:.2f}\t{BODY_SITES[b]}\tsubject{u:02d}" for s, a, b, u in zip(sample_ids, age, site, subject)]
     atomic_write_text(paths.metadata, "\n".join(lines) + "\n")
     atomic_write_text(paths.sequences, "".join(f">{s}\n{s}\n" for s in seqs))
+    header = "\t".join(["asv_id", *effects])
+    rows = ["\t".join([seqs[i], *(f"{values[i]:.6g}" for values in effects.values())]) for i in observed]
+    atomic_write_text(paths.truth, "\n".join([header, *rows]) + "\n")
     return paths
 
 
@@ -146,16 +159,17 @@ def _brownian_traits(parent: np.ndarray, length: np.ndarray, n_traits: int, rng:
 def _sample_counts(
     parent: np.ndarray, length: np.ndarray, n_tips: int, age: np.ndarray, site: np.ndarray, subject: np.ndarray,
     rng: np.random.Generator,
-) -> np.ndarray:
-    """Read counts ``int64 [S, n_tips]``: each sample keeps its 40-120 most favoured ASVs, 2k-8k reads."""
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Read counts ``int64 [S, n_tips]`` (each sample keeps its 40-120 most favoured ASVs, 2k-8k reads)
+    and each ASV's effects ``float64 [n_tips]`` by metadata variable (see ``truth.tsv``)."""
     traits = _brownian_traits(parent, length, 2 + len(BODY_SITES), rng)[:, :n_tips]
     baseline, age_response, site_response = traits[0], traits[1], traits[2:]
-    z_age = (age - 50.0) / 17.0
+    z_age = (age - AGE_MEAN) / AGE_SD
     subject_effect = rng.normal(0.0, 0.7, (N_SUBJECTS, n_tips))
     logits = (
         baseline
-        + 2.0 * site_response[site]
-        + 1.5 * z_age[:, None] * age_response
+        + SITE_EFFECT * site_response[site]
+        + AGE_EFFECT * z_age[:, None] * age_response
         + subject_effect[subject]
         + rng.normal(0.0, 0.5, (len(age), n_tips))
     )
@@ -164,7 +178,9 @@ def _sample_counts(
         kept = np.argsort(-logits[s])[: rng.integers(40, 121)]
         weights = np.exp(logits[s, kept] - logits[s, kept].max())
         counts[s, kept] = rng.multinomial(int(rng.integers(2000, 8001)), weights / weights.sum())
-    return counts
+    effects = {"age": AGE_EFFECT / AGE_SD * age_response}
+    effects |= {f"body_site_{name}": SITE_EFFECT * site_response[k] for k, name in enumerate(BODY_SITES)}
+    return counts, {name: values - values.mean() for name, values in effects.items()}  # see truth.tsv
 
 
 def _newick(parent: np.ndarray, length: np.ndarray, names: list[str]) -> str:

@@ -18,7 +18,7 @@ from aam_ds.io_utils import atomic_path
 _DPI = 120
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     FigureCanvasAgg(fig)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
@@ -38,7 +38,7 @@ def plot_predicted_vs_true(
     ax.plot([low, high], [low, high], color="black", linewidth=1, linestyle="--", label="y = x", zorder=3)
     ax.set(xlabel=f"true {target}", ylabel=f"predicted {target}", title=title)
     ax.legend(loc="upper left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_residuals(path: str | Path, y_true: np.ndarray, y_pred: np.ndarray, target: str, title: str = "") -> Path:
@@ -48,7 +48,7 @@ def plot_residuals(path: str | Path, y_true: np.ndarray, y_pred: np.ndarray, tar
     ax.scatter(y_true, y_pred - y_true, s=10, alpha=0.6)
     ax.axhline(0.0, color="black", linewidth=1, linestyle="--")
     ax.set(xlabel=f"true {target}", ylabel=f"predicted - true {target}", title=title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion_matrix(path: str | Path, y_true: Sequence[str], y_pred: Sequence[str], class_names: Sequence[str], title: str = "") -> Path:
@@ -68,4 +68,4 @@ def plot_confusion_matrix(path: str | Path, y_true: Sequence[str], y_pred: Seque
     for i, j in np.ndindex(counts.shape):
         ax.text(j, i, str(counts[i, j]), ha="center", va="center", color="white" if dark[i, j] else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -94,7 +94,7 @@ def prepare_inputs(export: Export, table: str | Path, sequences: str | Path | No
     covariates = None
     if export.targets and export.targets["covariate_names"]:
         covariates = covariate_codes(feature_table.sample_ids, feature_table.source, metadata, export.targets)
-    return ModelInputs(list(feature_table.sample_ids), tokens, rows, covariates)
+    return ModelInputs(list(feature_table.sample_ids), tokens, rows, covariates, list(feature_table.asv_ids))
 
 
 def without_empty_samples(table: FeatureTable) -> FeatureTable:

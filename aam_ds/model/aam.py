@@ -242,11 +242,28 @@ class AAMModel(nn.Module):
             identity = self._identity(tokens.reshape(b * a, seq_len)[rows], False, asv_vectors)
         else:
             identity = self._identity(asv_ids.reshape(-1)[rows], True, asv_vectors)
-        x = scatter_rows(asv_vectors + identity, rows, b * a).view(b, a, self.spec.d_model)
+        x = self.sample_inputs(scatter_rows(asv_vectors + identity, rows, b * a).view(b, a, self.spec.d_model), counts)
+        return out | self.sample_outputs(x, counts, want, covariates)
+
+    def sample_inputs(self, asv_vectors: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """What the sample encoder reads: ASV vectors ``[B, A, D]`` (standardised sequence vector plus
+        learned identity vector; zeros on padding) plus the log-abundance embedding (and ASV positions
+        with ``model.asv_order``) -> ``[B, A, D]``. In evaluation mode an ASV's vector does not depend on
+        the sample (``AsvStandardizer`` uses its running statistics), which :mod:`aam_ds.explain` uses."""
+        x = asv_vectors
         if self.abundance_embedding is not None:
+            present = counts > 0
             x = x + self.abundance_embedding(log_relative_abundance(counts)[..., None].to(x.dtype)) * present[..., None]
         if self.spec.asv_order:
-            x = x + sinusoidal_positions(a, self.spec.d_model, x.device).to(x.dtype)
+            x = x + sinusoidal_positions(x.shape[1], self.spec.d_model, x.device).to(x.dtype)
+        return x
+
+    def sample_outputs(self, x: torch.Tensor, counts: torch.Tensor, want: set[str] | frozenset[str],
+                       covariates: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The sample encoder's outputs named in ``want`` (``sample_embedding``, ``abundance``, ``task``)
+        from its inputs ``x [B, A, D]`` (:meth:`sample_inputs`) and the counts ``[B, A]``."""
+        present = counts > 0
+        out: dict[str, torch.Tensor] = {}
         h = self.sample_encoder.contextualise(x, present)
         if "abundance" in want:
             out["abundance"] = self.abundance_head(h) * present

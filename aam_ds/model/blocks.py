@@ -50,6 +50,15 @@ class SelfAttention(nn.Module):
         )
         return self.proj(y.transpose(1, 2).reshape(n, s, d))
 
+    def attention_weights(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """The weights ``float32 [N, H, S, S]`` (query, key) that :meth:`forward` applies, recomputed
+        explicitly (``scaled_dot_product_attention`` does not return them), without dropout; keys
+        outside ``key_mask`` get exactly 0. For :mod:`aam_ds.explain`."""
+        n, s, d = x.shape
+        q, k, _ = self.qkv(x).view(n, s, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        scores = (q.float() @ k.float().transpose(-1, -2)) * (d // self.n_heads) ** -0.5
+        return scores.masked_fill(~key_mask[:, None, None, :], float("-inf")).softmax(dim=-1)
+
 
 class Block(nn.Module):
     def __init__(self, d_model: int, n_heads: int, ffn_mult: int, dropout: float):
@@ -82,12 +91,15 @@ class AttentionPool(nn.Module):
         self.score = nn.Linear(d_model, 1, bias=False)  # softmax ignores a shared shift
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, log_prior: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.einsum("ns,nsd->nd", self.weights(x, valid, log_prior).to(x.dtype), x)
+
+    def weights(self, x: torch.Tensor, valid: torch.Tensor, log_prior: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooling weights ``float32 [N, S]``: sum 1 over the valid elements, exactly 0 elsewhere."""
         scores = self.score(x).squeeze(-1).float()
         if log_prior is not None:
             scores = scores + log_prior.float()
         scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
-        weights = torch.softmax(scores, dim=-1) * valid  # all-invalid rows: uniform * 0 = 0
-        return torch.einsum("ns,nsd->nd", weights.to(x.dtype), x)
+        return torch.softmax(scores, dim=-1) * valid  # all-invalid rows: uniform * 0 = 0
 
 
 class Encoder(nn.Module):
