@@ -21,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--taxonomy", type=Path, default=None,
                         help="QIIME 2 taxonomy TSV or FeatureData[Taxonomy] .qza: adds taxa and per-taxon sums")
     parser.add_argument("--taxon-level", type=int, default=6, help="ranks kept when summing per taxon (6 = genus)")
-    parser.add_argument("--method", nargs="+", choices=METHOD_NAMES, default=None,
-                        help="importance methods (default: all; without --metadata: integrated_gradients attention)")
+    parser.add_argument("--method", nargs="+", choices=METHOD_NAMES, default=None, metavar="METHOD",
+                        help=f"importance methods among {', '.join(METHOD_NAMES)} (default: all; without --metadata: "
+                        "integrated_gradients attention)")
     parser.add_argument("--samples", type=Path, default=None,
                         help="file of sample IDs to explain, one per line (e.g. a run's splits/val.txt: held-out samples)")
     parser.add_argument("--show", type=int, default=3, help="samples whose attention maps are plotted and saved")

@@ -19,12 +19,14 @@ def plot_sample_attention(path: Path, layers: np.ndarray, labels: Sequence[str],
     ASV), one panel per layer and head."""
     n_layers, heads, k = layers.shape[0], layers.shape[1], layers.shape[2]
     size = max(2.2, min(0.18 * k, 6.0))
-    fig = Figure(figsize=(size * heads + 1, size * n_layers + 0.6))
+    fig = Figure(figsize=(size * heads + 1, size * n_layers + 0.6), layout="constrained")
     for layer in range(n_layers):
         for head in range(heads):
             ax = fig.add_subplot(n_layers, heads, layer * heads + head + 1)
             image = ax.imshow(layers[layer, head], cmap="viridis", vmin=0.0, interpolation="nearest")
             ax.set_title(f"layer {layer} head {head}", fontsize=8)
+            ax.set_xlabel("key ASV (attended to)", fontsize=7)
+            ax.set_ylabel("query ASV", fontsize=7)
             ticks = np.arange(k) if k <= 30 else []
             ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=90, fontsize=5)
             ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=5)
@@ -36,7 +38,7 @@ def plot_sample_attention(path: Path, layers: np.ndarray, labels: Sequence[str],
 def plot_pool_weights(path: Path, pool: np.ndarray, weighted: np.ndarray, labels: Sequence[str], title: str) -> Path:
     """Per-ASV bars of one sample's attention-pooling weights (plain and abundance-weighted), largest first."""
     order = np.argsort(-pool)[: 3 * TOP_N]
-    fig = Figure(figsize=(7, 0.9 + 0.22 * len(order)))
+    fig = Figure(figsize=(7, 0.9 + 0.22 * len(order)), layout="constrained")
     ax = fig.add_subplot()
     y = np.arange(len(order))
     ax.barh(y - 0.2, pool[order], height=0.4, label="attention pool")
@@ -52,7 +54,7 @@ def plot_nucleotide_attention(path: Path, layers: np.ndarray, pool: np.ndarray, 
     """Nucleotide attention within one ASV: per layer the head-averaged ``[L, L]`` map, and the pooling weight per position."""
     length = len(sequence)
     n_layers = layers.shape[0]
-    fig = Figure(figsize=(4.2 * (n_layers + 1), 4.2))
+    fig = Figure(figsize=(4.2 * (n_layers + 1), 4.2), layout="constrained")
     for layer in range(n_layers):
         ax = fig.add_subplot(1, n_layers + 1, layer + 1)
         image = ax.imshow(layers[layer].mean(axis=0)[:length, :length], cmap="viridis", vmin=0.0, interpolation="nearest")
@@ -68,7 +70,7 @@ def plot_nucleotide_attention(path: Path, layers: np.ndarray, pool: np.ndarray, 
 def plot_top_features(path: Path, table: pd.DataFrame, methods: Sequence[str], label: str, title: str) -> Path:
     """One panel per method: the ``TOP_N`` features with the highest score (``table[method]``), with
     the permutation interval (``permutation_ci_low`` / ``_high``) as error bars."""
-    fig = Figure(figsize=(5.2 * len(methods), 0.8 + 0.3 * TOP_N))
+    fig = Figure(figsize=(5.2 * len(methods), 0.8 + 0.3 * TOP_N), layout="constrained")
     for i, method in enumerate(methods):
         ax = fig.add_subplot(1, len(methods), i + 1)
         top = table.sort_values(method, ascending=False).head(TOP_N)
@@ -79,7 +81,8 @@ def plot_top_features(path: Path, table: pd.DataFrame, methods: Sequence[str], l
         ax.barh(y, top[method], xerr=error, color=f"C{i}", ecolor="0.3", capsize=2)
         ax.set_yticks(y, [str(v)[:48] for v in top[label]], fontsize=7)
         ax.invert_yaxis()
-        ax.set(title=method.replace("_", " "), xlabel=_SCORE_UNITS.get(method, "score"))
+        unit = _SCORE_UNITS.get(method, "score") + (" (95% CI over repeats)" if error is not None else "")
+        ax.set(title=method.replace("_", " "), xlabel=unit)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
 
@@ -87,6 +90,6 @@ def plot_top_features(path: Path, table: pd.DataFrame, methods: Sequence[str], l
 _SCORE_UNITS = {
     "integrated_gradients": "mean |attribution|",
     "attention": "mean pooling weight",
-    "permutation": "metric increase (95% CI)",
+    "permutation": "metric increase",
     "removal": "metric increase",
 }

@@ -119,11 +119,8 @@ def resolve_target(export: Export, options: ExplainOptions, sample_ids: list[str
 
 
 def check_methods(methods: tuple[str, ...], target: imp.Target | None) -> None:
-    """Refuse, before any work, methods that need a task head or true values the run does not have."""
-    for method in methods:
-        if method in NEEDS_TASK and target is None:
-            raise AamInputError("--model", f"--method {method} needs a fine-tuned model (this export has no task head)",
-                                "explain a fine-tuning run's model.pt, or use --method attention")
+    """Refuse, before any work, methods that need true values the run does not have."""
+    for method in methods:  # a method that needs a task head was refused with the export (task_description)
         if method in ("permutation", "removal"):
             imp.require_values(target, method)
 
