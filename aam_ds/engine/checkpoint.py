@@ -25,7 +25,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from aam_ds.engine.distributed import barrier
+from aam_ds.engine.disk import checkpoint_bytes, engine_parameters, written_on_every_rank
+from aam_ds.engine.distributed import all_gather_objects, barrier, broadcast_from_main
 from aam_ds.errors import AamInputError, notice
 from aam_ds.io_utils import atomic_write_text
 from aam_ds.spec import RunSpec
@@ -87,23 +88,47 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[s
 
     Rank 0 writes ``layout`` (:func:`checkpoint_layout`) and a manifest of every file's size and
     SHA-256 (:func:`damage`) into the tag folder before ``latest`` moves; older tags beyond
-    ``keep_last`` are removed by rank 0 after ``latest`` moved on.
+    ``keep_last`` are removed by rank 0 after ``latest`` moved on. A write that fails on any rank
+    (disk full, file-size limit) is one AamInputError on every rank naming the folder, the cause
+    and the space needed (:func:`~aam_ds.engine.disk.written_on_every_rank`); the half-written
+    folder is removed and ``latest`` still names the previous checkpoint.
     """
     ckpt_dir = Path(ckpt_dir)
-    tag = step_tag(step)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={**client_state, "step": step}, save_latest=False)
-    barrier()
-    if _rank() == 0:
+    tag, previous = step_tag(step), latest_tag(ckpt_dir)
+    need = checkpoint_size(ckpt_dir / previous) if previous else checkpoint_bytes(engine_parameters(engine))
+    fix = "free disk space, or set checkpoint.dir to a larger file system; " + (
+        f"the previous checkpoint {ckpt_dir / previous} is kept: continue from it with --resume" if previous else "no earlier checkpoint exists")
+
+    def publish() -> None:  # rank 0, once every rank's files are written
         if layout is not None:
             atomic_write_text(ckpt_dir / tag / LAYOUT_FILE, json.dumps(layout, indent=1) + "\n")
         atomic_write_text(ckpt_dir / tag / MANIFEST_FILE, json.dumps(file_manifest(ckpt_dir / tag), indent=1) + "\n")
         atomic_write_text(ckpt_dir / LATEST, tag + "\n")
+
+    try:
+        written_on_every_rank(lambda: engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={**client_state, "step": step},
+                                                             save_latest=False), ckpt_dir / tag, need, fix, collective=True)
+        listings = all_gather_objects(sorted(str(f.relative_to(ckpt_dir)) for f in (ckpt_dir / tag).rglob("*")))
+        require_shared(ckpt_dir, [None if seen == listings[0] else f"it sees {len(seen)} files in {tag}, rank 0 sees {len(listings[0])}"
+                                  for seen in listings])
+        written_on_every_rank(publish if _rank() == 0 else lambda: None, ckpt_dir / tag, need, fix, collective=False)
+    except AamInputError:
+        if tag != previous:  # every rank: on checkpoint folders that are not shared each holds its own part
+            shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+        raise
+    if _rank() == 0:
         tags = sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step"))
         for old in tags[: max(0, len(tags) - keep_last)]:
             if old != tag:
                 shutil.rmtree(ckpt_dir / old, ignore_errors=True)
     barrier()
     return tag
+
+
+def checkpoint_size(tag_dir: Path) -> int:
+    """Bytes of a written checkpoint (from its manifest; 0 without one)."""
+    path = tag_dir / MANIFEST_FILE
+    return sum(size for size, _ in json.loads(path.read_text()).values()) if path.is_file() else 0
 
 
 def file_manifest(tag_dir: Path) -> dict[str, list]:
@@ -159,6 +184,44 @@ def resumable_tag(ckpt_dir: Path) -> str:
                         "start the run again, or from its last export with --set model.pretrained=<run>/model.pt")
 
 
+def agreed_resume_tag(ckpt_dir: Path) -> str:
+    """The tag every rank resumes from (call on every rank): rank 0 decides (:func:`resumable_tag`)
+    and broadcasts it; every rank then confirms that it sees that checkpoint's files (a folder not
+    shared by all nodes is one AamInputError on every rank, :func:`require_shared`)."""
+    ckpt_dir = Path(ckpt_dir)
+    answer = None
+    if _rank() == 0:
+        try:
+            answer = (resumable_tag(ckpt_dir), None)
+        except AamInputError as exc:
+            answer = (None, (exc.source, exc.problem, exc.fix))
+    tag, problem = broadcast_from_main(answer)
+    if problem is not None:
+        raise AamInputError(*problem)
+    require_shared(ckpt_dir, all_gather_objects(unseen_files(ckpt_dir / tag)), f"checkpoint {tag}, which rank 0 resumes from")
+    return tag
+
+
+def unseen_files(tag_dir: Path) -> str | None:
+    """Which of a checkpoint's files (per its manifest) this process does not see, or None."""
+    if not tag_dir.is_dir():
+        return f"there is no folder {tag_dir}"
+    manifest = tag_dir / MANIFEST_FILE
+    missing = [name for name in (json.loads(manifest.read_text()) if manifest.is_file() else {}) if not (tag_dir / name).is_file()]
+    return f"{len(missing)} of its files are missing, e.g. {missing[0]}" if missing else None
+
+
+def require_shared(ckpt_dir: Path, problems: list[str | None], what: str = "") -> None:
+    """An AamInputError on every rank when any rank reported a problem (``problems``: one per rank,
+    in rank order, None where all is well) with the checkpoint folder that every rank must share."""
+    failed = [(rank, problem) for rank, problem in enumerate(problems) if problem]
+    if failed:
+        rank, problem = failed[0]
+        raise AamInputError(str(ckpt_dir), f"rank {rank} does not see {what or 'the same checkpoint files as rank 0'} ({problem})",
+                            "checkpoint.dir must be shared by all nodes: set it (or tracking.run_dir) to a folder on a file "
+                            "system that every node mounts at the same path")
+
+
 _ANNOUNCED: set[str] = set()
 _DAMAGE: dict[tuple[str, float], str | None] = {}  # (tag folder, manifest mtime) -> damage: hashed once per process
 
@@ -171,10 +234,11 @@ def _damage_cached(tag_dir: Path) -> str | None:
     return _DAMAGE[key]
 
 
-def load_checkpoint(engine: Any, ckpt_dir: Path) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and client state from :func:`resumable_tag`'s checkpoint
-    (an AamInputError if there is none; check its layout first with :func:`check_layout`)."""
-    tag = resumable_tag(ckpt_dir)
+def load_checkpoint(engine: Any, ckpt_dir: Path, tag: str | None = None) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and client state from checkpoint ``tag`` (default:
+    :func:`resumable_tag`'s; an AamInputError if there is none; check its layout first with
+    :func:`check_layout`)."""
+    tag = tag or resumable_tag(ckpt_dir)
     try:
         path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     except (AssertionError, RuntimeError, ValueError) as exc:

@@ -142,6 +142,15 @@ def broadcast_from_main(value: Any) -> Any:
     return box[0]
 
 
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every rank's ``value`` (any picklable object), in rank order, on every rank; every rank must call it."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Average scalar metrics over ranks (every rank gets the same dict back)."""
     if not values or not dist.is_initialized() or dist.get_world_size() == 1:

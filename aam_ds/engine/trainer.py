@@ -34,6 +34,7 @@ from aam_ds.data.splits import save_splits
 from aam_ds.ds_config import resolve_ds_config
 from aam_ds.engine import checkpoint as ckpt
 from aam_ds.engine.best import BestTracker
+from aam_ds.engine.disk import check_free_space, checkpoint_bytes, engine_parameters, written_on_every_rank
 from aam_ds.engine.distributed import DistContext, all_reduce_max, all_reduce_mean, barrier, init_distributed
 from aam_ds.engine.evaluate import evaluate as evaluate_split
 from aam_ds.engine.interrupt import RunInterrupted, StopRequest, stop_requests
@@ -201,9 +202,9 @@ class Trainer:
     """
 
     def __init__(self, ctx: DistContext, spec: RunSpec, ds_config: dict[str, Any], finetuning: bool, data: PreparedData,
-                 model: AAMModel, model_args: dict[str, Any], objective: Objective, n_params: int):
-        """Builds the engine, the best-model tracker and the batch stream, resuming from the last
-        checkpoint when ``checkpoint.resume`` is set (the run folder's files are already written)."""
+                 model: AAMModel, model_args: dict[str, Any], objective: Objective, n_params: int, resume_tag: str | None = None):
+        """Builds the engine, the best-model tracker and the batch stream, resuming from checkpoint
+        ``resume_tag`` (the one every rank agreed on) when given (the run folder's files are already written)."""
         self.ctx, self.spec, self.finetuning, self.data = ctx, spec, finetuning, data
         self.model, self.model_args, self.objective, self.n_params = model, model_args, objective, n_params
         self.run_dir, self.ckpt_dir = spec.tracking.run_dir, spec.checkpoint_dir()
@@ -214,8 +215,8 @@ class Trainer:
         if self.best is not None and self.val is None:
             raise AamInputError("schedule.best_metric", "selecting the best model needs a validation split, and it is empty",
                                 "set data.split.val_fraction > 0, or unset schedule.best_metric")
-        if spec.checkpoint.resume:
-            state = ckpt.load_checkpoint(self.engine, self.ckpt_dir)
+        if resume_tag is not None:
+            state = ckpt.load_checkpoint(self.engine, self.ckpt_dir, resume_tag)
             self.start_step = state["step"]
             if self.best is not None:
                 self.best.restore(state)
@@ -232,7 +233,7 @@ class Trainer:
     def build(cls, ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetuning: bool,
               data: PreparedData | None = None) -> Trainer:
         """Spec reconciled with the DeepSpeed file -> run folder -> data -> model -> optional micro-batch
-        search -> resume layout check -> spec.json / ds_config.json -> engine and resume (:meth:`__init__`)."""
+        search -> resume layout check -> free disk space check -> spec.json / ds_config.json -> engine and resume (:meth:`__init__`)."""
         spec, ds_config = resolve_ds_config(spec, ds_config_path)
         check_world_size(spec, ctx.world_size)
         check_device_support(spec, ctx.device)
@@ -244,13 +245,16 @@ class Trainer:
         if spec.parallel.max_memory_gb:
             micro = find_micro_batch(spec, ds_config, data, lambda: build_model(spec, data, finetuning)[0], objective, ctx)
             spec, ds_config = with_micro_batch(spec, ds_config, micro, ctx.world_size)
+        resume_tag = None
         if spec.checkpoint.resume:  # before anything is written: a refused resume leaves the run as it was
-            ckpt.check_layout(ckpt_dir / ckpt.resumable_tag(ckpt_dir), ckpt.checkpoint_layout(spec, ctx.world_size))
+            resume_tag = ckpt.agreed_resume_tag(ckpt_dir)
+            ckpt.check_layout(ckpt_dir / resume_tag, ckpt.checkpoint_layout(spec, ctx.world_size))
+        n_params = sum(p.numel() for p in model.parameters())  # before the engine: ZeRO-3 partitions the parameters
+        check_free_space(ckpt_dir, n_params, spec.checkpoint.keep_last)
         if ctx.is_main:
             atomic_write_json(run_dir / "spec.json", spec.model_dump(mode="json"))
             atomic_write_json(run_dir / "ds_config.json", ds_config)
-        n_params = sum(p.numel() for p in model.parameters())  # before the engine: ZeRO-3 partitions the parameters
-        return cls(ctx, spec, ds_config, finetuning, data, model, model_args, objective, n_params)
+        return cls(ctx, spec, ds_config, finetuning, data, model, model_args, objective, n_params, resume_tag)
 
     def run(self) -> RunResult:
         """Steps from the resumed step to ``schedule.steps`` (or an early stop), then :meth:`finish`."""
@@ -375,5 +379,6 @@ def save_progress(engine: Any, spec: RunSpec, ckpt_dir: Path, step: int, best: B
 
 def save_best(engine: Any, ckpt_dir: Path, step: int) -> None:
     """Overwrite ``<ckpt_dir>/best`` with the current state (collective: every rank writes its shard)."""
-    engine.save_checkpoint(str(ckpt_dir), tag=BEST_TAG, client_state={"step": step}, save_latest=False)
-    barrier()
+    written_on_every_rank(lambda: engine.save_checkpoint(str(ckpt_dir), tag=BEST_TAG, client_state={"step": step}, save_latest=False),
+                          ckpt_dir / BEST_TAG, checkpoint_bytes(engine_parameters(engine)),
+                          "free disk space, or set checkpoint.dir to a larger file system", collective=True)

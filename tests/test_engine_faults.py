@@ -1,0 +1,157 @@
+"""Issue 20: faults of a 2-rank run (gloo, tiny model) end in one clear line per rank, exit code 2,
+no traceback, and a checkpoint folder a later run resumes from with the same losses.
+
+Each rank is a spawned process running the real entry point (``run_stage(pretrain, argv)``), its
+output in ``rank<N>.log``; the faults are real: a file-size limit of the rank processes
+(``RLIMIT_FSIZE``, writes past it fail with EFBIG as on a full disk), per-rank checkpoint folders.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+from pathlib import Path
+
+import pytest
+from test_engine_pairwise import run_ranks
+from test_engine_train import run_args, train_losses
+
+from aam_ds.engine import checkpoint as ckpt
+from aam_ds.engine.disk import check_free_space, checkpoint_bytes, free_bytes
+from aam_ds.errors import AamInputError
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """One demo-data / token cache for every run in this module."""
+    return tmp_path_factory.mktemp("aam-cache")
+
+
+def _stage_rank(rank: int, world: int, port: int, argv: list[str], log_dir: str, file_size_limit: int | None,
+                cwds: list[str] | None) -> None:
+    """One rank of ``aam-ds pretrain``: output to ``<log_dir>/rank<N>.log``; optionally no file may
+    grow past ``file_size_limit`` bytes; ``cwds[rank]``: this rank's working folder (as on another node)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    if cwds:
+        os.chdir(cwds[rank])
+    log = open(Path(log_dir) / f"rank{rank}.log", "w", buffering=1)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    if file_size_limit:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    from aam_ds.engine.entry import run_stage
+    from aam_ds.engine.trainer import pretrain
+
+    run_stage(pretrain, argv)
+
+
+def pretrain_ranks(log_dir: Path, argv: list[str], file_size_limit: int | None = None,
+                   cwds: list[Path] | None = None) -> tuple[list[int], list[str]]:
+    """Exit codes and logs of a 2-rank ``aam-ds pretrain argv``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    codes = run_ranks(_stage_rank, 2, argv, str(log_dir), file_size_limit, cwds and [str(c) for c in cwds], timeout=240)
+    return codes, [(log_dir / f"rank{rank}.log").read_text() for rank in (0, 1)]
+
+
+def error_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "] error: " in line]
+
+
+SETTINGS = {"schedule.steps": 4, "checkpoint.every_steps": 2, "parallel.zero_stage": 2}
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory, cache_dir) -> Path:
+    """A finished 2-rank run of 2 steps of :data:`SETTINGS` with its step-2 checkpoint (tests copy it)."""
+    base = tmp_path_factory.mktemp("two-step")
+    codes, logs = pretrain_ranks(base / "logs", run_args(base / "run", cache_dir, **{**SETTINGS, "schedule.steps": 2}))
+    assert codes == [0, 0], logs[0][-3000:]
+    return base / "run"
+
+
+def one_error_line_per_rank(codes: list[int], logs: list[str]) -> list[str]:
+    """Both ranks exited with 2 and printed one error line each, without a traceback; the lines."""
+    assert codes == [2, 2], logs[0][-3000:] + logs[1][-3000:]
+    lines = []
+    for rank, log in enumerate(logs):
+        assert "Traceback" not in log, log[-3000:]
+        (line,) = error_lines(log)
+        assert line.startswith(f"[rank {rank}] error: ")
+        lines.append(line)
+    return lines
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_saving_is_one_error_per_rank_and_keeps_the_previous_checkpoint(tmp_path, cache_dir, two_step_run):
+    """Resumed at step 2, the step-4 save runs into a 5 MB file-size limit (the optimizer shards
+    are ~25 MB): every rank says in one line which folder could not be written, why, and the space a
+    checkpoint needs; ``latest`` still names step 2, which is intact, and a resumed run repeats
+    steps 3-4 as they were computed before the failed save."""
+    run_dir = shutil.copytree(two_step_run, tmp_path / "run")
+    codes, logs = pretrain_ranks(tmp_path / "full", [*run_args(run_dir, cache_dir, **SETTINGS), "--resume"], file_size_limit=5 * 10**6)
+    checkpoints = run_dir / "checkpoints"
+    for line in one_error_line_per_rank(codes, logs):
+        assert f"error: {checkpoints / 'step00000004'}: could not be written (rank " in line
+        assert "the disk is full or a file-size limit was reached" in line and "free there, a checkpoint needs about" in line
+        assert f"the previous checkpoint {checkpoints / 'step00000002'} is kept" in line
+    assert ckpt.latest_tag(checkpoints) == "step00000002" and not (checkpoints / "step00000004").exists()
+    assert ckpt.damage(checkpoints / "step00000002") is None
+    before = train_losses(run_dir)  # steps 3-4 ran before the save failed
+
+    codes, logs = pretrain_ranks(tmp_path / "resumed", [*run_args(run_dir, cache_dir, **SETTINGS), "--resume"])
+    assert codes == [0, 0], logs[0][-3000:]
+    assert ckpt.latest_tag(checkpoints) == "step00000004"
+    assert train_losses(run_dir) == before and sorted(before) == [1, 2, 3, 4]
+
+
+def node_folders(tmp_path: Path, rank0_checkpoints: Path | None = None) -> list[Path]:
+    """A working folder per rank, as on two nodes: ``ckpt`` in each is a folder of its own (rank 0's
+    a link to ``rank0_checkpoints`` when given), so ``checkpoint.dir=ckpt`` differs between ranks."""
+    cwds = [tmp_path / f"node{rank}" for rank in (0, 1)]
+    for cwd in cwds:
+        cwd.mkdir()
+    if rank0_checkpoints is not None:
+        (cwds[0] / "ckpt").symlink_to(rank0_checkpoints)
+    for cwd in cwds:
+        (cwd / "ckpt").mkdir(exist_ok=True)
+    return cwds
+
+
+@pytest.mark.slow
+def test_checkpoint_folders_that_are_not_shared_are_refused_at_the_first_save(tmp_path, cache_dir):
+    """Issue 20 item 8: each rank saves into a folder the other does not see; the first save says so
+    on every rank instead of leaving a checkpoint that each rank would resume differently."""
+    argv = run_args(tmp_path / "run", cache_dir, **{**SETTINGS, "schedule.steps": 2, "checkpoint.every_steps": 1,
+                                                   "checkpoint.dir": "ckpt"})
+    codes, logs = pretrain_ranks(tmp_path / "logs", argv, cwds=node_folders(tmp_path))
+    for line in one_error_line_per_rank(codes, logs):
+        assert "ckpt: rank 1 does not see the same checkpoint files as rank 0" in line
+        assert "Fix: checkpoint.dir must be shared by all nodes" in line
+    assert not any((tmp_path / f"node{rank}" / "ckpt" / "latest").exists() for rank in (0, 1))
+
+
+@pytest.mark.slow
+def test_a_resume_that_one_rank_cannot_see_is_refused_on_every_rank(tmp_path, cache_dir, two_step_run):
+    """Rank 0 decides the checkpoint (step 2) and tells rank 1, whose folder lacks it: both stop with
+    one line instead of rank 1 silently restarting from step 0."""
+    run_dir = shutil.copytree(two_step_run, tmp_path / "run")
+    cwds = node_folders(tmp_path, rank0_checkpoints=run_dir / "checkpoints")
+    argv = [*run_args(run_dir, cache_dir, **{**SETTINGS, "checkpoint.dir": "ckpt"}), "--resume"]
+    codes, logs = pretrain_ranks(tmp_path / "logs", argv, cwds=cwds)
+    for line in one_error_line_per_rank(codes, logs):
+        assert "ckpt: rank 1 does not see checkpoint step00000002, which rank 0 resumes from (there is no folder" in line
+        assert "Fix: checkpoint.dir must be shared by all nodes" in line
+    assert train_losses(run_dir) == train_losses(two_step_run)  # no step was trained
+
+
+def test_too_little_free_space_for_one_checkpoint_is_refused_before_training(tmp_path):
+    """The estimate (16 bytes per parameter) against the real free space of the folder's file system."""
+    free = free_bytes(tmp_path / "checkpoints")  # not created yet: its parent's file system
+    n_params = free // 16 + 10**6
+    with pytest.raises(AamInputError, match=r"checkpoints: has .* free, and a checkpoint of this model needs about"):
+        check_free_space(tmp_path / "checkpoints", n_params, keep_last=2)
+    assert checkpoint_bytes(1000) == 16000
+    check_free_space(tmp_path / "checkpoints", 1000, keep_last=2)  # a small model fits
+
