@@ -8,12 +8,14 @@ output in ``rank<N>.log``; the faults are real: a file-size limit of the rank pr
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from test_engine_pairwise import run_ranks
 from test_engine_train import run_args, train_losses
 
@@ -48,11 +50,11 @@ def _stage_rank(rank: int, world: int, port: int, argv: list[str], log_dir: str,
 
 
 def pretrain_ranks(log_dir: Path, argv: list[str], file_size_limit: int | None = None,
-                   cwds: list[Path] | None = None) -> tuple[list[int], list[str]]:
-    """Exit codes and logs of a 2-rank ``aam-ds pretrain argv``."""
+                   cwds: list[Path] | None = None, world: int = 2) -> tuple[list[int], list[str]]:
+    """Exit codes and logs of a ``world``-rank ``aam-ds pretrain argv``."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    codes = run_ranks(_stage_rank, 2, argv, str(log_dir), file_size_limit, cwds and [str(c) for c in cwds], timeout=240)
-    return codes, [(log_dir / f"rank{rank}.log").read_text() for rank in (0, 1)]
+    codes = run_ranks(_stage_rank, world, argv, str(log_dir), file_size_limit, cwds and [str(c) for c in cwds], timeout=240)
+    return codes, [(log_dir / f"rank{rank}.log").read_text() for rank in range(world)]
 
 
 def error_lines(log: str) -> list[str]:
@@ -144,6 +146,41 @@ def test_a_resume_that_one_rank_cannot_see_is_refused_on_every_rank(tmp_path, ca
         assert "ckpt: rank 1 does not see checkpoint step00000002, which rank 0 resumes from (there is no folder" in line
         assert "Fix: checkpoint.dir must be shared by all nodes" in line
     assert train_losses(run_dir) == train_losses(two_step_run)  # no step was trained
+
+
+@pytest.mark.slow
+def test_a_resume_on_another_number_of_ranks_restarts_from_the_consolidated_weights(tmp_path, cache_dir, two_step_run):
+    """Issue 20 item 4: the 2-rank ZeRO-2 checkpoint of step 2, resumed on 1 rank with
+    ``checkpoint.on_world_size_change=restart_from_weights``: one notice, training continues at
+    step 3 from the step-2 weights (oracle: the step-3 loss of the 2-rank run's consolidated export
+    on the 1-rank run's step-3 batch), with a fresh optimizer; the new checkpoint is a 1-rank one."""
+    from aam_ds.data.dataset import to_device
+    from aam_ds.data.prepare import prepare_data
+    from aam_ds.engine.distributed import DistContext
+    from aam_ds.engine.steps import micro_step_generator, train_batches
+    from aam_ds.engine.trainer import build_objective
+    from aam_ds.export import build_exported_model, load_export
+    from aam_ds.spec import RunSpec
+
+    run_dir = shutil.copytree(two_step_run, tmp_path / "run")
+    argv = [*run_args(run_dir, cache_dir, **{**SETTINGS, "schedule.steps": 3,
+                                             "checkpoint.on_world_size_change": "restart_from_weights"}), "--resume"]
+    codes, (log,) = pretrain_ranks(tmp_path / "logs", argv, world=1)
+    assert codes == [0], log[-3000:]
+    (line,) = [line for line in log.splitlines() if "this run has 1" in line]
+    assert line == (f"aam-ds: notice: checkpoint {run_dir / 'checkpoints' / 'step00000002'} was written by 2 rank(s), this run has "
+                    "1: continuing at step 2 from its consolidated fp32 weights with the optimizer state reset "
+                    "(checkpoint.on_world_size_change)")
+    losses = train_losses(run_dir)
+    assert sorted(losses) == [1, 2, 3] and ckpt.saved_layout(run_dir / "checkpoints" / "step00000003")["world size"] == 1
+
+    spec = RunSpec.model_validate(json.loads((run_dir / "spec.json").read_text()))
+    ctx, data = DistContext(0, 1, 0, torch.device("cpu"), "gloo"), prepare_data(spec)
+    batch = to_device(next(train_batches(data, spec, ctx, spec.parallel.micro_batch_size, 2)), ctx.device)
+    model = build_exported_model(load_export(two_step_run / "model.pt")).train()
+    with torch.no_grad():
+        parts = build_objective(spec, data, ctx.device, model)(model, batch, micro_step_generator(spec.schedule.seed, 2, 0))
+    assert losses[3] == pytest.approx(parts["loss"].item(), rel=1e-5)
 
 
 def test_too_little_free_space_for_one_checkpoint_is_refused_before_training(tmp_path):

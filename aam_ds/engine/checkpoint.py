@@ -66,20 +66,39 @@ def checkpoint_layout(spec: RunSpec, world_size: int) -> dict[str, Any]:
             **{f"model.{name}": getattr(model, name) for name in SHAPE_FIELDS}}  # fmt: skip
 
 
-def check_layout(tag_dir: Path, layout: dict[str, Any]) -> None:
-    """Refuse, before DeepSpeed reads anything, a checkpoint written with another layout (an
-    AamInputError listing every difference); checkpoints without ``layout.json`` are not checked."""
+def saved_layout(tag_dir: Path) -> dict[str, Any]:
+    """The checkpoint's ``layout.json`` (empty for checkpoints written without one)."""
     path = tag_dir / LAYOUT_FILE
-    if not path.is_file():
-        return
-    saved = json.loads(path.read_text())
-    changed = [f"{name} {saved[name]} -> {value}" for name, value in layout.items() if name in saved and saved[name] != value]
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def check_layout(tag_dir: Path, layout: dict[str, Any], weights_only: bool = False) -> None:
+    """Refuse, before DeepSpeed reads anything, a checkpoint written with another layout (an
+    AamInputError listing every difference); checkpoints without ``layout.json`` are not checked.
+    ``weights_only``: only the model shape must match (a restart from the checkpoint's weights)."""
+    saved = saved_layout(tag_dir)
+    changed = [f"{name} {saved[name]} -> {value}" for name, value in layout.items()
+               if name in saved and saved[name] != value and (name.startswith("model.") or not weights_only)]
     if changed:
+        world_changed = not weights_only and saved.get("world size", layout["world size"]) != layout["world size"]
         raise AamInputError(
             str(tag_dir), f"was written with another layout than this run's ({'; '.join(changed)})",
             "resume with the settings it was written with, or start a new run from the consolidated export "
-            "(--set model.pretrained=<run>/model.pt, optimizer state reset)",
+            "(--set model.pretrained=<run>/model.pt, optimizer state reset)"
+            + ("; or continue from its weights with --set checkpoint.on_world_size_change=restart_from_weights" if world_changed else ""),
         )
+
+
+def checkpoint_weights(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
+    """The consolidated fp32 weights and buffers of checkpoint ``tag``, written by any number of
+    ranks: merged from the ZeRO partitions (stages 1-3, DeepSpeed's ``zero_to_fp32``), or the
+    module's own state (ZeRO-0; 16-bit runs give their 16-bit weights as fp32)."""
+    if saved_layout(Path(ckpt_dir) / tag).get("parallel.zero_stage", 1) == 0:
+        state = torch.load(Path(ckpt_dir) / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+        return {name: value.float() if value.is_floating_point() else value for name, value in state.items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return dict(get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag))
 
 
 def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep_last: int,

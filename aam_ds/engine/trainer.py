@@ -40,6 +40,7 @@ from aam_ds.engine.evaluate import evaluate as evaluate_split
 from aam_ds.engine.interrupt import RunInterrupted, StopRequest, stop_requests
 from aam_ds.engine.memory import GIB, PeakMemory, estimate_table, with_micro_batch
 from aam_ds.engine.objective import Objective
+from aam_ds.engine.resume import advance_schedule, resume_point
 from aam_ds.engine.run_export import export_spec, target_description, write_split_predictions
 from aam_ds.engine.run_folder import claim_run_dir
 from aam_ds.engine.steps import build_engine, find_micro_batch, optimizer_step, train_batches
@@ -202,9 +203,12 @@ class Trainer:
     """
 
     def __init__(self, ctx: DistContext, spec: RunSpec, ds_config: dict[str, Any], finetuning: bool, data: PreparedData,
-                 model: AAMModel, model_args: dict[str, Any], objective: Objective, n_params: int, resume_tag: str | None = None):
+                 model: AAMModel, model_args: dict[str, Any], objective: Objective, n_params: int, resume_tag: str | None = None,
+                 restart_step: int | None = None):
         """Builds the engine, the best-model tracker and the batch stream, resuming from checkpoint
-        ``resume_tag`` (the one every rank agreed on) when given (the run folder's files are already written)."""
+        ``resume_tag`` (the one every rank agreed on) when given, or at ``restart_step`` with the
+        model's weights as they are and a fresh optimizer (see :func:`resume_point`); the run
+        folder's files are already written."""
         self.ctx, self.spec, self.finetuning, self.data = ctx, spec, finetuning, data
         self.model, self.model_args, self.objective, self.n_params = model, model_args, objective, n_params
         self.run_dir, self.ckpt_dir = spec.tracking.run_dir, spec.checkpoint_dir()
@@ -220,6 +224,9 @@ class Trainer:
             self.start_step = state["step"]
             if self.best is not None:
                 self.best.restore(state)
+        elif restart_step is not None:
+            self.start_step = restart_step
+            advance_schedule(self.engine, restart_step)
         par = spec.parallel
         self.batches = train_batches(data, spec, ctx, par.micro_batch_size, self.start_step * par.grad_accum_steps)
         self.steps_per_epoch = max(1, len(data.splits["train"]) // par.global_batch_size)
@@ -245,16 +252,14 @@ class Trainer:
         if spec.parallel.max_memory_gb:
             micro = find_micro_batch(spec, ds_config, data, lambda: build_model(spec, data, finetuning)[0], objective, ctx)
             spec, ds_config = with_micro_batch(spec, ds_config, micro, ctx.world_size)
-        resume_tag = None
-        if spec.checkpoint.resume:  # before anything is written: a refused resume leaves the run as it was
-            resume_tag = ckpt.agreed_resume_tag(ckpt_dir)
-            ckpt.check_layout(ckpt_dir / resume_tag, ckpt.checkpoint_layout(spec, ctx.world_size))
+        # before anything is written: a refused resume leaves the run as it was
+        resume_tag, restart_step = resume_point(spec, ckpt_dir, ctx, model) if spec.checkpoint.resume else (None, None)
         n_params = sum(p.numel() for p in model.parameters())  # before the engine: ZeRO-3 partitions the parameters
         check_free_space(ckpt_dir, n_params, spec.checkpoint.keep_last)
         if ctx.is_main:
             atomic_write_json(run_dir / "spec.json", spec.model_dump(mode="json"))
             atomic_write_json(run_dir / "ds_config.json", ds_config)
-        return cls(ctx, spec, ds_config, finetuning, data, model, model_args, objective, n_params, resume_tag)
+        return cls(ctx, spec, ds_config, finetuning, data, model, model_args, objective, n_params, resume_tag, restart_step)
 
     def run(self) -> RunResult:
         """Steps from the resumed step to ``schedule.steps`` (or an early stop), then :meth:`finish`."""
