@@ -9,9 +9,12 @@ output in ``rank<N>.log``; the faults are real: a file-size limit of the rank pr
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import resource
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -181,6 +184,42 @@ def test_a_resume_on_another_number_of_ranks_restarts_from_the_consolidated_weig
     with torch.no_grad():
         parts = build_objective(spec, data, ctx.device, model)(model, batch, micro_step_generator(spec.schedule.seed, 2, 0))
     assert losses[3] == pytest.approx(parts["loss"].item(), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_collective_timeout_names_the_silent_rank_and_the_setting(tmp_path, cache_dir):
+    """Issue 20 item 9: rank 1 is stopped (SIGSTOP) after step 2; rank 0's next collective times
+    out after parallel.collective_timeout_s and says, in one line, that rank 1 did not answer."""
+    from aam_ds.engine.distributed import free_port
+
+    run_dir, log_dir = tmp_path / "run", tmp_path / "logs"
+    log_dir.mkdir()
+    argv = run_args(run_dir, cache_dir, **{**SETTINGS, "schedule.steps": 200, "parallel.collective_timeout_s": 8})
+    ctx, port = mp.get_context("spawn"), free_port()
+    procs = [ctx.Process(target=_stage_rank, args=(rank, 2, port, argv, str(log_dir), None, None)) for rank in (0, 1)]
+    for proc in procs:
+        proc.start()
+    try:
+        deadline = time.monotonic() + 180
+        while len(train_losses(run_dir) if (run_dir / "metrics.jsonl").is_file() else {}) < 2:
+            assert time.monotonic() < deadline and all(p.is_alive() for p in procs), "the run did not reach step 2"
+            time.sleep(0.2)
+        os.kill(procs[1].pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        procs[0].join(120)
+        assert not procs[0].is_alive(), "rank 0 did not give up"
+        assert time.monotonic() - stopped_at < 8 + 60
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(10)
+    log = (log_dir / "rank0.log").read_text()
+    assert procs[0].exitcode == 1 and "Traceback" not in log, log[-3000:]
+    (line,) = error_lines(log)
+    assert line.startswith("[rank 0] error: a collective operation timed out after parallel.collective_timeout_s=8 s: rank 1 "
+                           "(last step begun: "), line
+    assert "did not answer. Fix: " in line
 
 
 def test_too_little_free_space_for_one_checkpoint_is_refused_before_training(tmp_path):

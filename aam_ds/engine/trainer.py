@@ -35,7 +35,7 @@ from aam_ds.ds_config import resolve_ds_config
 from aam_ds.engine import checkpoint as ckpt
 from aam_ds.engine.best import BestTracker
 from aam_ds.engine.disk import check_free_space, checkpoint_bytes, engine_parameters, written_on_every_rank
-from aam_ds.engine.distributed import DistContext, all_reduce_max, all_reduce_mean, barrier, init_distributed
+from aam_ds.engine.distributed import DistContext, all_reduce_max, all_reduce_mean, barrier, init_distributed, mark_progress
 from aam_ds.engine.evaluate import evaluate as evaluate_split
 from aam_ds.engine.interrupt import RunInterrupted, StopRequest, stop_requests
 from aam_ds.engine.memory import GIB, PeakMemory, estimate_table, with_micro_batch
@@ -287,6 +287,7 @@ class Trainer:
         throughput, the peak memory and the learning rate; raises :func:`nonfinite_loss_error` after
         ``schedule.max_nonfinite_steps`` consecutive non-finite losses."""
         sched, par, ctx = self.spec.schedule, self.spec.parallel, self.ctx
+        mark_progress(step + 1)
         parts = optimizer_step(self.engine, self.batches, self.objective, ctx, self.spec, step)
         requested = self.ctrl_c is not None and self.ctrl_c.requested
         metrics = all_reduce_mean({**parts, STOP_FLAG: float(requested)}, ctx.device)  # any rank's Ctrl-C stops all
