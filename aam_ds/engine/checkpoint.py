@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from aam_ds.spec import RunSpec
 LATEST = "latest"
 LAYOUT_FILE = "layout.json"
 MANIFEST_FILE = "manifest.json"
+PEER_FILES_WAIT_S = 3.0  # how long a rank waits to see the files the other ranks just saved
 SHAPE_FIELDS = ("d_model", "n_heads", "asv_layers", "sample_layers", "ffn_mult", "asv_identity_buckets")
 
 
@@ -127,9 +129,7 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[s
     try:
         written_on_every_rank(lambda: engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={**client_state, "step": step},
                                                              save_latest=False), ckpt_dir / tag, need, fix, collective=True)
-        listings = all_gather_objects(sorted(str(f.relative_to(ckpt_dir)) for f in (ckpt_dir / tag).rglob("*")))
-        require_shared(ckpt_dir, [None if seen == listings[0] else f"it sees {len(seen)} files in {tag}, rank 0 sees {len(listings[0])}"
-                                  for seen in listings])
+        require_shared(ckpt_dir, all_gather_objects(unseen_peer_files(ckpt_dir / tag)))
         written_on_every_rank(publish if _rank() == 0 else lambda: None, ckpt_dir / tag, need, fix, collective=False)
     except AamInputError:
         if tag != previous:  # every rank: on checkpoint folders that are not shared each holds its own part
@@ -230,13 +230,24 @@ def unseen_files(tag_dir: Path) -> str | None:
     return f"{len(missing)} of its files are missing, e.g. {missing[0]}" if missing else None
 
 
+def unseen_peer_files(tag_dir: Path, wait_s: float = PEER_FILES_WAIT_S) -> str | None:
+    """After a save (collective): which files that any rank sees in ``tag_dir`` this rank does not
+    see, looked up by name (as network file systems revalidate a name, not a listing) for up to
+    ``wait_s`` seconds; None when it sees them all."""
+    written = set().union(*all_gather_objects([str(f.relative_to(tag_dir)) for f in tag_dir.rglob("*") if f.is_file()]))
+    deadline = time.monotonic() + wait_s
+    while (missing := sorted(name for name in written if not (tag_dir / name).is_file())) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return f"{len(missing)} of the files written into {tag_dir.name} are missing here, e.g. {missing[0]}" if missing else None
+
+
 def require_shared(ckpt_dir: Path, problems: list[str | None], what: str = "") -> None:
     """An AamInputError on every rank when any rank reported a problem (``problems``: one per rank,
     in rank order, None where all is well) with the checkpoint folder that every rank must share."""
     failed = [(rank, problem) for rank, problem in enumerate(problems) if problem]
     if failed:
         rank, problem = failed[0]
-        raise AamInputError(str(ckpt_dir), f"rank {rank} does not see {what or 'the same checkpoint files as rank 0'} ({problem})",
+        raise AamInputError(str(ckpt_dir), f"rank {rank} does not see {what or 'the checkpoint files that the other ranks wrote'} ({problem})",
                             "checkpoint.dir must be shared by all nodes: set it (or tracking.run_dir) to a folder on a file "
                             "system that every node mounts at the same path")
 
