@@ -316,6 +316,10 @@ class CheckpointSpec(_Section):
     )
     keep_last: int = Field(2, gt=0)
     resume: bool = Field(False, description="continue from <dir>/latest (an error when there is none)")
+    on_world_size_change: Literal["error", "restart_from_weights"] = Field(
+        "error", description="a resume with another number of ranks: refuse it (error), or continue at the checkpoint's step "
+        "from its consolidated fp32 weights with the optimizer state reset (restart_from_weights)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
