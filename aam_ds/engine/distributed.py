@@ -14,7 +14,7 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -140,6 +140,20 @@ def broadcast_from_main(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def check_on_main(ctx: DistContext, check: Callable[[], None]) -> None:
+    """Run ``check`` on rank 0 only (e.g. one that talks to a service); an AamInputError it raises is
+    raised on every rank, so no rank waits for a rank that failed. Every rank must call it."""
+    problem = None
+    if ctx.is_main:
+        try:
+            check()
+        except AamInputError as exc:
+            problem = (exc.source, exc.problem, exc.fix)
+    problem = broadcast_from_main(problem)
+    if problem is not None:
+        raise AamInputError(*problem)
 
 
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
