@@ -43,7 +43,7 @@ def test_two_rank_run_killed_and_resumed_fills_one_mlflow_run(tmp_path, cache_di
 
     run_dir = tmp_path / "run"
     common = {"tracking.mlflow": mlflow_server, "tracking.project": "aam-ds-test", "checkpoint.every_steps": 3,
-              "schedule.eval_every": 3, "parallel.zero_stage": 2}
+              "schedule.steps": 6, "schedule.eval_every": 3, "parallel.zero_stage": 2}
     latest = run_dir / "checkpoints" / "latest"
     killed = launch(torchrun(2, *run_args(run_dir, cache_dir, **common)), kill_when=latest.is_file)
     assert killed.returncode != 0, "the run finished before it could be killed"
@@ -71,7 +71,8 @@ def test_two_rank_run_killed_and_resumed_fills_one_mlflow_run(tmp_path, cache_di
         for name in names:
             expected = comparable((r["step"], r["metrics"][name]) for r in records if r["kind"] == kind and name in r["metrics"])
             assert history(client, run_id, f"{kind}/{name}") == expected, name
-    assert {step for step, _ in history(client, run_id, "train/loss")} == set(range(1, 10))
+    assert {step for step, _ in history(client, run_id, "train/loss")} == set(range(1, 7))
+    assert {step for step, _ in history(client, run_id, "eval/loss")} == {3, 6}
     assert history(client, run_id, "train/lr") == comparable((r["step"], r["lr"]) for r in records if r["kind"] == "train")
 
     top = {f.path for f in client.list_artifacts(run_id)}

@@ -53,8 +53,19 @@ def states(study) -> dict[int, str]:
     return {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
 
 
+def rank_params(output: str) -> dict[int, dict[str, str]]:
+    """trial -> rank -> the parameters that rank said it trains (``[rank r] trial n: ...`` lines)."""
+    said: dict[int, dict[str, str]] = {}
+    for rank, trial, params in re.findall(r"\[rank (\d)\] trial (\d+): (.*)", output):
+        said.setdefault(int(trial), {})[rank] = params
+    return said
+
+
 @pytest.mark.slow
-def test_pruned_worse_trial_and_resume_after_kill_between_trials(tmp_path, cache):
+def test_two_rank_trials_pruning_and_resume_after_kill_between_trials(tmp_path, cache):
+    """Two ranks per trial (torchrun): a clearly worse trial is pruned at its first validation; the
+    study, killed as trial 1 starts, resumes without rerunning trial 0 and reruns trial 1's values;
+    every rank trains the parameters rank 0 drew from the storage; the best spec is ready to run."""
     out = tmp_path / "tune"
     out.mkdir()
     spec, space = base_spec(tmp_path / "run.yaml", cache), write_space(tmp_path / "space.yaml", SPACE)
@@ -62,13 +73,15 @@ def test_pruned_worse_trial_and_resume_after_kill_between_trials(tmp_path, cache
     study = optuna.create_study(storage=storage, study_name="demo", direction="minimize")
     for weight in (1.0, 0.25, 20.0):  # trial 2 weighs the masked-nucleotide loss 20x: a clearly worse validation loss
         study.enqueue_trial({"loss.nucleotide_weight": weight, "optim.lr": 1e-3})
-    command = [str(BIN / "aam-ds"), *tune_args(spec, space, out, 3, "--startup-trials", "1")]
+    command = [str(BIN / "torchrun"), "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "aam_ds.cli",
+               *tune_args(spec, space, out, 3, "--startup-trials", "1")]
 
     killed = launch(command, timeout=180, kill_when=(out / "trial-1").exists, cwd=tmp_path)
     assert killed.returncode != 0, killed.stdout[-3000:]
     first = (out / "trial-0" / "metrics.jsonl").read_bytes()
     assert states(study)[0] == "COMPLETE"
 
+    command[2] = f"--master_port={free_port()}"
     resumed = checked(launch(command, timeout=240, cwd=tmp_path))
     assert "trial 1 of study demo was cut short" in resumed.stdout
     trials = {t.number: t for t in study.get_trials()}
@@ -80,6 +93,13 @@ def test_pruned_worse_trial_and_resume_after_kill_between_trials(tmp_path, cache
     assert max(r["step"] for r in read_metrics(out / "trial-2" / "metrics.jsonl")) == 2
     assert "trial 2 pruned: pruned at step 2" in resumed.stdout
 
+    said = {**rank_params(killed.stdout), **rank_params(resumed.stdout)}
+    assert sorted(said) == [0, 1, 2, 3]
+    for number, by_rank in said.items():  # each rank trained what rank 0 drew from the storage
+        assert by_rank == dict.fromkeys(("0", "1"), ", ".join(f"{k}={v:.4g}" for k, v in trials[number].params.items()))
+    trained = json.loads((out / "trial-3" / "spec.json").read_text())
+    assert trained["optim"]["lr"] == trials[3].params["optim.lr"] and trained["parallel"]["global_batch_size"] == 8  # 4 x 2 ranks
+
     best = min((trials[0], trials[3]), key=lambda t: t.value)
     assert study.best_trial.number == best.number
     best_spec = load_spec(out / "best_spec.yaml")  # ready to run: a valid spec with the best values
@@ -88,23 +108,6 @@ def test_pruned_worse_trial_and_resume_after_kill_between_trials(tmp_path, cache
     assert best_spec.tracking.run_dir is None and best_spec.model.d_model == 64
     for name in ("optimization_history.png", "param_importances.png", "trials.tsv"):
         assert (out / name).stat().st_size > 0, name
-
-
-@pytest.mark.slow
-def test_two_rank_trial_gives_every_rank_the_same_parameters(tmp_path, cache):
-    out = tmp_path / "tune"
-    spec, space = base_spec(tmp_path / "run.yaml", cache), write_space(tmp_path / "space.yaml", SPACE)
-    command = [str(BIN / "torchrun"), "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "aam_ds.cli",
-               *tune_args(spec, space, out, 1, "--pruner", "none")]
-    result = checked(launch(command, timeout=240, cwd=tmp_path))
-    said = dict(re.findall(r"\[rank (\d)\] trial 0: (.*)", result.stdout))
-    assert set(said) == {"0", "1"} and said["0"] == said["1"], result.stdout[-3000:]
-    (trial,) = optuna.load_study(study_name="demo", storage=f"sqlite:///{out / 'tune.db'}").get_trials()
-    assert trial.state.name == "COMPLETE"
-    assert said["0"] == ", ".join(f"{k}={v:.4g}" for k, v in trial.params.items())
-    trained = json.loads((out / "trial-0" / "spec.json").read_text())  # what the 2-rank run actually trained
-    assert trained["optim"]["lr"] == trial.params["optim.lr"]
-    assert trained["parallel"]["global_batch_size"] == 8  # 4 per rank x 2 ranks
 
 
 @pytest.mark.slow
