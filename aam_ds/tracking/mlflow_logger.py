@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 LOCAL_ROOT = Path("runs")  # `local`: the store and artifacts beside the default run folders
 ID_FILE = "mlflow_run_id"
 BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
+# HTTP retries and timeout (s) of a run's requests; MLflow's defaults (7 retries with doubling back-off,
+# 120 s) would stall training for minutes on a server that went away
+RUN_REQUESTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 def resolve_mlflow_uri(setting: str) -> str | None:
@@ -110,25 +113,34 @@ class MlflowLogger(RunLogger):
     def start(self, spec: RunSpec, total_steps: int, extra: dict[str, Any] | None = None) -> None:
         from mlflow import MlflowClient
 
+        for name, value in RUN_REQUESTS.items():  # unless the user set them: a dead server costs seconds, not minutes
+            os.environ.setdefault(name, value)
         self._client = MlflowClient(self.uri)
         id_file = self.run_dir / ID_FILE
-        resumed = spec.checkpoint.resume and id_file.is_file()
-        tags = {"aam_ds.run_dir": str(self.run_dir), "aam_ds.total_steps": str(total_steps),
-                **{f"aam_ds.{key}": str(value) for key, value in (extra or {}).items()}}
-        if resumed:
-            self.run_id = id_file.read_text().strip()
-            self._client.update_run(self.run_id, status="RUNNING")
-        else:
+        logged = self._resumed_run(id_file) if spec.checkpoint.resume and id_file.is_file() else None
+        if logged is None:
             run = self._client.create_run(self._experiment_id(spec.tracking.project),
                                           run_name=spec.tracking.name or self.run_dir.name)
-            self.run_id = run.info.run_id
+            self.run_id, logged = run.info.run_id, {}
         atomic_write_text(id_file, self.run_id + "\n")
+        tags = {"aam_ds.run_dir": str(self.run_dir), "aam_ds.total_steps": str(total_steps),
+                **{f"aam_ds.{key}": str(value) for key, value in (extra or {}).items()}}
         params = flatten(spec.model_dump(mode="json"))
-        if resumed:  # MLflow params are write-once: log new fields, record changed ones as tags
-            logged = self._client.get_run(self.run_id).data.params
-            tags.update({f"aam_ds.resumed_with.{k}": v for k, v in params.items() if k in logged and logged[k] != v})
-            params = {k: v for k, v in params.items() if k not in logged}
-        self._batch(params=params, tags=tags)
+        # MLflow params are write-once: a resumed run logs the fields it lacks and records changed values as tags
+        tags.update({f"aam_ds.resumed_with.{k}": v for k, v in params.items() if k in logged and logged[k] != v})
+        self._batch(params={k: v for k, v in params.items() if k not in logged}, tags=tags)
+
+    def _resumed_run(self, id_file: Path) -> dict[str, str] | None:
+        """Reopen the run named in ``id_file``; its logged params, or None (with a notice) when the store lost it."""
+        run_id = id_file.read_text().strip()
+        try:
+            logged = self._client.get_run(run_id).data.params
+            self._client.update_run(run_id, status="RUNNING")
+        except Exception as exc:  # deleted on the server, or a store other than the one the run began in
+            notice(f"MLflow run {run_id} of {self.run_dir} cannot be continued ({str(exc).strip()[:200]}); a new MLflow run starts")
+            return None
+        self.run_id = run_id
+        return logged
 
     def _experiment_id(self, name: str) -> str:
         experiment = self._client.get_experiment_by_name(name)

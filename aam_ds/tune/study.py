@@ -13,8 +13,8 @@ asks the pruner, every rank receives the answer, and a pruned trial ends on ever
 
 Resuming: ``--trials N`` is the number of finished trials the study should hold, so running the
 same command again after a kill continues the study from its storage; trials that finished are
-not repeated, and a trial the kill cut short (left RUNNING in the storage) is marked failed, with
-an ``interrupted`` note, and its parameters are queued to run again first. One ``aam-ds tune``
+not repeated, and a trial the kill cut short (left RUNNING in the storage) is marked failed and its
+parameters are queued to run again first (the new trial's user attribute ``retry_of`` names it). One ``aam-ds tune``
 process group per study at a time.
 
 At the end rank 0 writes ``best_spec.yaml`` (the base spec with the best trial's values, ready
@@ -39,7 +39,7 @@ from aam_ds.io_utils import atomic_write_text
 from aam_ds.spec import RunSpec, build_spec
 from aam_ds.tune.space import SearchSpace, set_fields
 
-INTERRUPTED = "interrupted"  # user attribute of a trial a kill cut short
+RETRY_OF = "retry_of"  # user attribute of a trial that reruns the values of one a kill cut short
 
 
 @dataclass(frozen=True)
@@ -103,19 +103,20 @@ def open_study(options: TuneOptions) -> Any:
         raise AamInputError(f"--study-name {options.study_name}", f"the stored study {stored}s, this command would {options.direction[:-1]}",
                             "use the same --metric / --direction as when the study was created, or a new --study-name")
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
-        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
         notice(f"trial {trial.number} of study {options.study_name} was cut short; its parameters run again")
     return study
 
 
 def finished_trials(study: Any) -> int:
-    """Trials that count towards ``--trials``: completed, pruned, or failed by their own run (not by a kill)."""
+    """Trials that count towards ``--trials``: completed, pruned, or failed by their own run (not cut short by a kill)."""
     import optuna
 
+    trials = study.get_trials(deepcopy=False)
+    rerun = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=done) if not t.user_attrs.get(INTERRUPTED))
+    return sum(1 for t in trials if t.state in done and t.number not in rerun)
 
 
 def trial_spec(base: dict[str, Any], params: dict[str, Any], options: TuneOptions, number: int) -> RunSpec:
