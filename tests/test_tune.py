@@ -18,9 +18,9 @@ from test_engine_train import BIN, checked, launch
 from aam_ds.cli import main
 from aam_ds.engine.distributed import free_port
 from aam_ds.errors import AamInputError
-from aam_ds.spec import load_spec
+from aam_ds.spec import build_spec, load_spec
 from aam_ds.tracking import read_metrics
-from aam_ds.tune.space import load_space
+from aam_ds.tune.space import load_space, set_fields
 
 SPACE = {"loss.nucleotide_weight": {"type": "float", "low": 0.25, "high": 20.0},
          "optim.lr": {"type": "log", "low": 1.0e-4, "high": 1.0e-2}}
@@ -90,7 +90,7 @@ def test_two_rank_trials_pruning_and_resume_after_kill_between_trials(tmp_path, 
     assert trials[3].params == trials[1].params and trials[3].user_attrs == {"retry_of": 1}
     assert list(trials[2].intermediate_values) == [2]  # pruned at its first validation
     assert max(r["step"] for r in read_metrics(out / "trial-2" / "metrics.jsonl")) == 2
-    assert "trial 2 pruned: pruned at step 2" in resumed.stdout
+    assert "trial 2 pruned at step 2" in resumed.stdout and "trial 3 completed: loss" in resumed.stdout
 
     said = {**rank_params(killed.stdout), **rank_params(resumed.stdout)}
     assert sorted(said) == [0, 1, 2, 3]
@@ -144,6 +144,41 @@ def test_finetuning_trials_optimise_a_task_metric_and_are_tracked(tmp_path, cach
         assert {f.path for f in client.list_artifacts(run.info.run_id, "evaluation/val")} == {
             "evaluation/val/metrics.json", "evaluation/val/pred_vs_true.png", "evaluation/val/residuals.png",
             "evaluation/val/per_sample.tsv", "evaluation/val/worst_samples.tsv"}
+
+
+def test_every_kind_of_dimension_draws_values_the_spec_accepts(tmp_path):
+    space = load_space(write_space(tmp_path / "space.yaml", {
+        "optim.lr": {"type": "log", "low": 1e-4, "high": 1e-2}, "optim.weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+        "data.max_asvs": {"type": "int", "low": 8, "high": 64, "step": 8}, "model.preset": {"type": "categorical", "choices": ["tiny", "small"]},
+    }), {})  # fmt: skip
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    drawn = [space.suggest(study.ask()) for _ in range(30)]
+    for values in drawn:
+        assert 1e-4 <= values["optim.lr"] <= 1e-2 and 0.0 <= values["optim.weight_decay"] <= 0.1
+        assert isinstance(values["data.max_asvs"], int) and values["data.max_asvs"] in range(8, 65, 8)
+        spec = build_spec(set_fields({}, values))
+        assert (spec.optim.lr, spec.data.max_asvs, spec.model.preset) == (values["optim.lr"], values["data.max_asvs"], values["model.preset"])
+    assert {v["model.preset"] for v in drawn} == {"tiny", "small"} and len({v["data.max_asvs"] for v in drawn}) > 3
+
+
+def test_trial_whose_combination_the_spec_refuses_fails_alone(tmp_path, cache, capsys):
+    """d_model 96 and n_heads 64 are each valid, together not (96 is not divisible by 64): that trial
+    fails before any compute and the study goes on to the next."""
+    out = tmp_path / "tune"
+    spec = base_spec(tmp_path / "run.yaml", cache, model={"preset": None, "d_model": 64, "n_heads": 4, "asv_layers": 1,
+                                                          "sample_layers": 1, "ffn_mult": 2})
+    space = write_space(tmp_path / "space.yaml", {"model.d_model": {"type": "categorical", "choices": [64, 96]},
+                                                  "model.n_heads": {"type": "categorical", "choices": [4, 64]}})
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'tune.db'}", study_name="demo")
+    study.enqueue_trial({"model.d_model": 96, "model.n_heads": 64})
+    saved = dict(os.environ)
+    try:
+        assert main(tune_args(spec, space, out, 1, "--storage", f"sqlite:///{tmp_path / 'tune.db'}")) == 0
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert states(study) == {0: "FAIL"} and not (out / "trial-0").exists()
+    assert "trial 0 failed: trial 0 of study demo: invalid run spec" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("entry, message", [

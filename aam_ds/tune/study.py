@@ -157,39 +157,42 @@ def next_trial(study: Any, space: SearchSpace, options: TuneOptions) -> tuple[An
 
 
 def run_trial(base: dict[str, Any], options: TuneOptions, ctx: DistContext, trial: Any, number: int, params: dict[str, Any]) -> None:
-    """One trial on every rank: train, then (rank 0) tell the storage how it ended."""
+    """One trial on every rank: train, then (rank 0) tell the storage how it ended. A trial fails alone
+    when its combination of values is refused by the run spec or its loss diverges; any other bad
+    input fails it and ends the study."""
     import optuna
 
     from aam_ds.engine import trainer
 
     if ctx.world_size > 1:  # every rank says what it trains (the parameters rank 0 broadcast)
         print(f"[rank {ctx.rank}] trial {number}: {format_params(params)}", flush=True)
-    spec = trial_spec(base, params, options, number)
     report = PruningReport(trial, ctx, options.metric)
     stage = trainer.finetune if options.stage == "finetune" else trainer.pretrain
-    state, value = optuna.trial.TrialState.FAIL, None
+    state, outcome = optuna.trial.TrialState.FAIL, ""
+    value, spec = None, None
     try:
-        result = stage(spec, options.ds_config, on_evaluate=report)
-        value = result.eval_metrics.get(options.metric)
+        spec = trial_spec(base, params, options, number)
+        value = stage(spec, options.ds_config, on_evaluate=report).eval_metrics.get(options.metric)
         if value is None or not math.isfinite(value):
             raise AamInputError(f"--metric {options.metric}", f"trial {number} ended without a finite value of it ({value})",
                                 "evaluate at least once (schedule.eval_every) and pick a metric the run reports")
-        state = optuna.trial.TrialState.COMPLETE
+        state, outcome = optuna.trial.TrialState.COMPLETE, f"completed: {options.metric} {value:.6g}"
     except optuna.TrialPruned:
-        state = optuna.trial.TrialState.PRUNED
+        state, outcome = optuna.trial.TrialState.PRUNED, f"pruned at step {report.pruned_at}"
     except AamInputError as exc:
-        if exc.source != "schedule.max_nonfinite_steps":  # a diverging trial fails alone; other bad inputs end the study
-            tell(ctx, trial, state, value, number, spec)
+        outcome = f"failed: {exc}"
+        if spec is not None and exc.source != "schedule.max_nonfinite_steps":
+            tell(ctx, trial, state, None, f"trial {number} {outcome}")
             raise
-    tell(ctx, trial, state, value, number, spec, report.pruned_at)
+    where = spec.tracking.run_dir if spec is not None else "no run"
+    tell(ctx, trial, state, value if state == optuna.trial.TrialState.COMPLETE else None, f"trial {number} {outcome} ({where})")
 
 
-def tell(ctx: DistContext, trial: Any, state: Any, value: float | None, number: int, spec: RunSpec, pruned_at: int | None = None) -> None:
-    if not ctx.is_main:
-        return
-    trial.study.tell(trial, value if state.name == "COMPLETE" else None, state=state)
-    outcome = f"{value:.6g}" if value is not None else f"pruned at step {pruned_at}" if pruned_at else state.name.lower()
-    print(f"trial {number} {state.name.lower()}: {outcome} ({spec.tracking.run_dir})", flush=True)
+def tell(ctx: DistContext, trial: Any, state: Any, value: float | None, line: str) -> None:
+    """Rank 0: record how the trial ended in the storage and print ``line``."""
+    if ctx.is_main:
+        trial.study.tell(trial, value, state=state)
+        print(line, flush=True)
 
 
 def format_params(params: dict[str, Any]) -> str:
