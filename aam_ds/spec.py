@@ -304,8 +304,12 @@ class TrackingSpec(_Section):
     wandb: Literal["online", "offline", "disabled"] = Field(
         "disabled", description="W&B mode on rank 0; $WANDB_MODE overrides"
     )
-    project: str = "aam-ds"
-    name: str | None = None
+    mlflow: str = Field(
+        "disabled", description="MLflow on rank 0: disabled, local (the store runs/mlflow.db beside the run folders) or a "
+        "tracking URI (http://host:5000, sqlite:///mlflow.db, databricks); checked before any compute",
+    )
+    project: str = Field("aam-ds", description="W&B project and MLflow experiment")
+    name: str | None = Field(None, description="run name shown by the console, W&B and MLflow; none = the run folder's name in MLflow")
     rich: bool = Field(True, description="Rich progress bar on rank 0 (plain lines when false)")
 
 

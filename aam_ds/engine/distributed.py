@@ -15,7 +15,7 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -204,6 +204,20 @@ def all_gather_objects(value: Any) -> list[Any]:
     values: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(values, value)
     return values
+
+
+def check_on_main(ctx: DistContext, check: Callable[[], None]) -> None:
+    """Run ``check`` on rank 0 only (e.g. one that talks to a service); an AamInputError it raises is
+    raised on every rank, so no rank waits for a rank that failed. Every rank must call it."""
+    problem = None
+    if ctx.is_main:
+        try:
+            check()
+        except AamInputError as exc:
+            problem = (exc.source, exc.problem, exc.fix)
+    problem = broadcast_from_main(problem)
+    if problem is not None:
+        raise AamInputError(*problem)
 
 
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
