@@ -126,6 +126,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Runner]]] = {
                 lazy_command("aam_ds.explain.cli", "add_arguments", "run")),
     "evaluate": ("metrics, per-group errors, worst samples and plots for a predictions TSV", lazy_command("aam_ds.evaluation.cli", "add_evaluate_arguments", "run_evaluate")),
     "rf-baseline": ("scikit-learn random forest on the same folds, side by side", lazy_command("aam_ds.evaluation.cli", "add_rf_arguments", "run_rf_baseline")),
+    "tune": ("hyperparameter search over run-spec fields with Optuna: pruned trials, resumable study, best spec",
+             lazy_command("aam_ds.tune.cli", "add_arguments", "run")),
     "benchmark": ("random forest, linear model and AAM (pretrain + k-fold fine-tuning) on the same folds: one report",
                   lazy_command("aam_ds.benchmark.cli", "add_arguments", "run")),
 }

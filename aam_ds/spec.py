@@ -304,8 +304,12 @@ class TrackingSpec(_Section):
     wandb: Literal["online", "offline", "disabled"] = Field(
         "disabled", description="W&B mode on rank 0; $WANDB_MODE overrides"
     )
-    project: str = "aam-ds"
-    name: str | None = None
+    mlflow: str = Field(
+        "disabled", description="MLflow on rank 0: disabled, local (the store runs/mlflow.db beside the run folders) or a "
+        "tracking URI (http://host:5000, sqlite:///mlflow.db, databricks); checked before any compute",
+    )
+    project: str = Field("aam-ds", description="W&B project and MLflow experiment")
+    name: str | None = Field(None, description="run name shown by the console, W&B and MLflow; none = the run folder's name in MLflow")
     rich: bool = Field(True, description="Rich progress bar on rank 0 (plain lines when false)")
 
 
@@ -316,6 +320,10 @@ class CheckpointSpec(_Section):
     )
     keep_last: int = Field(2, gt=0)
     resume: bool = Field(False, description="continue from <dir>/latest (an error when there is none)")
+    on_world_size_change: Literal["error", "restart_from_weights"] = Field(
+        "error", description="a resume with another number of ranks: refuse it (error), or continue at the checkpoint's step "
+        "from its consolidated fp32 weights with the optimizer state reset (restart_from_weights)"
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,13 @@
-"""Shared test fixtures: the real public data folder, the demo dataset, artifact builders."""
+"""Shared test fixtures: the real public data folder, the demo dataset, artifact builders, an MLflow server."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 import zipfile
 from pathlib import Path
@@ -81,3 +86,36 @@ def write_qza(path: Path, semantic_type: str, payload_name: str, payload: bytes)
 def make_qza() -> Callable[[Path, str, str, bytes], Path]:
     """A builder of QIIME 2 artifacts for tests: ``make_qza(path, type, payload_name, payload_bytes)``."""
     return write_qza
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on a free port of 127.0.0.1 with a SQLite store and proxied artifacts, started once
+    per test session by the first test that needs it (about 15 s) and killed (its whole process session) at the end."""
+    from aam_ds.engine.distributed import free_port
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer within 120 s"
+            time.sleep(0.5)
+        yield uri
+    finally:  # a throwaway server: SIGKILL spares uvicorn's graceful shutdown (~15 s)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()

@@ -49,6 +49,14 @@ NOT_RUN = {
     "data.split.column=BodySite --set data.split.val_fraction=0.3 --set tracking.run_dir=runs/mp-body-site":
         "the fine-tuning behind the explain example above (same reason); tests/test_qiime2_hashed_ids.py trains on "
         "hashed IDs with rep-seqs",
+    "mlflow server --backend-store-uri sqlite:///mlflow.db --port 5000": "a server that runs until stopped: tests start one "
+        "(conftest.py, mlflow_server) for tests/test_tracking_mlflow.py and tests/test_tune.py",
+    "deepspeed launch/pretrain.py --spec run.yaml --ds-config ds_configs/zero2.json --set tracking.mlflow=http://localhost:5000":
+        "needs that server on port 5000: tests/test_tracking_mlflow.py runs a 2-rank pretraining against a real server",
+    "aam-ds tune --spec run.yaml --space space.yaml --trials 30 --storage sqlite:///tune.db": "30 trials: tests/test_tune.py runs "
+        "the command on the demo data with a tiny budget (pruning, resuming after a kill, best spec, fine-tuning trials)",
+    "torchrun --nproc_per_node 4 -m aam_ds.cli tune --spec run.yaml --space space.yaml --trials 30 --storage sqlite:///tune.db":
+        "30 trials: tests/test_tune.py runs a 2-rank trial under torchrun",
 }
 TEMPLATE = "cat > run.yaml <<'EOF'"  # written by lay_out: the README's template, pointed at the demo files, shrunk
 BENCHMARK_SCRIPT = re.compile(r"python (bench/\S+\.py)")  # docs/benchmarks.md: minutes to hours each; --help is checked

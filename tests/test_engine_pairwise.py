@@ -1,8 +1,10 @@
 """Gathered pairwise loss under real DeepSpeed engines with 2 gloo ranks on CPU.
 
 Oracle: plain torch (no DeepSpeed, no process group) training the same small model with torch
-AdamW over the concatenated global batch. After 3 optimizer steps the parameters of the 2-rank
-DeepSpeed run must match it to 1e-6 for ZeRO 0-3, with and without gradient accumulation.
+AdamW over the whole global batch of each optimizer step (micro x ranks x accumulation samples in
+one batch, every pair of it), the pairwise loss plus a per-sample loss. After 3 optimizer steps
+the parameters of the 2-rank DeepSpeed run must match it to 1e-6 for ZeRO 0-3, with and without
+gradient accumulation (the gradient cache of ``pairwise.gradient_cache_step``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from aam_ds.engine.batches import GlobalBatchSampler
 from aam_ds.engine.distributed import free_port
 
 N_SAMPLES, N_FEATURES, DIM, MICRO, STEPS, LR = 24, 5, 4, 3, 3, 2e-2
+SAMPLE_WEIGHT = 0.5  # weight of the per-sample loss (stands for the masked-nucleotide loss: per micro-step)
 
 
 def make_problem() -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,8 +43,15 @@ def pair_mse(emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target[i, j]).pow(2).mean()
 
 
-def reference_run(accum: int, world: int) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """One process, no DeepSpeed: micro batch = world x MICRO, torch AdamW, same clipping."""
+def sample_loss(emb: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """A per-sample loss (mean over the batch): the first embedding coordinate regressed on the first point coordinate."""
+    return (emb[:, 0] - points[:, 0]).pow(2).mean()
+
+
+def reference_run(accum: int, world: int) -> tuple[list[tuple[float, float]], dict[str, torch.Tensor]]:
+    """One process, no DeepSpeed: one batch of world x accumulation x MICRO samples per optimizer
+    step (the ranks' micro-batches of that step, concatenated), torch AdamW, same clipping;
+    (pairwise, total) loss per step and the final weights."""
     features, points = make_problem()
     model = make_model()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
@@ -49,14 +59,48 @@ def reference_run(accum: int, world: int) -> tuple[list[float], dict[str, torch.
     losses = []
     for _ in range(STEPS):
         opt.zero_grad()
-        for _ in range(accum):
-            idx = torch.tensor(next(batches))
-            loss = pair_mse(model(features[idx]), torch.cdist(points[idx], points[idx]))
-            (loss / accum).backward()
-            losses.append(loss.item())
+        idx = torch.tensor([i for _ in range(accum) for i in next(batches)])
+        emb = model(features[idx])
+        pairwise = pair_mse(emb, torch.cdist(points[idx], points[idx]))
+        loss = pairwise + SAMPLE_WEIGHT * sample_loss(emb, points[idx])
+        loss.backward()
+        losses.append((pairwise.item(), loss.item()))
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _train_ranks(engine, rank: int, world: int, accum: int) -> list[tuple[float, float]]:
+    """STEPS optimizer steps as the trainer takes them: without accumulation the gathered loss per
+    micro-step, with it the gradient cache; (pairwise, total averaged over ranks) per step."""
+    from aam_ds.engine.distributed import all_reduce_mean
+    from aam_ds.engine.pairwise import gathered_pairwise_loss, gradient_cache_step
+
+    features, points = make_problem()
+    batches = iter(GlobalBatchSampler(N_SAMPLES, MICRO, world, rank, seed=3))
+    distances = lambda g: torch.cdist(points[g], points[g])  # noqa: E731
+    losses = []
+    for _ in range(STEPS):
+        if accum == 1:
+            idx = torch.tensor(next(batches))
+            emb = engine(features[idx])
+            pairwise = gathered_pairwise_loss(emb, idx, distances, pair_mse)
+            loss = pairwise + SAMPLE_WEIGHT * sample_loss(emb, points[idx])
+            engine.backward(loss)
+            engine.step()
+            parts = {"pairwise": pairwise.item(), "loss": loss.item()}
+        else:
+            micro_idx = [torch.tensor(next(batches)) for _ in range(accum)]
+
+            def forward(micro: int):
+                emb = engine(features[micro_idx[micro]])
+                local = sample_loss(emb, points[micro_idx[micro]])
+                return emb, micro_idx[micro], SAMPLE_WEIGHT * local, {"sample": local.detach()}
+
+            parts = gradient_cache_step(engine, accum, forward, 1.0, distances, pair_mse)
+        reduced = all_reduce_mean(parts, torch.device("cpu"))
+        losses.append((reduced["pairwise"], reduced["loss"]))
+    return losses
 
 
 def _rank_main(rank: int, world: int, port: int, configs: list[tuple[int, int]], out: str) -> None:
@@ -66,11 +110,9 @@ def _rank_main(rank: int, world: int, port: int, configs: list[tuple[int, int]],
     import deepspeed
 
     from aam_ds.engine.distributed import init_distributed, report_rank_failure
-    from aam_ds.engine.pairwise import gathered_pairwise_loss
 
     with report_rank_failure(rank):
         init_distributed(timeout_s=120)
-        features, points = make_problem()
         results = {}
         for stage, accum in configs:
             config = {
@@ -83,14 +125,7 @@ def _rank_main(rank: int, world: int, port: int, configs: list[tuple[int, int]],
             }
             model = make_model()
             engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
-            batches = iter(GlobalBatchSampler(N_SAMPLES, MICRO, world, rank, seed=3))
-            losses = []
-            for _ in range(STEPS * accum):
-                idx = torch.tensor(next(batches))
-                loss = gathered_pairwise_loss(engine(features[idx]), idx, lambda g: torch.cdist(points[g], points[g]), pair_mse)
-                engine.backward(loss)
-                engine.step()
-                losses.append(loss.item())
+            losses = _train_ranks(engine, rank, world, accum)
             params = list(engine.module.parameters())
             with deepspeed.zero.GatheredParameters(params):
                 state = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
@@ -137,7 +172,9 @@ def run_ranks(target, world: int, *args, timeout: float = 240) -> list[int]:
 
 
 @pytest.mark.slow
-def test_two_ranks_match_one_process_for_every_zero_stage(tmp_path):
+def test_two_ranks_match_one_process_over_the_global_batch_for_every_zero_stage(tmp_path):
+    """Issue 20: with accumulation too, every pair of the step's global batch (12 samples, 66 pairs)
+    is used, not only the pairs within each micro-step (2 x 15)."""
     configs = [(stage, accum) for stage in (0, 1, 2, 3) for accum in (1, 2)]
     assert run_ranks(_rank_main, 2, configs, str(tmp_path / "results.pt")) == [0, 0]
     results = torch.load(tmp_path / "results.pt")
@@ -145,7 +182,7 @@ def test_two_ranks_match_one_process_for_every_zero_stage(tmp_path):
         ref_losses, ref_state = reference_run(accum, world=2)
         for stage in (0, 1, 2, 3):
             losses, state = results[(stage, accum)]
-            assert losses == pytest.approx(ref_losses, abs=1e-6), f"ZeRO-{stage} accum {accum} losses"
+            assert losses == [pytest.approx(ref, abs=1e-6) for ref in ref_losses], f"ZeRO-{stage} accum {accum} losses"
             for name, ref in ref_state.items():
                 torch.testing.assert_close(state[name], ref, atol=1e-6, rtol=0, msg=f"ZeRO-{stage} accum {accum} {name}")
 
@@ -165,6 +202,20 @@ def test_cross_rank_pairs_change_the_loss():
         halves = [slice(0, MICRO), slice(MICRO, 2 * MICRO)]
         within = sum(pair_mse(emb[h], torch.cdist(points[idx][h], points[idx][h])) for h in halves) / 2
     assert abs(all_pairs.item() - within.item()) > 1e-3 * all_pairs.item()
+
+
+def test_pairs_across_micro_steps_change_the_loss():
+    """The global batch of an accumulated step (2 micro-steps x 2 ranks x 3 samples) has 66 pairs;
+    the micro-steps alone 2 x 15: their mean loss differs, so the exactness test above tells them apart."""
+    features, points = make_problem()
+    model = make_model()
+    batches = iter(GlobalBatchSampler(N_SAMPLES, MICRO * 2, 1, 0, seed=3))
+    micro = [torch.tensor(next(batches)) for _ in range(2)]
+    with torch.no_grad():
+        per_micro = sum(pair_mse(model(features[i]), torch.cdist(points[i], points[i])) for i in micro) / 2
+        idx = torch.cat(micro)
+        whole = pair_mse(model(features[idx]), torch.cdist(points[idx], points[idx]))
+    assert abs(whole.item() - per_micro.item()) > 1e-3 * whole.item()
 
 
 def test_rank_slices_concatenate_to_the_single_process_batch():
@@ -187,3 +238,34 @@ def test_epoch_drops_remainder_and_covers_each_sample_once():
     it0, it1 = iter(sampler), iter(other)
     seen = [i for _ in range(sampler.micro_steps_per_epoch) for i in next(it0) + next(it1)]
     assert len(seen) == 18 and len(set(seen)) == 18
+
+
+def test_both_cache_passes_see_the_same_model_outputs_and_leave_the_statistics_once_updated():
+    """The gradient cache relies on pass 2 re-computing pass 1's embeddings exactly: the same
+    nucleotide masking, dropout and ASV-identity dropout (re-seeded per micro-step), and pass 1
+    leaving no trace in the AsvStandardizer's running statistics."""
+    from test_model import make_batch, tiny
+
+    from aam_ds.engine.objective import Objective
+    from aam_ds.engine.pairwise import buffers_kept
+    from aam_ds.engine.steps import micro_step_generator
+    from aam_ds.model.aam import AAMModel
+    from aam_ds.spec import LossSpec
+
+    torch.manual_seed(0)
+    model = AAMModel(tiny(dropout=0.2, asv_identity_buckets=64, asv_identity_dropout=0.3), 24).train()
+    model.mark_asvs_seen(torch.arange(64))
+    tokens, counts = make_batch([3, 5, 2, 4], max_asvs=6)
+    batch = {"tokens": tokens, "counts": counts, "sample_index": torch.arange(4)}
+    objective = Objective(LossSpec(mask_fraction=0.3))
+    assert {"sample_embedding", "nucleotide_logits"} <= objective.want
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    with torch.no_grad(), buffers_kept(model):
+        first = objective.cached_pairwise_forward(model, batch, micro_step_generator(5, 7, 1))
+    assert all(torch.equal(b, before[name]) for name, b in model.named_buffers())
+    second = objective.cached_pairwise_forward(model, batch, micro_step_generator(5, 7, 1))
+    assert torch.equal(first[0], second[0].detach()) and torch.equal(first[2], second[2].detach())
+    assert second[0].requires_grad and first[3]["nucleotide"] == second[3]["nucleotide"]
+    assert not torch.equal(model.asv_standardizer.running_mean, before["asv_standardizer.running_mean"])
+    third = objective.cached_pairwise_forward(model, batch, micro_step_generator(5, 8, 1))  # another micro-step draws anew
+    assert not torch.equal(third[0], second[0])

@@ -255,3 +255,63 @@ def test_terminal_gets_a_progress_bar_with_losses_lr_and_eta(tmp_path):
     assert "━" in text and "30/100" in text
     assert "samples/s" in text and "nucleotide 0.6" in text and "lr 3.00e-04" in text and "ETA" in text
     assert "step 30/100 |" not in text  # no plain lines when the bar is live
+
+
+def logged_artifacts(records: list) -> dict[str, set[str]]:
+    """Artifact name -> the paths in its manifest, from an offline run's records."""
+    found = {}
+    for record in records:
+        if record.HasField("artifact"):
+            found[record.artifact.name] = {entry.path for entry in record.artifact.manifest.contents}
+    return found
+
+
+def test_wandb_keeps_run_files_and_evaluation_plots_as_artifacts(tmp_path):
+    from aam_ds.evaluation.plots import plot_predicted_vs_true
+
+    spec = make_spec(wandb="offline", name="demo-run")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json")))
+    plot = plot_predicted_vs_true(run_dir / "evaluation" / "pred_vs_true.png", np.arange(5.0), np.arange(5.0) + 0.5, "age")
+    with make_logger(spec, 0, run_dir, console=recording_console()) as log:
+        assert log.keeps_files
+        log_run(log, spec)
+        log.log_artifacts([run_dir / "spec.json", run_dir / "model.pt"])  # no model.pt: skipped
+        log.log_artifacts([plot], "evaluation/val")
+        log.finish(SUMMARY)
+    run_path, records = offline_run(run_dir)
+    assert logged_artifacts(records) == {"demo-run-files": {"spec.json"}, "demo-run-evaluation_val": {"pred_vs_true.png"}}
+    assert list(run_path.glob("files/media/images/evaluation/val/pred_vs_true*.png"))  # shown in the media panel too
+
+
+def test_metrics_only_logger_keeps_no_files(tmp_path):
+    with make_logger(make_spec(), 0, tmp_path, console=recording_console()) as log:
+        assert not log.keeps_files
+
+
+def test_benchmark_report_is_kept_by_wandb(tmp_path):
+    """The benchmark's report folder becomes one W&B run: report files and plots as artifacts, pooled metrics as summary."""
+    from aam_ds.benchmark.report import track_report
+    from aam_ds.evaluation.plots import plot_predicted_vs_true
+
+    out = tmp_path / "bench"
+    out.mkdir()
+    report = {"target": "age", "task": "regression", "files": ["predicted_vs_true.png", "report.md", "report.json", "folds.tsv"],
+              "models": {"random forest": {"pooled": {"mae": 6.5, "r2": 0.3}}, "AAM": {"pooled": {"mae": 6.2, "r2": 0.35}}}}
+    plot_predicted_vs_true(out / "predicted_vs_true.png", np.arange(4.0), np.arange(4.0), "age")
+    for name in ("report.md", "report.json", "folds.tsv", "predictions_AAM.tsv"):
+        (out / name).write_text(f"{name}\n")
+    track_report(make_spec(wandb="offline"), out, report)
+    run_path, records = offline_run(out)
+    assert logged_artifacts(records) == {"bench-report-benchmark": {"predicted_vs_true.png", "report.md", "report.json", "folds.tsv",
+                                                                    "predictions_AAM.tsv"}}
+    summary = {item_key(i): json.loads(i.value_json) for r in records if r.HasField("summary") for i in r.summary.update}
+    assert summary["AAM/mae"] == 6.2 and summary["random forest/r2"] == 0.3
+
+
+def test_benchmark_report_without_tracking_services_logs_nothing(tmp_path):
+    from aam_ds.benchmark.report import track_report
+
+    track_report(make_spec(), tmp_path, {"target": "age", "task": "regression", "files": [], "models": {}})
+    assert list(tmp_path.iterdir()) == []

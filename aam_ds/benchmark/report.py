@@ -114,6 +114,24 @@ def write_report(out: Path, models: dict[str, CrossValidation], truth: np.ndarra
     return report
 
 
+def track_report(spec: Any, out: Path, report: dict[str, Any]) -> None:
+    """Keep the report in the tracking services ``spec`` turns on (W&B, MLflow; none: nothing happens),
+    as one run named ``<tracking.name or report folder>-report``: the report files, plots and
+    out-of-fold predictions as artifacts under ``benchmark/``, each model's pooled metrics as its summary."""
+    from aam_ds.tracking import FanOutLogger, tracking_services
+
+    tracking = spec.tracking.model_copy(update={"run_dir": out, "name": f"{spec.tracking.name or out.name}-report"})
+    run = spec.model_copy(update={"tracking": tracking, "checkpoint": spec.checkpoint.model_copy(update={"resume": False})})
+    services = tracking_services(run, out)
+    if not services:
+        return
+    with FanOutLogger(services) as log:
+        log.start(run, 0, {"stage": "benchmark report", "target": report["target"], "task": report["task"]})
+        log.log_artifacts([out / name for name in report["files"]] + sorted(out.glob("predictions_*.tsv")), "benchmark")
+        log.finish({f"{model}/{metric}": value for model, scores in report["models"].items()
+                    for metric, value in scores["pooled"].items() if isinstance(value, (int, float))})
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: the comparison table, the verdict, diagnostics and the recipe."""
     task, metrics = report["task"], (("mae", "rmse", "r2") if report["task"] == "regression" else ("accuracy", "balanced_accuracy", "auc"))

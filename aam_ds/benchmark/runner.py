@@ -13,7 +13,8 @@ Stages (a Rich progress display shows the stage, the fold and an ETA):
    embeddings, same folds);
 5. AAM fine-tuning per fold (:func:`aam_ds.engine.crossval.cross_validate` on ``folds.tsv``),
    validation carved from each training part by the same split rule, best validation metric exported;
-6. the report (:mod:`aam_ds.benchmark.report`).
+6. the report (:mod:`aam_ds.benchmark.report`), also kept by W&B / MLflow when the AAM stages' spec
+   turns them on (``--set tracking.mlflow=...``).
 
 Everything runs in this process (one rank, CPU or the first GPU).
 """
@@ -146,7 +147,7 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     models["AAM"] = cv
     seconds["AAM"] = round(pretrain_s + finetune_s, 1)
     progress.stage("report")
-    return reporting.write_report(
+    report = reporting.write_report(
         out, models, truth, task, inputs.target, inputs.positive_class, seconds,
         {"table": str(inputs.table), "metadata": str(inputs.metadata), "tree": _str(inputs.tree), "sequences": _str(inputs.sequences),
          "pretrained": _str(inputs.pretrained), "samples": len(truth), "asvs": len(table.asv_ids), "split": split_text, "folds": len(held_out),
@@ -154,6 +155,8 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
          "overrides": inputs.extra, "diagnostics": diagnostics, "wall_time_s": round(time.perf_counter() - start, 1)},
         [out / "aam" / "pretrain" / "metrics.jsonl"] + [out / "aam" / "cv" / f"fold{f}" / "metrics.jsonl" for f in range(len(held_out))],
     )  # fmt: skip
+    reporting.track_report(finetune_spec, out, report)
+    return report
 
 
 def last_evaluation(metrics_file: Path) -> dict[str, float]:

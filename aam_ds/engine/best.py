@@ -19,6 +19,11 @@ from aam_ds.spec import RunSpec
 HIGHER_IS_BETTER = frozenset({"accuracy", "balanced_accuracy", "auc", "f1", "r2", "nucleotide_accuracy"})
 
 
+def maximizes(metric: str, mode: str = "auto") -> bool:
+    """Whether larger values of ``metric`` are better: ``mode`` max / min, or auto (accuracies, AUC, R^2, ``*_r``)."""
+    return mode == "max" or (mode == "auto" and (metric in HIGHER_IS_BETTER or metric.endswith("_r")))
+
+
 @dataclass
 class BestTracker:
     """Best value of one validation metric so far, and evaluations since it improved (early stopping).
@@ -40,8 +45,7 @@ class BestTracker:
         sched = spec.schedule
         if not sched.best_metric:
             return None
-        maximize = sched.best_mode == "max" or (sched.best_mode == "auto" and (sched.best_metric in HIGHER_IS_BETTER or sched.best_metric.endswith("_r")))
-        return cls(sched.best_metric, maximize, sched.early_stopping_patience)
+        return cls(sched.best_metric, maximizes(sched.best_metric, sched.best_mode), sched.early_stopping_patience)
 
     def update(self, step: int, metrics: dict[str, float]) -> bool:
         """Record an evaluation; True when it is the best so far (NaN never is)."""

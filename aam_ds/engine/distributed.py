@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -91,8 +92,10 @@ def init_distributed(timeout_s: int = 600) -> DistContext:
     import deepspeed
     import deepspeed.ops
 
+    global _TIMEOUT_S
     single_process_env()
     set_collective_timeout(timeout_s)
+    _TIMEOUT_S = timeout_s
     # The CPU shared-memory allreduce op is JIT-compiled on first use (~40 s): gloo suffices.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     local_rank = int(os.environ["LOCAL_RANK"])
@@ -106,8 +109,9 @@ def init_distributed(timeout_s: int = 600) -> DistContext:
 def report_rank_failure(rank: int | str) -> Iterator[None]:
     """Print any exception escaping the block to stderr prefixed with ``[rank N]``, then re-raise.
 
-    A bad input (AamInputError) is one line; Ctrl-C (KeyboardInterrupt) is one line from rank 0
-    only; anything else comes with its traceback.
+    A bad input (AamInputError) is one line; a collective that timed out is one line naming the
+    rank(s) that did not answer (:func:`collective_timeout_text`); Ctrl-C (KeyboardInterrupt) is one
+    line from rank 0 only; anything else comes with its traceback.
     """
     try:
         yield
@@ -121,11 +125,62 @@ def report_rank_failure(rank: int | str) -> Iterator[None]:
             raise
         if isinstance(exc, AamInputError):
             detail = f"error: {exc}"
+        elif is_collective_timeout(exc):
+            detail = f"error: {collective_timeout_text()}"
         else:
             detail = "".join(traceback.format_exception(exc)).rstrip()
         sys.stderr.write("\n".join(f"[rank {rank}] {line}" for line in detail.splitlines()) + "\n")
         sys.stderr.flush()
         raise
+
+
+_TIMEOUT_S: int | None = None  # parallel.collective_timeout_s of this process's group
+PROGRESS_KEY, TIMED_OUT_KEY = "aam-ds/step/{}", "aam-ds/timed-out/{}"
+PEER_WAIT_S = 5.0  # after a timeout, how long a rank waits for the others to say whether they timed out too
+
+
+def _store(timeout_s: float) -> Any:
+    """The process group's rendezvous store (hosted by rank 0), or None in a one-process run."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return None
+    store = dist.distributed_c10d._get_default_store()
+    store.set_timeout(timedelta(seconds=timeout_s))
+    return store
+
+
+def mark_progress(step: int) -> None:
+    """Record in the rendezvous store that this rank began optimizer step ``step`` (named when a
+    collective times out)."""
+    store = _store(_TIMEOUT_S or 600)
+    if store is not None:
+        store.set(PROGRESS_KEY.format(dist.get_rank()), str(step))
+
+
+def is_collective_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective of this group that timed out (gloo / NCCL wording)."""
+    return isinstance(exc, RuntimeError) and _TIMEOUT_S is not None and "timed out" in str(exc).lower()
+
+
+def collective_timeout_text() -> str:
+    """After a timeout: which ranks did not answer. Each rank that timed out says so in the store,
+    waits ``PEER_WAIT_S`` for the others, and names those that did not time out too (the silent
+    ones, stopped or stuck elsewhere) with the last step they began."""
+    head = f"a collective operation timed out after parallel.collective_timeout_s={_TIMEOUT_S} s"
+    fix = (". Fix: look at the named rank's log and machine (a crash, out of memory, a slow file system, a stopped process), "
+           "or raise parallel.collective_timeout_s if it is only slow")
+    try:
+        store = _store(PEER_WAIT_S)
+        store.set(TIMED_OUT_KEY.format(dist.get_rank()), "1")
+        time.sleep(PEER_WAIT_S)
+        silent = [rank for rank in range(dist.get_world_size()) if not store.check([TIMED_OUT_KEY.format(rank)])]
+        steps = {rank: store.get(PROGRESS_KEY.format(rank)).decode() if store.check([PROGRESS_KEY.format(rank)]) else "none"
+                 for rank in silent}
+    except Exception:  # the store lives in rank 0: it is the silent one
+        return f"{head}: rank 0 (which holds the rendezvous store) did not answer{fix}"
+    if not silent:
+        return f"{head} on every rank: they waited in different collectives{fix}"
+    named = ", ".join(f"rank {rank} (last step begun: {steps[rank]})" for rank in silent)
+    return f"{head}: {named} did not answer{fix}"
 
 
 def barrier() -> None:
@@ -140,6 +195,29 @@ def broadcast_from_main(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every rank's ``value`` (any picklable object), in rank order, on every rank; every rank must call it."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def check_on_main(ctx: DistContext, check: Callable[[], None]) -> None:
+    """Run ``check`` on rank 0 only (e.g. one that talks to a service); an AamInputError it raises is
+    raised on every rank, so no rank waits for a rank that failed. Every rank must call it."""
+    problem = None
+    if ctx.is_main:
+        try:
+            check()
+        except AamInputError as exc:
+            problem = (exc.source, exc.problem, exc.fix)
+    problem = broadcast_from_main(problem)
+    if problem is not None:
+        raise AamInputError(*problem)
 
 
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:

@@ -1,8 +1,10 @@
 """The training objective: which model outputs a step needs and how the weighted losses combine.
 
-Pairwise loss: over the global batch (gathered across ranks, the same value on every rank).
-Masked-nucleotide, abundance and task losses: over this rank's micro-batch; DeepSpeed's gradient
-averaging turns them into the mean over ranks.
+Pairwise loss: over the global batch (gathered across ranks, the same value on every rank; with
+gradient accumulation over all micro-steps of the optimizer step, see
+:func:`aam_ds.engine.pairwise.gradient_cache_step`). Masked-nucleotide, abundance and task losses:
+over this rank's micro-batch; DeepSpeed's gradient averaging turns them into the mean over ranks
+and micro-steps.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 import torch
 
-from aam_ds.engine.pairwise import gathered_pairwise_loss
+from aam_ds.engine.pairwise import MicroOutputs, gathered_pairwise_loss
 from aam_ds.model import losses
 from aam_ds.model.aam import required_outputs
 from aam_ds.model.blocks import asv_hash_buckets
@@ -38,25 +40,49 @@ class Objective:
 
     def __call__(self, model: Any, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Forward ``batch`` (on the model's device) through ``model``; returns ``loss`` (the weighted
-        total, to backpropagate) and each active component (detached)."""
-        tokens, labels, asv_ids = batch["tokens"], None, None
-        if "nucleotide_logits" in self.want:
-            asv_ids = unmasked_asv_ids(model, tokens)
-            tokens, labels = mask_nucleotides(tokens, self.loss.mask_fraction, generator)
-        out = model(tokens, batch["counts"], self.want, batch.get("covariates"), asv_ids)
+        total, to backpropagate) and each active component (detached). The pairwise loss covers the
+        pairs of this micro-step's global batch (all ranks' micro-batches)."""
+        out, labels = self.forward(model, batch, generator)
         parts: dict[str, tuple[float, torch.Tensor]] = {}
         if "sample_embedding" in self.want:
             parts["pairwise"] = (self.loss.pairwise_weight, gathered_pairwise_loss(
                 out["sample_embedding"], batch["sample_index"], self.distance_target.batch, losses.pairwise_distance_loss
             ))  # fmt: skip
+        parts.update(self.sample_parts(model, out, batch, labels))
+        total = sum(weight * value for weight, value in parts.values())
+        return {"loss": total, **{name: value.detach() for name, (_, value) in parts.items()}}
+
+    def forward(self, model: Any, batch: dict[str, torch.Tensor], generator: torch.Generator
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """The model's outputs for ``batch`` (nucleotides masked with ``generator`` when that loss is on)
+        and the masked positions' true tokens (``int64 [B, A, L]``, or None without masking)."""
+        tokens, labels, asv_ids = batch["tokens"], None, None
+        if "nucleotide_logits" in self.want:
+            asv_ids = unmasked_asv_ids(model, tokens)
+            tokens, labels = mask_nucleotides(tokens, self.loss.mask_fraction, generator)
+        return model(tokens, batch["counts"], self.want, batch.get("covariates"), asv_ids), labels
+
+    def sample_parts(self, model: Any, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                     labels: torch.Tensor | None) -> dict[str, tuple[float, torch.Tensor]]:
+        """The per-sample loss terms of this micro-batch, ``name -> (weight, scalar)``: masked
+        nucleotides, abundance, task (every active one but the pairwise loss)."""
+        parts: dict[str, tuple[float, torch.Tensor]] = {}
         if labels is not None:
             parts["nucleotide"] = (self.loss.nucleotide_weight, losses.masked_nucleotide_loss(out["nucleotide_logits"], labels))
         if "abundance" in out:
             parts["abundance"] = (self.loss.abundance_weight, losses.abundance_loss(out["abundance"], batch["counts"]))
         if "task" in out:
             parts["task"] = (self.loss.task_weight, self.task_loss(model, out["task"], batch["targets"]))
-        total = sum(weight * value for weight, value in parts.values())
-        return {"loss": total, **{name: value.detach() for name, (_, value) in parts.items()}}
+        return parts
+
+    def cached_pairwise_forward(self, model: Any, batch: dict[str, torch.Tensor], generator: torch.Generator) -> MicroOutputs:
+        """This micro-batch as :func:`~aam_ds.engine.pairwise.gradient_cache_step` takes it: its sample
+        embeddings ``[B, D]``, table rows ``int64 [B]``, weighted per-sample loss (scalar) and the
+        detached per-sample terms."""
+        out, labels = self.forward(model, batch, generator)
+        parts = self.sample_parts(model, out, batch, labels)
+        weighted = sum((weight * value for weight, value in parts.values()), out["sample_embedding"].new_zeros(()))
+        return out["sample_embedding"], batch["sample_index"], weighted, {name: value.detach() for name, (_, value) in parts.items()}
 
     def task_loss(self, model: Any, predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.loss.task == "classification":

@@ -31,9 +31,10 @@ RUNS_ROOT = Path("runs")  # default run folders live here, relative to the worki
 # export, its default checkpoint folder, and a cross-validation's folds file and fold folders.
 HISTORY = (METRICS_FILE, EXPORT_NAME, "checkpoints", "folds.tsv", "fold[0-9]*")
 # Everything a run writes there (removed by tracking.overwrite): the above, the trainer's spec,
-# DeepSpeed config, split lists and split predictions, W&B's files, cross-validation's results.
-OUTPUTS = HISTORY + ("spec.json", "ds_config.json", "splits", "predictions_*.tsv", "wandb", "wandb_run_id",
-                     "oof_predictions.tsv", "cv_metrics.json")
+# DeepSpeed config, split lists and split predictions, W&B's files, the MLflow run ID, evaluation reports
+# written for the trackers, cross-validation's results.
+OUTPUTS = HISTORY + ("spec.json", "ds_config.json", "splits", "predictions_*.tsv", "wandb", "wandb_run_id", "mlflow_run_id",
+                     "evaluation", "oof_predictions.tsv", "cv_metrics.json")
 
 
 def claim_run_dir(spec: RunSpec, stage: str, ctx: DistContext, checkpointed: bool = True) -> RunSpec:

@@ -4,7 +4,8 @@
   parameters (with ``optim.encoder_lr_scale``, two learning-rate groups);
 - :func:`train_batches`: this rank's resumable stream of training micro-batches;
 - :func:`micro_step_generator`: masking / dropout seeded from (seed, micro-step, rank) alone;
-- :func:`optimizer_step`: one optimizer step (``grad_accum_steps`` micro-steps);
+- :func:`optimizer_step`: one optimizer step (``grad_accum_steps`` micro-steps; the pairwise loss
+  over the whole global batch of the step);
 - :func:`find_micro_batch`: the micro-batch search's probe, which runs real steps of candidate
   sizes (the search itself and the memory estimate are in :mod:`aam_ds.engine.memory`).
 """
@@ -35,8 +36,10 @@ from aam_ds.engine.memory import (
     with_micro_batch,
 )
 from aam_ds.engine.objective import Objective
+from aam_ds.engine.pairwise import gradient_cache_step
 from aam_ds.engine.schedule import scheduler_factory
 from aam_ds.errors import AamInputError
+from aam_ds.model import losses
 from aam_ds.model.aam import AAMModel
 from aam_ds.spec import RunSpec
 
@@ -79,12 +82,24 @@ def train_batches(data: PreparedData, spec: RunSpec, ctx: DistContext, micro: in
 
 
 def optimizer_step(engine: Any, batches: Iterator, objective: Objective, ctx: DistContext, spec: RunSpec, step: int) -> dict[str, float]:
-    """One optimizer step (``grad_accum_steps`` micro-steps); the mean loss components over micro-steps."""
+    """One optimizer step (``grad_accum_steps`` micro-steps); the mean loss components over micro-steps.
+
+    With accumulation and the pairwise loss on, the pairwise loss covers every pair of the step's
+    global batch (:func:`~aam_ds.engine.pairwise.gradient_cache_step`), as it does without accumulation.
+    """
     accum = spec.parallel.grad_accum_steps
+    micro_batches = [to_device(next(batches), ctx.device) for _ in range(accum)]
+
+    def generator(micro: int) -> torch.Generator:
+        return micro_step_generator(spec.schedule.seed, step * accum + micro, ctx.rank)
+
+    if accum > 1 and "sample_embedding" in objective.want:
+        return gradient_cache_step(
+            engine, accum, lambda micro: objective.cached_pairwise_forward(engine, micro_batches[micro], generator(micro)),
+            objective.loss.pairwise_weight, objective.distance_target.batch, losses.pairwise_distance_loss)
     totals: dict[str, float] = {}
-    for micro in range(accum):
-        gen = micro_step_generator(spec.schedule.seed, step * accum + micro, ctx.rank)
-        parts = objective(engine, to_device(next(batches), ctx.device), gen)
+    for micro, batch in enumerate(micro_batches):
+        parts = objective(engine, batch, generator(micro))
         engine.backward(parts["loss"])
         engine.step()
         for name, value in parts.items():

@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -34,12 +34,22 @@ from aam_ds.data.splits import save_splits
 from aam_ds.ds_config import resolve_ds_config
 from aam_ds.engine import checkpoint as ckpt
 from aam_ds.engine.best import BestTracker
-from aam_ds.engine.distributed import DistContext, all_reduce_max, all_reduce_mean, barrier, init_distributed
+from aam_ds.engine.disk import check_free_space, checkpoint_bytes, engine_parameters, written_on_every_rank
+from aam_ds.engine.distributed import (
+    DistContext,
+    all_reduce_max,
+    all_reduce_mean,
+    barrier,
+    check_on_main,
+    init_distributed,
+    mark_progress,
+)
 from aam_ds.engine.evaluate import evaluate as evaluate_split
 from aam_ds.engine.interrupt import RunInterrupted, StopRequest, stop_requests
 from aam_ds.engine.memory import GIB, PeakMemory, estimate_table, with_micro_batch
 from aam_ds.engine.objective import Objective
-from aam_ds.engine.run_export import export_spec, target_description, write_split_predictions
+from aam_ds.engine.resume import advance_schedule, resume_point
+from aam_ds.engine.run_export import export_spec, run_files, target_description, write_split_predictions
 from aam_ds.engine.run_folder import claim_run_dir
 from aam_ds.engine.steps import build_engine, find_micro_batch, optimizer_step, train_batches
 from aam_ds.errors import AamInputError
@@ -48,13 +58,15 @@ from aam_ds.io_utils import atomic_write_json
 from aam_ds.model import losses
 from aam_ds.model.aam import AAMModel, check_loss_compatible
 from aam_ds.spec import RunSpec
-from aam_ds.tracking import make_logger
+from aam_ds.tracking import check_tracking, make_logger
 
 BEST_TAG = "best"  # checkpoint folder holding the weights of the best evaluation
 # model fields a fine-tuning run takes from its own spec (the rest of the architecture comes from the export)
 RUN_TIME_MODEL_FIELDS = ("dropout", "asv_chunk_size", "activation_checkpointing", "pretrained", "freeze_encoder",
                          "freeze_sequence_encoder", "asv_identity_dropout")
 STOP_FLAG = "ctrl_c"  # reduced with each step's losses: > 0 when any rank was sent Ctrl-C
+EvalCallback = Callable[[int, dict[str, float]], None]
+"""Called on every rank after each evaluation with (step, validation metrics); may raise to end the run."""
 
 
 @dataclass
@@ -70,26 +82,33 @@ class RunResult:
     stopped_early: bool = False
 
 
-def pretrain(spec: RunSpec, ds_config_path: Path | None = None) -> RunResult:
-    """Pretrain (pairwise distances + masked nucleotides) on every rank; writes ``<run_dir>/model.pt``."""
-    return train(spec, ds_config_path, finetuning=False)
+def pretrain(spec: RunSpec, ds_config_path: Path | None = None, on_evaluate: EvalCallback | None = None) -> RunResult:
+    """Pretrain (pairwise distances + masked nucleotides) on every rank; writes ``<run_dir>/model.pt``.
+
+    ``on_evaluate(step, metrics)``: called on every rank after each validation (e.g. a tuning trial's pruning).
+    """
+    return train(spec, ds_config_path, finetuning=False, on_evaluate=on_evaluate)
 
 
-def finetune(spec: RunSpec, ds_config_path: Path | None = None, data: PreparedData | None = None) -> RunResult:
+def finetune(spec: RunSpec, ds_config_path: Path | None = None, data: PreparedData | None = None,
+             on_evaluate: EvalCallback | None = None) -> RunResult:
     """Fine-tune the task head (from ``model.pretrained`` when set); writes ``<run_dir>/model.pt``.
 
     ``data``: already prepared data whose ``splits`` replace the spec's split (cross-validation
-    folds); by default the data is prepared from ``spec.data``.
+    folds); by default the data is prepared from ``spec.data``. ``on_evaluate``: as for :func:`pretrain`.
     """
     if spec.loss.task == "none":
         raise AamInputError("loss.task", "fine-tuning needs a task", "set loss.task=regression or classification and data.targets")
-    return train(spec, ds_config_path, finetuning=True, data=data)
+    return train(spec, ds_config_path, finetuning=True, data=data, on_evaluate=on_evaluate)
 
 
-def train(spec: RunSpec, ds_config_path: Path | None, finetuning: bool, data: PreparedData | None = None) -> RunResult:
+def train(spec: RunSpec, ds_config_path: Path | None, finetuning: bool, data: PreparedData | None = None,
+          on_evaluate: EvalCallback | None = None) -> RunResult:
     """Build a :class:`Trainer` for this rank (``finetuning``: task head) and run it."""
     ctx = init_distributed(spec.parallel.collective_timeout_s)
-    return Trainer.build(ctx, spec, ds_config_path, finetuning, data).run()
+    trainer = Trainer.build(ctx, spec, ds_config_path, finetuning, data)
+    trainer.on_evaluate = on_evaluate
+    return trainer.run()
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,9 +220,12 @@ class Trainer:
     """
 
     def __init__(self, ctx: DistContext, spec: RunSpec, ds_config: dict[str, Any], finetuning: bool, data: PreparedData,
-                 model: AAMModel, model_args: dict[str, Any], objective: Objective, n_params: int):
-        """Builds the engine, the best-model tracker and the batch stream, resuming from the last
-        checkpoint when ``checkpoint.resume`` is set (the run folder's files are already written)."""
+                 model: AAMModel, model_args: dict[str, Any], objective: Objective, n_params: int, resume_tag: str | None = None,
+                 restart_step: int | None = None):
+        """Builds the engine, the best-model tracker and the batch stream, resuming from checkpoint
+        ``resume_tag`` (the one every rank agreed on) when given, or at ``restart_step`` with the
+        model's weights as they are and a fresh optimizer (see :func:`resume_point`); the run
+        folder's files are already written."""
         self.ctx, self.spec, self.finetuning, self.data = ctx, spec, finetuning, data
         self.model, self.model_args, self.objective, self.n_params = model, model_args, objective, n_params
         self.run_dir, self.ckpt_dir = spec.tracking.run_dir, spec.checkpoint_dir()
@@ -214,11 +236,14 @@ class Trainer:
         if self.best is not None and self.val is None:
             raise AamInputError("schedule.best_metric", "selecting the best model needs a validation split, and it is empty",
                                 "set data.split.val_fraction > 0, or unset schedule.best_metric")
-        if spec.checkpoint.resume:
-            state = ckpt.load_checkpoint(self.engine, self.ckpt_dir)
+        if resume_tag is not None:
+            state = ckpt.load_checkpoint(self.engine, self.ckpt_dir, resume_tag)
             self.start_step = state["step"]
             if self.best is not None:
                 self.best.restore(state)
+        elif restart_step is not None:
+            self.start_step = restart_step
+            advance_schedule(self.engine, restart_step)
         par = spec.parallel
         self.batches = train_batches(data, spec, ctx, par.micro_batch_size, self.start_step * par.grad_accum_steps)
         self.steps_per_epoch = max(1, len(data.splits["train"]) // par.global_batch_size)
@@ -227,15 +252,18 @@ class Trainer:
         self.log: Any = None  # the run's logger and Ctrl-C request, set by run()
         self.ctrl_c: StopRequest | None = None
         self.meter, self.window_start, self.window = PeakMemory(ctx.device), 0.0, 0  # throughput window since the last log line
+        self.on_evaluate: EvalCallback | None = None  # see pretrain()
+        self.scatter: Any = None  # the last validation's (predicted, true) distances, for the tracked plot
 
     @classmethod
     def build(cls, ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetuning: bool,
               data: PreparedData | None = None) -> Trainer:
         """Spec reconciled with the DeepSpeed file -> run folder -> data -> model -> optional micro-batch
-        search -> resume layout check -> spec.json / ds_config.json -> engine and resume (:meth:`__init__`)."""
+        search -> resume layout check -> free disk space check -> spec.json / ds_config.json -> engine and resume (:meth:`__init__`)."""
         spec, ds_config = resolve_ds_config(spec, ds_config_path)
         check_world_size(spec, ctx.world_size)
         check_device_support(spec, ctx.device)
+        check_on_main(ctx, lambda: check_tracking(spec))  # an unreachable MLflow server fails here, before any compute
         spec = claim_run_dir(spec, "finetune" if finetuning else "pretrain", ctx)
         run_dir, ckpt_dir = spec.tracking.run_dir, spec.checkpoint_dir()
         data = load_data(spec, ctx) if data is None else given_data(data, run_dir, ctx)
@@ -244,13 +272,14 @@ class Trainer:
         if spec.parallel.max_memory_gb:
             micro = find_micro_batch(spec, ds_config, data, lambda: build_model(spec, data, finetuning)[0], objective, ctx)
             spec, ds_config = with_micro_batch(spec, ds_config, micro, ctx.world_size)
-        if spec.checkpoint.resume:  # before anything is written: a refused resume leaves the run as it was
-            ckpt.check_layout(ckpt_dir / ckpt.resumable_tag(ckpt_dir), ckpt.checkpoint_layout(spec, ctx.world_size))
+        # before anything is written: a refused resume leaves the run as it was
+        resume_tag, restart_step = resume_point(spec, ckpt_dir, ctx, model) if spec.checkpoint.resume else (None, None)
+        n_params = sum(p.numel() for p in model.parameters())  # before the engine: ZeRO-3 partitions the parameters
+        check_free_space(ckpt_dir, n_params, spec.checkpoint.keep_last)
         if ctx.is_main:
             atomic_write_json(run_dir / "spec.json", spec.model_dump(mode="json"))
             atomic_write_json(run_dir / "ds_config.json", ds_config)
-        n_params = sum(p.numel() for p in model.parameters())  # before the engine: ZeRO-3 partitions the parameters
-        return cls(ctx, spec, ds_config, finetuning, data, model, model_args, objective, n_params)
+        return cls(ctx, spec, ds_config, finetuning, data, model, model_args, objective, n_params, resume_tag, restart_step)
 
     def run(self) -> RunResult:
         """Steps from the resumed step to ``schedule.steps`` (or an early stop), then :meth:`finish`."""
@@ -278,6 +307,7 @@ class Trainer:
         throughput, the peak memory and the learning rate; raises :func:`nonfinite_loss_error` after
         ``schedule.max_nonfinite_steps`` consecutive non-finite losses."""
         sched, par, ctx = self.spec.schedule, self.spec.parallel, self.ctx
+        mark_progress(step + 1)
         parts = optimizer_step(self.engine, self.batches, self.objective, ctx, self.spec, step)
         requested = self.ctrl_c is not None and self.ctrl_c.requested
         metrics = all_reduce_mean({**parts, STOP_FLAG: float(requested)}, ctx.device)  # any rank's Ctrl-C stops all
@@ -300,8 +330,10 @@ class Trainer:
         the best evaluation's weights go to the checkpoint folder ``best``. True when early stopping
         ends the run here (patience exhausted on any rank, before the last step)."""
         result, best = self.result, self.best
-        result.eval_metrics, scatter = evaluate_split(self.engine, self.val, self.objective, self.ctx, self.spec.parallel.micro_batch_size)
-        self.log.log_eval(step, result.eval_metrics, scatter)
+        result.eval_metrics, self.scatter = evaluate_split(self.engine, self.val, self.objective, self.ctx, self.spec.parallel.micro_batch_size)
+        self.log.log_eval(step, result.eval_metrics, self.scatter)
+        if self.on_evaluate is not None:
+            self.on_evaluate(step, result.eval_metrics)
         if best is not None and best.update(step, result.eval_metrics):
             save_best(self.engine, self.ckpt_dir, step)
         if best is not None and step < self.spec.schedule.steps and all_reduce_max(float(best.exhausted), self.ctx.device) > 0:
@@ -345,8 +377,11 @@ class Trainer:
                             target_description(self.data, self.model, self.finetuning), export_step)
             write_export(result.export_path, export)
             self.log.print(f"consolidated model (step {export_step}) written to {result.export_path}")
-            if self.finetuning:
-                write_split_predictions(export, self.data, self.run_dir, self.spec.parallel.micro_batch_size, self.ctx.device)
+            predictions = write_split_predictions(export, self.data, self.run_dir, self.spec.parallel.micro_batch_size,
+                                                  self.ctx.device) if self.finetuning else {}
+            if self.log.keeps_files:  # W&B / MLflow: the run's files and evaluation reports
+                for folder, paths in run_files(self.run_dir, self.data, predictions, self.scatter).items():
+                    self.log.log_artifacts(paths, folder)
         barrier()
         summary = {f"val {name}": value for name, value in result.eval_metrics.items()}
         if result.train_losses:
@@ -375,5 +410,6 @@ def save_progress(engine: Any, spec: RunSpec, ckpt_dir: Path, step: int, best: B
 
 def save_best(engine: Any, ckpt_dir: Path, step: int) -> None:
     """Overwrite ``<ckpt_dir>/best`` with the current state (collective: every rank writes its shard)."""
-    engine.save_checkpoint(str(ckpt_dir), tag=BEST_TAG, client_state={"step": step}, save_latest=False)
-    barrier()
+    written_on_every_rank(lambda: engine.save_checkpoint(str(ckpt_dir), tag=BEST_TAG, client_state={"step": step}, save_latest=False),
+                          ckpt_dir / BEST_TAG, checkpoint_bytes(engine_parameters(engine)),
+                          "free disk space, or set checkpoint.dir to a larger file system", collective=True)

@@ -7,6 +7,7 @@ probe; all through :func:`cross_validate_estimator`) and AAM's k-fold fine-tunin
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -67,7 +68,9 @@ def cross_validate_estimator(
     fold_of = fold_of_samples([test for _, test in folds], n)
     column_of = {c: i for i, c in enumerate(class_names)}
     for train, test in folds:
-        model = make_estimator().fit(features[train], truth[train])
+        with warnings.catch_warnings():  # scikit-learn's notices of changing defaults (1.9: LogisticRegressionCV) are not the user's
+            warnings.simplefilter("ignore", FutureWarning)
+            model = make_estimator().fit(features[train], truth[train])
         if task == "regression":
             values[test] = model.predict(features[test])
         else:

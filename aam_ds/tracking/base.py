@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -36,6 +37,13 @@ class RunLogger:
     def print(self, msg: str) -> None:
         """A plain message line for the user."""
 
+    keeps_files = False
+    """Whether :meth:`log_artifacts` stores anything (a tracking service does; the console does not)."""
+
+    def log_artifacts(self, paths: Sequence[Path], folder: str = "") -> None:
+        """Keep copies of these files with the run (spec, export, evaluation plots and reports), under
+        ``folder`` in the run's file tree; missing paths are skipped."""
+
     def finish(self, summary: dict[str, float]) -> None:
         """Record the final summary (metric name -> value) and close."""
         self.close()
@@ -55,7 +63,7 @@ class NullLogger(RunLogger):
 
 
 class FanOutLogger(RunLogger):
-    """Forwards every call to each backend in order (rank 0: metrics.jsonl, W&B, console)."""
+    """Forwards every call to each backend in order (rank 0: console, metrics.jsonl, W&B, MLflow)."""
 
     def __init__(self, backends: Sequence[RunLogger]):
         self.backends = list(backends)
@@ -77,6 +85,16 @@ class FanOutLogger(RunLogger):
     def print(self, msg: str) -> None:
         for backend in self.backends:
             backend.print(msg)
+
+    @property
+    def keeps_files(self) -> bool:  # type: ignore[override]
+        return any(backend.keeps_files for backend in self.backends)
+
+    def log_artifacts(self, paths: Sequence[Path], folder: str = "") -> None:
+        existing = [Path(p) for p in paths if Path(p).exists()]
+        for backend in self.backends:
+            if backend.keeps_files and existing:
+                backend.log_artifacts(existing, folder)
 
     def finish(self, summary: dict[str, float]) -> None:
         self._end_each("finish", summary)

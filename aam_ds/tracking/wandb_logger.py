@@ -1,10 +1,11 @@
-"""Weights & Biases on rank 0: the spec as config, train/eval metrics, a distance scatter per eval."""
+"""Weights & Biases on rank 0: the spec as config, train/eval metrics, a distance scatter per eval, the
+run's files (spec, export, evaluation plots and reports) as artifacts."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -83,6 +84,27 @@ class WandbLogger(RunLogger):
             points = points[np.random.default_rng(step).choice(len(points), MAX_SCATTER_POINTS, replace=False)]
         table = wandb.Table(columns=["true distance", "predicted distance"], data=points.tolist())
         return wandb.plot.scatter(table, "true distance", "predicted distance", title="predicted vs true distance")
+
+    keeps_files = True
+
+    def log_artifacts(self, paths: Sequence[Path], folder: str = "") -> None:
+        """One W&B artifact (type ``run-files``) named after the run and ``folder``, holding ``paths``;
+        PNG plots are also logged as images, so they show in the run's media panel."""
+        import wandb
+
+        if self._run is None:
+            return
+        name = "-".join(part for part in (self._run.name or self._run.id, folder or "files") if part)
+        artifact = wandb.Artifact(wandb.util.make_artifact_name_safe(name), type="run-files")
+        for path in map(Path, paths):
+            if path.is_dir():
+                artifact.add_dir(str(path), name=path.name)
+            elif path.is_file():
+                artifact.add_file(str(path), name=path.name)
+        self._run.log_artifact(artifact)
+        images = {f"{folder or 'files'}/{p.stem}": wandb.Image(str(p)) for p in map(Path, paths) if p.suffix == ".png"}
+        if images:
+            self._run.log(images)
 
     def finish(self, summary: dict[str, float]) -> None:
         if self._run is not None:
