@@ -162,8 +162,8 @@ def test_a_resume_on_another_number_of_ranks_restarts_from_the_consolidated_weig
     from aam_ds.data.dataset import to_device
     from aam_ds.data.prepare import prepare_data
     from aam_ds.engine.distributed import DistContext
+    from aam_ds.engine.setup import build_objective
     from aam_ds.engine.steps import micro_step_generator, train_batches
-    from aam_ds.engine.trainer import build_objective
     from aam_ds.export import build_exported_model, load_export
     from aam_ds.spec import RunSpec
 

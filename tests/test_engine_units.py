@@ -14,7 +14,7 @@ from test_engine_pairwise import make_model, make_problem, pair_mse, run_ranks
 
 from aam_ds.engine.memory import PeakMemory, micro_batch_candidates, model_state_bytes, search_micro_batch
 from aam_ds.engine.schedule import warmup_cosine
-from aam_ds.engine.trainer import check_world_size
+from aam_ds.engine.setup import check_world_size
 from aam_ds.errors import AamInputError
 from aam_ds.spec import RunSpec, ScheduleSpec
 

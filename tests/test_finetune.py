@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from aam_ds.data.synthetic import demo_data
-from aam_ds.engine import steps, trainer
+from aam_ds.engine import setup, steps, trainer
 from aam_ds.errors import AamInputError
 from aam_ds.export import load_export
 from aam_ds.spec import load_spec
@@ -129,7 +129,7 @@ def test_encoder_learning_rate_scale_moves_the_pretrained_encoder_less(cache, tm
     moved = {}
     for scale in (1.0, 0.01):
         run_dir = tmp_path / f"scale{scale}"
-        model, _ = trainer.build_model(spec_for(cache, run_dir, **{"model.pretrained": pretrained / "model.pt"}), _data(cache, run_dir), True)
+        model, _ = setup.build_model(spec_for(cache, run_dir, **{"model.pretrained": pretrained / "model.pt"}), _data(cache, run_dir), True)
         groups = steps.parameter_groups(model, 0.003, scale)
         if scale == 1.0:
             assert all(isinstance(p, torch.nn.Parameter) for p in groups)

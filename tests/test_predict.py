@@ -139,7 +139,7 @@ def write_untrained_export(path: Path, cache: Path, finetuning: bool = True, **o
     writer), with random weights instead of trained ones."""
     from aam_ds.data.prepare import prepare_data
     from aam_ds.engine.run_export import export_spec, target_description
-    from aam_ds.engine.trainer import build_model
+    from aam_ds.engine.setup import build_model
     from aam_ds.export import Export, write_export
     from aam_ds.spec import load_spec
 
