@@ -1,23 +1,15 @@
-"""The run spec: one pydantic-validated document that describes a whole run.
+"""The run spec's sections: data, model, loss, optim, schedule, parallel, tracking, checkpoint.
 
-Sections: data, model, loss, optim, schedule, parallel, tracking, checkpoint. Every section
-forbids unknown keys, so a typo is an error rather than a silently ignored setting. A spec is
-loaded from YAML, TOML or JSON and then patched by dotted overrides
-(``--set model.d_model=256``).
+Every section forbids unknown keys, so a typo is an error rather than a silently ignored setting.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from aam_ds.errors import AamInputError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Section(BaseModel):
@@ -324,151 +316,3 @@ class CheckpointSpec(_Section):
         "error", description="a resume with another number of ranks: refuse it (error), or continue at the checkpoint's step "
         "from its consolidated fp32 weights with the optimizer state reset (restart_from_weights)"
     )
-
-
-# --------------------------------------------------------------------------------------------
-# the whole spec
-
-
-class RunSpec(_Section):
-    data: DataSpec = Field(default_factory=DataSpec)
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    loss: LossSpec = Field(default_factory=LossSpec)
-    optim: OptimSpec = Field(default_factory=OptimSpec)
-    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    parallel: ParallelSpec = Field(default_factory=ParallelSpec)
-    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
-    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
-
-    @model_validator(mode="after")
-    def _resolve_batch(self) -> "RunSpec":
-        p = self.parallel
-        user_set = set(p.model_fields_set)  # derived sizes below must not count as user-given
-        world = p.effective_world_size()
-        given = {k: getattr(p, k) for k in ("global_batch_size", "micro_batch_size", "grad_accum_steps")}
-        if all(v is None for v in given.values()):
-            given["micro_batch_size"], given["grad_accum_steps"] = 8, 1
-        elif sum(v is not None for v in given.values()) == 1:
-            if given["grad_accum_steps"] is None:
-                given["grad_accum_steps"] = 1
-            else:
-                given["micro_batch_size"] = 8
-        g, m, a = given["global_batch_size"], given["micro_batch_size"], given["grad_accum_steps"]
-        if g is None:
-            g = m * a * world
-        elif m is None:
-            if g % (a * world):
-                raise ValueError(
-                    f"parallel.global_batch_size={g} is not divisible by grad_accum_steps={a} x world size {world}; "
-                    f"choose a global batch that is a multiple of {a * world}"
-                )
-            m = g // (a * world)
-        elif a is None:
-            if g % (m * world):
-                raise ValueError(
-                    f"parallel.global_batch_size={g} is not divisible by micro_batch_size={m} x world size {world}; "
-                    f"choose a global batch that is a multiple of {m * world}"
-                )
-            a = g // (m * world)
-        elif g != m * a * world:
-            raise ValueError(
-                f"parallel.global_batch_size={g} != micro_batch_size={m} x grad_accum_steps={a} x world size {world} "
-                f"(= {m * a * world}); give only two of the three and the third is derived"
-            )
-        p.global_batch_size, p.micro_batch_size, p.grad_accum_steps = g, m, a
-        p.__pydantic_fields_set__ = user_set
-        if self.loss.pairwise_weight > 0 and m < 2:
-            raise ValueError(
-                f"the pairwise distance loss needs parallel.micro_batch_size >= 2 (got {m}): "
-                "raise the micro batch or set loss.pairwise_weight=0"
-            )
-        if self.loss.task != "none" and not self.data.targets and self.data.table is not None:
-            raise ValueError(f"loss.task={self.loss.task} needs data.targets (metadata columns to predict)")
-        return self
-
-    @model_validator(mode="after")
-    def _resolve_checkpointing(self) -> "RunSpec":
-        if self.checkpoint.resume and self.tracking.overwrite:
-            raise ValueError("checkpoint.resume (--resume) continues the run folder's outputs and tracking.overwrite "
-                             "deletes them: set only one")
-        if self.checkpoint.every_steps is None:
-            self.checkpoint.every_steps = max(50, self.schedule.steps // 10)
-        return self
-
-    def checkpoint_dir(self) -> Path:
-        """``checkpoint.dir``, or ``<tracking.run_dir>/checkpoints`` (once the run folder is decided)."""
-        return self.checkpoint.dir or self.tracking.run_dir / "checkpoints"
-
-
-# --------------------------------------------------------------------------------------------
-# loading, overrides, error reporting
-
-
-def read_spec_file(path: Path) -> dict[str, Any]:
-    """Parse a YAML, TOML or JSON spec file into a plain dict (chosen by suffix)."""
-    path = Path(path)
-    if not path.is_file():
-        raise AamInputError(str(path), "spec file not found", "check the path given to --spec")
-    text = path.read_text()
-    try:
-        if path.suffix == ".toml":
-            raw = tomllib.loads(text)
-        elif path.suffix == ".json":
-            raw = json.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
-            raw = yaml.safe_load(text) or {}
-        else:
-            raise AamInputError(str(path), f"unknown spec format '{path.suffix}'", "use .yaml, .yml, .toml or .json")
-    except (ValueError, yaml.YAMLError) as exc:
-        if isinstance(exc, AamInputError):
-            raise
-        raise AamInputError(str(path), f"cannot be parsed: {exc}", "fix the syntax error") from exc
-    if not isinstance(raw, dict):
-        raise AamInputError(str(path), "top level is not a mapping", "write sections such as 'model:' at the top level")
-    return raw
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides; values are parsed as YAML scalars/lists."""
-    for item in overrides:
-        if "=" not in item:
-            raise AamInputError(f"--set {item}", "expected dotted.key=value", "write e.g. --set model.d_model=256")
-        key, value = item.split("=", 1)
-        node = raw
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise AamInputError(f"--set {item}", f"'{part}' is not a section", "override a field inside a section")
-        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
-    return raw
-
-
-def format_validation_error(exc: ValidationError, source: str) -> AamInputError:
-    """Turn pydantic's error list into one AamInputError naming every bad field."""
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "<spec>"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (not a field of this section; check the spelling against `aam-ds spec schema`)"
-        lines.append(f"  {field}: {msg}")
-    return AamInputError(source, "invalid run spec:\n" + "\n".join(lines), "correct the fields listed above")
-
-
-def build_spec(raw: dict[str, Any], source: str = "<spec>") -> RunSpec:
-    try:
-        return RunSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise format_validation_error(exc, source) from None
-
-
-def load_spec(path: Path | None = None, overrides: list[str] | None = None) -> RunSpec:
-    """Load a spec file (optional) and apply dotted overrides; validate everything at once."""
-    raw = read_spec_file(path) if path else {}
-    raw = apply_overrides(raw, overrides or [])
-    return build_spec(raw, source=str(path) if path else "run spec")
-
-
-def spec_schema() -> dict[str, Any]:
-    return RunSpec.model_json_schema()
