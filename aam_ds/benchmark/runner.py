@@ -129,19 +129,8 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     progress.stage("linear model (CLR)")
     models["linear (CLR)"], seconds["linear (CLR)"] = _timed(lambda: _linear(table, inputs, truth, pairs, class_names))
 
-    pretrain_spec, pretrain_s, diagnostics, export = None, 0.0, {}, inputs.pretrained
-    if "AAM pretraining" in stages_of(inputs):
-        progress.stage("AAM pretraining")
-        pretrain_spec = aam_pretrain_spec(inputs, len(truth))
-        (pretrain_result, pretrain_s) = _timed(lambda: _pretrain(pretrain_spec))
-        export, diagnostics = pretrain_result.export_path, pretrain_result.eval_metrics
-    elif export is not None:
-        diagnostics = last_evaluation(export.parent / METRICS_FILE)
-    if export is not None:
-        progress.stage("AAM diagnostics")
-        models["AAM linear probe"] = linear_probe(export, inputs, table.sample_ids, truth, pairs, class_names, task)
-        diagnostics = {k: v for k, v in diagnostics.items() if k in ("asv_cosine", "asv_cosine_sequence", "asv_cosine_pooled", "distance_r")}
-
+    pretrain_spec, pretrain_s, diagnostics, export = _pretrained_model(inputs, table.sample_ids, truth, pairs, class_names, task,
+                                                                       models, progress)
     finetune_spec = aam_finetune_spec(inputs, folds_path, len(truth), len(held_out), task, split, export)
     cv, finetune_s = _timed(lambda: _cross_validate(finetune_spec, progress))
     models["AAM"] = cv
@@ -157,6 +146,26 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     )  # fmt: skip
     reporting.track_report(finetune_spec, out, report)
     return report
+
+
+def _pretrained_model(inputs: BenchmarkInputs, sample_ids, truth, pairs, class_names, task: str, models: dict[str, Any],
+                      progress: Any) -> tuple[Any, float, dict[str, float], Path | None]:
+    """The pretraining stage (or the ``--pretrained`` export) and its diagnostics: the linear probe
+    (added to ``models``) and the held-out distance r and ASV-vector cosines. Returns the pretraining
+    spec (None when skipped), its seconds, the diagnostics and the export to fine-tune from."""
+    pretrain_spec, pretrain_s, diagnostics, export = None, 0.0, {}, inputs.pretrained
+    if "AAM pretraining" in stages_of(inputs):
+        progress.stage("AAM pretraining")
+        pretrain_spec = aam_pretrain_spec(inputs, len(truth))
+        (pretrain_result, pretrain_s) = _timed(lambda: _pretrain(pretrain_spec))
+        export, diagnostics = pretrain_result.export_path, pretrain_result.eval_metrics
+    elif export is not None:
+        diagnostics = last_evaluation(export.parent / METRICS_FILE)
+    if export is not None:
+        progress.stage("AAM diagnostics")
+        models["AAM linear probe"] = linear_probe(export, inputs, sample_ids, truth, pairs, class_names, task)
+        diagnostics = {k: v for k, v in diagnostics.items() if k in ("asv_cosine", "asv_cosine_sequence", "asv_cosine_pooled", "distance_r")}
+    return pretrain_spec, pretrain_s, diagnostics, export
 
 
 def last_evaluation(metrics_file: Path) -> dict[str, float]:

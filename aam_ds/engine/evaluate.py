@@ -57,14 +57,7 @@ def evaluate(model: Any, dataset: Any, objective: Objective, ctx: DistContext, m
             asv_ids = unmasked_asv_ids(model, tokens)
             tokens, labels = mask_nucleotides(tokens, objective.loss.mask_fraction, gen)
         out = model(tokens, batch["counts"], want, batch.get("covariates"), asv_ids)
-        n = int(valid.sum())
-        sums["samples"] = sums.get("samples", 0.0) + n
-        if labels is not None and n:
-            logits, kept = out["nucleotide_logits"][valid], labels[valid]
-            sums["nucleotide"] = sums.get("nucleotide", 0.0) + n * losses.masked_nucleotide_loss(logits, kept).item()
-            sums["nucleotide_accuracy"] = sums.get("nucleotide_accuracy", 0.0) + n * losses.masked_nucleotide_accuracy(logits, kept).nan_to_num(0.0).item()
-        if "abundance" in out and n:
-            sums["abundance"] = sums.get("abundance", 0.0) + n * losses.abundance_loss(out["abundance"][valid], batch["counts"][valid]).item()
+        add_batch_sums(sums, out, labels, batch["counts"], valid)
         flags.append(valid)
         if "sample_embedding" in out:
             embeddings.append(out["sample_embedding"].float())
@@ -78,12 +71,8 @@ def evaluate(model: Any, dataset: Any, objective: Objective, ctx: DistContext, m
     keep = gather_no_grad(torch.cat(flags)) if flags else None
     if embeddings:
         emb, idx = gather_no_grad(torch.cat(embeddings))[keep], gather_no_grad(torch.cat(indices))[keep]
-        metrics["pairwise"] = losses.pairwise_distance_loss(emb, objective.distance_target.batch(idx)).item()
-        i, j = torch.triu_indices(len(emb), len(emb), offset=1, device=emb.device)
-        predicted = losses.embedding_distances(emb)[i, j].cpu().numpy()
-        true = objective.distance_target.batch(idx)[i, j].float().cpu().numpy()
-        metrics["distance_r"] = pearson(predicted, true)
-        scatter = (predicted, true)
+        pairwise, scatter = pairwise_metrics(emb, objective.distance_target.batch(idx))
+        metrics.update(pairwise)
         metrics.update(asv_similarity(_unwrap(model), dataset))
     if task_out:
         metrics.update(task_metrics(model, objective, gather_no_grad(torch.cat(task_out))[keep], gather_no_grad(torch.cat(task_true))[keep]))
@@ -95,6 +84,35 @@ def evaluate(model: Any, dataset: Any, objective: Objective, ctx: DistContext, m
     )  # fmt: skip
     model.train(was_training)
     return metrics, scatter
+
+
+def add_batch_sums(sums: dict[str, float], out: dict[str, torch.Tensor], labels: torch.Tensor | None, counts: torch.Tensor,
+                   valid: torch.Tensor) -> None:
+    """Add one micro-batch's sample count and its per-sample losses times that count to ``sums``
+    (masked nucleotides when ``labels`` is given, abundance when the model gave it); ``valid``
+    (``bool [B]``) marks the rows that are not padding repeats."""
+    n = int(valid.sum())
+    sums["samples"] = sums.get("samples", 0.0) + n
+    if not n:
+        return
+    if labels is not None:
+        logits, kept = out["nucleotide_logits"][valid], labels[valid]
+        sums["nucleotide"] = sums.get("nucleotide", 0.0) + n * losses.masked_nucleotide_loss(logits, kept).item()
+        accuracy = losses.masked_nucleotide_accuracy(logits, kept).nan_to_num(0.0).item()
+        sums["nucleotide_accuracy"] = sums.get("nucleotide_accuracy", 0.0) + n * accuracy
+    if "abundance" in out:
+        sums["abundance"] = sums.get("abundance", 0.0) + n * losses.abundance_loss(out["abundance"][valid], counts[valid]).item()
+
+
+def pairwise_metrics(emb: torch.Tensor, target: torch.Tensor) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
+    """The pairwise loss and the Pearson r of embedding vs target distances over all pairs i<j of the
+    evaluated samples (``emb`` ``[N, D]``, ``target`` ``[N, N]``), and those (predicted, true)
+    distances (``float [N(N-1)/2]`` each) for the scatter plot."""
+    i, j = torch.triu_indices(len(emb), len(emb), offset=1, device=emb.device)
+    predicted = losses.embedding_distances(emb)[i, j].cpu().numpy()
+    true = target[i, j].float().cpu().numpy()
+    metrics = {"pairwise": losses.pairwise_distance_loss(emb, target).item(), "distance_r": pearson(predicted, true)}
+    return metrics, (predicted, true)
 
 
 def task_metrics(model: Any, objective: Objective, predicted: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
