@@ -147,3 +147,23 @@ def test_stages_follow_the_recipe_and_a_given_export(tmp_path):
     assert {"AAM pretraining", "AAM diagnostics"}.isdisjoint(stages_of(dataclasses.replace(inputs, recipe=scratch)))
     with pytest.raises(AamInputError, match="fine-tunes from scratch"):
         check_inputs(dataclasses.replace(given, recipe=scratch))
+
+
+def test_a_recipe_batch_larger_than_a_small_tables_training_part_shrinks_to_fit(tmp_path):
+    """34 samples in 5 folds (27 train, the smallest part 26): the standard recipe's batch of 32 would
+    not fill one step; it shrinks to the training part (pretraining: 5 % held out), keeps the epochs
+    (more steps), and a batch the user set stays as given (the trainer then names the problem)."""
+    from aam_ds.benchmark.runner import BenchmarkInputs, aam_finetune_spec, aam_pretrain_spec
+
+    inputs = BenchmarkInputs(table=tmp_path / "t.biom", metadata=tmp_path / "m.tsv", target="BodySite", out_dir=tmp_path,
+                             recipe=load_recipe("standard"))
+    big = aam_finetune_spec(inputs, tmp_path / "folds.tsv", 400, 5, "classification", "stratified", smallest_train=318)
+    assert big.parallel.global_batch_size == 32  # large tables keep the recipe's batch
+    small = aam_finetune_spec(inputs, tmp_path / "folds.tsv", 34, 5, "classification", "stratified", smallest_train=26)
+    assert small.parallel.global_batch_size == small.parallel.micro_batch_size == 26
+    assert small.schedule.steps >= inputs.recipe.finetune.min_steps
+    pretrain = aam_pretrain_spec(inputs, 30)
+    assert pretrain.parallel.global_batch_size == 27  # floor(30 x 0.95) - 1: a validation part of 2 leaves 28
+    given = BenchmarkInputs(**{**inputs.__dict__, "extra": ["parallel.micro_batch_size=32"]})
+    assert aam_finetune_spec(given, tmp_path / "folds.tsv", 34, 5, "classification", "stratified", smallest_train=26
+                             ).parallel.micro_batch_size == 32

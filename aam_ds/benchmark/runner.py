@@ -21,6 +21,7 @@ Everything runs in this process (one rank, CPU or the first GPU).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,7 +132,8 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
 
     pretrain_spec, pretrain_s, diagnostics, export = _pretrained_model(inputs, table.sample_ids, truth, pairs, class_names, task,
                                                                        models, progress)
-    finetune_spec = aam_finetune_spec(inputs, folds_path, len(truth), len(held_out), task, split, export)
+    finetune_spec = aam_finetune_spec(inputs, folds_path, len(truth), len(held_out), task, split, export,
+                                      smallest_train=len(truth) - max(len(fold) for fold in held_out))
     cv, finetune_s = _timed(lambda: _cross_validate(finetune_spec, progress))
     models["AAM"] = cv
     seconds["AAM"] = round(pretrain_s + finetune_s, 1)
@@ -218,12 +220,22 @@ def data_overrides(inputs: BenchmarkInputs) -> list[str]:
     return items
 
 
-def _stage_spec(inputs: BenchmarkInputs, fixed: list[str], budget, n_samples: int, evaluations: int):
+def _stage_spec(inputs: BenchmarkInputs, fixed: list[str], budget, n_samples: int, evaluations: int, smallest: int | None = None):
     """The stage's run spec; its schedule (steps, warmup, evaluation and log intervals) follows from
-    the budget and the spec's own global batch, except fields the user set with ``--set schedule.*``."""
+    the budget and the spec's own global batch, except fields the user set with ``--set schedule.*``.
+    ``n_samples``: the samples a run of this stage trains on (before its validation part),
+    ``smallest`` the fewest any of its runs gets (default: ``n_samples``); a recipe's global batch
+    larger than that shrinks to fit (small tables), unless the user set ``parallel.*`` batch sizes."""
     from aam_ds.spec import ScheduleSpec, load_spec
 
-    spec = load_spec(None, inputs.recipe.stage_spec(budget) + data_overrides(inputs) + fixed + inputs.extra)
+    items = inputs.recipe.stage_spec(budget) + data_overrides(inputs) + fixed + inputs.extra
+    spec = load_spec(None, items)
+    fits = training_batch_cap(smallest or n_samples, spec.data.split.val_fraction)
+    user_batch = any(item.startswith(("parallel.micro_batch_size", "parallel.global_batch_size")) for item in inputs.extra)
+    if spec.parallel.global_batch_size > fits and not user_batch:
+        per_micro = spec.parallel.grad_accum_steps * spec.parallel.effective_world_size()
+        micro = max(1, fits // per_micro)
+        spec = load_spec(None, items + [f"parallel.micro_batch_size={micro}", f"parallel.global_batch_size={micro * per_micro}"])
     steps = budget.steps(n_samples, spec.parallel.global_batch_size)
     timing = {"steps": steps, "warmup_steps": max(1, steps // 20), "eval_every": max(1, steps // evaluations),
               "log_every": max(1, steps // 10)}
@@ -231,6 +243,12 @@ def _stage_spec(inputs: BenchmarkInputs, fixed: list[str], budget, n_samples: in
     timing = {key: value for key, value in timing.items() if key not in user_set}
     schedule = ScheduleSpec.model_validate({**spec.schedule.model_dump(), **timing})
     return spec.model_copy(update={"schedule": schedule})
+
+
+def training_batch_cap(n_samples: int, val_fraction: float) -> int:
+    """The largest global batch sure to fit the training part of ``n_samples`` samples once a
+    validation part of ``val_fraction`` is carved off (rounding per stratum may take a sample more)."""
+    return n_samples if not val_fraction else max(1, math.floor(n_samples * (1 - val_fraction)) - 1)
 
 
 def aam_pretrain_spec(inputs: BenchmarkInputs, n_samples: int):
@@ -242,13 +260,14 @@ def aam_pretrain_spec(inputs: BenchmarkInputs, n_samples: int):
 
 
 def aam_finetune_spec(inputs: BenchmarkInputs, folds_path: Path, n_samples: int, k: int, task: str, split: str,
-                      export: Path | None = None):
+                      export: Path | None = None, smallest_train: int | None = None):
     """Cross-validated fine-tuning on ``folds_path``, from the pretrained ``export`` (default: the
     pretraining stage's; unless the recipe's
     ``finetune.from_pretrained`` is false: then from scratch, the same model settings). With
     ``finetune.evaluations`` > 0 a validation part is carved from each training part by the split
     rule and the best evaluation is exported; with 0 every training sample trains and the last
-    step is exported."""
+    step is exported. ``smallest_train``: samples in the smallest training part of the folds
+    (default: the mean part)."""
     from aam_ds.benchmark import report as reporting
 
     budget = inputs.recipe.finetune
@@ -262,7 +281,7 @@ def aam_finetune_spec(inputs: BenchmarkInputs, folds_path: Path, n_samples: int,
              *([f"schedule.best_metric={reporting.HEADLINE[task][0]}", *validation.get(split, [])] if budget.evaluations
                else ["data.split.val_fraction=0"])]  # fmt: skip
     train_samples = n_samples * (k - 1) / k
-    return _stage_spec(inputs, fixed, budget, int(train_samples), max(budget.evaluations, 1))
+    return _stage_spec(inputs, fixed, budget, int(train_samples), max(budget.evaluations, 1), smallest_train)
 
 
 def _pretrain(spec):
