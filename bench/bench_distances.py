@@ -30,7 +30,8 @@ from aam_ds.distances import cli
 from aam_ds.distances.io import read_distance_matrix
 from aam_ds.distances.metric import METRICS, UNIFRAC_METRICS
 from aam_ds.distances.target import build_distance_target
-from aam_ds.model.aam import AAMModel, required_outputs
+from aam_ds.engine.objective import required_outputs
+from aam_ds.model.aam import AAMModel
 from aam_ds.model.losses import masked_nucleotide_loss, pairwise_distance_loss
 from aam_ds.model.masking import mask_nucleotides
 from aam_ds.spec import DataSpec, build_spec

@@ -7,8 +7,9 @@ import torch
 from torch.distributed._tools.mem_tracker import MemTracker  # torch's own per-device peak tracker (works on CPU)
 
 from aam_ds.data.sequences import PAD, VOCAB_SIZE
+from aam_ds.engine.objective import check_loss_compatible, required_outputs
 from aam_ds.errors import AamInputError
-from aam_ds.model.aam import OUTPUTS, AAMModel, check_loss_compatible, count_parameters, required_outputs
+from aam_ds.model.aam import OUTPUTS, AAMModel, count_parameters
 from aam_ds.model.losses import (
     abundance_loss,
     classification_loss,
@@ -291,13 +292,17 @@ def test_abundance_loss_with_abundance_input_is_refused():
     check_loss_compatible(tiny(use_abundance=False), LossSpec(abundance_weight=1.0))
 
 
-def test_bad_requests_raise_input_errors():
+def test_bad_requests_are_programming_errors_with_their_traceback():
+    """A wrong call of the model is a bug in the caller, not bad user input: ValueError (shown with its
+    traceback), never AamInputError (printed as one line of "bad input")."""
     tokens, counts = make_batch([2], max_asvs=2)
-    with pytest.raises(AamInputError, match="unknown outputs"):
-        model()(tokens, counts, {"embedding"})
-    with pytest.raises(AamInputError, match="no task head"):
-        model()(tokens, counts, {"task"})
-    with pytest.raises(AamInputError, match="covariates"):
-        model(n_targets=1, covariate_cardinalities=(2,))(tokens, counts, {"task"})
-    with pytest.raises(AamInputError, match="positions"):
-        model()(torch.ones(1, 2, SEQ_LEN + 1, dtype=torch.int64), counts, {"sample_embedding"})
+    calls = {
+        "unknown outputs": lambda: model()(tokens, counts, {"embedding"}),
+        "no task head": lambda: model()(tokens, counts, {"task"}),
+        "covariates": lambda: model(n_targets=1, covariate_cardinalities=(2,))(tokens, counts, {"task"}),
+        "positions": lambda: model()(torch.ones(1, 2, SEQ_LEN + 1, dtype=torch.int64), counts, {"sample_embedding"}),
+    }
+    for message, call in calls.items():
+        with pytest.raises(ValueError, match=message) as caught:
+            call()
+        assert not isinstance(caught.value, AamInputError), message

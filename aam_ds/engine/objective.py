@@ -15,11 +15,35 @@ from typing import Any
 import torch
 
 from aam_ds.engine.pairwise import MicroOutputs, gathered_pairwise_loss
+from aam_ds.errors import AamInputError
 from aam_ds.model import losses
-from aam_ds.model.aam import required_outputs
 from aam_ds.model.blocks import asv_hash_buckets
 from aam_ds.model.masking import mask_nucleotides
-from aam_ds.spec import LossSpec
+from aam_ds.spec import LossSpec, ModelSpec
+
+
+def required_outputs(loss: LossSpec) -> frozenset[str]:
+    """The forward outputs the spec's active losses need (a loss with weight 0 needs nothing)."""
+    want = set()
+    if loss.pairwise_weight > 0:
+        want.add("sample_embedding")
+    if loss.nucleotide_weight > 0:
+        want.add("nucleotide_logits")
+    if loss.abundance_weight > 0:
+        want.add("abundance")
+    if loss.task != "none" and loss.task_weight > 0:
+        want.add("task")
+    return frozenset(want)
+
+
+def check_loss_compatible(model: ModelSpec, loss: LossSpec) -> None:
+    """Refuse loss settings the model cannot learn from meaningfully."""
+    if loss.abundance_weight > 0 and model.use_abundance:
+        raise AamInputError(
+            "loss.abundance_weight",
+            "abundance prediction is on while model.use_abundance=true feeds the same abundances in, so the loss only measures copying",
+            "set model.use_abundance=false, or loss.abundance_weight=0",
+        )
 
 
 @dataclass

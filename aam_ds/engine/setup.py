@@ -14,11 +14,11 @@ import torch
 from aam_ds.data.prepare import PreparedData, prepare_data
 from aam_ds.data.splits import save_splits
 from aam_ds.engine.distributed import DistContext, barrier
-from aam_ds.engine.objective import Objective
+from aam_ds.engine.objective import Objective, check_loss_compatible
 from aam_ds.errors import AamInputError
 from aam_ds.export import load_export
 from aam_ds.model import losses
-from aam_ds.model.aam import AAMModel, check_loss_compatible
+from aam_ds.model.aam import AAMModel
 from aam_ds.spec import RunSpec
 
 # model fields a fine-tuning run takes from its own spec (the rest of the architecture comes from the export)

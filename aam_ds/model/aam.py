@@ -29,11 +29,10 @@ import torch
 from torch import nn
 
 from aam_ds.data.sequences import PAD, VOCAB_SIZE
-from aam_ds.errors import AamInputError
 from aam_ds.model.blocks import AsvStandardizer, Encoder, asv_hash_buckets, scatter_rows, sinusoidal_positions
 from aam_ds.model.heads import AbundanceHead, NucleotideHead, TaskHead, log_relative_abundance
 from aam_ds.model.normalization import TargetNormalizer
-from aam_ds.spec import MODEL_PRESETS, LossSpec, ModelSpec
+from aam_ds.spec import MODEL_PRESETS, ModelSpec
 
 COMPOSITION_INIT_SCALE = 0.1  # initial LayerNorm gain of the composition contrast (see AAMModel._composition)
 # initial std of the learned ASV vectors (the transformer's 0.02: on Huang oral age, fine-tuning from
@@ -63,7 +62,7 @@ class AAMModel(nn.Module):
     ):
         super().__init__()
         if n_targets and n_classes:
-            raise AamInputError("AAMModel", "both n_targets and n_classes were given", "a model has one task: regression or classification")
+            raise ValueError("AAMModel: both n_targets and n_classes were given; a model has one task (regression or classification)")
         self.spec = spec
         self.max_seq_len = max_seq_len
         d = spec.d_model
@@ -293,50 +292,21 @@ class AAMModel(nn.Module):
     def _check_inputs(self, tokens, counts, want, covariates) -> None:
         unknown = set(want) - OUTPUTS
         if unknown:
-            raise AamInputError("AAMModel.forward(want=...)", f"unknown outputs {sorted(unknown)}", f"choose from {sorted(OUTPUTS)}")
+            raise ValueError(f"AAMModel.forward: unknown outputs {sorted(unknown)} in want; choose from {sorted(OUTPUTS)}")
         if "task" in want and self.task_head is None:
-            raise AamInputError("AAMModel.forward(want=...)", "'task' requested but the model has no task head", "build the model with n_targets or n_classes")
+            raise ValueError("AAMModel.forward: 'task' requested but the model has no task head (build it with n_targets or n_classes)")
         if tokens.dim() != 3 or counts.shape != tokens.shape[:2]:
-            raise AamInputError(
-                "batch",
-                f"tokens {tuple(tokens.shape)} and counts {tuple(counts.shape)} do not match",
-                "pass tokens [B, A, L] and counts [B, A]",
-            )
+            raise ValueError(f"AAMModel.forward: tokens {tuple(tokens.shape)} and counts {tuple(counts.shape)} do not match "
+                             "(tokens [B, A, L], counts [B, A])")
         if tokens.shape[2] > self.max_seq_len:
-            raise AamInputError(
-                "batch tokens", f"ASVs have {tokens.shape[2]} positions but the model was built for {self.max_seq_len}",
-                "build the model with the data's max_seq_len",
-            )
+            raise ValueError(f"AAMModel.forward: ASVs have {tokens.shape[2]} positions but the model was built for "
+                             f"{self.max_seq_len}")
         if "task" in want:
             self.task_head.check_covariates(covariates, tokens.shape[0])
 
 
 # -------------------------------------------------------------------------------------------
-# losses -> outputs, parameter counts
-
-
-def required_outputs(loss: LossSpec) -> frozenset[str]:
-    """The forward outputs the spec's active losses need (a loss with weight 0 needs nothing)."""
-    want = set()
-    if loss.pairwise_weight > 0:
-        want.add("sample_embedding")
-    if loss.nucleotide_weight > 0:
-        want.add("nucleotide_logits")
-    if loss.abundance_weight > 0:
-        want.add("abundance")
-    if loss.task != "none" and loss.task_weight > 0:
-        want.add("task")
-    return frozenset(want)
-
-
-def check_loss_compatible(model: ModelSpec, loss: LossSpec) -> None:
-    """Refuse loss settings the model cannot learn from meaningfully."""
-    if loss.abundance_weight > 0 and model.use_abundance:
-        raise AamInputError(
-            "loss.abundance_weight",
-            "abundance prediction is on while model.use_abundance=true feeds the same abundances in, so the loss only measures copying",
-            "set model.use_abundance=false, or loss.abundance_weight=0",
-        )
+# parameter counts
 
 
 def count_parameters(spec: ModelSpec, max_seq_len: int = 150) -> int:

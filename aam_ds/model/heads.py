@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from aam_ds.data.sequences import VOCAB_SIZE
-from aam_ds.errors import AamInputError
 
 
 def log_relative_abundance(counts: torch.Tensor) -> torch.Tensor:
@@ -51,7 +50,7 @@ class TaskHead(nn.Module):
         super().__init__()
         self.covariate_cardinalities = tuple(int(c) for c in covariate_cardinalities)
         if any(c < 1 for c in self.covariate_cardinalities):
-            raise AamInputError("covariates", f"cardinalities {self.covariate_cardinalities} include an empty category set", "drop covariates without values")
+            raise ValueError(f"TaskHead: covariate cardinalities {self.covariate_cardinalities} include an empty category set")
         cov_dim = min(16, d_model)
         self.covariate_embeddings = nn.ModuleList(nn.Embedding(c, cov_dim) for c in self.covariate_cardinalities)
         fused = d_model + cov_dim * len(self.covariate_cardinalities)
@@ -63,10 +62,7 @@ class TaskHead(nn.Module):
             return
         if covariates is None or tuple(covariates.shape) != (batch_size, n_cov):
             got = None if covariates is None else tuple(covariates.shape)
-            raise AamInputError(
-                "batch covariates", f"expected int64 [{batch_size}, {n_cov}] category codes, got {got}",
-                "pass the batch's 'covariates' tensor to the model",
-            )
+            raise ValueError(f"TaskHead: expected covariates int64 [{batch_size}, {n_cov}] category codes, got {got}")
 
     def forward(self, embedding: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
         parts = [embedding]

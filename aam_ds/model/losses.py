@@ -15,7 +15,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from aam_ds.errors import AamInputError
 from aam_ds.model.heads import log_relative_abundance
 from aam_ds.model.masking import IGNORE_INDEX
 
@@ -39,12 +38,10 @@ def pairwise_distance_loss(embeddings: torch.Tensor, target: torch.Tensor) -> to
     """
     b = embeddings.shape[0]
     if embeddings.dim() != 2 or tuple(target.shape) != (b, b):
-        raise AamInputError(
-            "pairwise_distance_loss", f"embeddings {tuple(embeddings.shape)} and target {tuple(target.shape)} do not match",
-            "pass embeddings [B, D] and the batch's [B, B] distance matrix",
-        )
+        raise ValueError(f"pairwise_distance_loss: embeddings {tuple(embeddings.shape)} and target {tuple(target.shape)} do not "
+                         "match (embeddings [B, D], target [B, B])")
     if b < 2:
-        raise AamInputError("pairwise_distance_loss", f"a batch of {b} sample has no pairs", "use a batch of at least 2 samples")
+        raise ValueError(f"pairwise_distance_loss: a batch of {b} sample has no pairs (at least 2 needed)")
     i, j = torch.triu_indices(b, b, offset=1, device=embeddings.device)
     predicted = embedding_distances(embeddings)[i, j]
     return F.mse_loss(predicted, target[i, j].to(predicted.dtype))
