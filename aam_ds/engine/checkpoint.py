@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from aam_ds.engine.disk import checkpoint_bytes, engine_parameters, written_on_every_rank
-from aam_ds.engine.distributed import all_gather_objects, barrier, broadcast_from_main
+from aam_ds.engine.distributed import all_gather_objects, barrier, broadcast_from_main, process_rank
 from aam_ds.errors import AamInputError, notice
 from aam_ds.io_utils import atomic_write_text
 from aam_ds.spec import RunSpec
@@ -52,10 +51,6 @@ def latest_tag(ckpt_dir: Path) -> str | None:
     if not (Path(ckpt_dir) / tag).is_dir():
         raise AamInputError(str(path), f"names checkpoint '{tag}' which does not exist", f"delete {path} or restore {tag}")
     return tag
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def checkpoint_layout(spec: RunSpec, world_size: int) -> dict[str, Any]:
@@ -130,12 +125,12 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[s
         written_on_every_rank(lambda: engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={**client_state, "step": step},
                                                              save_latest=False), ckpt_dir / tag, need, fix, collective=True)
         require_shared(ckpt_dir, all_gather_objects(unseen_peer_files(ckpt_dir / tag)))
-        written_on_every_rank(publish if _rank() == 0 else lambda: None, ckpt_dir / tag, need, fix, collective=False)
+        written_on_every_rank(publish if process_rank() == 0 else lambda: None, ckpt_dir / tag, need, fix, collective=False)
     except AamInputError:
         if tag != previous:  # every rank: on checkpoint folders that are not shared each holds its own part
             shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
         raise
-    if _rank() == 0:
+    if process_rank() == 0:
         tags = sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step"))
         for old in tags[: max(0, len(tags) - keep_last)]:
             if old != tag:
@@ -209,7 +204,7 @@ def agreed_resume_tag(ckpt_dir: Path) -> str:
     shared by all nodes is one AamInputError on every rank, :func:`require_shared`)."""
     ckpt_dir = Path(ckpt_dir)
     answer = None
-    if _rank() == 0:
+    if process_rank() == 0:
         try:
             answer = (resumable_tag(ckpt_dir), None)
         except AamInputError as exc:
@@ -291,7 +286,7 @@ def consolidated_state_dict(engine: Any, ckpt_dir: Path, tag: str) -> dict[str, 
     (the bf16 optimizer's fp32 copies) or, in fp32, are the module's own.
     """
     state = None
-    if _rank() == 0:
+    if process_rank() == 0:
         if engine.zero_optimization_stage() == 0:
             state = {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
             state.update(_zero0_master_weights(engine))

@@ -28,7 +28,7 @@ import numpy as np
 from aam_ds.data.prepare import PreparedData, prepare_data
 from aam_ds.data.splits import kfold_splits, split_labels, split_samples
 from aam_ds.engine.checkpoint import latest_tag
-from aam_ds.engine.distributed import DistContext, barrier, init_distributed
+from aam_ds.engine.distributed import DistContext, init_distributed, main_first
 from aam_ds.engine.run_folder import claim_run_dir
 from aam_ds.engine.trainer import finetune
 from aam_ds.errors import AamInputError
@@ -59,9 +59,7 @@ def _cross_validate(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None
         raise AamInputError("loss.task", "cross-validation fine-tunes a task", "set loss.task=regression or classification and data.targets")
     spec = claim_run_dir(spec, "cv", ctx, checkpointed=False)
     run_dir = spec.tracking.run_dir
-    data = prepare_data(spec) if ctx.is_main else None  # rank 0 fills the token cache first
-    barrier()
-    data = data if data is not None else prepare_data(spec)
+    data = main_first(ctx, lambda _: prepare_data(spec))  # rank 0 fills the token cache first
     if len(data.target_names) != 1:
         raise AamInputError("data.targets", f"cross-validation scores one target, got {data.target_names}", "give a single target column")
     held_out = fold_rows(spec.data.split, data)

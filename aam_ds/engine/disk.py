@@ -12,9 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-import torch.distributed as dist
-
-from aam_ds.engine.distributed import all_gather_objects, barrier
+from aam_ds.engine.distributed import all_gather_objects, barrier, process_rank
 from aam_ds.errors import AamInputError, notice
 
 BYTES_PER_PARAMETER = 16
@@ -75,7 +73,7 @@ def written_on_every_rank(write: Callable[[], Any], tag_dir: Path, need: int, fi
     causes = all_gather_objects(cause)
     failed = [(rank, text) for rank, text in enumerate(causes) if text]
     if failed:
-        rank, text = (dist.get_rank() if dist.is_initialized() else 0, cause) if cause else failed[0]  # this rank's own cause first
+        rank, text = (process_rank(), cause) if cause else failed[0]  # this rank's own cause first
         raise AamInputError(str(tag_dir), f"could not be written (rank {rank}: {text}); {size_text(free_bytes(tag_dir))} "
                             f"free there, a checkpoint needs about {size_text(need)}", fix)
 

@@ -15,13 +15,14 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from aam_ds.errors import AamInputError
 
+T = TypeVar("T")
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -181,6 +182,25 @@ def collective_timeout_text() -> str:
         return f"{head} on every rank: they waited in different collectives{fix}"
     named = ", ".join(f"rank {rank} (last step begun: {steps[rank]})" for rank in silent)
     return f"{head}: {named} did not answer{fix}"
+
+
+def process_rank() -> int:
+    """This process's rank in the default process group (0 when there is none)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def process_world_size() -> int:
+    """Ranks in the default process group (1 when there is none)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def main_first(ctx: DistContext, work: Callable[[bool], T]) -> T:
+    """``work(True)`` on rank 0, then, after a barrier, ``work(False)`` on the other ranks; every
+    rank returns its own result. For "rank 0 prepares (fills a cache, writes the files), the others
+    then read": the flag says whether this rank is the one that prepares."""
+    result = work(True) if ctx.is_main else None
+    barrier()
+    return result if ctx.is_main else work(False)
 
 
 def barrier() -> None:

@@ -30,28 +30,26 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
+from aam_ds.engine.distributed import process_rank, process_world_size
+
 PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # one micro-batch's (sample embeddings [B, D], table rows int64 [B], weighted per-sample loss (scalar),
 # detached per-sample loss terms by name)
 MicroOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
 
 
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
 def gather_with_grad(local: torch.Tensor) -> torch.Tensor:
     """All-gather ``[B, ...]`` from every rank into ``[W*B, ...]`` (rank-major), keeping autograd."""
-    if _world_size() == 1:
+    if process_world_size() == 1:
         return local
     return torch.cat(dist_fn.all_gather(local.contiguous()), dim=0)
 
 
 def gather_no_grad(local: torch.Tensor) -> torch.Tensor:
     """All-gather a tensor that needs no gradient (e.g. sample indices ``[B]``) into ``[W*B, ...]``."""
-    if _world_size() == 1:
+    if process_world_size() == 1:
         return local
-    parts = [torch.empty_like(local) for _ in range(_world_size())]
+    parts = [torch.empty_like(local) for _ in range(process_world_size())]
     dist.all_gather(parts, local.contiguous())
     return torch.cat(parts, dim=0)
 
@@ -119,7 +117,7 @@ def gradient_cache_step(
     sizes = [len(embedding) for embedding, *_ in first]
     pairwise, grad = pairwise_loss_and_grad(torch.cat([e.float() for e, *_ in first]), torch.cat([i for _, i, *_ in first]),
                                             target_distances, pair_loss)
-    scale = pairwise_weight * accum * _world_size()
+    scale = pairwise_weight * accum * process_world_size()
     totals = {"loss": pairwise_weight * pairwise, "pairwise": pairwise}
     for micro, cached in enumerate(grad.split(sizes)):
         embedding, _, sample_loss, terms = forward(micro)
@@ -140,7 +138,7 @@ def pairwise_loss_and_grad(embedding: torch.Tensor, sample_index: torch.Tensor, 
     with torch.enable_grad():
         loss = pair_loss(gathered, target_distances(gather_no_grad(sample_index)).float())
         (grad,) = torch.autograd.grad(loss, gathered)
-    rank = dist.get_rank() if _world_size() > 1 else 0
+    rank = process_rank()
     return loss.item(), grad[rank * len(embedding) : (rank + 1) * len(embedding)]
 
 

@@ -13,7 +13,7 @@ import torch
 
 from aam_ds.data.prepare import PreparedData, prepare_data
 from aam_ds.data.splits import save_splits
-from aam_ds.engine.distributed import DistContext, barrier
+from aam_ds.engine.distributed import DistContext, main_first
 from aam_ds.engine.objective import Objective, check_loss_compatible
 from aam_ds.errors import AamInputError
 from aam_ds.export import load_export
@@ -47,9 +47,7 @@ def check_device_support(spec: RunSpec, device: torch.device) -> None:
 
 def load_data(spec: RunSpec, ctx: DistContext) -> PreparedData:
     """Rank 0 prepares first (token cache, split files); the others then read the warm cache."""
-    data = prepare_data(spec, spec.tracking.run_dir) if ctx.is_main else None
-    barrier()
-    return data if data is not None else prepare_data(spec, None)
+    return main_first(ctx, lambda first: prepare_data(spec, spec.tracking.run_dir if first else None))
 
 
 def given_data(data: PreparedData, run_dir: Path, ctx: DistContext) -> PreparedData:
