@@ -9,8 +9,17 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_CASES = SHARED_DATA.parent / "cases"
+
+# property-based tests: few, reproducible examples in CI; `pytest --hypothesis-profile long` for a local hunt
+settings.register_profile(
+    "ci", max_examples=20, deadline=None, derandomize=True, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("long", max_examples=1000, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +90,11 @@ def write_qza(path: Path, semantic_type: str, payload_name: str, payload: bytes)
 def make_qza() -> Callable[[Path, str, str, bytes], Path]:
     """A builder of QIIME 2 artifacts for tests: ``make_qza(path, type, payload_name, payload_bytes)``."""
     return write_qza
+
+
+@pytest.fixture(scope="session")
+def shared_cases() -> Path:
+    """The folder of failing inputs modelled on the field's bug reports (skips when absent)."""
+    if not SHARED_CASES.is_dir():
+        pytest.skip(f"case folder {SHARED_CASES} is absent (it lives beside the repository, never in it)")
+    return SHARED_CASES

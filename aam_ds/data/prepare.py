@@ -1,6 +1,6 @@
 """prepare_data(spec): every data step from files to datasets, in one place.
 
-Order: load table -> rarefy -> align metadata -> ASV sequences -> tokens (cached) -> drop ASVs the
+Order: load table -> drop samples without reads -> rarefy -> align metadata -> ASV sequences -> tokens (cached) -> drop ASVs the
 ambiguity policy rejects -> per-sample ASV selection -> targets / covariates -> splits (saved).
 """
 
@@ -20,7 +20,7 @@ from aam_ds.data.select import SampleRow, sample_rows
 from aam_ds.data.sequences import asv_sequences, dropped_rows
 from aam_ds.data.splits import save_splits, split_samples
 from aam_ds.data.synthetic import demo_data
-from aam_ds.data.table import FeatureTable, load_table
+from aam_ds.data.table import FeatureTable, load_table, without_empty_samples
 from aam_ds.errors import AamInputError, notice
 from aam_ds.spec import RunSpec
 
@@ -95,6 +95,9 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
         if len(table.sample_ids) < before:
             drops[reason] = before - len(table.sample_ids)
 
+    table = without_empty_samples(table)
+    count_drop("no reads", samples_loaded)
+
     if data.rarefy_depth is not None:
         before, table = len(table.sample_ids), rarefy(table, data.rarefy_depth, data.rarefy_seed)
         count_drop(f"fewer reads than data.rarefy_depth {data.rarefy_depth}", before)
@@ -155,14 +158,12 @@ def drop_rejected_asvs(
     keep = np.flatnonzero(~rejected)
     notice(f"{table.source}: dropping {rejected.sum()} ASVs with ambiguous bases (data.ambiguous_bases=drop_asv)")
     table = FeatureTable(table.sample_ids, [table.asv_ids[j] for j in keep], table.counts[:, keep].tocsr(), table.source)
-    nonempty = np.flatnonzero(np.asarray(table.counts.sum(axis=1)).ravel() > 0)
-    if len(nonempty) == 0:
+    if table.counts.sum() == 0:
         raise AamInputError(table.source, "no reads remain after dropping ASVs with ambiguous bases", "set data.ambiguous_bases=as_n")
-    if len(nonempty) < len(table.sample_ids):
-        notice(f"{table.source}: dropping {len(table.sample_ids) - len(nonempty)} samples left without reads")
-        table = table.take_samples(nonempty)
-        metadata = None if metadata is None else metadata.iloc[nonempty]
-    return table, tokens[keep], metadata
+    tokens, row_of = tokens[keep], {asv: i for i, asv in enumerate(table.asv_ids)}
+    table = without_empty_samples(table, "every ASV they had holds ambiguous bases")
+    metadata = None if metadata is None else metadata.loc[table.sample_ids]
+    return table, tokens[[row_of[asv] for asv in table.asv_ids]], metadata
 
 
 def _targets(

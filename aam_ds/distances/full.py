@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from aam_ds.data.qiime2 import is_qza, read_qza
+from aam_ds.data.files import compression_of
+from aam_ds.data.qiime2 import is_qza
 from aam_ds.data.table import FeatureTable, load_table
 from aam_ds.distances.branches import tip_nodes_of
 from aam_ds.distances.io import read_distance_matrix
 from aam_ds.distances.metric import UNIFRAC_METRICS, PairwiseMetric
-from aam_ds.distances.tree import read_tree
+from aam_ds.distances.tree import newick_text, read_tree
 from aam_ds.errors import AamInputError
 
 
@@ -90,20 +91,26 @@ def ssu_full_matrix(
             command += ["-a", str(alpha)]
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0 or not out.is_file():
-            raise AamInputError("ssu", f"failed (exit {done.returncode}): {done.stderr.strip()[-500:]}", "check the table and tree inputs")
+            stderr = done.stderr.strip()[-500:].replace(str(table_file), str(table_path)).replace(str(tree_file), str(tree_path))
+            raise AamInputError(f"ssu on {table_path} and {tree_path}", f"failed (exit {done.returncode}): {stderr}", "check the table and tree inputs")
         return read_distance_matrix(out)
 
 
 def _ssu_inputs(table_path: Path, tree_path: Path, tmp: Path, drop_missing_tips: bool) -> tuple[Path, Path]:
+    """The table and tree as files ``ssu`` reads, checked first (a tree without branch lengths, a
+    table that does not load) so that errors name the user's files, never the temporary copies."""
+    tree = read_tree(tree_path)
     tree_file = tree_path
-    if is_qza(tree_path):
+    with open(tree_path, "rb") as handle:
+        compressed = compression_of(handle.read(8)) is not None
+    if is_qza(tree_path) or compressed:
         tree_file = tmp / "tree.nwk"
-        tree_file.write_bytes(read_qza(tree_path, "Phylogeny[Rooted]"))
+        tree_file.write_text(newick_text(tree_path))
     if h5py.is_hdf5(table_path) and not drop_missing_tips:
         return table_path, tree_file
     table = load_table(table_path)
     if drop_missing_tips:
-        columns, _ = tip_nodes_of(table, read_tree(tree_file), drop_missing_tips=True)
+        columns, _ = tip_nodes_of(table, tree, drop_missing_tips=True)
         table = FeatureTable(table.sample_ids, [table.asv_ids[j] for j in columns], table.counts[:, columns].tocsr(), table.source)
     table_file = tmp / "table.biom"
     _write_biom(table, table_file)
