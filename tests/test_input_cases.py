@@ -20,6 +20,7 @@ import yaml
 
 from aam_ds.data.metadata import categorical_codes, load_metadata, numeric_targets
 from aam_ds.data.prepare import prepare_data
+from aam_ds.data.sequences import tokenize
 from aam_ds.data.splits import split_samples
 from aam_ds.data.table import FeatureTable, load_table
 from aam_ds.distances import cli as distances_cli
@@ -184,6 +185,18 @@ def test_baseline_evaluation_leaves_out_samples_without_reads(tmp_path):
     assert status == 0 and any("2 samples have no reads" in n and "'S3', 'S7'" in n for n in notices)
     folds = (tmp_path / "rf" / "folds.tsv").read_text()
     assert "S3\t" not in folds and "S7\t" not in folds and folds.count("\n") == 11
+
+
+def test_samples_left_without_reads_by_drop_asv_are_named_and_tokens_stay_aligned(tmp_path):
+    counts = "#OTU ID\tS1\tS2\tS3\nh1\t4\t0\t1\nh2\t0\t3\t0\nh3\t1\t0\t0\nh4\t0\t0\t5\n"  # S2: only h2 (ambiguous)
+    (tmp_path / "t.tsv").write_text(counts)
+    (tmp_path / "rep.fasta").write_text(">h1\nACGTACGT\n>h2\nACGTRCGT\n>h3\nTTTTGGGG\n>h4\nCCCCAAAA\n")
+    spec = build_spec({"data": {"table": str(tmp_path / "t.tsv"), "sequences": str(tmp_path / "rep.fasta"), "max_seq_len": 8,
+                                "ambiguous_bases": "drop_asv", "cache_dir": str(tmp_path / "c")}})  # fmt: skip
+    data, notices = _catch_notices(lambda: prepare_data(spec))
+    assert data.table.sample_ids == ["S1", "S3"] and data.table.asv_ids == ["h1", "h3", "h4"]
+    assert any("1 samples have no reads" in n and "['S2']" in n for n in notices)
+    np.testing.assert_array_equal(data.tokens, tokenize(["ACGTACGT", "TTTTGGGG", "CCCCAAAA"], 8))
 
 
 def test_the_notice_names_a_few_samples_and_the_count(tmp_path):

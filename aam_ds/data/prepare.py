@@ -102,20 +102,9 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
         before, table = len(table.sample_ids), rarefy(table, data.rarefy_depth, data.rarefy_seed)
         count_drop(f"fewer reads than data.rarefy_depth {data.rarefy_depth}", before)
 
-    metadata = None
-    if metadata_path is not None:
-        metadata = align_metadata(
-            load_metadata(metadata_path), table.sample_ids, table.source, data.drop_samples_without_metadata
-        )
-        if len(metadata) < len(table.sample_ids):
-            keep, before = set(metadata.index), len(table.sample_ids)
-            table = table.take_samples([i for i, s in enumerate(table.sample_ids) if s in keep]).drop_empty_asvs()
-            count_drop("no metadata", before)
-    elif target_columns or data.covariates or data.split.kind != "random":
-        raise AamInputError(
-            "data.metadata", "targets, covariates and stratified / grouped splits need sample metadata",
-            "set data.metadata to a QIIME 2 metadata TSV",
-        )
+    before = len(table.sample_ids)
+    table, metadata = _with_metadata(table, metadata_path, spec, bool(target_columns))
+    count_drop("no metadata", before)
 
     seqs = asv_sequences(table.asv_ids, sequences, table.source)
     cached = cached_tokenize(
@@ -129,11 +118,7 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
 
     rows = sample_rows(table, data.max_asvs, data.asv_selection, seed=data.split.seed)
     targets, class_names = _targets(target_columns, spec.loss.task, metadata)
-    covariates, covariate_classes = None, []
-    if data.covariates:
-        coded = [categorical_codes(metadata, c, "data.covariates", allow_missing=True) for c in data.covariates]
-        covariates = np.stack([codes for codes, _ in coded], axis=1)
-        covariate_classes = [classes for _, classes in coded]
+    covariates, covariate_classes = _covariates(data.covariates, metadata)
 
     splits = split_samples(len(table.sample_ids), data.split, metadata)
     if run_dir is not None:
@@ -146,6 +131,34 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
         token_cache_hit=cached.hit, origin=str(table_path) if data.table else f"demo data (generated, seeded) {table_path}",
         samples_loaded=samples_loaded, drops=drops,
     )  # fmt: skip
+
+
+def _with_metadata(
+    table: FeatureTable, metadata_path: Path | None, spec: RunSpec, has_targets: bool
+) -> tuple[FeatureTable, pd.DataFrame | None]:
+    """The table's metadata rows (None without a metadata file); table samples without a row are
+    dropped when ``data.drop_samples_without_metadata`` (else an error)."""
+    data = spec.data
+    if metadata_path is None:
+        if has_targets or data.covariates or data.split.kind != "random":
+            raise AamInputError(
+                "data.metadata", "targets, covariates and stratified / grouped splits need sample metadata",
+                "set data.metadata to a QIIME 2 metadata TSV",
+            )
+        return table, None
+    metadata = align_metadata(load_metadata(metadata_path), table.sample_ids, table.source, data.drop_samples_without_metadata)
+    if len(metadata) < len(table.sample_ids):
+        keep = set(metadata.index)
+        table = table.take_samples([i for i, s in enumerate(table.sample_ids) if s in keep]).drop_empty_asvs()
+    return table, metadata
+
+
+def _covariates(columns: list[str], metadata: pd.DataFrame | None) -> tuple[np.ndarray | None, list[list[str]]]:
+    """``int64 [N, C]`` codes of the covariate columns (values as written) and each one's classes."""
+    if not columns:
+        return None, []
+    coded = [categorical_codes(metadata, c, "data.covariates", allow_missing=True) for c in columns]
+    return np.stack([codes for codes, _ in coded], axis=1), [classes for _, classes in coded]
 
 
 def drop_rejected_asvs(
