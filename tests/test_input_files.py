@@ -135,3 +135,16 @@ def test_unreadable_files_name_the_real_cause(tmp_path, case):
     with pytest.raises(AamInputError) as info:
         load(path)
     assert str(info.value).startswith(f"{path}: ") and cause in str(info.value) and info.value.fix
+
+
+@pytest.mark.skipif(__import__("shutil").which("ssu") is None, reason="biocore's ssu binary is not installed (Debian unifrac-tools)")
+def test_ssu_engine_reads_compressed_and_bom_crlf_inputs_as_the_torch_engine(tmp_path):
+    from aam_ds.distances import cli
+
+    (tmp_path / "table.tsv.gz").write_bytes(gzip.compress(TABLE_TSV.encode()))
+    (tmp_path / "tree.nwk").write_bytes(b"\xef\xbb\xbf" + NEWICK.replace("C:2", "(C:2,D:1):0.5").replace("\n", "\r\n").encode())
+    for engine in ("torch", "ssu"):
+        cli.main(["--table", str(tmp_path / "table.tsv.gz"), "--tree", str(tmp_path / "tree.nwk"), "--metric", "weighted_normalized",
+                  "--engine", engine, "--out", str(tmp_path / f"{engine}.h5"), "--no-progress"])  # fmt: skip
+    ours, theirs = read_distance_matrix(tmp_path / "torch.h5"), read_distance_matrix(tmp_path / "ssu.h5")
+    assert ours[0] == theirs[0] and np.allclose(ours[1], theirs[1], atol=1e-12) and ours[1].any()

@@ -33,11 +33,6 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _DELIMITERS = ((",", "comma"), (";", "semicolon"), ("|", "pipe"))
 
 
-def compression_of(raw: bytes) -> str | None:
-    """The name of the compression ``raw`` starts with (``gzip``, ``bzip2``, ``xz``, ...), or None."""
-    return next((name for magic, name, _ in _COMPRESSIONS if raw.startswith(magic)), None)
-
-
 def decompress(raw: bytes, source: str) -> bytes:
     """``raw`` decompressed (repeatedly, for e.g. a gzip of a gzip) when it is gzip / bzip2 / xz.
 

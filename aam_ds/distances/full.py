@@ -20,8 +20,6 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from aam_ds.data.files import compression_of
-from aam_ds.data.qiime2 import is_qza
 from aam_ds.data.table import FeatureTable, load_table
 from aam_ds.distances.branches import tip_nodes_of
 from aam_ds.distances.io import read_distance_matrix
@@ -66,8 +64,9 @@ def ssu_full_matrix(
 ) -> tuple[list[str], np.ndarray]:
     """Run ``ssu`` on the table and tree; return ``(ids, matrix [N, N])``.
 
-    Inputs that ``ssu`` cannot read directly (.qza, TSV/JSON tables, a table with ASVs missing from
-    the tree when ``drop_missing_tips``) are first written as BIOM HDF5 / Newick to a temp folder.
+    The tree is checked (:func:`read_tree`) and written as plain Newick to a temp folder; tables that
+    ``ssu`` cannot read directly (.qza, compressed, TSV/JSON, a table with ASVs missing from the tree
+    when ``drop_missing_tips``) are written there as BIOM HDF5. Errors name the user's files.
     """
     ssu = shutil.which("ssu")
     if ssu is None:
@@ -100,12 +99,8 @@ def _ssu_inputs(table_path: Path, tree_path: Path, tmp: Path, drop_missing_tips:
     """The table and tree as files ``ssu`` reads, checked first (a tree without branch lengths, a
     table that does not load) so that errors name the user's files, never the temporary copies."""
     tree = read_tree(tree_path)
-    tree_file = tree_path
-    with open(tree_path, "rb") as handle:
-        compressed = compression_of(handle.read(8)) is not None
-    if is_qza(tree_path) or compressed:
-        tree_file = tmp / "tree.nwk"
-        tree_file.write_text(newick_text(tree_path))
+    tree_file = tmp / "tree.nwk"  # plain UTF-8 Newick whatever the container (.qza, gzip, BOM, CRLF)
+    tree_file.write_text(newick_text(tree_path))
     if h5py.is_hdf5(table_path) and not drop_missing_tips:
         return table_path, tree_file
     table = load_table(table_path)
