@@ -11,7 +11,9 @@ returns ``[m, n]`` distances, matching biocore ``unifrac`` (Striped UniFrac):
 - generalized (Chen et al. 2012): ``sum l (a+b)^alpha |a-b|/(a+b) / sum l (a+b)^alpha`` over
   branches with ``a + b > 0``.
 
-A pair with an empty denominator (two empty samples) has distance 0.
+A pair with an empty denominator (two samples without reads, or whose reads sit only below
+branches of length 0; biocore unifrac gives NaN) has distance 0, and so does every pair when no
+column is left at all (``K = 0``).
 
 The weighted and generalized kernels evaluate their per-branch terms only on the support of each
 row of ``a`` (typically a tenth of the branches present in a batch); what branches outside it
