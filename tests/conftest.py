@@ -14,8 +14,17 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_CASES = SHARED_DATA.parent / "cases"
+
+# property-based tests: few, reproducible examples in CI; `pytest --hypothesis-profile long` for a local hunt
+settings.register_profile(
+    "ci", max_examples=20, deadline=None, derandomize=True, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("long", max_examples=1000, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)
@@ -119,3 +128,11 @@ def mlflow_server(tmp_path_factory):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def shared_cases() -> Path:
+    """The folder of failing inputs modelled on the field's bug reports (skips when absent)."""
+    if not SHARED_CASES.is_dir():
+        pytest.skip(f"case folder {SHARED_CASES} is absent (it lives beside the repository, never in it)")
+    return SHARED_CASES

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aam_ds.data.metadata import align_metadata, categorical_codes, load_metadata, numeric_targets
+from aam_ds.data.metadata import align_metadata, categorical_codes, is_numeric_column, load_metadata, numeric_targets
 from aam_ds.data.table import load_table
 from aam_ds.errors import AamInputError
 
@@ -40,11 +40,13 @@ def test_types_comments_and_missing_cells(tmp_path):
     assert frame.attrs["source"] == str(path)
 
 
-def test_undeclared_columns_are_inferred(tmp_path):
+def test_undeclared_columns_keep_their_text_and_are_numbers_only_as_targets(tmp_path):
     path = tmp_path / "m.tsv"
     path.write_text("id\tn\tc\n a \t1e3\tyes\nb\t-2\t3\n")
     frame = load_metadata(path)
-    assert frame["n"].tolist() == [1000.0, -2.0] and frame["c"].tolist() == ["yes", "3"]
+    assert frame["n"].tolist() == ["1e3", "-2"] and frame["c"].tolist() == ["yes", "3"]  # as written (issue 10)
+    assert is_numeric_column(frame["n"]) and not is_numeric_column(frame["c"])
+    assert numeric_targets(frame, ["n"]).ravel().tolist() == [1000.0, -2.0]
     assert list(frame.index) == ["a", "b"]  # whitespace stripped
 
 

@@ -129,7 +129,7 @@ def test_rf_baseline_huang_proxy_groups_never_leak(shared_data, tmp_path):
                          "--target", "age", "--group-by", "huang-proxy", "--trees", "5", "--max-features", "sqrt",
                          "--out-dir", str(out)]) == 0  # fmt: skip
     folds = pd.read_csv(out / "folds.tsv", sep="\t", index_col="sample_id")["fold"]
-    age = load_metadata(huang / "oral_2550_map.txt").loc[folds.index, "age"]
+    age = pd.to_numeric(load_metadata(huang / "oral_2550_map.txt").loc[folds.index, "age"])  # undeclared: kept as text
     proxy = pd.Series(huang_proxy_groups(folds.index, age), index=folds.index)
     assert folds.groupby(proxy.to_numpy()).nunique().max() == 1  # every proxy subject sits in one fold
     assert sorted(folds.unique()) == [0, 1, 2, 3, 4]

@@ -101,7 +101,7 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     """
     from aam_ds.benchmark import report as reporting
     from aam_ds.data.metadata import align_metadata, load_metadata
-    from aam_ds.data.table import load_table
+    from aam_ds.data.table import load_table, without_empty_samples
     from aam_ds.evaluation.cli import infer_task, truth_of
     from aam_ds.evaluation.folds import draw_folds, read_folds, train_test_pairs, write_folds
 
@@ -110,7 +110,7 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     out = inputs.out_dir
     out.mkdir(parents=True, exist_ok=True)
     progress.stage("data and folds")
-    table = load_table(inputs.table)
+    table = without_empty_samples(load_table(inputs.table))
     metadata = align_metadata(load_metadata(inputs.metadata), table.sample_ids, str(inputs.table))
     task = inputs.task or infer_task(metadata, inputs.target)
     truth, class_names = truth_of(metadata, inputs.target, task)

@@ -2,8 +2,9 @@
 
 Conventions follow the QIIME 2 metadata format: the first column's header is an ID header, an
 optional ``#q2:types`` row declares columns ``numeric`` or ``categorical``, other lines starting
-with ``#`` are comments, empty cells are missing. Columns without a declared type are numeric when
-every non-empty value parses as a number.
+with ``#`` are comments, empty cells are missing. Columns without a declared type keep their text as
+written: numbers are inferred only where a column is used as a regression target (a group column's
+``07`` and ``7`` are two groups, a class ``010`` is not the class ``10``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from aam_ds.data.files import delimiter_problem, read_input_text
 from aam_ds.errors import AamInputError, notice
 
 ID_HEADERS = frozenset(
@@ -31,27 +33,26 @@ MISSING_CLASS = "<missing>"
 def load_metadata(path: str | Path) -> pd.DataFrame:
     """Load a QIIME 2 metadata TSV into a DataFrame indexed by sample ID (str).
 
-    Numeric columns are float64 (NaN = missing); categorical columns are object dtype holding str
-    (NaN = missing). ``df.attrs["source"]`` records the file.
+    Columns declared ``numeric`` in a ``#q2:types`` row are float64 (NaN = missing). Every other
+    column keeps its values as written (object dtype holding str, NaN = missing), so that group,
+    class, stratum and covariate values such as ``07`` and ``7`` stay different; a column is read
+    as numbers only where numbers are needed (regression targets: :func:`numeric_targets`; see
+    :func:`is_numeric_column`). ``df.attrs["source"]`` records the file. The file may be gzip /
+    bzip2 / xz-compressed, carry a UTF-8 byte-order mark and CRLF line endings.
+
+    Raises
+    ------
+    AamInputError
+        Missing file, not tab-separated, no QIIME 2 ID header, repeated IDs or columns, rows longer
+        than the header, an unknown or violated ``#q2:types`` declaration.
     """
     path = Path(path)
     if not path.is_file():
         raise AamInputError(str(path), "metadata file not found", "check data.metadata (a QIIME 2 metadata TSV)")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise AamInputError(str(path), f"is not UTF-8 text ({exc})", "save the metadata as a UTF-8 tab-separated file") from exc
+    text = read_input_text(path, "a tab-separated QIIME 2 metadata file")
     rows = [[cell.strip() for cell in row] for row in csv.reader(io.StringIO(text), delimiter="\t")]
     rows = [r for r in rows if any(r)]
-    header_at = next((i for i, r in enumerate(rows) if r[0].lower() in ID_HEADERS), None)
-    if header_at is None or any(not r[0].startswith("#") for r in rows[:header_at]):
-        first = rows[0][0] if rows else "<empty file>"
-        raise AamInputError(
-            str(path),
-            f"no recognised ID column header (the first column is headed {first!r})",
-            "name the first column 'sample-id' (QIIME 2 also accepts id, sampleid, sample id, feature-id, "
-            "#SampleID, #OTUID, sample_name)",
-        )
+    header_at = _header_row(rows, path)
     header = rows[header_at]
     columns = header[1:]
     _check_unique(columns, path, "column name", "rename the repeated columns")
@@ -74,22 +75,56 @@ def load_metadata(path: str | Path) -> pd.DataFrame:
     frame = pd.DataFrame([r[1 : len(header)] for r in body], index=pd.Index(ids, name=header[0]), columns=columns, dtype=object)
     frame = frame.replace("", np.nan)
     for column in columns:
-        declared = types.get(column)
-        if declared not in (None, "numeric", "categorical"):
-            raise AamInputError(str(path), f"#q2:types gives column {column!r} the unknown type {declared!r}", "use numeric or categorical")
-        numeric = pd.to_numeric(frame[column], errors="coerce")
-        unparsed = frame[column].notna() & numeric.isna()
-        if declared == "numeric" and unparsed.any():
-            bad = frame.index[unparsed]
-            raise AamInputError(
-                str(path),
-                f"column {column!r} is declared numeric but has non-numeric values, e.g. sample {bad[0]!r}: {frame.at[bad[0], column]!r}",
-                "fix those cells, leave them empty (missing), or declare the column categorical",
-            )
-        if declared == "numeric" or (declared is None and not unparsed.any() and frame[column].notna().any()):
-            frame[column] = numeric.astype(np.float64)
+        _apply_declared_type(frame, column, types.get(column), path)
     frame.attrs["source"] = str(path)
     return frame
+
+
+def _header_row(rows: list[list[str]], path: Path) -> int:
+    """Index of the ID header row (after comment lines); errors name a wrong delimiter or header."""
+    header_at = next((i for i, r in enumerate(rows) if r[0].lower() in ID_HEADERS), None)
+    if header_at is None or any(not r[0].startswith("#") for r in rows[:header_at]):
+        first = next((r for r in rows if not r[0].startswith("#") or r[0].lower() in ID_HEADERS), rows[0] if rows else [""])
+        if len(first) == 1 and delimiter_problem(first[0]):
+            raise AamInputError(
+                str(path), f"is {delimiter_problem(first[0])}, not tab-separated (its header line {first[0][:60]!r} has no tab)",
+                "save it as tab-separated text (QIIME 2 metadata is a TSV; in a spreadsheet: 'Text (tab-delimited)')",
+            )
+        raise AamInputError(
+            str(path),
+            f"no recognised ID column header (the first column is headed {first[0][:60]!r})",
+            "name the first column 'sample-id' (QIIME 2 also accepts id, sampleid, sample id, feature-id, "
+            "#SampleID, #OTUID, sample_name)",
+        )
+    return header_at
+
+
+def _apply_declared_type(frame: pd.DataFrame, column: str, declared: str | None, path: Path) -> None:
+    """A column declared numeric becomes float64 (non-numbers are an error); others stay as written."""
+    if declared not in (None, "numeric", "categorical"):
+        raise AamInputError(str(path), f"#q2:types gives column {column!r} the unknown type {declared!r}", "use numeric or categorical")
+    if declared != "numeric":
+        return
+    numeric = pd.to_numeric(frame[column], errors="coerce")
+    unparsed = frame[column].notna() & numeric.isna()
+    if unparsed.any():
+        bad = frame.index[unparsed]
+        raise AamInputError(
+            str(path),
+            f"column {column!r} is declared numeric but has non-numeric values, e.g. sample {bad[0]!r}: {frame.at[bad[0], column]!r}",
+            "fix those cells, leave them empty (missing), or declare the column categorical",
+        )
+    frame[column] = numeric.astype(np.float64)
+
+
+def is_numeric_column(values: pd.Series) -> bool:
+    """True for a column of numbers: declared numeric (float dtype), or text whose every present value
+    parses as a number (at least one present). Decides regression vs classification and numeric
+    stratification; the values themselves stay as written."""
+    if pd.api.types.is_numeric_dtype(values):
+        return True
+    present = values.dropna()
+    return len(present) > 0 and bool(pd.to_numeric(present, errors="coerce").notna().all())
 
 
 def _check_unique(values: Sequence[str], path: Path, what: str, fix: str) -> None:
@@ -168,7 +203,8 @@ def categorical_codes(
 ) -> tuple[np.ndarray, list[str]]:
     """``(codes int64 [N], class names)`` of a categorical column; classes sorted by name.
 
-    Numbers are categories too (formatted as written, e.g. ``2.0``). Missing values are an error
+    Values are the text as written (``07`` and ``7`` are two classes); a column declared numeric
+    gives its numbers formatted by Python (``2.0``). Missing values are an error
     unless ``allow_missing``, in which case they become the class :data:`MISSING_CLASS`.
     """
     values = _column(metadata, column, field)

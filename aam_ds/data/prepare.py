@@ -1,6 +1,6 @@
 """prepare_data(spec): every data step from files to datasets, in one place.
 
-Order: load table -> rarefy -> align metadata -> ASV sequences -> tokens (cached) -> drop ASVs the
+Order: load table -> drop samples without reads -> rarefy -> align metadata -> ASV sequences -> tokens (cached) -> drop ASVs the
 ambiguity policy rejects -> per-sample ASV selection -> targets / covariates -> splits (saved).
 """
 
@@ -20,7 +20,7 @@ from aam_ds.data.select import SampleRow, sample_rows
 from aam_ds.data.sequences import asv_sequences, dropped_rows
 from aam_ds.data.splits import save_splits, split_samples
 from aam_ds.data.synthetic import demo_data
-from aam_ds.data.table import FeatureTable, load_table
+from aam_ds.data.table import FeatureTable, load_table, without_empty_samples
 from aam_ds.errors import AamInputError, notice
 from aam_ds.spec import RunSpec
 
@@ -95,24 +95,16 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
         if len(table.sample_ids) < before:
             drops[reason] = before - len(table.sample_ids)
 
+    table = without_empty_samples(table)
+    count_drop("no reads", samples_loaded)
+
     if data.rarefy_depth is not None:
         before, table = len(table.sample_ids), rarefy(table, data.rarefy_depth, data.rarefy_seed)
         count_drop(f"fewer reads than data.rarefy_depth {data.rarefy_depth}", before)
 
-    metadata = None
-    if metadata_path is not None:
-        metadata = align_metadata(
-            load_metadata(metadata_path), table.sample_ids, table.source, data.drop_samples_without_metadata
-        )
-        if len(metadata) < len(table.sample_ids):
-            keep, before = set(metadata.index), len(table.sample_ids)
-            table = table.take_samples([i for i, s in enumerate(table.sample_ids) if s in keep]).drop_empty_asvs()
-            count_drop("no metadata", before)
-    elif target_columns or data.covariates or data.split.kind != "random":
-        raise AamInputError(
-            "data.metadata", "targets, covariates and stratified / grouped splits need sample metadata",
-            "set data.metadata to a QIIME 2 metadata TSV",
-        )
+    before = len(table.sample_ids)
+    table, metadata = _with_metadata(table, metadata_path, spec, bool(target_columns))
+    count_drop("no metadata", before)
 
     seqs = asv_sequences(table.asv_ids, sequences, table.source)
     cached = cached_tokenize(
@@ -126,11 +118,7 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
 
     rows = sample_rows(table, data.max_asvs, data.asv_selection, seed=data.split.seed)
     targets, class_names = _targets(target_columns, spec.loss.task, metadata)
-    covariates, covariate_classes = None, []
-    if data.covariates:
-        coded = [categorical_codes(metadata, c, "data.covariates", allow_missing=True) for c in data.covariates]
-        covariates = np.stack([codes for codes, _ in coded], axis=1)
-        covariate_classes = [classes for _, classes in coded]
+    covariates, covariate_classes = _covariates(data.covariates, metadata)
 
     splits = split_samples(len(table.sample_ids), data.split, metadata)
     if run_dir is not None:
@@ -145,6 +133,34 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
     )  # fmt: skip
 
 
+def _with_metadata(
+    table: FeatureTable, metadata_path: Path | None, spec: RunSpec, has_targets: bool
+) -> tuple[FeatureTable, pd.DataFrame | None]:
+    """The table's metadata rows (None without a metadata file); table samples without a row are
+    dropped when ``data.drop_samples_without_metadata`` (else an error)."""
+    data = spec.data
+    if metadata_path is None:
+        if has_targets or data.covariates or data.split.kind != "random":
+            raise AamInputError(
+                "data.metadata", "targets, covariates and stratified / grouped splits need sample metadata",
+                "set data.metadata to a QIIME 2 metadata TSV",
+            )
+        return table, None
+    metadata = align_metadata(load_metadata(metadata_path), table.sample_ids, table.source, data.drop_samples_without_metadata)
+    if len(metadata) < len(table.sample_ids):
+        keep = set(metadata.index)
+        table = table.take_samples([i for i, s in enumerate(table.sample_ids) if s in keep]).drop_empty_asvs()
+    return table, metadata
+
+
+def _covariates(columns: list[str], metadata: pd.DataFrame | None) -> tuple[np.ndarray | None, list[list[str]]]:
+    """``int64 [N, C]`` codes of the covariate columns (values as written) and each one's classes."""
+    if not columns:
+        return None, []
+    coded = [categorical_codes(metadata, c, "data.covariates", allow_missing=True) for c in columns]
+    return np.stack([codes for codes, _ in coded], axis=1), [classes for _, classes in coded]
+
+
 def drop_rejected_asvs(
     table: FeatureTable, tokens: np.ndarray, metadata: pd.DataFrame | None
 ) -> tuple[FeatureTable, np.ndarray, pd.DataFrame | None]:
@@ -155,14 +171,12 @@ def drop_rejected_asvs(
     keep = np.flatnonzero(~rejected)
     notice(f"{table.source}: dropping {rejected.sum()} ASVs with ambiguous bases (data.ambiguous_bases=drop_asv)")
     table = FeatureTable(table.sample_ids, [table.asv_ids[j] for j in keep], table.counts[:, keep].tocsr(), table.source)
-    nonempty = np.flatnonzero(np.asarray(table.counts.sum(axis=1)).ravel() > 0)
-    if len(nonempty) == 0:
+    if table.counts.sum() == 0:
         raise AamInputError(table.source, "no reads remain after dropping ASVs with ambiguous bases", "set data.ambiguous_bases=as_n")
-    if len(nonempty) < len(table.sample_ids):
-        notice(f"{table.source}: dropping {len(table.sample_ids) - len(nonempty)} samples left without reads")
-        table = table.take_samples(nonempty)
-        metadata = None if metadata is None else metadata.iloc[nonempty]
-    return table, tokens[keep], metadata
+    tokens, row_of = tokens[keep], {asv: i for i, asv in enumerate(table.asv_ids)}
+    table = without_empty_samples(table, "every ASV they had holds ambiguous bases")
+    metadata = None if metadata is None else metadata.loc[table.sample_ids]
+    return table, tokens[[row_of[asv] for asv in table.asv_ids]], metadata
 
 
 def _targets(

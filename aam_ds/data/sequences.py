@@ -12,6 +12,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from aam_ds.data.files import decode_text, read_input_bytes
 from aam_ds.data.qiime2 import is_qza, read_qza
 from aam_ds.errors import AamInputError
 
@@ -32,21 +33,22 @@ _SEQUENCE_LIKE = re.compile(r"[A-Za-z.\-]+")
 
 
 def read_fasta(path: str | Path) -> dict[str, str]:
-    """Read a FASTA file or a FeatureData[Sequence] .qza into ``{id: sequence}`` (first word of the header)."""
+    """Read a FASTA file or a FeatureData[Sequence] .qza into ``{id: sequence}`` (first word of the header).
+
+    The file may be gzip / bzip2 / xz-compressed, carry a byte-order mark and CRLF line endings;
+    ``;`` lines and ``#`` lines before the first record are comments.
+    """
     path = Path(path)
     if not path.is_file():
         raise AamInputError(str(path), "sequence file not found", "check data.sequences (FASTA or FeatureData[Sequence] .qza)")
-    raw = read_qza(path, "FeatureData[Sequence]") if is_qza(path) else path.read_bytes()
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise AamInputError(str(path), f"is not a text FASTA file ({exc})", "give a plain-text FASTA of the ASV sequences") from exc
+    raw = read_qza(path, "FeatureData[Sequence]") if is_qza(path) else read_input_bytes(path)
+    text = decode_text(raw, str(path), "a FASTA file")
     records: dict[str, str] = {}
     name: str | None = None
     chunks: list[str] = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
-        if not line or line.startswith(";"):
+        if not line or line.startswith(";") or (name is None and line.startswith("#")):
             continue
         if line.startswith(">"):
             if name is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from aam_ds.data.metadata import categorical_codes
+from aam_ds.data.metadata import categorical_codes, is_numeric_column
 from aam_ds.errors import AamInputError
 from aam_ds.io_utils import atomic_write_text
 from aam_ds.spec import SplitSpec
@@ -26,7 +26,8 @@ _STRATIFY_BINS = 5  # a numeric column with more distinct values is stratified b
 def split_labels(metadata: pd.DataFrame | None, kind: SplitKind, column: str | None, field: str) -> np.ndarray | None:
     """Integer class (stratified) or group (grouped) code per sample, ``int64 [N]``; None for random.
 
-    A numeric stratification column with more than 5 distinct values is cut into 5 quantile bins.
+    A numeric stratification column (:func:`~aam_ds.data.metadata.is_numeric_column`) with more than
+    5 distinct values is cut into 5 quantile bins; any other column's codes follow its values as written.
     """
     if kind == "random":
         return None
@@ -36,8 +37,10 @@ def split_labels(metadata: pd.DataFrame | None, kind: SplitKind, column: str | N
         raise AamInputError(field, f"a {kind} split needs a metadata column", f"set {field}")
     if kind == "stratified":
         values = metadata[column] if column in metadata.columns else None
-        if values is not None and values.dtype.kind == "f" and values.nunique() > _STRATIFY_BINS and values.notna().all():
-            return pd.qcut(values.rank(method="first"), _STRATIFY_BINS, labels=False).to_numpy(dtype=np.int64)
+        if values is not None and values.notna().all() and is_numeric_column(values):
+            numbers = pd.to_numeric(values)
+            if numbers.nunique() > _STRATIFY_BINS:
+                return pd.qcut(numbers.rank(method="first"), _STRATIFY_BINS, labels=False).to_numpy(dtype=np.int64)
     return categorical_codes(metadata, column, field)[0]
 
 

@@ -16,11 +16,13 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from aam_ds.data.files import decode_text, delimiter_problem, read_input_bytes
 from aam_ds.data.qiime2 import is_qza, read_qza
-from aam_ds.errors import AamInputError
+from aam_ds.errors import AamInputError, notice
 
 # last TSV column holding per-ASV annotation rather than counts
 _TSV_ANNOTATION_COLUMNS = {"taxonomy", "metadata", "consensus lineage", "consensuslineage"}
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,11 @@ class FeatureTable:
 
 
 def load_table(path: str | Path) -> FeatureTable:
-    """Load a feature table (format detected from the content, not the suffix) and validate it."""
+    """Load a feature table (format detected from the content, not the suffix) and validate it.
+
+    BIOM HDF5, BIOM JSON, classic BIOM TSV (any of them gzip / bzip2 / xz-compressed) or a .qza;
+    text may carry a UTF-8 byte-order mark and CRLF line endings (:mod:`aam_ds.data.files`).
+    """
     path = Path(path)
     if not path.is_file():
         raise AamInputError(str(path), "feature table not found", "check data.table (a BIOM file or a .qza artifact)")
@@ -64,17 +70,36 @@ def load_table(path: str | Path) -> FeatureTable:
         return _from_biom(table, str(path))
     if h5py.is_hdf5(path):
         return _from_biom(_biom_from_hdf5(path, str(path)), str(path))
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError as exc:
-        raise AamInputError(
-            str(path),
-            "is neither BIOM HDF5, BIOM JSON nor a tab-separated table (undecodable bytes; the file may be corrupt)",
-            "re-export the table (`biom convert --to-hdf5`) or re-download it",
-        ) from exc
+    raw = read_input_bytes(path)
+    if raw.startswith(_HDF5_MAGIC):  # a compressed BIOM HDF5
+        return _from_biom(_biom_from_hdf5(io.BytesIO(raw), str(path)), str(path))
+    text = decode_text(raw, str(path), "a BIOM table (HDF5, JSON or tab-separated)")
     if text.lstrip().startswith("{"):
         return _from_biom(_biom_from_json(text, path), str(path))
     return _from_tsv(text, path)
+
+
+def without_empty_samples(table: FeatureTable, why: str = "nothing to learn from") -> FeatureTable:
+    """The table without samples that have no reads, with a notice naming a few of them and the count.
+
+    A sample without reads has nothing to learn or predict from (its embedding would be that of an
+    empty set). ``why`` completes the notice. Every entry point that takes samples from a table
+    calls this: training, evaluation and cross-validation through
+    :func:`aam_ds.data.prepare.prepare_data`, the baselines, the benchmark and ``aam-ds predict``.
+
+    Raises
+    ------
+    AamInputError
+        No sample has reads.
+    """
+    has_reads = np.asarray(table.counts.sum(axis=1)).ravel() > 0
+    if has_reads.all():
+        return table
+    if not has_reads.any():
+        raise AamInputError(table.source, "no sample has reads", "give a table with counts")
+    empty = [s for s, kept in zip(table.sample_ids, has_reads) if not kept]
+    notice(f"{table.source}: {len(empty)} samples have no reads and are left out ({why}), e.g. {empty[:5]}")
+    return table.take_samples(np.flatnonzero(has_reads)).drop_empty_asvs()
 
 
 def validate_table(table: FeatureTable) -> FeatureTable:
@@ -171,6 +196,11 @@ def _from_tsv(text: str, path: Path) -> FeatureTable:
     first_data = next((i for i, ln in enumerate(lines) if not ln.startswith("#")), len(lines))
     header_at = first_data - 1 if first_data > 0 else 0
     rows = [ln.split("\t") for ln in lines[header_at + 1 :]] if lines else []
+    if lines and rows and delimiter_problem(lines[header_at]):
+        raise AamInputError(
+            str(path), f"is {delimiter_problem(lines[header_at])}, not tab-separated (its header line has no tab)",
+            "save the table tab-separated (`biom convert --to-tsv`), or convert it to BIOM HDF5",
+        )
     if not lines or not rows or len(lines[header_at].split("\t")) < 2:
         raise AamInputError(
             str(path),

@@ -20,12 +20,11 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from aam_ds.data.qiime2 import is_qza, read_qza
 from aam_ds.data.table import FeatureTable, load_table
 from aam_ds.distances.branches import tip_nodes_of
 from aam_ds.distances.io import read_distance_matrix
 from aam_ds.distances.metric import UNIFRAC_METRICS, PairwiseMetric
-from aam_ds.distances.tree import read_tree
+from aam_ds.distances.tree import newick_text, read_tree
 from aam_ds.errors import AamInputError
 
 
@@ -65,8 +64,9 @@ def ssu_full_matrix(
 ) -> tuple[list[str], np.ndarray]:
     """Run ``ssu`` on the table and tree; return ``(ids, matrix [N, N])``.
 
-    Inputs that ``ssu`` cannot read directly (.qza, TSV/JSON tables, a table with ASVs missing from
-    the tree when ``drop_missing_tips``) are first written as BIOM HDF5 / Newick to a temp folder.
+    The tree is checked (:func:`read_tree`) and written as plain Newick to a temp folder; tables that
+    ``ssu`` cannot read directly (.qza, compressed, TSV/JSON, a table with ASVs missing from the tree
+    when ``drop_missing_tips``) are written there as BIOM HDF5. Errors name the user's files.
     """
     ssu = shutil.which("ssu")
     if ssu is None:
@@ -90,20 +90,22 @@ def ssu_full_matrix(
             command += ["-a", str(alpha)]
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0 or not out.is_file():
-            raise AamInputError("ssu", f"failed (exit {done.returncode}): {done.stderr.strip()[-500:]}", "check the table and tree inputs")
+            stderr = done.stderr.strip()[-500:].replace(str(table_file), str(table_path)).replace(str(tree_file), str(tree_path))
+            raise AamInputError(f"ssu on {table_path} and {tree_path}", f"failed (exit {done.returncode}): {stderr}", "check the table and tree inputs")
         return read_distance_matrix(out)
 
 
 def _ssu_inputs(table_path: Path, tree_path: Path, tmp: Path, drop_missing_tips: bool) -> tuple[Path, Path]:
-    tree_file = tree_path
-    if is_qza(tree_path):
-        tree_file = tmp / "tree.nwk"
-        tree_file.write_bytes(read_qza(tree_path, "Phylogeny[Rooted]"))
+    """The table and tree as files ``ssu`` reads, checked first (a tree without branch lengths, a
+    table that does not load) so that errors name the user's files, never the temporary copies."""
+    tree = read_tree(tree_path)
+    tree_file = tmp / "tree.nwk"  # plain UTF-8 Newick whatever the container (.qza, gzip, BOM, CRLF)
+    tree_file.write_text(newick_text(tree_path))
     if h5py.is_hdf5(table_path) and not drop_missing_tips:
         return table_path, tree_file
     table = load_table(table_path)
     if drop_missing_tips:
-        columns, _ = tip_nodes_of(table, read_tree(tree_file), drop_missing_tips=True)
+        columns, _ = tip_nodes_of(table, tree, drop_missing_tips=True)
         table = FeatureTable(table.sample_ids, [table.asv_ids[j] for j in columns], table.counts[:, columns].tocsr(), table.source)
     table_file = tmp / "table.biom"
     _write_biom(table, table_file)

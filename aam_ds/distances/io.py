@@ -10,21 +10,28 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 
+from aam_ds.data.files import decode_text, delimiter_problem, read_input_bytes, read_input_text
 from aam_ds.errors import AamInputError
 from aam_ds.io_utils import atomic_path, atomic_write_text
 
 _SSU_FORMAT, _SSU_VERSION = b"BDSM", b"2020.12"
+_HDF5_MAGIC, _NPY_MAGIC = b"\x89HDF\r\n\x1a\n", b"\x93NUMPY"
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
 
 
 def ids_path(npy_path: str | Path) -> Path:
-    """Where the sample IDs of a ``.npy`` matrix live: ``F.npy`` -> ``F.ids.txt``."""
-    return Path(npy_path).with_suffix(".ids.txt")
+    """Where the sample IDs of a ``.npy`` matrix live: ``F.npy`` (or ``F.npy.gz``) -> ``F.ids.txt``."""
+    path = Path(npy_path)
+    if path.suffix in _COMPRESSED_SUFFIXES:
+        path = path.with_suffix("")
+    return path.with_suffix(".ids.txt")
 
 
 def write_distance_matrix(path: str | Path, ids: list[str], matrix: np.ndarray) -> None:
@@ -48,21 +55,32 @@ def write_distance_matrix(path: str | Path, ids: list[str], matrix: np.ndarray) 
 
 
 def read_distance_matrix(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """Read ``(ids, matrix [N, N] float64)`` from any supported file and check it is a distance matrix."""
+    """Read ``(ids, matrix [N, N] float64)`` from any supported file and check it is a distance matrix.
+
+    The format is recognised from the content (HDF5, ``.npy`` or text), also when the file is gzip /
+    bzip2 / xz-compressed; a TSV may carry a byte-order mark, CRLF line endings and leading ``#``
+    comment lines.
+
+    Raises
+    ------
+    AamInputError
+        Missing or unreadable file, a text file that is not tab-separated, differing row and column
+        IDs, or a matrix that is not square, symmetric, finite, non-negative with a zero diagonal.
+    """
     path = Path(path)
     if not path.is_file():
         raise AamInputError(str(path), "distance matrix not found", "check data.distances (an .h5, .npy or .tsv file)")
     try:
         if h5py.is_hdf5(path):
-            ids, matrix = _read_h5(path)
-        elif path.suffix == ".npy":
-            ids, matrix = _read_npy(path)
+            ids, matrix = _read_h5(path, path)
         else:
-            frame = pd.read_csv(path, sep="\t", index_col=0, dtype={0: str})
-            frame.index, frame.columns = frame.index.astype(str), frame.columns.astype(str)
-            if list(frame.index) != list(frame.columns):
-                raise AamInputError(str(path), "row and column IDs differ", "write a square matrix with the same IDs on both axes")
-            ids, matrix = list(frame.index), frame.to_numpy(dtype=np.float64)
+            raw = read_input_bytes(path)
+            if raw.startswith(_HDF5_MAGIC):
+                ids, matrix = _read_h5(io.BytesIO(raw), path)
+            elif raw.startswith(_NPY_MAGIC):
+                ids, matrix = _read_ids(path), np.load(io.BytesIO(raw)).astype(np.float64)
+            else:
+                ids, matrix = _read_tsv(decode_text(raw, str(path), "a square tab-separated distance matrix"), path)
     except (OSError, ValueError, KeyError) as exc:
         if isinstance(exc, AamInputError):
             raise
@@ -71,19 +89,32 @@ def read_distance_matrix(path: str | Path) -> tuple[list[str], np.ndarray]:
     return ids, matrix
 
 
-def _read_h5(path: Path) -> tuple[list[str], np.ndarray]:
-    with h5py.File(path, "r") as f:
+def _read_h5(file: Path | io.BytesIO, path: Path) -> tuple[list[str], np.ndarray]:
+    with h5py.File(file, "r") as f:
         if "order" not in f or "matrix" not in f:
             raise AamInputError(str(path), "HDF5 file lacks the 'order' and 'matrix' datasets", "give a file written by unifrac/ssu or aam-ds distances")
         ids = [i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in f["order"][:]]
         return ids, np.asarray(f["matrix"][:], dtype=np.float64)
 
 
-def _read_npy(path: Path) -> tuple[list[str], np.ndarray]:
+def _read_ids(path: Path) -> list[str]:
     id_file = ids_path(path)
     if not id_file.is_file():
         raise AamInputError(str(path), f"has no sample-ID list {id_file.name} beside it", "write the sample IDs, one per line, to " + str(id_file))
-    return id_file.read_text().split("\n")[:-1], np.load(path).astype(np.float64)
+    return [line.strip() for line in read_input_text(id_file, "a list of sample IDs").split("\n") if line.strip()]
+
+
+def _read_tsv(text: str, path: Path) -> tuple[list[str], np.ndarray]:
+    lines = text.split("\n")
+    while lines and lines[0].startswith("#"):  # leading comment lines
+        lines.pop(0)
+    if lines and delimiter_problem(lines[0]):
+        raise AamInputError(str(path), f"is {delimiter_problem(lines[0])}, not tab-separated (its header line has no tab)", "write it tab-separated")
+    frame = pd.read_csv(io.StringIO("\n".join(lines)), sep="\t", index_col=0, dtype=str, keep_default_na=False)
+    frame.index, frame.columns = frame.index.astype(str), frame.columns.astype(str)
+    if list(frame.index) != list(frame.columns):
+        raise AamInputError(str(path), "row and column IDs differ", "write a square matrix with the same IDs on both axes")
+    return list(frame.index), frame.apply(pd.to_numeric).to_numpy(dtype=np.float64)
 
 
 def _check(path: Path, ids: list[str], matrix: np.ndarray) -> None:

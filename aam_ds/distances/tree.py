@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aam_ds.data.files import decode_text, read_input_bytes
 from aam_ds.data.qiime2 import is_qza, read_qza
 from aam_ds.errors import AamInputError
 
@@ -52,15 +53,33 @@ class Tree:
 
 
 def read_tree(path: str | Path) -> Tree:
-    """Read a rooted Newick file or a QIIME 2 ``Phylogeny[Rooted]`` artifact."""
+    """Read a rooted Newick file (plain or gzip / bzip2 / xz-compressed) or a ``Phylogeny[Rooted]`` .qza.
+
+    Raises
+    ------
+    AamInputError
+        Missing or unreadable file, Newick syntax errors, or a tree without any branch of positive
+        length (a cladogram or taxonomy tree): every UniFrac distance on it would be 0.
+    """
+    tree = parse_newick(newick_text(path), str(path))
+    if not (tree.length[:-1] > 0).any():  # the root's own length is in no UniFrac sum
+        raise AamInputError(
+            str(path),
+            f"has no branch of positive length ({tree.n_nodes - 1} branches, all of length 0 or without ':length'): "
+            "a cladogram or taxonomy tree, on which every UniFrac distance is 0",
+            "give a phylogeny with branch lengths (e.g. `qiime phylogeny align-to-tree-mafft-fasttree`, or SEPP "
+            "insertion), or use a non-phylogenetic metric (braycurtis, jaccard, aitchison)",
+        )
+    return tree
+
+
+def newick_text(path: str | Path) -> str:
+    """The Newick text of a tree file: a ``Phylogeny[Rooted]`` .qza's payload or the (decompressed) file."""
     path = Path(path)
     if not path.is_file():
         raise AamInputError(str(path), "tree file not found", "check data.tree (a rooted Newick file or .qza)")
-    raw = read_qza(path, "Phylogeny[Rooted]") if is_qza(path) else path.read_bytes()
-    try:
-        return parse_newick(raw, str(path))
-    except UnicodeDecodeError as exc:
-        raise AamInputError(str(path), "is not a text Newick file (undecodable bytes)", "give a Newick tree or a .qza") from exc
+    raw = read_qza(path, "Phylogeny[Rooted]") if is_qza(path) else read_input_bytes(path)
+    return decode_text(raw, str(path), "a Newick tree")
 
 
 def parse_newick(text: str | bytes, source: str = "<newick>") -> Tree:

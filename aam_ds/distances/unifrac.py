@@ -11,7 +11,9 @@ returns ``[m, n]`` distances, matching biocore ``unifrac`` (Striped UniFrac):
 - generalized (Chen et al. 2012): ``sum l (a+b)^alpha |a-b|/(a+b) / sum l (a+b)^alpha`` over
   branches with ``a + b > 0``.
 
-A pair with an empty denominator (two empty samples) has distance 0.
+A pair with an empty denominator (two samples without reads, or whose reads sit only below
+branches of length 0; biocore unifrac gives NaN) has distance 0, and so does every pair when no
+column is left at all (``K = 0``).
 
 The weighted and generalized kernels evaluate their per-branch terms only on the support of each
 row of ``a`` (typically a tenth of the branches present in a batch); what branches outside it
@@ -39,7 +41,8 @@ def _over_support(a: torch.Tensor, b: torch.Tensor, length: torch.Tensor) -> tup
     iterator of ``(span, av [c, k, 1], bv [c, k, n], l [c, k])`` for the rows ``order[span]``.
     Each row's support is padded to the chunk's widest with a dummy column where ``a = 1``,
     ``b = 0`` and ``l = 0``, so padding adds nothing to any length-weighted sum and needs no mask.
-    Chunks keep the ``[c, k, n]`` intermediates cache-sized.
+    Chunks keep the ``[c, k, n]`` intermediates cache-sized. With no columns at all (``K = 0``: the
+    samples share no branch of positive length) every row is the dummy column alone.
     """
     present = a > 0
     width = present.sum(1)
@@ -49,9 +52,9 @@ def _over_support(a: torch.Tensor, b: torch.Tensor, length: torch.Tensor) -> tup
     rank = torch.arange(len(row), device=a.device) - (torch.cumsum(width, 0) - width)[row]
     cols = torch.full((len(a), max(1, int(width.max()))), a.shape[1], dtype=torch.int64, device=a.device)
     cols[row, rank] = col
-    a_support = torch.cat([a, torch.ones_like(a[:, :1])], 1)[order].gather(1, cols)[..., None]
-    l_support = torch.cat([length, torch.zeros_like(length[:1])])[cols]
-    b_columns = torch.cat([b, torch.zeros_like(b[:, :1])], 1).T.contiguous()  # [K + 1, n]: rows copy fast
+    a_support = torch.cat([a, a.new_ones(len(a), 1)], 1)[order].gather(1, cols)[..., None]
+    l_support = torch.cat([length, length.new_zeros(1)])[cols]
+    b_columns = torch.cat([b, b.new_zeros(len(b), 1)], 1).T.contiguous()  # [K + 1, n]: rows copy fast
     widths = width.tolist()
 
     def chunks() -> Iterator[tuple]:

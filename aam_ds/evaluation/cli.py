@@ -93,13 +93,13 @@ def add_rf_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_rf_baseline(args: argparse.Namespace) -> int:
     from aam_ds.data.metadata import align_metadata, load_metadata
-    from aam_ds.data.table import load_table
+    from aam_ds.data.table import load_table, without_empty_samples
     from aam_ds.evaluation.folds import read_folds, train_test_pairs, write_folds
     from aam_ds.evaluation.predictions import read_predictions, write_predictions
     from aam_ds.evaluation.report import metrics_table, wide_console, write_evaluation, write_tsv
     from aam_ds.evaluation.rf_baseline import comparison_rows, cross_validate_rf
 
-    table = load_table(args.table)
+    table = without_empty_samples(load_table(args.table))
     metadata = align_metadata(load_metadata(args.metadata), table.sample_ids, str(args.table))
     task = args.task or infer_task(metadata, args.target)
     truth, class_names = truth_of(metadata, args.target, task)
@@ -138,7 +138,9 @@ def infer_task(metadata: pd.DataFrame, target: str) -> str:
             f"--target {target}", f"no such column in {metadata.attrs.get('source', 'the metadata')}",
             f"name an existing metadata column (e.g. {list(metadata.columns)[:8]})",
         )  # fmt: skip
-    return "regression" if pd.api.types.is_numeric_dtype(metadata[target]) else "classification"
+    from aam_ds.data.metadata import is_numeric_column
+
+    return "regression" if is_numeric_column(metadata[target]) else "classification"
 
 
 def truth_of(metadata: pd.DataFrame, target: str, task: str) -> tuple[np.ndarray, list[str]]:

@@ -7,12 +7,14 @@ AAM runs are scored on exactly the same held-out samples. Folds themselves are d
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from aam_ds.data.files import read_input_text
 from aam_ds.data.splits import kfold_splits, split_labels
 from aam_ds.errors import AamInputError
 from aam_ds.io_utils import atomic_path
@@ -90,7 +92,7 @@ def read_folds(path: str | Path, sample_ids: Sequence[str]) -> list[np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise AamInputError(str(path), "folds file not found", "give the folds.tsv written by `aam-ds rf-baseline`")
-    frame = pd.read_csv(path, sep="\t", dtype={"sample_id": str})
+    frame = pd.read_csv(io.StringIO(read_input_text(path, "a folds TSV")), sep="\t", dtype={"sample_id": str})
     if list(frame.columns[:2]) != ["sample_id", FOLD]:
         raise AamInputError(str(path), f"columns are {list(frame.columns)}", "a folds file has the columns sample_id, fold")
     fold_by_id = dict(zip(frame["sample_id"], frame[FOLD]))

@@ -8,12 +8,14 @@ Columns: ``sample_id``, then
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from aam_ds.data.files import read_input_text
 from aam_ds.errors import AamInputError
 from aam_ds.io_utils import atomic_path
 
@@ -81,7 +83,7 @@ def read_predictions(path: str | Path, target: str, task: str | None = None) -> 
     source = str(path)
     if not path.is_file():
         raise AamInputError(source, "predictions file not found", "give the TSV written by `aam-ds predict` or `aam-ds rf-baseline`")
-    frame = pd.read_csv(path, sep="\t", dtype={SAMPLE_ID: str})
+    frame = pd.read_csv(io.StringIO(read_input_text(path, "a predictions TSV")), sep="\t", dtype={SAMPLE_ID: str})
     for column in (SAMPLE_ID, target):
         if column not in frame.columns:
             raise AamInputError(

@@ -38,8 +38,8 @@ from aam_ds.data.prepare import drop_rejected_asvs
 from aam_ds.data.rarefy import rarefy
 from aam_ds.data.select import sample_rows
 from aam_ds.data.sequences import asv_sequences, dropped_rows, tokenize
-from aam_ds.data.table import FeatureTable, load_table
-from aam_ds.errors import AamInputError, notice
+from aam_ds.data.table import load_table, without_empty_samples
+from aam_ds.errors import AamInputError
 from aam_ds.evaluation.predictions import Predictions
 from aam_ds.export import Export, build_exported_model, load_export
 from aam_ds.prediction import DEFAULT_BATCH_SIZE, DEFAULT_SUBSET_FRACTION, ModelInputs, predict_inputs
@@ -84,7 +84,7 @@ def prepare_inputs(export: Export, table: str | Path, sequences: str | Path | No
                    metadata: str | Path | None = None) -> ModelInputs:
     """Preprocess ``table`` with the export's data settings (see the module docstring)."""
     data = DataSpec.model_validate(export.spec["data"])
-    feature_table = without_empty_samples(load_table(table))
+    feature_table = without_empty_samples(load_table(table), "nothing to predict from; they get no prediction")
     if data.rarefy_depth is not None:
         feature_table = rarefy(feature_table, data.rarefy_depth, data.rarefy_seed)
     seqs = asv_sequences(feature_table.asv_ids, sequences, feature_table.source)
@@ -95,16 +95,6 @@ def prepare_inputs(export: Export, table: str | Path, sequences: str | Path | No
     if export.targets and export.targets["covariate_names"]:
         covariates = covariate_codes(feature_table.sample_ids, feature_table.source, metadata, export.targets)
     return ModelInputs(list(feature_table.sample_ids), tokens, rows, covariates, list(feature_table.asv_ids))
-
-
-def without_empty_samples(table: FeatureTable) -> FeatureTable:
-    """The table without samples that have no reads (nothing to predict from), with a warning."""
-    nonempty = np.flatnonzero(np.asarray(table.counts.sum(axis=1)).ravel() > 0)
-    if len(nonempty) == len(table.sample_ids):
-        return table
-    empty = sorted(set(table.sample_ids) - {table.sample_ids[i] for i in nonempty})
-    notice(f"{table.source}: {len(empty)} samples have no reads and get no prediction, e.g. {empty[:5]}")
-    return table.take_samples(nonempty).drop_empty_asvs()
 
 
 def readable_tokens(seqs: list[str], ids: list[str], data: DataSpec, source: str) -> np.ndarray:
