@@ -242,6 +242,9 @@ def test_a_loss_that_stays_non_finite_stops_the_run_with_a_clear_error(tmp_path,
     assert not (run_dir / "model.pt").exists()  # no export of a broken model
     losses = train_losses(run_dir)
     assert losses and all(math.isfinite(v) for v in list(losses.values())[:1])
+    last = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"][-1]
+    assert last["metrics"]["nonfinite_steps"] >= 2 and not math.isfinite(last["metrics"]["loss"])  # the fatal step is logged
+    assert "nonfinite_steps" in result.stdout  # and shown on the console
 
 
 @pytest.mark.slow

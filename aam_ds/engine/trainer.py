@@ -147,6 +147,7 @@ class Trainer:
         self.steps_per_epoch = max(1, len(data.splits["train"]) // par.global_batch_size)
         # steps done, consecutive non-finite losses, whether any rank was sent Ctrl-C before the last step's reduction
         self.done, self.nonfinite, self.stop_requested = self.start_step, 0, False
+        self.nonfinite_total = 0  # steps of this process whose loss was not finite (logged as nonfinite_steps)
         self.log: Any = None  # the run's logger and Ctrl-C request, set by run()
         self.ctrl_c: StopRequest | None = None
         self.meter, self.window_start, self.window = PeakMemory(ctx.device), 0.0, 0  # throughput window since the last log line
@@ -202,8 +203,10 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, float]:
         """Optimizer step ``step``: its loss components averaged over ranks (with whether any rank was
         sent Ctrl-C, kept in ``stop_requested``), logged every ``schedule.log_every`` steps with the
-        throughput, the peak memory and the learning rate; raises :func:`nonfinite_loss_error` after
-        ``schedule.max_nonfinite_steps`` consecutive non-finite losses."""
+        throughput, the peak memory and the learning rate (and, once any occurred, ``nonfinite_steps``:
+        steps of this process with a non-finite loss, ``skipped_steps``: DeepSpeed's overflow skips);
+        logs the step and raises :func:`nonfinite_loss_error` after ``schedule.max_nonfinite_steps``
+        consecutive non-finite losses."""
         sched, par, ctx = self.spec.schedule, self.spec.parallel, self.ctx
         mark_progress(step + 1)
         parts = optimizer_step(self.engine, self.batches, self.objective, ctx, self.spec, step)
@@ -213,14 +216,20 @@ class Trainer:
         self.result.train_losses.append(metrics["loss"])
         self.window += 1
         self.done = done = step + 1
-        self.nonfinite = 0 if math.isfinite(metrics["loss"]) else self.nonfinite + 1
-        if sched.max_nonfinite_steps and self.nonfinite >= sched.max_nonfinite_steps:
-            raise nonfinite_loss_error(done, self.nonfinite, metrics, self.ckpt_dir)
-        if done % sched.log_every == 0 or done == sched.steps:
+        finite = math.isfinite(metrics["loss"])
+        self.nonfinite = 0 if finite else self.nonfinite + 1
+        self.nonfinite_total += not finite
+        skipped = int(getattr(self.engine, "skipped_steps", 0) or 0)  # DeepSpeed's fp16 overflow skips
+        if self.nonfinite_total or skipped:
+            metrics.update(nonfinite_steps=float(self.nonfinite_total), skipped_steps=float(skipped))
+        stop = sched.max_nonfinite_steps and self.nonfinite >= sched.max_nonfinite_steps
+        if stop or done % sched.log_every == 0 or done == sched.steps:
             rate = par.global_batch_size * self.window / (time.perf_counter() - self.window_start)
             metrics["peak_memory_gib"] = all_reduce_max(self.meter.peak_bytes(), ctx.device) / GIB
             self.log.log_train(done, step // self.steps_per_epoch, metrics, rate, self.engine.get_lr()[0])
             self.window_start, self.window = time.perf_counter(), 0
+        if stop:
+            raise nonfinite_loss_error(done, self.nonfinite, metrics, self.ckpt_dir)
         return metrics
 
     def evaluate(self, step: int) -> bool:
