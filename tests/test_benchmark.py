@@ -163,7 +163,9 @@ def test_a_recipe_batch_larger_than_a_small_tables_training_part_shrinks_to_fit(
     assert small.parallel.global_batch_size == small.parallel.micro_batch_size == 26
     assert small.schedule.steps >= inputs.recipe.finetune.min_steps
     pretrain = aam_pretrain_spec(inputs, 30)
-    assert pretrain.parallel.global_batch_size == 27  # floor(30 x 0.95) - 1: a validation part of 2 leaves 28
+    assert round(pretrain.data.split.val_fraction * 30) == 6  # at least 6 held out, so distance r has 15 pairs
+    assert pretrain.parallel.global_batch_size == 23  # floor(30 x 0.8) - 1: a validation part of 6 leaves 24
+    assert aam_pretrain_spec(inputs, 2000).data.split.val_fraction == 0.05
     given = BenchmarkInputs(**{**inputs.__dict__, "extra": ["parallel.micro_batch_size=32"]})
     assert aam_finetune_spec(given, tmp_path / "folds.tsv", 34, 5, "classification", "stratified", smallest_train=26
                              ).parallel.micro_batch_size == 32

@@ -252,10 +252,11 @@ def training_batch_cap(n_samples: int, val_fraction: float) -> int:
 
 
 def aam_pretrain_spec(inputs: BenchmarkInputs, n_samples: int):
-    """Pretraining on every sample (label-free), 5 % of them held out to track distance r."""
+    """Pretraining on every sample (label-free), 5 % of them (at least 6, so that distance r has 15
+    pairs on small tables) held out to track distance r."""
     budget = inputs.recipe.pretrain
     fixed = [f"tracking.run_dir={inputs.out_dir / 'aam' / 'pretrain'}", "tracking.overwrite=true", "tracking.rich=false",
-             "data.split.val_fraction=0.05", f"data.split.seed={inputs.seed}", f"schedule.seed={inputs.seed}"]
+             f"data.split.val_fraction={max(0.05, min(0.2, 6 / max(n_samples, 1))):.4f}", f"data.split.seed={inputs.seed}", f"schedule.seed={inputs.seed}"]
     return _stage_spec(inputs, fixed, budget, n_samples, evaluations=4)
 
 
