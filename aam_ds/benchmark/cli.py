@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from aam_ds.benchmark.recipe import BUDGETS
+from aam_ds.distances.registry import METRIC_NAMES
 
 EXAMPLE = """example (QIIME 2 artifacts, folds grouped by subject):
   aam-ds benchmark --table table.qza --tree rooted-tree.qza --sequences rep-seqs.qza \\
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, default=5, help="number of folds drawn (default: 5)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the folds, the forest and AAM (default: 0)")
     parser.add_argument("--positive-class", default=None, help="binary AUC class (default: the second class name)")
-    parser.add_argument("--metric", default=None, help="AAM pretraining distance (default: unweighted UniFrac with a tree, else braycurtis)")
+    parser.add_argument("--metric", choices=METRIC_NAMES, default=None, help="AAM pretraining distance (default: unweighted UniFrac with a tree, else braycurtis)")
     parser.add_argument("--max-seq-len", type=int, default=150, help="nucleotides kept per ASV (default: 150)")
     parser.add_argument("--budget", default="standard",
                         help=f"training budget: {', '.join(BUDGETS)} (configs/benchmark/<budget>.yaml) or a recipe YAML path "

@@ -30,10 +30,9 @@ from typing import Any
 import numpy as np
 
 from aam_ds.benchmark.recipe import Recipe
+from aam_ds.distances.registry import needs_tree
 from aam_ds.errors import AamInputError
 from aam_ds.tracking import METRICS_FILE
-
-UNIFRAC = ("unweighted", "weighted_normalized", "weighted_unnormalized", "generalized")
 
 
 @dataclass
@@ -90,7 +89,7 @@ def check_inputs(inputs: BenchmarkInputs) -> None:
     if inputs.pretrained is not None and not inputs.recipe.finetune.from_pretrained:
         raise AamInputError(f"--pretrained {inputs.pretrained}", f"recipe {inputs.recipe.name} fine-tunes from scratch",
                             "drop --pretrained, or use a recipe with finetune.from_pretrained: true")
-    if inputs.tree is None and inputs.metric in UNIFRAC:
+    if inputs.tree is None and needs_tree(inputs.metric, "--metric"):
         raise AamInputError(f"--metric {inputs.metric}", "UniFrac needs a phylogeny", "give --tree rooted-tree.qza, or --metric braycurtis")
 
 

@@ -11,18 +11,16 @@ from __future__ import annotations
 import argparse
 import time
 
+from aam_ds.distances.registry import DEFAULT_METRIC, METRIC_NAMES, PARAMETERS, check_parameter, get_metric
 from aam_ds.errors import AamInputError
-
-# kept in step with aam_ds.distances.metric; spelled out here so that building the parser imports no torch
-METRICS = ("unweighted", "weighted_normalized", "weighted_unnormalized", "generalized", "braycurtis", "jaccard", "aitchison")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", required=True, help="BIOM (HDF5/JSON/TSV) or FeatureTable[Frequency] .qza")
     parser.add_argument("--tree", help="rooted Newick or Phylogeny[Rooted] .qza (UniFrac metrics)")
-    parser.add_argument("--metric", choices=METRICS, default="unweighted", help="distance between samples")
-    parser.add_argument("--alpha", type=float, default=0.5, help="generalized UniFrac alpha")
-    parser.add_argument("--pseudocount", type=float, default=1.0, help="Aitchison: counts + pseudocount before CLR")
+    parser.add_argument("--metric", choices=METRIC_NAMES, default=DEFAULT_METRIC, help="distance between samples (as data.metric)")
+    for parameter in PARAMETERS.values():  # as data.alpha, data.pseudocount
+        parser.add_argument(f"--{parameter.name}", type=float, default=parameter.default, help=parameter.description)
     parser.add_argument("--out", required=True, help="output: .h5 (unifrac layout), .npy (+ .ids.txt) or .tsv")
     parser.add_argument("--engine", choices=("torch", "ssu"), default="torch", help="ours, or biocore's ssu binary")
     parser.add_argument("--dtype", choices=("fp64", "fp32"), default="fp64", help="precision of the torch engine")
@@ -39,10 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from aam_ds.data.table import load_table
     from aam_ds.distances.full import full_matrix, ssu_full_matrix
     from aam_ds.distances.io import write_distance_matrix
-    from aam_ds.distances.metric import DTYPES, UNIFRAC_METRICS, build_metric
+    from aam_ds.distances.metric import DTYPES, build_metric
     from aam_ds.distances.tree import read_tree
 
-    if args.metric in UNIFRAC_METRICS and not args.tree:
+    metric_needs_tree = get_metric(args.metric, "--metric").needs_tree
+    for name in PARAMETERS:
+        check_parameter(name, getattr(args, name), f"--{name}")
+    if metric_needs_tree and not args.tree:
         raise AamInputError("--tree", f"metric {args.metric} (UniFrac) needs a tree", "pass --tree P.nwk (or a .qza)")
     if args.block_size <= 0:
         raise AamInputError("--block-size", f"must be positive, got {args.block_size}", "give e.g. 1024")
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
         table = load_table(args.table)
-        tree = read_tree(args.tree) if args.metric in UNIFRAC_METRICS else None
+        tree = read_tree(args.tree) if metric_needs_tree else None
         metric = build_metric(
             args.metric, table, tree, alpha=args.alpha, pseudocount=args.pseudocount,
             drop_missing_tips=args.drop_missing_tips, device=device, dtype=DTYPES[args.dtype],

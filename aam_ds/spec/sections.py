@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from aam_ds.distances.registry import DEFAULT_METRIC, METRIC_NAMES, PARAMETERS
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
@@ -54,6 +56,12 @@ class AugmentSpec(_Section):
         return self.resample_reads or self.asv_dropout > 0
 
 
+def _metric_parameter(name: str) -> Any:
+    """``data.<name>``: a metric parameter's default, bounds and description, from the metric registry."""
+    parameter = PARAMETERS[name]
+    return Field(parameter.default, description=parameter.description, **parameter.bounds)
+
+
 class DataSpec(_Section):
     """Inputs and preprocessing. With no table given the embedded demo dataset is generated."""
 
@@ -76,11 +84,9 @@ class DataSpec(_Section):
     )
     cache_dir: Path = Field(Path("~/.cache/aam-ds"), description="where tokenised sequences are cached")
     distances: str = Field("on-the-fly", description="'on-the-fly' or a precomputed matrix (unifrac HDF5, .npy, square TSV)")
-    metric: Literal[
-        "unweighted", "weighted_normalized", "weighted_unnormalized", "generalized", "braycurtis", "jaccard", "aitchison"
-    ] = "unweighted"
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="generalised UniFrac alpha")
-    pseudocount: float = Field(1.0, gt=0.0, description="Aitchison: counts + pseudocount before the CLR")
+    metric: Literal[METRIC_NAMES] = Field(DEFAULT_METRIC, description="distance between samples (aam_ds/distances/registry.py)")  # type: ignore[valid-type]
+    alpha: float = _metric_parameter("alpha")
+    pseudocount: float = _metric_parameter("pseudocount")
     drop_missing_tips: bool = Field(False, description="drop ASVs absent from the tree (with a warning) instead of failing")
     drop_samples_without_metadata: bool = Field(
         False, description="drop table samples that have no metadata row (with a warning) instead of failing"
