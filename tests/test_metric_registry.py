@@ -20,6 +20,7 @@ from aam_ds.distances.target import build_distance_target
 from aam_ds.distances.tree import parse_newick
 from aam_ds.errors import AamInputError
 from aam_ds.spec import DataSpec, load_spec
+from aam_ds.spec.flags import fill_from_spec
 
 NEWICK = "((A:0.1,B:0.2):0.3,(C:0.4,D:0.5):0.25,E:0.9)root;"
 
@@ -53,6 +54,7 @@ def test_metric_parameters_share_defaults_and_bounds_between_the_spec_and_the_fl
     parser = argparse.ArgumentParser()
     distances_cli.add_arguments(parser)
     args = parser.parse_args(["--table", "t", "--out", "o"])
+    fill_from_spec(args, distances_cli.SPEC_FIELDS)  # what `aam-ds distances` does first, without --spec
     for name, parameter in PARAMETERS.items():
         assert getattr(args, name) == getattr(DataSpec(), name) == parameter.default
     too_big = {"alpha": "1.5", "pseudocount": "-1"}

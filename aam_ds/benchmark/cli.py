@@ -7,6 +7,7 @@ from pathlib import Path
 
 from aam_ds.benchmark.recipe import BUDGETS
 from aam_ds.distances.registry import METRIC_NAMES
+from aam_ds.spec.flags import SPLIT_KINDS, TASKS
 
 EXAMPLE = """example (QIIME 2 artifacts, folds grouped by subject):
   aam-ds benchmark --table table.qza --tree rooted-tree.qza --sequences rep-seqs.qza \\
@@ -24,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "without it AAM pretrains on Bray-Curtis")  # fmt: skip
     parser.add_argument("--sequences", type=Path, default=None,
                         help="FASTA or FeatureData[Sequence] .qza: needed when the table's feature IDs are hashes (QIIME 2)")
-    parser.add_argument("--task", choices=("regression", "classification"), default=None, help="default: regression for a numeric column")
-    parser.add_argument("--split", choices=("random", "stratified", "grouped"), default=None,
+    parser.add_argument("--task", choices=TASKS, default=None, help="default: regression for a numeric column")
+    parser.add_argument("--split", choices=SPLIT_KINDS, default=None,
                         help="default: grouped with --group-column, else stratified (classification) or random")
     parser.add_argument("--group-column", default=None, help="grouped folds: metadata column whose groups never straddle folds")
     parser.add_argument("--stratify-column", default=None, help="stratified folds: column to balance (default: the target)")
