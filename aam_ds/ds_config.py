@@ -72,8 +72,7 @@ def build_ds_config(spec: RunSpec) -> dict[str, Any]:
     micro batch x accumulation x world size, so one file serves any number of ranks."""
     par, opt = spec.parallel, spec.optim
     config: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": par.micro_batch_size,
-        "gradient_accumulation_steps": par.grad_accum_steps,
+        **par.batch_plan().ds_config_entries(),
         "gradient_clipping": opt.grad_clip,
         "optimizer": {
             "type": "AdamW",

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from aam_ds.benchmark.recipe import BUDGETS
+from aam_ds.distances.registry import METRIC_NAMES
+from aam_ds.spec.flags import SPLIT_KINDS, TASKS
 
 EXAMPLE = """example (QIIME 2 artifacts, folds grouped by subject):
   aam-ds benchmark --table table.qza --tree rooted-tree.qza --sequences rep-seqs.qza \\
@@ -23,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "without it AAM pretrains on Bray-Curtis")  # fmt: skip
     parser.add_argument("--sequences", type=Path, default=None,
                         help="FASTA or FeatureData[Sequence] .qza: needed when the table's feature IDs are hashes (QIIME 2)")
-    parser.add_argument("--task", choices=("regression", "classification"), default=None, help="default: regression for a numeric column")
-    parser.add_argument("--split", choices=("random", "stratified", "grouped"), default=None,
+    parser.add_argument("--task", choices=TASKS, default=None, help="default: regression for a numeric column")
+    parser.add_argument("--split", choices=SPLIT_KINDS, default=None,
                         help="default: grouped with --group-column, else stratified (classification) or random")
     parser.add_argument("--group-column", default=None, help="grouped folds: metadata column whose groups never straddle folds")
     parser.add_argument("--stratify-column", default=None, help="stratified folds: column to balance (default: the target)")
@@ -32,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, default=5, help="number of folds drawn (default: 5)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the folds, the forest and AAM (default: 0)")
     parser.add_argument("--positive-class", default=None, help="binary AUC class (default: the second class name)")
-    parser.add_argument("--metric", default=None, help="AAM pretraining distance (default: unweighted UniFrac with a tree, else braycurtis)")
+    parser.add_argument("--metric", choices=METRIC_NAMES, default=None, help="AAM pretraining distance (default: unweighted UniFrac with a tree, else braycurtis)")
     parser.add_argument("--max-seq-len", type=int, default=150, help="nucleotides kept per ASV (default: 150)")
     parser.add_argument("--budget", default="standard",
                         help=f"training budget: {', '.join(BUDGETS)} (configs/benchmark/<budget>.yaml) or a recipe YAML path "

@@ -30,10 +30,9 @@ from typing import Any
 import numpy as np
 
 from aam_ds.benchmark.recipe import Recipe
+from aam_ds.distances.registry import needs_tree
 from aam_ds.errors import AamInputError
 from aam_ds.tracking import METRICS_FILE
-
-UNIFRAC = ("unweighted", "weighted_normalized", "weighted_unnormalized", "generalized")
 
 
 @dataclass
@@ -90,7 +89,7 @@ def check_inputs(inputs: BenchmarkInputs) -> None:
     if inputs.pretrained is not None and not inputs.recipe.finetune.from_pretrained:
         raise AamInputError(f"--pretrained {inputs.pretrained}", f"recipe {inputs.recipe.name} fine-tunes from scratch",
                             "drop --pretrained, or use a recipe with finetune.from_pretrained: true")
-    if inputs.tree is None and inputs.metric in UNIFRAC:
+    if inputs.tree is None and needs_tree(inputs.metric, "--metric"):
         raise AamInputError(f"--metric {inputs.metric}", "UniFrac needs a phylogeny", "give --tree rooted-tree.qza, or --metric braycurtis")
 
 
@@ -233,9 +232,9 @@ def _stage_spec(inputs: BenchmarkInputs, fixed: list[str], budget, n_samples: in
     fits = training_batch_cap(smallest or n_samples, spec.data.split.val_fraction)
     user_batch = any(item.startswith(("parallel.micro_batch_size", "parallel.global_batch_size")) for item in inputs.extra)
     if spec.parallel.global_batch_size > fits and not user_batch:
-        per_micro = spec.parallel.grad_accum_steps * spec.parallel.effective_world_size()
-        micro = max(1, fits // per_micro)
-        spec = load_spec(None, items + [f"parallel.micro_batch_size={micro}", f"parallel.global_batch_size={micro * per_micro}"])
+        plan = spec.parallel.batch_plan()
+        plan = plan.with_micro(max(1, fits // (plan.grad_accum_steps * plan.world_size)), plan.grad_accum_steps)
+        spec = load_spec(None, items + [f"parallel.{name}={size}" for name, size in plan.sizes().items() if name != "grad_accum_steps"])
     steps = budget.steps(n_samples, spec.parallel.global_batch_size)
     timing = {"steps": steps, "warmup_steps": max(1, steps // 20), "eval_every": max(1, steps // evaluations),
               "log_every": max(1, steps // 10)}

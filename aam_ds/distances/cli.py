@@ -1,9 +1,11 @@
 """``aam-ds distances``: a full distance matrix from a table (and tree), written as a file.
 
     aam-ds distances --table T.biom --tree P.nwk --metric unweighted --out F.h5 [--engine ssu]
+    aam-ds distances --spec run.yaml --out F.h5      # the run's data.table / tree / metric / alpha / pseudocount
 
 The output format follows the suffix of ``--out`` (``.h5`` unifrac layout, ``.npy`` + IDs,
-otherwise square TSV).
+otherwise square TSV). The metric flags are the run spec's fields (:mod:`aam_ds.spec.flags`), with the
+names, defaults and bounds of the metric registry (:mod:`aam_ds.distances.registry`).
 """
 
 from __future__ import annotations
@@ -11,25 +13,32 @@ from __future__ import annotations
 import argparse
 import time
 
+from aam_ds.distances.registry import DEFAULT_METRIC, METRIC_NAMES, PARAMETERS, check_parameter, get_metric
 from aam_ds.errors import AamInputError
+from aam_ds.spec.flags import add_spec_arguments, fill_from_spec, spec_flag_help
 
-# kept in step with aam_ds.distances.metric; spelled out here so that building the parser imports no torch
-METRICS = ("unweighted", "weighted_normalized", "weighted_unnormalized", "generalized", "braycurtis", "jaccard", "aitchison")
+# flag dest -> (run-spec field, default without a spec)
+SPEC_FIELDS = {"table": ("data.table", None), "tree": ("data.tree", None), "metric": ("data.metric", DEFAULT_METRIC),
+               **{name: (f"data.{name}", p.default) for name, p in PARAMETERS.items()},
+               "drop_missing_tips": ("data.drop_missing_tips", False)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--table", required=True, help="BIOM (HDF5/JSON/TSV) or FeatureTable[Frequency] .qza")
-    parser.add_argument("--tree", help="rooted Newick or Phylogeny[Rooted] .qza (UniFrac metrics)")
-    parser.add_argument("--metric", choices=METRICS, default="unweighted", help="distance between samples")
-    parser.add_argument("--alpha", type=float, default=0.5, help="generalized UniFrac alpha")
-    parser.add_argument("--pseudocount", type=float, default=1.0, help="Aitchison: counts + pseudocount before CLR")
+    parser.add_argument("--table", help=spec_flag_help("BIOM (HDF5/JSON/TSV) or FeatureTable[Frequency] .qza", "data.table"))
+    parser.add_argument("--tree", help=spec_flag_help("rooted Newick or Phylogeny[Rooted] .qza (UniFrac metrics)", "data.tree"))
+    parser.add_argument("--metric", choices=METRIC_NAMES, help=spec_flag_help("distance between samples", "data.metric", DEFAULT_METRIC))
+    for parameter in PARAMETERS.values():
+        parser.add_argument(f"--{parameter.name}", type=float,
+                            help=spec_flag_help(parameter.description, f"data.{parameter.name}", parameter.default))
     parser.add_argument("--out", required=True, help="output: .h5 (unifrac layout), .npy (+ .ids.txt) or .tsv")
     parser.add_argument("--engine", choices=("torch", "ssu"), default="torch", help="ours, or biocore's ssu binary")
     parser.add_argument("--dtype", choices=("fp64", "fp32"), default="fp64", help="precision of the torch engine")
     parser.add_argument("--device", default="auto", help="torch device; auto = cuda when available, else cpu")
     parser.add_argument("--block-size", type=int, default=1024, help="samples per block of the torch engine")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch and ssu's OMP_NUM_THREADS)")
-    parser.add_argument("--drop-missing-tips", action="store_true", help="drop ASVs absent from the tree (warns)")
+    parser.add_argument("--drop-missing-tips", action="store_true", default=None,
+                        help=spec_flag_help("drop ASVs absent from the tree (warns)", "data.drop_missing_tips"))
+    add_spec_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -39,10 +48,16 @@ def run(args: argparse.Namespace) -> int:
     from aam_ds.data.table import load_table
     from aam_ds.distances.full import full_matrix, ssu_full_matrix
     from aam_ds.distances.io import write_distance_matrix
-    from aam_ds.distances.metric import DTYPES, UNIFRAC_METRICS, build_metric
+    from aam_ds.distances.metric import DTYPES, build_metric
     from aam_ds.distances.tree import read_tree
 
-    if args.metric in UNIFRAC_METRICS and not args.tree:
+    fill_from_spec(args, SPEC_FIELDS)
+    if args.table is None:
+        raise AamInputError("--table", "no feature table given", "pass --table T.biom, or --spec with data.table set")
+    metric_needs_tree = get_metric(args.metric, "--metric").needs_tree
+    for name in PARAMETERS:
+        check_parameter(name, getattr(args, name), f"--{name}")
+    if metric_needs_tree and not args.tree:
         raise AamInputError("--tree", f"metric {args.metric} (UniFrac) needs a tree", "pass --tree P.nwk (or a .qza)")
     if args.block_size <= 0:
         raise AamInputError("--block-size", f"must be positive, got {args.block_size}", "give e.g. 1024")
@@ -57,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
         table = load_table(args.table)
-        tree = read_tree(args.tree) if args.metric in UNIFRAC_METRICS else None
+        tree = read_tree(args.tree) if metric_needs_tree else None
         metric = build_metric(
             args.metric, table, tree, alpha=args.alpha, pseudocount=args.pseudocount,
             drop_missing_tips=args.drop_missing_tips, device=device, dtype=DTYPES[args.dtype],

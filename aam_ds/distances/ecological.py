@@ -17,14 +17,15 @@ import torch
 from aam_ds.distances.unifrac import unweighted, weighted_normalized
 
 
-def braycurtis(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``sum |a - b| / sum (a + b)`` for counts ``a [m, K]``, ``b [n, K]`` -> ``[m, n]``."""
-    return weighted_normalized(a, b, torch.ones(a.shape[1], dtype=a.dtype, device=a.device))
+def braycurtis(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``sum |a - b| / sum (a + b)`` for counts ``a [m, K]``, ``b [n, K]`` -> ``[m, n]``; ``weight [K]``
+    is the metric's column weight (ones, as the registry's kernels share one signature)."""
+    return weighted_normalized(a, b, weight)
 
 
-def jaccard(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``1 - |A and B| / |A or B|`` over the ASVs present (count > 0) -> ``[m, n]``."""
-    return unweighted(a, b, torch.ones(a.shape[1], dtype=a.dtype, device=a.device))
+def jaccard(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``1 - |A and B| / |A or B|`` over the ASVs present (count > 0) -> ``[m, n]``; ``weight [K]``: ones."""
+    return unweighted(a, b, weight)
 
 
 def shifted_log(counts: sp.csr_matrix, pseudocount: float) -> sp.csr_matrix:
@@ -34,9 +35,10 @@ def shifted_log(counts: sp.csr_matrix, pseudocount: float) -> sp.csr_matrix:
     return out
 
 
-def aitchison(ya: torch.Tensor, yb: torch.Tensor, n_asvs: int) -> torch.Tensor:
+def aitchison(ya: torch.Tensor, yb: torch.Tensor, weight: torch.Tensor, n_asvs: int) -> torch.Tensor:
     """Aitchison distance ``[m, n]`` from :func:`shifted_log` rows ``ya [m, K]``, ``yb [n, K]``
-    (``K`` of the table's ``n_asvs`` columns; the rest are zero for every row given).
+    (``K`` of the table's ``n_asvs`` columns; the rest are zero for every row given). ``weight [K]``
+    (ones) is unused: the registry's kernels share one signature.
 
     ``|clr_a - clr_b|^2 = |y_a - y_b|^2 - n_asvs g^2`` with ``g = mean(y_a) - mean(y_b)``: one exact
     pairwise-difference pass. For pairs of (nearly) the same composition the two terms cancel

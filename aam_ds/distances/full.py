@@ -23,7 +23,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from aam_ds.data.table import FeatureTable, load_table
 from aam_ds.distances.branches import tip_nodes_of
 from aam_ds.distances.io import read_distance_matrix
-from aam_ds.distances.metric import UNIFRAC_METRICS, PairwiseMetric
+from aam_ds.distances.metric import PairwiseMetric
+from aam_ds.distances.registry import get_metric
 from aam_ds.distances.tree import newick_text, read_tree
 from aam_ds.errors import AamInputError
 
@@ -75,7 +76,7 @@ def ssu_full_matrix(
             "install biocore's UniFrac (`apt install unifrac-tools` or `conda install -c bioconda unifrac-binaries`) "
             "or use the default --engine torch",
         )
-    if metric not in UNIFRAC_METRICS:
+    if not get_metric(metric, "--metric").needs_tree:
         raise AamInputError("--metric", f"ssu computes only UniFrac, not {metric}", "use --engine torch for " + metric)
     env = dict(os.environ)
     if threads:

@@ -4,6 +4,7 @@ that compares two sets of them. Shared by the batch targets and the block-wise f
 from __future__ import annotations
 
 import functools
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -11,15 +12,16 @@ import numpy as np
 import torch
 
 from aam_ds.data.table import FeatureTable
-from aam_ds.distances import ecological, unifrac
+from aam_ds.distances import ecological
 from aam_ds.distances.branches import build_branch_abundances
+from aam_ds.distances.registry import METRIC_NAMES, PARAMETERS, TREE_METRICS, Metric, get_metric
 from aam_ds.distances.sparse import SparseRows
 from aam_ds.distances.tree import Tree
 from aam_ds.errors import AamInputError
 
-UNIFRAC_METRICS = ("unweighted", "weighted_normalized", "weighted_unnormalized", "generalized")
-ECOLOGICAL_METRICS = ("braycurtis", "jaccard", "aitchison")
-METRICS = UNIFRAC_METRICS + ECOLOGICAL_METRICS
+METRICS = METRIC_NAMES
+UNIFRAC_METRICS = TREE_METRICS
+ECOLOGICAL_METRICS = tuple(name for name in METRIC_NAMES if name not in TREE_METRICS)
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
 
 # (a [m, K], b [n, K], per-column weight [K]) -> [m, n]
@@ -60,33 +62,38 @@ def build_metric(
     table: FeatureTable,
     tree: Tree | None = None,
     *,
-    alpha: float = 0.5,
-    pseudocount: float = 1.0,
+    alpha: float = PARAMETERS["alpha"].default,
+    pseudocount: float = PARAMETERS["pseudocount"].default,
     drop_missing_tips: bool = False,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float64,
 ) -> PairwiseMetric:
-    """Bind metric ``name`` (one of :data:`METRICS`) to ``table`` (and ``tree`` for UniFrac)."""
-    if name not in METRICS:
-        raise AamInputError("data.metric", f"unknown metric {name!r}", f"choose one of {', '.join(METRICS)}")
-    if name in UNIFRAC_METRICS:
-        if tree is None:
-            raise AamInputError("data.tree", f"metric {name} (UniFrac) needs a phylogeny", "set data.tree / --tree")
-        branches = build_branch_abundances(table, tree, drop_missing_tips)
-        matrix, weight = branches.proportions, branches.lengths
-        kernel = getattr(unifrac, name)
-        if name == "generalized":
-            kernel = functools.partial(unifrac.generalized, alpha=alpha)
-    else:
-        matrix, weight = table.counts, np.ones(table.counts.shape[1])
-        if name == "aitchison":
-            matrix = ecological.shifted_log(table.counts, pseudocount)
-            kernel = _ignoring_weight(functools.partial(ecological.aitchison, n_asvs=table.counts.shape[1]))
-        else:
-            kernel = _ignoring_weight(getattr(ecological, name))
+    """Bind metric ``name`` (an entry of :data:`aam_ds.distances.registry.REGISTRY`) to ``table``
+    (and ``tree`` for UniFrac).
+
+    Raises
+    ------
+    AamInputError
+        an unknown metric, or a UniFrac metric without a tree.
+    """
+    entry = get_metric(name)
+    if entry.needs_tree and tree is None:
+        raise AamInputError("data.tree", f"metric {name} (UniFrac) needs a phylogeny", "set data.tree / --tree")
+    values = {"alpha": alpha, "pseudocount": pseudocount}
+    parameters = {p: values[p] for p in entry.parameters}
+    matrix, weight, bound = _rows(entry, table, tree, drop_missing_tips, parameters)
+    module, function = entry.kernel.split(".")
+    kernel = functools.partial(getattr(importlib.import_module(f"aam_ds.distances.{module}"), function), **bound)
     vectors = SparseRows(matrix, device, dtype)
     return PairwiseMetric(name, list(table.sample_ids), vectors, torch.as_tensor(weight, device=device).to(dtype), kernel)
 
 
-def _ignoring_weight(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Kernel:
-    return lambda a, b, _weight: fn(a, b)
+def _rows(entry: Metric, table: FeatureTable, tree: Tree | None, drop_missing_tips: bool, parameters: dict[str, float]) -> tuple:
+    """Per-sample rows ``[N, K]`` (sparse), the column weight ``[K]`` and the kernel's keyword arguments."""
+    if entry.rows == "branches":
+        branches = build_branch_abundances(table, tree, drop_missing_tips)
+        return branches.proportions, branches.lengths, parameters
+    ones = np.ones(table.counts.shape[1])
+    if entry.rows == "log_counts":  # the CLR's mean runs over all of the table's ASVs, not a batch's
+        return ecological.shifted_log(table.counts, parameters["pseudocount"]), ones, {"n_asvs": table.counts.shape[1]}
+    return table.counts, ones, parameters

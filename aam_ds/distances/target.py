@@ -14,7 +14,8 @@ import torch
 
 from aam_ds.data.table import FeatureTable
 from aam_ds.distances.io import read_distance_matrix
-from aam_ds.distances.metric import UNIFRAC_METRICS, PairwiseMetric, build_metric
+from aam_ds.distances.metric import PairwiseMetric, build_metric
+from aam_ds.distances.registry import get_metric
 from aam_ds.distances.tree import read_tree
 from aam_ds.errors import AamInputError
 from aam_ds.spec import DataSpec
@@ -71,7 +72,7 @@ def build_distance_target(data: DataSpec, table: FeatureTable, device: torch.dev
     if data.distances != "on-the-fly":
         return PrecomputedTarget.from_file(data.distances, table.sample_ids)
     tree = None
-    if data.metric in UNIFRAC_METRICS:
+    if get_metric(data.metric).needs_tree:
         if data.tree is None:
             raise AamInputError(
                 "data.tree", f"data.metric={data.metric} (UniFrac) needs a phylogeny",

@@ -7,7 +7,7 @@ Offloading moves the optimizer part (and with ``offload_param`` the weights) to 
 Activations are not included: they depend on the batch, which the search below measures.
 
 The micro-batch search's pieces that need no training live here (candidate sizes, the search
-itself, the spec / DeepSpeed config for a size); its probe, which runs real training steps, is
+itself, the spec / DeepSpeed config for a batch plan); its probe, which runs real training steps, is
 :func:`aam_ds.engine.steps.find_micro_batch` (it builds engines and steps them with the
 trainer's step functions, and this module does not import them).
 """
@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from aam_ds.spec import RunSpec
+from aam_ds.spec import BatchPlan, RunSpec
 
 GIB = 1024**3
 
@@ -120,15 +120,12 @@ def micro_batch_candidates(per_rank_batch: int, lower: int) -> list[int]:
     return [m for m in range(max(lower, 1), per_rank_batch + 1) if per_rank_batch % m == 0]
 
 
-def with_micro_batch(spec: RunSpec, ds_config: dict[str, Any], micro: int, world_size: int,
-                     accumulation: int | None = None) -> tuple[RunSpec, dict[str, Any]]:
-    """The spec and DeepSpeed config with micro batch ``micro``; by default the global batch stays and
-    accumulation takes up the rest, else ``accumulation`` is used (and the global batch follows)."""
-    accum = accumulation or spec.parallel.global_batch_size // (micro * world_size)
-    par = spec.parallel.model_copy(update={"micro_batch_size": micro, "grad_accum_steps": accum,
-                                           "global_batch_size": micro * accum * world_size})
-    config = {k: v for k, v in ds_config.items() if k != "train_batch_size"}  # DeepSpeed derives it
-    config.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum)
+def with_batch_plan(spec: RunSpec, ds_config: dict[str, Any], plan: BatchPlan) -> tuple[RunSpec, dict[str, Any]]:
+    """The spec and DeepSpeed config carrying batch plan ``plan`` (e.g. :meth:`BatchPlan.with_micro` of the
+    searched micro batch); the config's ``train_batch_size`` is dropped (DeepSpeed derives it)."""
+    par = spec.parallel.model_copy(update=plan.sizes())
+    config = {k: v for k, v in ds_config.items() if k != "train_batch_size"}
+    config.update(plan.ds_config_entries())
     return spec.model_copy(update={"parallel": par}), config
 
 

@@ -19,7 +19,7 @@ from aam_ds.errors import AamInputError
 from aam_ds.export import load_export
 from aam_ds.model import losses
 from aam_ds.model.aam import AAMModel
-from aam_ds.spec import RunSpec
+from aam_ds.spec import BatchPlan, RunSpec
 
 # model fields a fine-tuning run takes from its own spec (the rest of the architecture comes from the export)
 RUN_TIME_MODEL_FIELDS = ("dropout", "asv_chunk_size", "activation_checkpointing", "pretrained", "freeze_encoder",
@@ -28,16 +28,9 @@ RUN_TIME_MODEL_FIELDS = ("dropout", "asv_chunk_size", "activation_checkpointing"
 
 
 
-def check_world_size(spec: RunSpec, world_size: int) -> None:
-    par = spec.parallel
-    if par.world_size not in (None, world_size) or par.global_batch_size != par.micro_batch_size * par.grad_accum_steps * world_size:
-        raise AamInputError(
-            "parallel",
-            f"global_batch_size={par.global_batch_size} (micro {par.micro_batch_size} x accumulation {par.grad_accum_steps}"
-            f"{f', world_size={par.world_size}' if par.world_size else ''}) does not fit the {world_size} rank(s) launched",
-            f"give parallel.micro_batch_size and grad_accum_steps only, or a global batch divisible by "
-            f"micro x accumulation x {world_size}; unset parallel.world_size or launch that many ranks",
-        )
+def check_world_size(spec: RunSpec, world_size: int) -> BatchPlan:
+    """The run's batch plan on the ``world_size`` ranks launched (an AamInputError when it does not fit them)."""
+    return spec.parallel.batch_plan(world_size)
 
 
 def check_device_support(spec: RunSpec, device: torch.device) -> None:

@@ -33,7 +33,7 @@ from aam_ds.engine.memory import (
     memory_budget_gib,
     micro_batch_candidates,
     search_micro_batch,
-    with_micro_batch,
+    with_batch_plan,
 )
 from aam_ds.engine.objective import Objective
 from aam_ds.engine.pairwise import gradient_cache_step
@@ -41,7 +41,7 @@ from aam_ds.engine.schedule import scheduler_factory
 from aam_ds.errors import AamInputError
 from aam_ds.model import losses
 from aam_ds.model.aam import AAMModel
-from aam_ds.spec import RunSpec
+from aam_ds.spec import BatchPlan, RunSpec
 
 MEMORY_SEARCH_CAP_S = 300.0  # the micro-batch search stops probing after this long and keeps the best size so far
 
@@ -107,19 +107,19 @@ def optimizer_step(engine: Any, batches: Iterator, objective: Objective, ctx: Di
     return totals
 
 
-def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], data: PreparedData, model_factory: Any,
-                     objective: Objective, ctx: DistContext) -> int:
-    """Largest micro batch whose real training steps (all active losses, this ZeRO stage) stay under
-    ``parallel.max_memory_gb`` per rank, among those that keep the global batch (micro x accumulation
-    x ranks); every rank agrees on the worst rank's peak. Rank 0 prints each probe; the search stops
-    probing after ``MEMORY_SEARCH_CAP_S`` seconds."""
+def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], plan: BatchPlan, data: PreparedData, model_factory: Any,
+                     objective: Objective, ctx: DistContext) -> BatchPlan:
+    """``plan`` with the largest micro batch whose real training steps (all active losses, this ZeRO stage)
+    stay under ``parallel.max_memory_gb`` per rank, among those that keep the global batch (micro x
+    accumulation x ranks); every rank agrees on the worst rank's peak. Rank 0 prints each probe; the
+    search stops probing after ``MEMORY_SEARCH_CAP_S`` seconds."""
     say = print if ctx.is_main else (lambda *args, **kwargs: None)
     meter = PeakMemory(ctx.device)
-    per_rank = spec.parallel.global_batch_size // ctx.world_size
+    per_rank = plan.per_rank_batch
     lower = 2 if spec.loss.pairwise_weight > 0 else 1  # the pairwise loss needs pairs on every rank
     budget = memory_budget_gib(spec.parallel.max_memory_gb, ctx.device, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))
     candidates = micro_batch_candidates(per_rank, lower)
-    say(f"memory search: largest micro batch among {candidates} (global batch {spec.parallel.global_batch_size} kept) "
+    say(f"memory search: largest micro batch among {candidates} (global batch {plan.global_batch_size} kept) "
         f"within {budget:.2f} GiB per rank, 2 real steps each, at most {MEMORY_SEARCH_CAP_S:.0f} s", flush=True)
     start = time.perf_counter()
 
@@ -129,7 +129,7 @@ def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], data: PreparedDat
         try:
             # no accumulation while probing: each step reaches the optimizer (whose states count), as every
             # accumulation boundary does
-            probe_spec, probe_config = with_micro_batch(spec, ds_config, micro, ctx.world_size, accumulation=1)
+            probe_spec, probe_config = with_batch_plan(spec, ds_config, plan.with_micro(micro, accumulation=1))
             engine = build_engine(model_factory(), probe_spec, probe_config)
             batches = train_batches(data, probe_spec, ctx, micro, 0)
             for step in range(2):
@@ -157,4 +157,4 @@ def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], data: PreparedDat
                             "raise the budget, use a higher ZeRO stage or offload, or a smaller model")
     say(f"memory search: micro batch {micro} x accumulation {per_rank // micro} ({time.perf_counter() - start:.0f} s"
         + (", time cap reached" if out_of_time() else "") + ")", flush=True)
-    return micro
+    return plan.with_micro(micro)

@@ -42,7 +42,7 @@ from aam_ds.engine.distributed import (
 )
 from aam_ds.engine.evaluate import evaluate as evaluate_split
 from aam_ds.engine.interrupt import RunInterrupted, StopRequest, stop_requests
-from aam_ds.engine.memory import GIB, PeakMemory, estimate_table, with_micro_batch
+from aam_ds.engine.memory import GIB, PeakMemory, estimate_table, with_batch_plan
 from aam_ds.engine.objective import Objective
 from aam_ds.engine.resume import advance_schedule, resume_point
 from aam_ds.engine.run_export import export_spec, run_files, target_description, write_split_predictions
@@ -53,7 +53,7 @@ from aam_ds.errors import AamInputError
 from aam_ds.export import EXPORT_NAME, Export, write_export
 from aam_ds.io_utils import atomic_write_json
 from aam_ds.model.aam import AAMModel
-from aam_ds.spec import RunSpec
+from aam_ds.spec import BatchPlan, RunSpec
 from aam_ds.tracking import check_tracking, make_logger
 
 BEST_TAG = "best"  # checkpoint folder holding the weights of the best evaluation
@@ -117,18 +117,18 @@ class Trainer:
     checkpoint, or the checkpoint and :class:`RunInterrupted` after a Ctrl-C on any rank).
     """
 
-    def __init__(self, ctx: DistContext, spec: RunSpec, ds_config: dict[str, Any], finetuning: bool, data: PreparedData,
+    def __init__(self, ctx: DistContext, spec: RunSpec, ds_config: dict[str, Any], plan: BatchPlan, finetuning: bool, data: PreparedData,
                  model: AAMModel, model_args: dict[str, Any], objective: Objective, n_params: int, resume_tag: str | None = None,
                  restart_step: int | None = None):
         """Builds the engine, the best-model tracker and the batch stream, resuming from checkpoint
         ``resume_tag`` (the one every rank agreed on) when given, or at ``restart_step`` with the
         model's weights as they are and a fresh optimizer (see :func:`resume_point`); the run
         folder's files are already written."""
-        self.ctx, self.spec, self.finetuning, self.data = ctx, spec, finetuning, data
+        self.ctx, self.spec, self.plan, self.finetuning, self.data = ctx, spec, plan, finetuning, data
         self.model, self.model_args, self.objective, self.n_params = model, model_args, objective, n_params
         self.run_dir, self.ckpt_dir = spec.tracking.run_dir, spec.checkpoint_dir()
         self.engine = build_engine(model, spec, ds_config)
-        self.start_step, self.result = 0, RunResult(step=0, micro_batch_size=spec.parallel.micro_batch_size)
+        self.start_step, self.result = 0, RunResult(step=0, micro_batch_size=plan.micro_batch_size)
         self.best = BestTracker.from_spec(spec)
         self.val = data.dataset("val") if len(data.splits.get("val", [])) else None
         if self.best is not None and self.val is None:
@@ -142,9 +142,8 @@ class Trainer:
         elif restart_step is not None:
             self.start_step = restart_step
             advance_schedule(self.engine, restart_step)
-        par = spec.parallel
-        self.batches = train_batches(data, spec, ctx, par.micro_batch_size, self.start_step * par.grad_accum_steps)
-        self.steps_per_epoch = max(1, len(data.splits["train"]) // par.global_batch_size)
+        self.batches = train_batches(data, spec, ctx, plan.micro_batch_size, self.start_step * plan.grad_accum_steps)
+        self.steps_per_epoch = max(1, len(data.splits["train"]) // plan.global_batch_size)
         # steps done, consecutive non-finite losses, whether any rank was sent Ctrl-C before the last step's reduction
         self.done, self.nonfinite, self.stop_requested = self.start_step, 0, False
         self.nonfinite_total = 0  # steps of this process whose loss was not finite (logged as nonfinite_steps)
@@ -160,7 +159,7 @@ class Trainer:
         """Spec reconciled with the DeepSpeed file -> run folder -> data -> model -> optional micro-batch
         search -> resume layout check -> free disk space check -> spec.json / ds_config.json -> engine and resume (:meth:`__init__`)."""
         spec, ds_config = resolve_ds_config(spec, ds_config_path)
-        check_world_size(spec, ctx.world_size)
+        plan = check_world_size(spec, ctx.world_size)  # the batch plan, fixed from here on
         check_device_support(spec, ctx.device)
         check_on_main(ctx, lambda: check_tracking(spec))  # an unreachable MLflow server fails here, before any compute
         spec = claim_run_dir(spec, "finetune" if finetuning else "pretrain", ctx)
@@ -169,8 +168,8 @@ class Trainer:
         model, model_args = build_model(spec, data, finetuning)
         objective = build_objective(spec, data, ctx.device, model)
         if spec.parallel.max_memory_gb:
-            micro = find_micro_batch(spec, ds_config, data, lambda: build_model(spec, data, finetuning)[0], objective, ctx)
-            spec, ds_config = with_micro_batch(spec, ds_config, micro, ctx.world_size)
+            plan = find_micro_batch(spec, ds_config, plan, data, lambda: build_model(spec, data, finetuning)[0], objective, ctx)
+            spec, ds_config = with_batch_plan(spec, ds_config, plan)
         # before anything is written: a refused resume leaves the run as it was
         resume_tag, restart_step = resume_point(spec, ckpt_dir, ctx, model) if spec.checkpoint.resume else (None, None)
         n_params = sum(p.numel() for p in model.parameters())  # before the engine: ZeRO-3 partitions the parameters
@@ -178,14 +177,14 @@ class Trainer:
         if ctx.is_main:
             atomic_write_json(run_dir / "spec.json", spec.model_dump(mode="json"))
             atomic_write_json(run_dir / "ds_config.json", ds_config)
-        return cls(ctx, spec, ds_config, finetuning, data, model, model_args, objective, n_params, resume_tag, restart_step)
+        return cls(ctx, spec, ds_config, plan, finetuning, data, model, model_args, objective, n_params, resume_tag, restart_step)
 
     def run(self) -> RunResult:
         """Steps from the resumed step to ``schedule.steps`` (or an early stop), then :meth:`finish`."""
         sched, par, ctx = self.spec.schedule, self.spec.parallel, self.ctx
         with make_logger(self.spec, ctx.rank, self.run_dir) as self.log:
             self.log.start(self.spec, sched.steps, {
-                "world size": ctx.world_size, "parameters": parameter_text(self.model), "micro batch": par.micro_batch_size,
+                "world size": ctx.world_size, "parameters": parameter_text(self.model), "micro batch": self.plan.micro_batch_size,
                 "stage": "finetune" if self.finetuning else "pretrain", "run folder": str(self.run_dir),
                 "data": self.data.origin, "samples": self.data.sample_accounting(), "resumed at step": self.start_step})
             self.log.print(estimate_table(self.n_params, ctx.world_size, par.precision, par.zero_stage,
@@ -207,7 +206,7 @@ class Trainer:
         steps of this process with a non-finite loss, ``skipped_steps``: DeepSpeed's overflow skips);
         logs the step and raises :func:`nonfinite_loss_error` after ``schedule.max_nonfinite_steps``
         consecutive non-finite losses."""
-        sched, par, ctx = self.spec.schedule, self.spec.parallel, self.ctx
+        sched, ctx = self.spec.schedule, self.ctx
         mark_progress(step + 1)
         parts = optimizer_step(self.engine, self.batches, self.objective, ctx, self.spec, step)
         requested = self.ctrl_c is not None and self.ctrl_c.requested
@@ -224,7 +223,7 @@ class Trainer:
             metrics.update(nonfinite_steps=float(self.nonfinite_total), skipped_steps=float(skipped))
         stop = sched.max_nonfinite_steps and self.nonfinite >= sched.max_nonfinite_steps
         if stop or done % sched.log_every == 0 or done == sched.steps:
-            rate = par.global_batch_size * self.window / (time.perf_counter() - self.window_start)
+            rate = self.plan.global_batch_size * self.window / (time.perf_counter() - self.window_start)
             metrics["peak_memory_gib"] = all_reduce_max(self.meter.peak_bytes(), ctx.device) / GIB
             self.log.log_train(done, step // self.steps_per_epoch, metrics, rate, self.engine.get_lr()[0])
             self.window_start, self.window = time.perf_counter(), 0
@@ -237,7 +236,7 @@ class Trainer:
         the best evaluation's weights go to the checkpoint folder ``best``. True when early stopping
         ends the run here (patience exhausted on any rank, before the last step)."""
         result, best = self.result, self.best
-        result.eval_metrics, self.scatter = evaluate_split(self.engine, self.val, self.objective, self.ctx, self.spec.parallel.micro_batch_size)
+        result.eval_metrics, self.scatter = evaluate_split(self.engine, self.val, self.objective, self.ctx, self.plan.micro_batch_size)
         self.log.log_eval(step, result.eval_metrics, self.scatter)
         if self.on_evaluate is not None:
             self.on_evaluate(step, result.eval_metrics)
@@ -284,7 +283,7 @@ class Trainer:
                             target_description(self.data, self.model, self.finetuning), export_step)
             write_export(result.export_path, export)
             self.log.print(f"consolidated model (step {export_step}) written to {result.export_path}")
-            predictions = write_split_predictions(export, self.data, self.run_dir, self.spec.parallel.micro_batch_size,
+            predictions = write_split_predictions(export, self.data, self.run_dir, self.plan.micro_batch_size,
                                                   self.ctx.device) if self.finetuning else {}
             if self.log.keeps_files:  # W&B / MLflow: the run's files and evaluation reports
                 for folder, paths in run_files(self.run_dir, self.data, predictions, self.scatter).items():

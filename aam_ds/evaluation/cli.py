@@ -9,8 +9,13 @@ import numpy as np
 import pandas as pd
 
 from aam_ds.errors import AamInputError
+from aam_ds.spec.flags import SPLIT_KINDS, TASKS, add_spec_arguments, fill_from_spec, spec_flag_help
 
-TASKS = ("regression", "classification")
+# rf-baseline flag dest -> (run-spec field, default without a spec); --target is data.targets' only column
+RF_SPEC_FIELDS = {"table": ("data.table", None), "metadata": ("data.metadata", None), "task": ("loss.task", None),
+                  "folds": ("data.split.folds", 5), "split": ("data.split.kind", None),
+                  "group_column": ("data.split.group_column", None), "stratify_column": ("data.split.column", None),
+                  "folds_file": ("data.split.folds_file", None), "seed": ("data.split.seed", 0)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,20 +73,20 @@ def _group_series(rows: pd.DataFrame, column: str | None) -> pd.Series | None:
 
 
 def add_rf_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--table", type=Path, required=True, help="BIOM table or FeatureTable[Frequency] .qza")
-    parser.add_argument("--metadata", type=Path, required=True, help="QIIME 2 metadata TSV")
-    parser.add_argument("--target", required=True, help="metadata column to predict")
-    parser.add_argument("--task", choices=TASKS, default=None, help="default: regression for a numeric column")
-    parser.add_argument("--folds", type=int, default=5, help="number of cross-validation folds")
-    parser.add_argument("--split", choices=("random", "stratified", "grouped"), default=None,
-                        help="default: grouped with a group option, else stratified (classification) or random")  # fmt: skip
+    parser.add_argument("--table", type=Path, help=spec_flag_help("BIOM table or FeatureTable[Frequency] .qza", "data.table"))
+    parser.add_argument("--metadata", type=Path, help=spec_flag_help("QIIME 2 metadata TSV", "data.metadata"))
+    parser.add_argument("--target", help=spec_flag_help("metadata column to predict", "data.targets (one column)"))
+    parser.add_argument("--task", choices=TASKS, help=spec_flag_help("default: regression for a numeric column", "loss.task"))
+    parser.add_argument("--folds", type=int, help=spec_flag_help("number of cross-validation folds", "data.split.folds", 5))
+    parser.add_argument("--split", choices=SPLIT_KINDS, help=spec_flag_help(
+        "default: grouped with a group option, else stratified (classification) or random", "data.split.kind"))
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--group-column", default=None, help="metadata column whose groups never straddle folds")
+    group.add_argument("--group-column", help=spec_flag_help("metadata column whose groups never straddle folds", "data.split.group_column"))
     group.add_argument("--group-by", choices=("huang-proxy",), default=None,
                        help="huang-proxy: Qiita study prefix of the sample ID + integer age (target)")  # fmt: skip
-    parser.add_argument("--stratify-column", default=None, help="stratified folds: column to balance (default: the target)")
-    parser.add_argument("--folds-file", type=Path, default=None, help="reuse the folds of an earlier run (folds.tsv)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the folds and the forest")
+    parser.add_argument("--stratify-column", help=spec_flag_help("stratified folds: column to balance (default: the target)", "data.split.column"))
+    parser.add_argument("--folds-file", type=Path, help=spec_flag_help("reuse the folds of an earlier run (folds.tsv)", "data.split.folds_file"))
+    parser.add_argument("--seed", type=int, help=spec_flag_help("seeds the folds and the forest", "data.split.seed", 0))
     parser.add_argument("--trees", type=int, default=500, help="trees of the forest")
     parser.add_argument("--n-jobs", type=int, default=1, help="cores for the forest (-1 = all)")
     parser.add_argument("--max-features", default=None, help="features per split: sqrt, log2 or a fraction (default: scikit-learn's)")
@@ -89,6 +94,22 @@ def add_rf_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", type=Path, action="append", default=[], metavar="P.tsv",
                         help="another model's out-of-fold predictions of the same samples (repeatable)")  # fmt: skip
     parser.add_argument("--out-dir", type=Path, default=Path("rf_baseline"), help="report folder (predictions, folds.tsv, metrics)")
+    add_spec_arguments(parser)
+
+
+def _rf_flags_from_spec(args: argparse.Namespace) -> None:
+    """The flags left out, from ``--spec`` / ``--set`` (:data:`RF_SPEC_FIELDS`); table, metadata and target are required."""
+    if args.group_by is not None:
+        args.group_column = args.group_column or ""  # --group-by replaces the spec's group column
+    spec = fill_from_spec(args, RF_SPEC_FIELDS)
+    args.group_column = args.group_column or None
+    args.task = None if args.task == "none" else args.task
+    if args.target is None and len(spec.data.targets) == 1:
+        args.target = spec.data.targets[0]
+    for flag, value, field in (("--table", args.table, "data.table"), ("--metadata", args.metadata, "data.metadata"),
+                               ("--target", args.target, "data.targets (one column)")):
+        if value is None:
+            raise AamInputError(flag, "not given", f"pass {flag}, or --spec with {field} set")
 
 
 def run_rf_baseline(args: argparse.Namespace) -> int:
@@ -99,6 +120,7 @@ def run_rf_baseline(args: argparse.Namespace) -> int:
     from aam_ds.evaluation.report import metrics_table, wide_console, write_evaluation, write_tsv
     from aam_ds.evaluation.rf_baseline import comparison_rows, cross_validate_rf
 
+    _rf_flags_from_spec(args)
     table = without_empty_samples(load_table(args.table))
     metadata = align_metadata(load_metadata(args.metadata), table.sample_ids, str(args.table))
     task = args.task or infer_task(metadata, args.target)

@@ -34,41 +34,8 @@ class RunSpec(_Section):
 
     @model_validator(mode="after")
     def _resolve_batch(self) -> "RunSpec":
-        p = self.parallel
-        user_set = set(p.model_fields_set)  # derived sizes below must not count as user-given
-        world = p.effective_world_size()
-        given = {k: getattr(p, k) for k in ("global_batch_size", "micro_batch_size", "grad_accum_steps")}
-        if all(v is None for v in given.values()):
-            given["micro_batch_size"], given["grad_accum_steps"] = 8, 1
-        elif sum(v is not None for v in given.values()) == 1:
-            if given["grad_accum_steps"] is None:
-                given["grad_accum_steps"] = 1
-            else:
-                given["micro_batch_size"] = 8
-        g, m, a = given["global_batch_size"], given["micro_batch_size"], given["grad_accum_steps"]
-        if g is None:
-            g = m * a * world
-        elif m is None:
-            if g % (a * world):
-                raise ValueError(
-                    f"parallel.global_batch_size={g} is not divisible by grad_accum_steps={a} x world size {world}; "
-                    f"choose a global batch that is a multiple of {a * world}"
-                )
-            m = g // (a * world)
-        elif a is None:
-            if g % (m * world):
-                raise ValueError(
-                    f"parallel.global_batch_size={g} is not divisible by micro_batch_size={m} x world size {world}; "
-                    f"choose a global batch that is a multiple of {m * world}"
-                )
-            a = g // (m * world)
-        elif g != m * a * world:
-            raise ValueError(
-                f"parallel.global_batch_size={g} != micro_batch_size={m} x grad_accum_steps={a} x world size {world} "
-                f"(= {m * a * world}); give only two of the three and the third is derived"
-            )
-        p.global_batch_size, p.micro_batch_size, p.grad_accum_steps = g, m, a
-        p.__pydantic_fields_set__ = user_set
+        self.parallel = self.parallel.resolved()  # the batch plan, once (spec/batch.py)
+        m = self.parallel.micro_batch_size
         if self.loss.pairwise_weight > 0 and m < 2:
             raise ValueError(
                 f"the pairwise distance loss needs parallel.micro_batch_size >= 2 (got {m}): "

@@ -11,6 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from aam_ds.distances.registry import DEFAULT_METRIC, METRIC_NAMES, PARAMETERS
+from aam_ds.spec.batch import DEFAULT_MICRO_BATCH, BatchPlan
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
@@ -54,6 +57,12 @@ class AugmentSpec(_Section):
         return self.resample_reads or self.asv_dropout > 0
 
 
+def _metric_parameter(name: str) -> Any:
+    """``data.<name>``: a metric parameter's default, bounds and description, from the metric registry."""
+    parameter = PARAMETERS[name]
+    return Field(parameter.default, description=parameter.description, **parameter.bounds)
+
+
 class DataSpec(_Section):
     """Inputs and preprocessing. With no table given the embedded demo dataset is generated."""
 
@@ -76,11 +85,9 @@ class DataSpec(_Section):
     )
     cache_dir: Path = Field(Path("~/.cache/aam-ds"), description="where tokenised sequences are cached")
     distances: str = Field("on-the-fly", description="'on-the-fly' or a precomputed matrix (unifrac HDF5, .npy, square TSV)")
-    metric: Literal[
-        "unweighted", "weighted_normalized", "weighted_unnormalized", "generalized", "braycurtis", "jaccard", "aitchison"
-    ] = "unweighted"
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="generalised UniFrac alpha")
-    pseudocount: float = Field(1.0, gt=0.0, description="Aitchison: counts + pseudocount before the CLR")
+    metric: Literal[METRIC_NAMES] = Field(DEFAULT_METRIC, description="distance between samples (aam_ds/distances/registry.py)")  # type: ignore[valid-type]
+    alpha: float = _metric_parameter("alpha")
+    pseudocount: float = _metric_parameter("pseudocount")
     drop_missing_tips: bool = Field(False, description="drop ASVs absent from the tree (with a warning) instead of failing")
     drop_samples_without_metadata: bool = Field(
         False, description="drop table samples that have no metadata row (with a warning) instead of failing"
@@ -247,8 +254,10 @@ class ParallelSpec(_Section):
     """Batch sizes, ZeRO, offload and precision. Give any two of the three batch sizes."""
 
     global_batch_size: int | None = Field(None, gt=0, description="samples per optimizer step over all ranks")
-    micro_batch_size: int | None = Field(None, gt=0, description="samples per forward pass on one rank")
-    grad_accum_steps: int | None = Field(None, gt=0)
+    micro_batch_size: int | None = Field(
+        None, gt=0, description=f"samples per forward pass on one rank; none of the three given: {DEFAULT_MICRO_BATCH} (x 1 accumulation)"
+    )
+    grad_accum_steps: int | None = Field(None, gt=0, description="forward passes per optimizer step on each rank")
     world_size: int | None = Field(None, gt=0, description="ranks; default: $WORLD_SIZE or 1")
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
@@ -277,6 +286,25 @@ class ParallelSpec(_Section):
 
     def effective_world_size(self) -> int:
         return self.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+
+    def resolved(self) -> "ParallelSpec":
+        """This section with its batch plan resolved (:meth:`BatchPlan.resolve`, run once by RunSpec's
+        validation): the three batch fields hold the plan's sizes, while ``model_fields_set`` still names
+        only those the user gave (a DeepSpeed file may set the others).
+
+        Raises
+        ------
+        ValueError
+            the sizes given cannot be met (reported by the spec as an AamInputError).
+        """
+        plan = BatchPlan.resolve(self.global_batch_size, self.micro_batch_size, self.grad_accum_steps, self.effective_world_size())
+        return type(self).model_construct(_fields_set=set(self.model_fields_set), **{**dict(self), **plan.sizes()})
+
+    def batch_plan(self, launched: int | None = None) -> BatchPlan:
+        """The resolved batch plan; with ``launched`` (the ranks a launch got) checked against them
+        (:meth:`BatchPlan.launched`, an AamInputError when it does not fit)."""
+        world = self.effective_world_size() if launched is None else launched
+        return BatchPlan.launched(self.global_batch_size, self.micro_batch_size, self.grad_accum_steps, self.world_size, world)
 
 
 # --------------------------------------------------------------------------------------------
