@@ -122,6 +122,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Runner]]] = {
                   "fields the spec sets", add_ds_config_command),
     "distances": ("full distance matrix (unifrac HDF5 layout) with the torch or ssu engine", lazy_command("aam_ds.distances.cli", "add_arguments", "run")),
     "predict": ("predict metadata with a fine-tuned model.pt (TSV for `aam-ds evaluate`)", lazy_command("aam_ds.inference.cli", "add_arguments", "run")),
+    "export-onnx": ("export a model.pt to ONNX (sample embedding and task output) for onnxruntime and `aam-ds predict`",
+                    lazy_command("aam_ds.inference.cli", "add_export_arguments", "run_export")),
     "explain": ("attention maps and per-ASV / per-taxon feature importance of a model.pt (TSV, NPZ, PNG)",
                 lazy_command("aam_ds.explain.cli", "add_arguments", "run")),
     "evaluate": ("metrics, per-group errors, worst samples and plots for a predictions TSV", lazy_command("aam_ds.evaluation.cli", "add_evaluate_arguments", "run_evaluate")),
@@ -146,16 +148,35 @@ TRAINING_EXAMPLES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser: it lists the commands (for ``aam-ds --help``) without importing them."""
+def top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The ``aam-ds`` parser without its commands, and the action that adds them."""
     parser = argparse.ArgumentParser(
         prog="aam-ds", formatter_class=HelpFormatter,
         description="Train AAM microbiome transformers with DeepSpeed: spec, data, distances, training, evaluation.",
         epilog="`aam-ds COMMAND --help` describes a command's options.",
     )  # fmt: skip
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    return parser, parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: it lists the commands (for ``aam-ds --help``) without importing them."""
+    parser, sub = top_parser()
     for name, text in {**{n: text for n, (text, _) in COMMANDS.items()}, **TRAINING_STAGES}.items():
         sub.add_parser(name, add_help=False, help=text)
+    return parser
+
+
+def reference_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every command's options filled in (importing every command's module):
+    the source of the CLI reference in the documentation (docs/cli.rst)."""
+    from aam_ds.engine.entry import add_stage_arguments
+
+    parser, sub = top_parser()
+    for name, (text, add_command) in COMMANDS.items():
+        add_command(sub.add_parser(name, help=text, description=sentence(text), formatter_class=HelpFormatter))
+    for stage, text in TRAINING_STAGES.items():
+        description = f"{sentence(text)}\n\nexample:\n  {TRAINING_EXAMPLES[stage]}"
+        add_stage_arguments(sub.add_parser(stage, help=text, description=description, formatter_class=HelpFormatter))
     return parser
 
 

@@ -9,7 +9,8 @@ from aam_ds.errors import AamInputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="consolidated export of a fine-tuning run (<run_dir>/model.pt)")
+    parser.add_argument("--model", type=Path, required=True, help="consolidated export of a fine-tuning run (<run_dir>/model.pt), or its ONNX export (.onnx, run with "
+                        "onnxruntime on the CPU)")
     parser.add_argument("--table", type=Path, required=True, help="BIOM table or FeatureTable[Frequency] .qza to predict")
     parser.add_argument("--sequences", type=Path, default=None,
                         help="FASTA or FeatureData[Sequence] .qza keyed by the table's IDs (needed when the IDs are not DNA)")
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.subset_fraction is not None and args.passes == 1:
         raise AamInputError("--subset-fraction", "only applies to repeated passes", "add --passes K (K > 1) or drop --subset-fraction")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or ("cuda" if torch.cuda.is_available() and args.model.suffix != ".onnx" else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise AamInputError("--device cuda", "no CUDA device is visible to this process", "use --device cpu or run on a GPU node")
     with count_progress("predicting") as progress:
@@ -46,4 +47,20 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     for path, prediction in zip(write_prediction_files(args.out, predictions), predictions):
         print(f"wrote {len(prediction.sample_ids)} {prediction.task} predictions of {prediction.target!r} to {path}")
+    return 0
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    from aam_ds.inference.onnx import OPSET
+
+    parser.add_argument("--model", type=Path, required=True, help="consolidated export (<run_dir>/model.pt), pretrained or fine-tuned")
+    parser.add_argument("--out", type=Path, required=True, help="ONNX file to write (e.g. model.onnx)")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from aam_ds.inference.onnx import export_onnx
+
+    path = export_onnx(args.model, args.out, args.opset)
+    print(f"wrote {path} (opset {args.opset}); predict with `aam-ds predict --model {path} ...`")
     return 0

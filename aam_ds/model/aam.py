@@ -182,9 +182,10 @@ class AAMModel(nn.Module):
         return self._encode_chunks(tokens, keep_states)
 
     def _encode_chunks(self, tokens: torch.Tensor, keep_states: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        chunk = self.spec.asv_chunk_size or max(tokens.shape[0], 1)
-        vectors, states = [], []  # an empty batch still yields one empty chunk
-        for part in tokens.split(chunk):
+        # one chunk without asv_chunk_size (an empty batch too): no split, so a traced graph keeps N dynamic
+        parts = tokens.split(self.spec.asv_chunk_size) if self.spec.asv_chunk_size else (tokens,)
+        vectors, states = [], []
+        for part in parts:
             valid = part != PAD
             positions = torch.arange(part.shape[1], device=part.device)
             x = self.token_embedding(part) + self.position_embedding(positions)
