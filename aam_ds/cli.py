@@ -31,6 +31,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace):
+    """The RunSpec of ``--spec`` and the ``--set`` overrides (AamInputError on invalid fields)."""
     from aam_ds.spec import load_spec
 
     return load_spec(args.spec, args.overrides)
@@ -41,6 +42,7 @@ def spec_from_args(args: argparse.Namespace):
 
 
 def cmd_spec(args: argparse.Namespace) -> int:
+    """Run ``aam-ds spec schema|show``: print the JSON Schema or the resolved spec as JSON; returns 0."""
     from aam_ds.spec import spec_schema
 
     if args.spec_command == "schema":
@@ -67,6 +69,7 @@ def ds_config_spec_overrides(stage: int, offload: str | None, nvme_path: Path | 
 
 
 def cmd_ds_config(args: argparse.Namespace) -> int:
+    """Run ``aam-ds ds-config``: print or write the DeepSpeed config for the ZeRO stage and offload; returns 0."""
     from aam_ds.ds_config import pinned_ds_config, write_ds_config
     from aam_ds.spec import load_spec
 
@@ -87,6 +90,7 @@ def cmd_ds_config(args: argparse.Namespace) -> int:
 
 
 def add_spec_command(parser: argparse.ArgumentParser) -> Runner:
+    """Add the ``schema`` and ``show`` subcommands of ``aam-ds spec`` to ``parser``; returns the runner."""
     spec_sub = parser.add_subparsers(dest="spec_command", required=True)
     spec_sub.add_parser("schema", help="JSON Schema of the run spec", description="Print the JSON Schema of the run spec.")
     show = spec_sub.add_parser("show", help="the resolved spec (file + overrides + defaults)", formatter_class=HelpFormatter,
@@ -96,6 +100,7 @@ def add_spec_command(parser: argparse.ArgumentParser) -> Runner:
 
 
 def add_ds_config_command(parser: argparse.ArgumentParser) -> Runner:
+    """Add the options of ``aam-ds ds-config`` to ``parser``; returns the runner."""
     parser.add_argument("--stage", type=int, choices=[0, 1, 2, 3], required=True, help="ZeRO stage")
     parser.add_argument("--offload", choices=["cpu", "nvme"], default=None,
                         help="offload the optimizer state (and at stage 3 the parameters); default: none")

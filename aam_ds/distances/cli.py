@@ -18,6 +18,7 @@ METRICS = ("unweighted", "weighted_normalized", "weighted_unnormalized", "genera
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``aam-ds distances`` to ``parser``."""
     parser.add_argument("--table", required=True, help="BIOM (HDF5/JSON/TSV) or FeatureTable[Frequency] .qza")
     parser.add_argument("--tree", help="rooted Newick or Phylogeny[Rooted] .qza (UniFrac metrics)")
     parser.add_argument("--metric", choices=METRICS, default="unweighted", help="distance between samples")
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``aam-ds distances``: compute the full distance matrix and write it to ``--out``; returns 0."""
     import torch
 
     from aam_ds.data.table import load_table
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m aam_ds.distances.cli``: parse ``argv`` and run; returns the exit status."""
     parser = argparse.ArgumentParser(prog="aam-ds distances", description=__doc__.split("\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

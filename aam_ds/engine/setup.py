@@ -29,6 +29,7 @@ RUN_TIME_MODEL_FIELDS = ("dropout", "asv_chunk_size", "activation_checkpointing"
 
 
 def check_world_size(spec: RunSpec, world_size: int) -> None:
+    """Refuse (AamInputError) a global batch that does not equal micro batch x accumulation x the ranks launched."""
     par = spec.parallel
     if par.world_size not in (None, world_size) or par.global_batch_size != par.micro_batch_size * par.grad_accum_steps * world_size:
         raise AamInputError(
@@ -41,6 +42,7 @@ def check_world_size(spec: RunSpec, world_size: int) -> None:
 
 
 def check_device_support(spec: RunSpec, device: torch.device) -> None:
+    """Refuse (AamInputError) fp16 on a CPU device (DeepSpeed does not support it)."""
     if device.type == "cpu" and spec.parallel.precision == "fp16":
         raise AamInputError("parallel.precision", "fp16 is not supported by DeepSpeed on CPU", "use bf16 or fp32 on CPU")
 
@@ -98,6 +100,7 @@ def training_asvs(data: PreparedData) -> np.ndarray:
 
 
 def build_objective(spec: RunSpec, data: PreparedData, device: torch.device, model: AAMModel) -> Objective:
+    """The training objective: distance target (pairwise loss), class weights and the loss settings of ``spec``."""
     target = None
     if spec.loss.pairwise_weight > 0:
         from aam_ds.distances.target import build_distance_target

@@ -9,6 +9,7 @@ from aam_ds.errors import AamInputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``aam-ds predict`` to ``parser``."""
     parser.add_argument("--model", type=Path, required=True, help="consolidated export of a fine-tuning run (<run_dir>/model.pt), or its ONNX export (.onnx, run with "
                         "onnxruntime on the CPU)")
     parser.add_argument("--table", type=Path, required=True, help="BIOM table or FeatureTable[Frequency] .qza to predict")
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``aam-ds predict`` and write the predictions TSV(s); returns 0."""
     import torch
 
     from aam_ds.inference.predict import predict_table
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``aam-ds export-onnx`` to ``parser``."""
     from aam_ds.inference.onnx import OPSET
 
     parser.add_argument("--model", type=Path, required=True, help="consolidated export (<run_dir>/model.pt), pretrained or fine-tuned")
@@ -59,6 +62,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """Run ``aam-ds export-onnx``: write the ONNX graph of ``--model`` to ``--out``; returns 0."""
     from aam_ds.inference.onnx import export_onnx
 
     path = export_onnx(args.model, args.out, args.opset)

@@ -149,6 +149,7 @@ class OnnxModel:
         return self
 
     def eval(self) -> "OnnxModel":
+        """Returns self (the graph has no training mode)."""
         return self
 
     def __call__(self, tokens: torch.Tensor, counts: torch.Tensor, want: set[str] | frozenset[str],

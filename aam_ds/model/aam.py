@@ -169,6 +169,7 @@ class AAMModel(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def load_state_dict(self, *args, **kwargs):
+        """``nn.Module.load_state_dict``, dropping the frozen-vector memo first."""
         self._frozen_vectors = {}
         return super().load_state_dict(*args, **kwargs)
 
@@ -326,6 +327,7 @@ def identity_table_parameters(spec: ModelSpec) -> int:
 
 
 def preset_parameter_table(max_seq_len: int = 150) -> list[tuple[str, int]]:
+    """(preset name, parameter count) of every model preset."""
     return [(name, count_parameters(ModelSpec(preset=name), max_seq_len)) for name in MODEL_PRESETS]
 
 

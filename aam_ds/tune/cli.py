@@ -18,6 +18,7 @@ Run the same command again after a kill: finished trials are kept, the study con
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``aam-ds tune`` to ``parser`` (its epilog is the worked example)."""
     parser.epilog = EXAMPLE
     parser.add_argument("--spec", type=Path, default=None, help="base run spec (YAML, TOML or JSON); default: the demo run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_summary(summary, options) -> None:
+    """Print the study's trial counts, the best trial and the files written."""
     from aam_ds.tune.study import format_params
 
     counts = ", ".join(f"{n} {state}" for state, n in sorted(summary.counts.items()))
