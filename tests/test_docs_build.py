@@ -84,5 +84,5 @@ def test_sphinx_builds_with_warnings_as_errors(tmp_path):
     spec_page, schema = (tmp_path / "run-spec.html").read_text(), spec_schema()
     fields = [field for section in schema["$defs"].values() for field in section.get("properties", {})]
     assert len(fields) > 40 and all(field in spec_page for field in fields)
-    for page in ("architecture", "benchmarks", "explain", "input-problems"):
+    for page in ("architecture", "benchmarks", "explain", "input-problems", "tutorials"):
         assert (tmp_path / f"{page}.html").is_file()

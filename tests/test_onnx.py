@@ -128,3 +128,23 @@ def test_refuses_files_that_are_not_aam_onnx_exports(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a protobuf")
     with pytest.raises(AamInputError, match="cannot be read as an ONNX model"):
         load_predictor(tmp_path / "junk.onnx")
+
+
+@pytest.mark.slow
+def test_pretraining_export_gives_the_sample_embedding(cache, demo, tmp_path):
+    from aam_ds.export import build_exported_model, load_export
+    from aam_ds.inference.onnx import OnnxModel, export_onnx
+    from aam_ds.inference.predict import prepare_inputs
+    from aam_ds.prediction import embed_inputs
+
+    pt = write_untrained_export(tmp_path / "model.pt", cache, finetuning=False)
+    graph = OnnxModel(export_onnx(pt, tmp_path / "model.onnx"))
+    assert graph.output_names == ["sample_embedding"]
+    export = load_export(pt)
+    inputs = prepare_inputs(export, write_demo_subset(tmp_path / "table.tsv", demo.table, list(range(0, 300, 5))))
+    expected = embed_inputs(build_exported_model(export), inputs, batch_size=64)
+    np.testing.assert_allclose(embed_inputs(graph, inputs, batch_size=64), expected, atol=1e-4, rtol=0)
+    with pytest.raises(AamInputError, match="pretraining export"):
+        from aam_ds.inference.predict import predict_table
+
+        predict_table(tmp_path / "model.onnx", tmp_path / "table.tsv")
