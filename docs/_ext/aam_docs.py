@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pkgutil
 
+from docutils import nodes
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
@@ -25,18 +26,22 @@ def public_modules() -> list[str]:
 
 
 class _Generated(SphinxDirective):
+    """A directive whose content is reStructuredText made by :meth:`lines` at build time."""
+
     def lines(self) -> list[str]:
+        """The reStructuredText to parse in place of the directive."""
         raise NotImplementedError
 
     def run(self):
-        from docutils import nodes
-
+        """Parse :meth:`lines` (section titles allowed) and return the nodes."""
         container = nodes.container()
         nested_parse_with_titles(self.state, StringList(self.lines(), "<aam_docs>"), container)
         return container.children
 
 
 class ApiDirective(_Generated):
+    """``.. aam-api::``: a section with ``automodule`` for every public module."""
+
     def lines(self) -> list[str]:
         out = []
         for name in public_modules():
@@ -68,13 +73,16 @@ def _table(title: str, schema: dict, defs: dict) -> list[str]:
            ".. list-table::", "   :header-rows: 1", "   :widths: 20 20 15 45", "",
            "   * - field", "     - type", "     - default", "     - description"]
     for name, prop in schema.get("properties", {}).items():
-        default = json.dumps(prop["default"]) if "default" in prop else "(required)"
+        required = name in schema.get("required", ())
+        default = json.dumps(prop["default"]) if "default" in prop else "(required)" if required else "(its defaults)"
         out += [f"   * - ``{name}``", f"     - ``{_type(prop, defs)}``", f"     - ``{default}``",
                 f"     - {_cell(prop.get('description', ''))}"]
     return out + [""]
 
 
 class RunSpecDirective(_Generated):
+    """``.. aam-run-spec::``: one table per section of the run spec."""
+
     def lines(self) -> list[str]:
         from aam_ds.spec import spec_schema
 
