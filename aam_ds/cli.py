@@ -31,6 +31,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace):
+    """The RunSpec of ``--spec`` and the ``--set`` overrides (AamInputError on invalid fields)."""
     from aam_ds.spec import load_spec
 
     return load_spec(args.spec, args.overrides)
@@ -41,6 +42,7 @@ def spec_from_args(args: argparse.Namespace):
 
 
 def cmd_spec(args: argparse.Namespace) -> int:
+    """Run ``aam-ds spec schema|show``: print the JSON Schema or the resolved spec as JSON; returns 0."""
     from aam_ds.spec import spec_schema
 
     if args.spec_command == "schema":
@@ -67,6 +69,7 @@ def ds_config_spec_overrides(stage: int, offload: str | None, nvme_path: Path | 
 
 
 def cmd_ds_config(args: argparse.Namespace) -> int:
+    """Run ``aam-ds ds-config``: print or write the DeepSpeed config for the ZeRO stage and offload; returns 0."""
     from aam_ds.ds_config import pinned_ds_config, write_ds_config
     from aam_ds.spec import load_spec
 
@@ -87,6 +90,7 @@ def cmd_ds_config(args: argparse.Namespace) -> int:
 
 
 def add_spec_command(parser: argparse.ArgumentParser) -> Runner:
+    """Add the ``schema`` and ``show`` subcommands of ``aam-ds spec`` to ``parser``; returns the runner."""
     spec_sub = parser.add_subparsers(dest="spec_command", required=True)
     spec_sub.add_parser("schema", help="JSON Schema of the run spec", description="Print the JSON Schema of the run spec.")
     show = spec_sub.add_parser("show", help="the resolved spec (file + overrides + defaults)", formatter_class=HelpFormatter,
@@ -96,6 +100,7 @@ def add_spec_command(parser: argparse.ArgumentParser) -> Runner:
 
 
 def add_ds_config_command(parser: argparse.ArgumentParser) -> Runner:
+    """Add the options of ``aam-ds ds-config`` to ``parser``; returns the runner."""
     parser.add_argument("--stage", type=int, choices=[0, 1, 2, 3], required=True, help="ZeRO stage")
     parser.add_argument("--offload", choices=["cpu", "nvme"], default=None,
                         help="offload the optimizer state (and at stage 3 the parameters); default: none")
@@ -122,6 +127,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Runner]]] = {
                   "fields the spec sets", add_ds_config_command),
     "distances": ("full distance matrix (unifrac HDF5 layout) with the torch or ssu engine", lazy_command("aam_ds.distances.cli", "add_arguments", "run")),
     "predict": ("predict metadata with a fine-tuned model.pt (TSV for `aam-ds evaluate`)", lazy_command("aam_ds.inference.cli", "add_arguments", "run")),
+    "export-onnx": ("export a model.pt to ONNX (sample embedding and task output) for onnxruntime and `aam-ds predict`",
+                    lazy_command("aam_ds.inference.cli", "add_export_arguments", "run_export")),
     "explain": ("attention maps and per-ASV / per-taxon feature importance of a model.pt (TSV, NPZ, PNG)",
                 lazy_command("aam_ds.explain.cli", "add_arguments", "run")),
     "evaluate": ("metrics, per-group errors, worst samples and plots for a predictions TSV", lazy_command("aam_ds.evaluation.cli", "add_evaluate_arguments", "run_evaluate")),
@@ -146,16 +153,35 @@ TRAINING_EXAMPLES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser: it lists the commands (for ``aam-ds --help``) without importing them."""
+def top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The ``aam-ds`` parser without its commands, and the action that adds them."""
     parser = argparse.ArgumentParser(
         prog="aam-ds", formatter_class=HelpFormatter,
         description="Train AAM microbiome transformers with DeepSpeed: spec, data, distances, training, evaluation.",
         epilog="`aam-ds COMMAND --help` describes a command's options.",
     )  # fmt: skip
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    return parser, parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: it lists the commands (for ``aam-ds --help``) without importing them."""
+    parser, sub = top_parser()
     for name, text in {**{n: text for n, (text, _) in COMMANDS.items()}, **TRAINING_STAGES}.items():
         sub.add_parser(name, add_help=False, help=text)
+    return parser
+
+
+def reference_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every command's options filled in (importing every command's module):
+    the source of the CLI reference in the documentation (docs/cli.rst)."""
+    from aam_ds.engine.entry import add_stage_arguments
+
+    parser, sub = top_parser()
+    for name, (text, add_command) in COMMANDS.items():
+        add_command(sub.add_parser(name, help=text, description=sentence(text), formatter_class=HelpFormatter))
+    for stage, text in TRAINING_STAGES.items():
+        description = f"{sentence(text)}\n\nexample:\n  {TRAINING_EXAMPLES[stage]}"
+        add_stage_arguments(sub.add_parser(stage, help=text, description=description, formatter_class=HelpFormatter))
     return parser
 
 

@@ -129,6 +129,7 @@ def pinned_ds_config(spec: RunSpec) -> dict[str, Any]:
 
 
 def write_ds_config(config: dict[str, Any], path: Path) -> None:
+    """Write ``config`` as indented JSON to ``path`` (atomically)."""
     atomic_write_text(path, json.dumps(config, indent=2) + "\n")
 
 
@@ -146,6 +147,7 @@ def find_auto_values(node: Any, prefix: str = "") -> list[str]:
 
 
 def read_ds_config(path: Path) -> dict[str, Any]:
+    """Read a DeepSpeed JSON config; AamInputError for a missing file, invalid JSON or ``"auto"`` values."""
     path = Path(path)
     if not path.is_file():
         raise AamInputError(str(path), "DeepSpeed config not found", "generate one with `aam-ds ds-config --stage N --out FILE`")

@@ -42,6 +42,11 @@ def write_export(path: Path, export: Export) -> None:
 
 
 def load_export(path: Path) -> Export:
+    """Read a consolidated export.
+
+    Raises:
+        AamInputError: the file is missing, unreadable or not an aam-ds export.
+    """
     path = Path(path)
     if not path.is_file():
         raise AamInputError(str(path), "model export not found", "point to the model.pt written at the end of pretraining")

@@ -68,7 +68,10 @@ def predict_inputs(
 ) -> list[Predictions]:
     """One :class:`Predictions` per regression target (original units), or one for classification.
 
-    ``model`` must have a task head; it is moved to ``device`` and put in eval mode. ``on_batch(n)``
+    ``model`` must have a task head; it is moved to ``device`` and put in eval mode. It is an
+    :class:`AAMModel` or anything called like ``AAMModel.forward`` with ``to``, ``eval`` and
+    ``target_normalizer`` (:class:`aam_ds.inference.onnx.OnnxModel`, an ONNX graph in onnxruntime),
+    so both go through the same batching, de-normalisation and softmax. ``on_batch(n)``
     is called after each forward pass with its number of samples (``passes x N`` in all): a progress bar.
     """
     if passes < 1:

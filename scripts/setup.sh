@@ -12,7 +12,7 @@ step 1 "virtual environment .venv"
 step 2 "torch (${AAM_TORCH:-torch==2.13.0}; about a minute when not installed yet)"
 .venv/bin/python -m pip install -q ${AAM_TORCH:-torch==2.13.0} 2>&1 | grep -v "is ignored: it is neither" || true
 step 3 "aam-ds and its dependencies (DeepSpeed, ...)"
-.venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+.venv/bin/python -m pip install -q -e ".[dev,docs]" 2>&1 | grep -v "is ignored: it is neither" || true
 step 4 "checking that torch, deepspeed and aam_ds import"
 .venv/bin/python -c "import aam_ds.engine, torch, deepspeed" >/dev/null 2>&1 || { echo "setup failed: aam_ds, torch or deepspeed does not import" >&2; exit 1; }
 echo "setup done in $(( SECONDS - START )) s"

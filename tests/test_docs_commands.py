@@ -30,6 +30,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # command (as written, continuation lines joined) -> why it is not run by the walkthrough
 NOT_RUN = {
     "bash scripts/test.sh": "the test suite itself: CI runs it (.ci/run)",
+    "sphinx-build -W -b html docs docs/_build/html": "tests/test_docs_build.py builds the site into a temporary folder",
     "source .venv/bin/activate": "the walkthrough runs with this environment's bin/ first on PATH",
     "deepspeed --hostfile hostfile --master_addr node001 --master_port 29500 launch/pretrain.py --spec run.yaml "
     "--ds-config ds_configs/zero2.json": "needs several nodes reachable by pdsh/ssh",

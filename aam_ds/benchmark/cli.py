@@ -17,6 +17,7 @@ EXAMPLE = """example (QIIME 2 artifacts, folds grouped by subject):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``aam-ds benchmark`` to ``parser`` (its epilog is the worked example)."""
     parser.epilog = EXAMPLE  # aam-ds keeps its line breaks
     parser.add_argument("--table", type=Path, required=True, help="BIOM table or FeatureTable[Frequency] .qza")
     parser.add_argument("--metadata", type=Path, required=True, help="QIIME 2 metadata TSV")
@@ -48,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``aam-ds benchmark``: the budget's recipe on the given table and metadata; returns the exit status (0)."""
     from aam_ds.benchmark.recipe import load_recipe
     from aam_ds.benchmark.report import StageProgress
     from aam_ds.benchmark.runner import BenchmarkInputs, run_benchmark, stages_of

@@ -54,6 +54,7 @@ class StageProgress:
         self.progress.stop()
 
     def stage(self, name: str) -> None:
+        """Start stage ``name`` (the previous stage counts as done; AAM fine-tuning advances per fold instead)."""
         if self.started and name != "AAM fine-tuning":
             self.progress.advance(self.task)
         self.started = True
@@ -61,6 +62,7 @@ class StageProgress:
         self.progress.console.log(f"benchmark stage: {name}")
 
     def fold(self, index: int) -> None:
+        """Count fold ``index`` (0-based) of AAM fine-tuning as done and show the next."""
         self.progress.advance(self.task)
         self.progress.update(self.task, description=f"AAM fine-tuning, fold {index + 1}")
 

@@ -74,12 +74,14 @@ def stages_of(inputs: BenchmarkInputs) -> list[str]:
 
 
 def split_of(inputs: BenchmarkInputs, task: str) -> str:
+    """The split kind: ``--split`` if given, else grouped (with a group column), stratified (classification) or random."""
     if inputs.split:
         return inputs.split
     return "grouped" if inputs.group_column else "stratified" if task == "classification" else "random"
 
 
 def check_inputs(inputs: BenchmarkInputs) -> None:
+    """Refuse (AamInputError) missing input files and contradictory options before any work starts."""
     for flag, path in (("--table", inputs.table), ("--metadata", inputs.metadata), ("--tree", inputs.tree),
                        ("--sequences", inputs.sequences), ("--folds-file", inputs.folds_file), ("--pretrained", inputs.pretrained)):
         if path is not None and not Path(path).exists():

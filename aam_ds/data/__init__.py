@@ -1,0 +1,2 @@
+"""Input data: feature tables, sequences, metadata, tokens, ASV selection, splits and datasets."""
+

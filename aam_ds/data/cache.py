@@ -29,6 +29,7 @@ class CachedTokens:
 
 
 def token_cache_key(seqs: Sequence[str], max_len: int, policy: AmbiguityPolicy) -> str:
+    """SHA-256 hex digest naming the token cache of ``seqs`` at ``max_len`` under ambiguity ``policy``."""
     digest = hashlib.sha256(f"aam-ds tokens v{FORMAT_VERSION}|{max_len}|{policy}|{len(seqs)}\n".encode())
     for seq in seqs:
         digest.update(seq.encode("utf-8", errors="replace"))

@@ -51,6 +51,7 @@ class DemoPaths:
 
 
 def demo_paths(out_dir: str | Path) -> DemoPaths:
+    """Paths of the demo files (table, tree, metadata, sequences, truth) in ``out_dir``."""
     out_dir = Path(out_dir)
     return DemoPaths(out_dir / "table.biom", out_dir / "tree.nwk", out_dir / "metadata.tsv", out_dir / "sequences.fasta",
                      out_dir / "truth.tsv")

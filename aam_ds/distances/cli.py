@@ -24,6 +24,7 @@ SPEC_FIELDS = {"table": ("data.table", None), "tree": ("data.tree", None), "metr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``aam-ds distances`` to ``parser``."""
     parser.add_argument("--table", help=spec_flag_help("BIOM (HDF5/JSON/TSV) or FeatureTable[Frequency] .qza", "data.table"))
     parser.add_argument("--tree", help=spec_flag_help("rooted Newick or Phylogeny[Rooted] .qza (UniFrac metrics)", "data.tree"))
     parser.add_argument("--metric", choices=METRIC_NAMES, help=spec_flag_help("distance between samples", "data.metric", DEFAULT_METRIC))
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``aam-ds distances``: compute the full distance matrix and write it to ``--out``; returns 0."""
     import torch
 
     from aam_ds.data.table import load_table
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m aam_ds.distances.cli``: parse ``argv`` and run; returns the exit status."""
     parser = argparse.ArgumentParser(prog="aam-ds distances", description=__doc__.split("\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

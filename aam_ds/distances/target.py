@@ -48,6 +48,7 @@ class PrecomputedTarget(DistanceTarget):
 
     @classmethod
     def from_file(cls, path: str | Path, sample_ids: list[str]) -> "PrecomputedTarget":
+        """Read a distance matrix file and keep the rows and columns of ``sample_ids``; AamInputError names samples it lacks."""
         ids, matrix = read_distance_matrix(path)
         position = {s: i for i, s in enumerate(ids)}
         missing = [s for s in sample_ids if s not in position]

@@ -102,6 +102,7 @@ def weighted_unnormalized(a: torch.Tensor, b: torch.Tensor, length: torch.Tensor
 
 
 def weighted_normalized(a: torch.Tensor, b: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """Weighted normalised UniFrac between the rows of ``a`` ``[N, E]`` and ``b`` ``[M, E]`` (branch abundances, ``length [E]``) -> ``[N, M]``."""
     total = (a @ length)[:, None] + (b @ length)[None, :]
     return _ratio(weighted_unnormalized(a, b, length), total)
 

@@ -39,6 +39,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         return self.n_samples // self.global_micro
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The permutation ``int64 [n_samples]`` of epoch ``epoch``, from the seed and the epoch alone."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.n_samples, generator=gen)
 

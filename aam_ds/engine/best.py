@@ -42,6 +42,7 @@ class BestTracker:
 
     @classmethod
     def from_spec(cls, spec: RunSpec) -> "BestTracker | None":
+        """A tracker of ``schedule.best_metric`` (direction, patience), or None when the spec names none."""
         sched = spec.schedule
         if not sched.best_metric:
             return None
@@ -69,6 +70,7 @@ class BestTracker:
         return {"best": {"value": self.value, "step": self.step, "metrics": self.metrics, "evals_since_best": self.evals_since_best}}
 
     def restore(self, client_state: dict[str, Any]) -> None:
+        """Restore the best value, step, metrics and patience count saved in a checkpoint's client state."""
         saved = client_state.get("best")
         if saved:
             self.value, self.step, self.metrics, self.evals_since_best = saved["value"], saved["step"], saved["metrics"], saved["evals_since_best"]

@@ -39,6 +39,7 @@ SHAPE_FIELDS = ("d_model", "n_heads", "asv_layers", "sample_layers", "ffn_mult",
 
 
 def step_tag(step: int) -> str:
+    """The checkpoint tag of ``step``, e.g. ``step00000050``."""
     return f"step{step:08d}"
 
 

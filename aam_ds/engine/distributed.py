@@ -204,6 +204,7 @@ def main_first(ctx: DistContext, work: Callable[[bool], T]) -> T:
 
 
 def barrier() -> None:
+    """Wait for every rank (a no-op without a process group of several ranks)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
@@ -252,6 +253,7 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
 
 
 def all_reduce_max(value: float, device: torch.device) -> float:
+    """The largest ``value`` over all ranks (``value`` itself in a single process)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return float(value)
     buf = torch.tensor([float(value)], dtype=torch.float64, device=device)

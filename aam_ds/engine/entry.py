@@ -18,7 +18,11 @@ from aam_ds.spec import RunSpec, load_spec
 
 def parse_args(argv: Sequence[str] | None, description: str, prog: str | None = None) -> argparse.Namespace:
     """The options of a training stage; ``prog`` names the command in ``--help`` (default: the script's name)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+    return add_stage_arguments(argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)).parse_args(argv)
+
+
+def add_stage_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of a training stage (``--spec``, ``--set``, ``--ds-config``, ...) to ``parser``; returns it."""
     parser.add_argument("--spec", type=Path, help="run spec (YAML, TOML or JSON); default: the built-in demo run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a spec field, e.g. --set model.d_model=256 (repeatable)")
@@ -29,7 +33,7 @@ def parse_args(argv: Sequence[str] | None, description: str, prog: str | None = 
     parser.add_argument("--max-memory-gb", default=None, metavar="GIB|auto",
                         help="pick the largest micro batch whose real steps fit this per-rank budget (sets parallel.max_memory_gb)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
-    return parser.parse_args(argv)
+    return parser
 
 
 def run_stage(stage: Callable[[RunSpec, Path | None], object], argv: Sequence[str] | None = None, description: str = "",

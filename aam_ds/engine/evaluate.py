@@ -28,6 +28,7 @@ EVAL_MASK_SEED = 12345
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of ``x`` and ``y``; NaN for fewer than 2 values or a constant input."""
     if len(x) < 2 or x.std() == 0 or y.std() == 0:
         return float("nan")
     return float(np.corrcoef(x, y)[0, 1])

@@ -37,6 +37,7 @@ class StateBytes:
 
 def model_state_bytes(n_params: int, world_size: int, stage: int, precision: str,
                       offload_optimizer: bool = False, offload_param: bool = False) -> StateBytes:
+    """Bytes per parameter of weights, gradients and optimiser state on the device and offloaded, for a ZeRO ``stage`` over ``world_size`` ranks (mixed precision: 2 + 2 + 12, fp32: 4 + 4 + 8)."""
     weights, grads, optim = (4, 4, 8) if precision == "fp32" else (2, 2, 12)
     shard = 1.0 / world_size
     weights_f = shard if stage >= 3 else 1.0
@@ -88,6 +89,7 @@ class PeakMemory:
         self.cuda = device.type == "cuda"
 
     def reset(self) -> None:
+        """Start a new peak: CUDA's peak-memory statistics, or the process's peak RSS (``/proc/self/clear_refs``)."""
         gc.collect()
         if self.cuda:
             torch.cuda.empty_cache()
@@ -99,6 +101,7 @@ class PeakMemory:
             pass  # not Linux: ru_maxrss (a whole-process peak) is the fallback below
 
     def peak_bytes(self) -> float:
+        """Peak bytes since :meth:`reset`: CUDA allocated memory, or the process's peak RSS (VmHWM)."""
         if self.cuda:
             return float(torch.cuda.max_memory_allocated())
         try:
@@ -111,6 +114,7 @@ class PeakMemory:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an out-of-memory error (CUDA, host, or a message saying so)."""
     return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
 
 

@@ -109,6 +109,7 @@ class Objective:
         return out["sample_embedding"], batch["sample_index"], weighted, {name: value.detach() for name, (_, value) in parts.items()}
 
     def task_loss(self, model: Any, predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The task loss of ``predicted`` against ``targets``: classification loss (class weights), or the regression loss in normalised units."""
         if self.loss.task == "classification":
             return losses.classification_loss(predicted, targets, self.class_weights)
         normalizer = _unwrap(model).target_normalizer

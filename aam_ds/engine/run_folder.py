@@ -100,6 +100,7 @@ def check_writable(run_dir: Path, ckpt_dir: Path) -> None:
 
 
 def with_run_dir(spec: RunSpec, run_dir: Path) -> RunSpec:
+    """A copy of ``spec`` with ``tracking.run_dir`` set to ``run_dir``."""
     return spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"run_dir": run_dir})})
 
 
@@ -109,6 +110,7 @@ def latest_link(stage: str) -> Path:
 
 
 def check_latest_link(stage: str) -> None:
+    """Refuse (AamInputError) a ``runs/<stage>-latest`` that exists but is not a symlink."""
     link = latest_link(stage)
     if link.exists() and not link.is_symlink():
         raise AamInputError(str(link), "is not the symlink aam-ds keeps to the newest run", "rename or move it")
@@ -154,6 +156,7 @@ def run_history(run_dir: Path, ckpt_dir: Path) -> list[Path]:
 
 
 def in_use_error(run_dir: Path, history: list[Path]) -> AamInputError:
+    """The AamInputError for a run folder that holds a previous run's files (``history``), naming the ways out."""
     shown = ", ".join(str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path) for path in history)
     return AamInputError(
         str(run_dir), f"already holds a previous run ({shown})",

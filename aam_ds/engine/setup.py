@@ -34,6 +34,7 @@ def check_world_size(spec: RunSpec, world_size: int) -> BatchPlan:
 
 
 def check_device_support(spec: RunSpec, device: torch.device) -> None:
+    """Refuse (AamInputError) fp16 on a CPU device (DeepSpeed does not support it)."""
     if device.type == "cpu" and spec.parallel.precision == "fp16":
         raise AamInputError("parallel.precision", "fp16 is not supported by DeepSpeed on CPU", "use bf16 or fp32 on CPU")
 
@@ -91,6 +92,7 @@ def training_asvs(data: PreparedData) -> np.ndarray:
 
 
 def build_objective(spec: RunSpec, data: PreparedData, device: torch.device, model: AAMModel) -> Objective:
+    """The training objective: distance target (pairwise loss), class weights and the loss settings of ``spec``."""
     target = None
     if spec.loss.pairwise_weight > 0:
         from aam_ds.distances.target import build_distance_target

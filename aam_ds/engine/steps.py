@@ -47,6 +47,7 @@ MEMORY_SEARCH_CAP_S = 300.0  # the micro-batch search stops probing after this l
 
 
 def build_engine(model: AAMModel, spec: RunSpec, ds_config: dict[str, Any]) -> Any:
+    """The DeepSpeed engine of ``model`` (parameter groups, the spec's LR schedule unless ``ds_config`` has one)."""
     params = parameter_groups(model, spec.optim.lr, spec.optim.encoder_lr_scale)
     scheduler = None if "scheduler" in ds_config else scheduler_factory(spec.schedule)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config, lr_scheduler=scheduler)
@@ -72,6 +73,7 @@ def micro_step_generator(seed: int, micro_step: int, rank: int) -> torch.Generat
 
 
 def train_batches(data: PreparedData, spec: RunSpec, ctx: DistContext, micro: int, start_micro_step: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Iterator over this rank's training micro-batches from ``start_micro_step`` (augmented when the spec asks)."""
     dataset, augment = data.dataset("train"), spec.data.augment
     sampler = GlobalBatchSampler(len(dataset), micro, ctx.world_size, ctx.rank, spec.schedule.seed, start_micro_step, augment.active)
     if augment.active:

@@ -23,6 +23,7 @@ RF_SPEC_FIELDS = {"table": ("data.table", None), "metadata": ("data.metadata", N
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``aam-ds evaluate`` to ``parser``."""
     parser.add_argument("--predictions", type=Path, required=True, help="predictions TSV (sample_id, <target>[, <target>_std | prob_<class>...])")
     parser.add_argument("--metadata", type=Path, required=True, help="QIIME 2 metadata TSV holding the true values")
     parser.add_argument("--target", required=True, help="metadata column that was predicted")
@@ -34,6 +35,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    """Run ``aam-ds evaluate``: metrics, per-group tables and plots of a predictions TSV; returns 0."""
     from aam_ds.data.metadata import load_metadata
     from aam_ds.evaluation.predictions import read_predictions
     from aam_ds.evaluation.report import metrics_table, wide_console, write_evaluation
@@ -73,6 +75,7 @@ def _group_series(rows: pd.DataFrame, column: str | None) -> pd.Series | None:
 
 
 def add_rf_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``aam-ds rf-baseline`` to ``parser``."""
     parser.add_argument("--table", type=Path, help=spec_flag_help("BIOM table or FeatureTable[Frequency] .qza", "data.table"))
     parser.add_argument("--metadata", type=Path, help=spec_flag_help("QIIME 2 metadata TSV", "data.metadata"))
     parser.add_argument("--target", help=spec_flag_help("metadata column to predict", "data.targets (one column)"))
@@ -113,6 +116,7 @@ def _rf_flags_from_spec(args: argparse.Namespace) -> None:
 
 
 def run_rf_baseline(args: argparse.Namespace) -> int:
+    """Run ``aam-ds rf-baseline``: the cross-validated random forest (and a comparison with ``--compare``); returns 0."""
     from aam_ds.data.metadata import align_metadata, load_metadata
     from aam_ds.data.table import load_table, without_empty_samples
     from aam_ds.evaluation.folds import read_folds, train_test_pairs, write_folds

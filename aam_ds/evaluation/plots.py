@@ -19,6 +19,7 @@ _DPI = 120
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Save ``fig`` as PNG at ``path`` (atomically); returns the path."""
     FigureCanvasAgg(fig)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")

@@ -1,6 +1,7 @@
 """The predictions TSV written by ``aam-ds predict`` / ``aam-ds rf-baseline`` and read by ``aam-ds evaluate``.
 
 Columns: ``sample_id``, then
+
 - regression: ``<target>`` (the prediction, in the target's units) and optionally ``<target>_std``
   (spread over repeated passes);
 - classification: ``<target>`` (the predicted class) and ``prob_<class>`` for every class.

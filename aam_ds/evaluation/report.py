@@ -19,6 +19,7 @@ from aam_ds.io_utils import atomic_path, atomic_write_json
 
 
 def metric_names(task: str) -> tuple[str, ...]:
+    """The metric names reported for ``task`` (regression or classification)."""
     return REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
 
 
@@ -55,6 +56,7 @@ def _format(value) -> str:
 
 
 def write_tsv(path: str | Path, frame: pd.DataFrame, index: bool = True) -> Path:
+    """Write ``frame`` as TSV (6 significant digits) at ``path`` (atomically); returns the path."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, sep="\t", index=index, float_format="%.6g")
     return Path(path)

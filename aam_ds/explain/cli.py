@@ -11,6 +11,7 @@ METHOD_NAMES = ("integrated_gradients", "attention", "permutation", "removal")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``aam-ds explain`` to ``parser``."""
     parser.add_argument("--model", type=Path, required=True, help="consolidated export (<run_dir>/model.pt); importance needs a fine-tuned one")
     parser.add_argument("--table", type=Path, required=True, help="BIOM table or FeatureTable[Frequency] .qza, preprocessed as `aam-ds predict` does")
     parser.add_argument("--sequences", type=Path, default=None,
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``aam-ds explain``: attention maps and feature importance of a model on a table; returns 0."""
     import torch
 
     from aam_ds.explain.run import ExplainOptions, explain_table

@@ -126,5 +126,6 @@ class SampleForward:
         return np.concatenate(out) if out else np.zeros((0, width))
 
     def to_output_units(self, task: torch.Tensor) -> torch.Tensor:
+        """Task outputs in prediction units: regression de-normalised, classification as softmax probabilities."""
         normalizer = self.model.target_normalizer
         return normalizer.inverse(task.float()) if normalizer is not None else task.float().softmax(dim=-1)

@@ -12,7 +12,7 @@ Every method returns one score per ASV of :class:`ExplainData` (larger = more im
   baseline (completeness). Regression attributions are in the target's original units;
   classification ones in logits of the true class (or the predicted class without labels). The
   ASV's score is the mean absolute attribution over the explained samples (0 where absent), the
-  global-importance convention of mean |SHAP| (Lundberg & Lee 2017).
+  global-importance convention of mean ``|SHAP|`` (Lundberg & Lee 2017).
 - ``attention``: the mean over samples (0 where absent) of the attention-pooling weight that the
   ASV's state gets in the sample embedding (:mod:`aam_ds.explain.attention`).
 - ``permutation`` (Breiman 2001; Fisher et al. 2019): the increase of the metric (MAE in original
@@ -124,7 +124,7 @@ def _ig_target(forward: SampleForward, target: Target, batch, x: torch.Tensor, r
 
 
 def mean_absolute(attributions: np.ndarray) -> Score:
-    """Per-ASV score: mean |attribution| over samples (absent ASVs count as 0)."""
+    """Per-ASV score: mean ``|attribution|`` over samples (absent ASVs count as 0)."""
     return Score(np.abs(attributions).mean(axis=0))
 
 

@@ -158,6 +158,7 @@ def importance_table(data: ExplainData, scores: dict[str, imp.Score], taxa: list
 
 def write_importance(out_dir: Path, data: ExplainData, scores: dict[str, imp.Score], taxonomy: pd.Series | None,
                      level: int, target: imp.Target | None) -> pd.DataFrame:
+    """Write importance.tsv and the top-ASV / top-taxon plots from per-ASV ``scores`` (by taxon at ``level`` with a taxonomy); returns the table."""
     taxa = taxa_of(data.asv_ids, taxonomy, level) if taxonomy is not None else None
     table = importance_table(data, scores, taxa)
     _write_tsv(table, out_dir / "importance.tsv")

@@ -9,7 +9,9 @@ from aam_ds.errors import AamInputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="consolidated export of a fine-tuning run (<run_dir>/model.pt)")
+    """Add the options of ``aam-ds predict`` to ``parser``."""
+    parser.add_argument("--model", type=Path, required=True, help="consolidated export of a fine-tuning run (<run_dir>/model.pt), or its ONNX export (.onnx, run with "
+                        "onnxruntime on the CPU)")
     parser.add_argument("--table", type=Path, required=True, help="BIOM table or FeatureTable[Frequency] .qza to predict")
     parser.add_argument("--sequences", type=Path, default=None,
                         help="FASTA or FeatureData[Sequence] .qza keyed by the table's IDs (needed when the IDs are not DNA)")
@@ -26,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``aam-ds predict`` and write the predictions TSV(s); returns 0."""
     import torch
 
     from aam_ds.inference.predict import predict_table
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.subset_fraction is not None and args.passes == 1:
         raise AamInputError("--subset-fraction", "only applies to repeated passes", "add --passes K (K > 1) or drop --subset-fraction")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or ("cuda" if torch.cuda.is_available() and args.model.suffix != ".onnx" else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise AamInputError("--device cuda", "no CUDA device is visible to this process", "use --device cpu or run on a GPU node")
     with count_progress("predicting") as progress:
@@ -46,4 +49,22 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     for path, prediction in zip(write_prediction_files(args.out, predictions), predictions):
         print(f"wrote {len(prediction.sample_ids)} {prediction.task} predictions of {prediction.target!r} to {path}")
+    return 0
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``aam-ds export-onnx`` to ``parser``."""
+    from aam_ds.inference.onnx import OPSET
+
+    parser.add_argument("--model", type=Path, required=True, help="consolidated export (<run_dir>/model.pt), pretrained or fine-tuned")
+    parser.add_argument("--out", type=Path, required=True, help="ONNX file to write (e.g. model.onnx)")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Run ``aam-ds export-onnx``: write the ONNX graph of ``--model`` to ``--out``; returns 0."""
+    from aam_ds.inference.onnx import export_onnx
+
+    path = export_onnx(args.model, args.out, args.opset)
+    print(f"wrote {path} (opset {args.opset}); predict with `aam-ds predict --model {path} ...`")
     return 0

@@ -42,6 +42,8 @@ from aam_ds.data.table import load_table, without_empty_samples
 from aam_ds.errors import AamInputError
 from aam_ds.evaluation.predictions import Predictions
 from aam_ds.export import Export, build_exported_model, load_export
+from aam_ds.inference.onnx import OnnxModel
+from aam_ds.model.aam import AAMModel
 from aam_ds.prediction import DEFAULT_BATCH_SIZE, DEFAULT_SUBSET_FRACTION, ModelInputs, predict_inputs
 from aam_ds.spec import DataSpec
 
@@ -52,7 +54,8 @@ def predict_table(
     batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device = "cpu",
     progress: Callable[[int], Callable[[int], None]] | None = None,
 ) -> list[Predictions]:
-    """Predict every (kept) sample of ``table`` with a fine-tuned export (a path or a loaded Export).
+    """Predict every (kept) sample of ``table`` with a fine-tuned export (a model.pt or model.onnx path,
+    or a loaded Export).
 
     Returns one :class:`Predictions` per regression target, in original units, or one with class
     probabilities. Refuses (AamInputError) a pretraining export, sequences the model cannot read,
@@ -60,12 +63,25 @@ def predict_table(
     ``on_batch`` callback of :func:`predict_inputs` (``total`` = passes x samples).
     """
     source = "model export" if isinstance(export, Export) else str(export)
-    export = export if isinstance(export, Export) else load_export(Path(export))
+    export, model = load_predictor(export)
     description = task_description(export, source)
     inputs = prepare_inputs(export, table, sequences, metadata)
     on_batch = progress(passes * len(inputs.sample_ids)) if progress is not None else None
-    return predict_inputs(build_exported_model(export), inputs, description["target_names"], description["class_names"],
+    return predict_inputs(model, inputs, description["target_names"], description["class_names"],
                           passes, subset_fraction, seed, batch_size, device, on_batch)
+
+
+def load_predictor(model: Export | str | Path) -> tuple[Export, AAMModel | OnnxModel]:
+    """The export's description and a model to run: the AAMModel of a model.pt (or loaded Export), or
+    the onnxruntime session of a ``.onnx`` file written by ``aam-ds export-onnx`` (whose description
+    comes from its metadata; see :mod:`aam_ds.inference.onnx`)."""
+    if isinstance(model, Export):
+        return model, build_exported_model(model)
+    if Path(model).suffix == ".onnx":
+        graph = OnnxModel(model)
+        return graph.description, graph
+    export = load_export(Path(model))
+    return export, build_exported_model(export)
 
 
 def task_description(export: Export, source: str) -> dict:

@@ -1,0 +1,2 @@
+"""The AAM model: encoders, heads, losses, masking and target normalisation."""
+

@@ -169,6 +169,7 @@ class AAMModel(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def load_state_dict(self, *args, **kwargs):
+        """``nn.Module.load_state_dict``, dropping the frozen-vector memo first."""
         self._frozen_vectors = {}
         return super().load_state_dict(*args, **kwargs)
 
@@ -182,9 +183,10 @@ class AAMModel(nn.Module):
         return self._encode_chunks(tokens, keep_states)
 
     def _encode_chunks(self, tokens: torch.Tensor, keep_states: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        chunk = self.spec.asv_chunk_size or max(tokens.shape[0], 1)
-        vectors, states = [], []  # an empty batch still yields one empty chunk
-        for part in tokens.split(chunk):
+        # one chunk without asv_chunk_size (an empty batch too): no split, so a traced graph keeps N dynamic
+        parts = tokens.split(self.spec.asv_chunk_size) if self.spec.asv_chunk_size else (tokens,)
+        vectors, states = [], []
+        for part in parts:
             valid = part != PAD
             positions = torch.arange(part.shape[1], device=part.device)
             x = self.token_embedding(part) + self.position_embedding(positions)
@@ -325,6 +327,7 @@ def identity_table_parameters(spec: ModelSpec) -> int:
 
 
 def preset_parameter_table(max_seq_len: int = 150) -> list[tuple[str, int]]:
+    """(preset name, parameter count) of every model preset."""
     return [(name, count_parameters(ModelSpec(preset=name), max_seq_len)) for name in MODEL_PRESETS]
 
 

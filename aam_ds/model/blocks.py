@@ -34,6 +34,8 @@ def attendable_keys(valid: torch.Tensor) -> torch.Tensor:
 
 
 class SelfAttention(nn.Module):
+    """Multi-head self-attention over ``[N, S, D]`` with a boolean key mask (``F.scaled_dot_product_attention``)."""
+
     def __init__(self, d_model: int, n_heads: int, dropout: float):
         super().__init__()
         self.n_heads = n_heads
@@ -61,6 +63,8 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-LayerNorm transformer block: self-attention and a GELU feed-forward layer, each with a residual connection."""
+
     def __init__(self, d_model: int, n_heads: int, ffn_mult: int, dropout: float):
         super().__init__()
         self.ln_attn = nn.LayerNorm(d_model)
@@ -74,6 +78,7 @@ class Block(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """x ``[N, S, D]``, key_mask ``[N, S]`` bool -> ``[N, S, D]``."""
         x = x + self.attn(self.ln_attn(x), key_mask)
         return x + self.ffn(self.ln_ffn(x))
 
@@ -91,6 +96,7 @@ class AttentionPool(nn.Module):
         self.score = nn.Linear(d_model, 1, bias=False)  # softmax ignores a shared shift
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, log_prior: torch.Tensor | None = None) -> torch.Tensor:
+        """x ``[N, S, D]``, valid ``[N, S]`` bool (optional ``log_prior [N, S]``) -> pooled ``[N, D]``."""
         return torch.einsum("ns,nsd->nd", self.weights(x, valid, log_prior).to(x.dtype), x)
 
     def weights(self, x: torch.Tensor, valid: torch.Tensor, log_prior: torch.Tensor | None = None) -> torch.Tensor:
@@ -159,6 +165,7 @@ class AsvStandardizer(nn.Module):
         self.register_buffer("batches_tracked", torch.zeros((), dtype=torch.long))
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        """ASV vectors ``[K, D]`` -> standardised vectors ``[K, D]`` (batch statistics while training, running statistics in eval)."""
         x = vectors.float()
         mean, var = self.running_mean.float(), self.running_var.float()
         if self.training and not self.fixed:

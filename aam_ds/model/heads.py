@@ -24,6 +24,7 @@ class NucleotideHead(nn.Module):
         self.proj = nn.Linear(d_model, VOCAB_SIZE)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """Token states ``[..., L, D]`` -> nucleotide logits ``[..., L, VOCAB_SIZE]``."""
         return self.proj(states)
 
 
@@ -35,6 +36,7 @@ class AbundanceHead(nn.Module):
         self.proj = nn.Linear(d_model, 1)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """ASV states ``[B, A, D]`` -> predicted log relative abundance ``[B, A]``."""
         return self.proj(states).squeeze(-1)
 
 
@@ -57,6 +59,7 @@ class TaskHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(fused, d_model), nn.GELU(), nn.Linear(d_model, n_out))
 
     def check_covariates(self, covariates: torch.Tensor | None, batch_size: int) -> None:
+        """Raise ValueError unless ``covariates`` is ``int64 [batch_size, C]`` for a head with C covariates."""
         n_cov = len(self.covariate_cardinalities)
         if n_cov == 0:
             return
@@ -65,6 +68,7 @@ class TaskHead(nn.Module):
             raise ValueError(f"TaskHead: expected covariates int64 [{batch_size}, {n_cov}] category codes, got {got}")
 
     def forward(self, embedding: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
+        """Sample embedding ``[B, D]`` (+ covariate codes ``[B, C]``) -> ``[B, n_out]``."""
         parts = [embedding]
         for column, table in enumerate(self.covariate_embeddings):
             parts.append(table(covariates[:, column]))

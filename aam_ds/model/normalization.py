@@ -40,7 +40,9 @@ class TargetNormalizer(nn.Module):
         return self
 
     def transform(self, targets: torch.Tensor) -> torch.Tensor:
+        """Targets in original units ``[B, T]`` -> normalised units ``(y - mean) / std``."""
         return (targets - self.mean.to(targets.dtype)) / self.std.to(targets.dtype)
 
     def inverse(self, predictions: torch.Tensor) -> torch.Tensor:
+        """Predictions in normalised units ``[B, T]`` -> original units ``y * std + mean``."""
         return predictions * self.std.to(predictions.dtype) + self.mean.to(predictions.dtype)

@@ -71,6 +71,7 @@ def format_validation_error(exc: ValidationError, source: str) -> AamInputError:
 
 
 def build_spec(raw: dict[str, Any], source: str = "<spec>") -> RunSpec:
+    """Validate ``raw`` as a RunSpec; AamInputError lists every invalid field of ``source``."""
     try:
         return RunSpec.model_validate(raw)
     except ValidationError as exc:
@@ -85,4 +86,5 @@ def load_spec(path: Path | None = None, overrides: list[str] | None = None) -> R
 
 
 def spec_schema() -> dict[str, Any]:
+    """The JSON Schema of the run spec (pydantic's, with every field's default and description)."""
     return RunSpec.model_json_schema()

@@ -23,6 +23,8 @@ from aam_ds.spec.sections import (
 
 
 class RunSpec(_Section):
+    """The run spec: one section per concern (data, model, loss, optim, schedule, parallel, tracking, checkpoint)."""
+
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     loss: LossSpec = Field(default_factory=LossSpec)

@@ -188,6 +188,8 @@ class LossSpec(_Section):
 
 
 class OptimSpec(_Section):
+    """Optimiser: AdamW learning rate, weight decay, betas, gradient clipping and implementation."""
+
     lr: float = Field(1e-3, gt=0.0, description="peak learning rate (after warmup)")
     weight_decay: float = Field(0.01, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -285,6 +287,7 @@ class ParallelSpec(_Section):
         return self
 
     def effective_world_size(self) -> int:
+        """``world_size``, or the launcher's ``WORLD_SIZE`` (1 when unset)."""
         return self.world_size or int(os.environ.get("WORLD_SIZE", "1"))
 
     def resolved(self) -> "ParallelSpec":
@@ -312,6 +315,8 @@ class ParallelSpec(_Section):
 
 
 class TrackingSpec(_Section):
+    """Tracking: run folder (and overwriting it), W&B, MLflow, run names, the rich console."""
+
     run_dir: Path | None = Field(
         None, description="metrics.jsonl, splits, spec, checkpoints and the export land here; none = a new "
         "runs/<stage>-<YYYYmmdd-HHMMSS> (stage: pretrain, finetune, cv) that runs/<stage>-latest links to, "
@@ -334,6 +339,8 @@ class TrackingSpec(_Section):
 
 
 class CheckpointSpec(_Section):
+    """Checkpoints: folder, interval, how many to keep, resuming."""
+
     dir: Path | None = Field(None, description="default: <tracking.run_dir>/checkpoints")
     every_steps: int | None = Field(
         None, ge=0, description="save every N steps and at the end; 0 = only at the end; none = max(50, schedule.steps // 10)"

@@ -36,6 +36,7 @@ def count_progress(description: str, unit: str = "samples") -> Iterator[Callable
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
+    """``name value`` pairs (4 significant digits) on one line."""
     return " ".join(f"{name} {float(value):.4g}" for name, value in metrics.items())
 
 
@@ -47,6 +48,7 @@ class StepRate:
         self._first: tuple[float, int] | None = None
 
     def eta(self, step: int) -> str:
+        """Estimated time left at ``step`` from the rate since the first call (``?`` before a rate is known)."""
         now = time.monotonic()
         if self._first is None:
             self._first = (now, step)

@@ -1,9 +1,11 @@
 """metrics.jsonl: one JSON object per line, flushed as written, appended to by a resumed run.
 
-Records (``time`` in Unix seconds, ``metrics`` maps a name to a float):
+Records (``time`` in Unix seconds, ``metrics`` maps a name to a float)::
+
   {"kind": "train", "step", "time", "epoch", "samples_per_s", "lr", "metrics"}
   {"kind": "eval", "step", "time", "metrics"}
   {"kind": "summary", "time", "metrics"}
+
 A resumed run repeats the steps after its checkpoint; the later record of a (kind, step) wins.
 """
 

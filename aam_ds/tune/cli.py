@@ -12,11 +12,13 @@ EXAMPLE = """example (search space: one line per spec field):
   EOF
   aam-ds tune --spec run.yaml --space space.yaml --trials 20 --storage sqlite:///tune.db
   torchrun --nproc_per_node 2 -m aam_ds.cli tune --spec run.yaml --space space.yaml --trials 20 --storage sqlite:///tune.db
+
 Run the same command again after a kill: finished trials are kept, the study continues.
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``aam-ds tune`` to ``parser`` (its epilog is the worked example)."""
     parser.epilog = EXAMPLE
     parser.add_argument("--spec", type=Path, default=None, help="base run spec (YAML, TOML or JSON); default: the demo run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -31,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what each trial trains (default: finetune when the spec sets loss.task, else pretrain)")
     parser.add_argument("--metric", default=None, help="validation metric to optimise (default: schedule.best_metric, else loss)")
     parser.add_argument("--direction", choices=("minimize", "maximize"), default=None,
-                        help="default: maximize accuracies, AUC, R2 and *_r metrics, minimize the rest")
+                        help="default: maximize accuracies, AUC, R2 and the metrics ending in _r, minimize the rest")
     parser.add_argument("--pruner", choices=("median", "none"), default="median",
                         help="median: stop a trial whose validation metric is worse than the median of earlier trials at the same step")
     parser.add_argument("--startup-trials", type=int, default=2, help="trials that run in full before pruning starts (default: 2)")
@@ -67,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_summary(summary, options) -> None:
+    """Print the study's trial counts, the best trial and the files written."""
     from aam_ds.tune.study import format_params
 
     counts = ", ".join(f"{n} {state}" for state, n in sorted(summary.counts.items()))

@@ -73,6 +73,7 @@ class TuneSummary:
 
 
 def default_direction(metric: str) -> str:
+    """``maximize`` for metrics where higher is better (accuracy, AUC, R2, names ending in ``_r``), else ``minimize``."""
     return "maximize" if maximizes(metric) else "minimize"
 
 
@@ -196,6 +197,7 @@ def tell(ctx: DistContext, trial: Any, state: Any, value: float | None, line: st
 
 
 def format_params(params: dict[str, Any]) -> str:
+    """``name=value`` pairs of trial parameters (floats to 4 significant digits)."""
     return ", ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}" for name, value in params.items())
 
 
