@@ -224,7 +224,9 @@ def interrupt_when(cmd: list[str], cwd: Path, ready, timeout: float = 240) -> tu
     """Run ``cmd`` in ``cwd``, send it one SIGINT (Ctrl-C) once ``ready()`` holds, and return its exit code and output."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        # as from a terminal: a background job (e.g. CI started with `&`) would hand the run an ignored SIGINT
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + timeout
             while proc.poll() is None and not ready() and time.monotonic() < deadline:

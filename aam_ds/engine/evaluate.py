@@ -20,7 +20,7 @@ from aam_ds.data.dataset import collate, to_device
 from aam_ds.engine.distributed import DistContext, all_reduce_mean
 from aam_ds.engine.objective import Objective, _unwrap, unmasked_asv_ids
 from aam_ds.engine.pairwise import gather_no_grad
-from aam_ds.evaluation.metrics import classification_metrics
+from aam_ds.evaluation.metrics import classification_metrics, regression_metrics
 from aam_ds.model import losses
 from aam_ds.model.masking import mask_nucleotides
 
@@ -118,7 +118,8 @@ def pairwise_metrics(emb: torch.Tensor, target: torch.Tensor) -> tuple[dict[str,
 
 def task_metrics(model: Any, objective: Objective, predicted: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     """Task loss plus accuracy, balanced accuracy and AUC (classification; binary: of the second
-    class, more: macro one-vs-rest) or MAE and R^2 in the targets' own units (regression)."""
+    class, more: macro one-vs-rest) or MAE and R^2 in the targets' own units, each the mean over
+    targets (regression); both scored by :mod:`aam_ds.evaluation.metrics`, as ``aam-ds evaluate`` does."""
     metrics = {"task": objective.task_loss(model, predicted, targets).item()}
     if objective.loss.task == "classification":
         probabilities = predicted.float().softmax(-1).cpu().numpy()
@@ -126,12 +127,11 @@ def task_metrics(model: Any, objective: Objective, predicted: torch.Tensor, targ
         scored = classification_metrics(targets.reshape(-1).cpu().numpy().astype(str), probabilities, class_names)
         metrics.update({name: scored[name] for name in ("accuracy", "balanced_accuracy", "auc")})
         return metrics
-    original = _unwrap(model).target_normalizer.inverse(predicted)
-    targets = targets.float().reshape(original.shape)
-    metrics["mae"] = (original - targets).abs().mean().item()
-    residual = ((original - targets) ** 2).sum(0)
-    total = ((targets - targets.mean(0)) ** 2).sum(0).clamp_min(1e-12)
-    metrics["r2"] = (1 - residual / total).mean().item()
+    original = _unwrap(model).target_normalizer.inverse(predicted).float().cpu().numpy()
+    targets = targets.float().reshape(original.shape).cpu().numpy()
+    per_target = [regression_metrics(targets[:, k], original[:, k]) for k in range(original.shape[1])]
+    metrics["mae"] = float(np.mean([m["mae"] for m in per_target]))
+    metrics["r2"] = float(np.mean([m["r2"] for m in per_target]))
     return metrics
 
 
