@@ -210,3 +210,21 @@ def test_bf16_zero0_export_holds_the_fp32_master_weights(tmp_path):
         assert weight16.dtype == torch.bfloat16 and master.dtype == torch.float32
         assert torch.equal(master.bfloat16(), weight16)  # the bf16 weights are the masters, rounded
     assert any(not torch.equal(out["consolidated"][n], w.float()) for n, w in out["module"].items())
+
+
+def test_a_timeout_met_while_handling_another_is_still_a_collective_timeout(monkeypatch):
+    """gloo's first timeout says "Timed out ..."; a collective tried while handling it fails with
+    "Application timeout caused pair closure": both, and the chain, are one collective timeout."""
+    from aam_ds.engine import distributed
+
+    monkeypatch.setattr(distributed, "_TIMEOUT_S", 8)
+    try:
+        try:
+            raise RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 8000ms for recv operation to complete")
+        except RuntimeError:
+            raise RuntimeError("Application timeout caused pair closure")
+    except RuntimeError as exc:
+        chained = exc
+    assert distributed.is_collective_timeout(chained)
+    assert distributed.is_collective_timeout(RuntimeError("Application timeout caused pair closure"))
+    assert not distributed.is_collective_timeout(RuntimeError("unexpected pos 128 vs 64"))  # a failed write is not one

@@ -157,9 +157,18 @@ def mark_progress(step: int) -> None:
         store.set(PROGRESS_KEY.format(dist.get_rank()), str(step))
 
 
+TIMEOUT_WORDING = ("timed out", "application timeout")  # gloo / NCCL; gloo's later calls: "Application timeout caused pair closure"
+
+
 def is_collective_timeout(exc: BaseException) -> bool:
-    """Whether ``exc`` is a collective of this group that timed out (gloo / NCCL wording)."""
-    return isinstance(exc, RuntimeError) and _TIMEOUT_S is not None and "timed out" in str(exc).lower()
+    """Whether ``exc``, or an exception it was raised while handling, is a collective of this group
+    that timed out (gloo / NCCL wording)."""
+    seen: BaseException | None = exc
+    while seen is not None and _TIMEOUT_S is not None:
+        if isinstance(seen, RuntimeError) and any(words in str(seen).lower() for words in TIMEOUT_WORDING):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def collective_timeout_text() -> str:
