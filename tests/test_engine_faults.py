@@ -158,9 +158,12 @@ def test_a_resume_on_another_number_of_ranks_restarts_from_the_consolidated_weig
     """Issue 20 item 4: the 2-rank ZeRO-2 checkpoint of step 2, resumed on 1 rank with
     ``checkpoint.on_world_size_change=restart_from_weights``: one notice, training continues at
     step 3 from the step-2 weights (oracle: the step-3 loss of the 2-rank run's consolidated export
-    on the 1-rank run's step-3 batch), with a fresh optimizer; the new checkpoint is a 1-rank one."""
+    on the 1-rank run's step-3 batch), with a fresh optimizer; the new checkpoint is a 1-rank one.
+    The data continues where the 2-rank run left epoch 0's permutation (2 steps x 2 ranks x micro
+    batch 4 = 16 samples used), not at "micro-step 2" of the new layout (which would repeat 8)."""
     from aam_ds.data.dataset import to_device
     from aam_ds.data.prepare import prepare_data
+    from aam_ds.engine.batches import DataPosition
     from aam_ds.engine.distributed import DistContext
     from aam_ds.engine.setup import build_objective
     from aam_ds.engine.steps import micro_step_generator, train_batches
@@ -174,14 +177,15 @@ def test_a_resume_on_another_number_of_ranks_restarts_from_the_consolidated_weig
     assert codes == [0], log[-3000:]
     (line,) = [line for line in log.splitlines() if "this run has 1" in line]
     assert line == (f"aam-ds: notice: checkpoint {run_dir / 'checkpoints' / 'step00000002'} was written by 2 rank(s), this run has "
-                    "1: continuing at step 2 from its consolidated fp32 weights with the optimizer state reset "
-                    "(checkpoint.on_world_size_change)")
+                    "1: continuing at step 2 from its consolidated fp32 weights with the optimizer state reset, data at epoch 0 "
+                    "after 16 of its samples (checkpoint.on_world_size_change)")
     losses = train_losses(run_dir)
     assert sorted(losses) == [1, 2, 3] and ckpt.saved_layout(run_dir / "checkpoints" / "step00000003")["world size"] == 1
 
     spec = RunSpec.model_validate(json.loads((run_dir / "spec.json").read_text()))
     ctx, data = DistContext(0, 1, 0, torch.device("cpu"), "gloo"), prepare_data(spec)
-    batch = to_device(next(train_batches(data, spec, ctx, spec.parallel.micro_batch_size, 2)), ctx.device)
+    _, batches = train_batches(data, spec, ctx, spec.parallel.micro_batch_size, DataPosition(0, 2 * 2 * 4))
+    batch = to_device(next(batches), ctx.device)
     model = build_exported_model(load_export(two_step_run / "model.pt")).train()
     with torch.no_grad():
         parts = build_objective(spec, data, ctx.device, model)(model, batch, micro_step_generator(spec.schedule.seed, 2, 0))

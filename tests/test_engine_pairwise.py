@@ -228,8 +228,32 @@ def test_rank_slices_concatenate_to_the_single_process_batch():
 def test_resumed_sampler_continues_the_sequence():
     full = iter(GlobalBatchSampler(20, 3, 2, 1, seed=5))
     seq = [next(full) for _ in range(8)]
-    resumed = iter(GlobalBatchSampler(20, 3, 2, 1, seed=5, start_micro_step=5))
+    resumed = iter(GlobalBatchSampler(20, 3, 2, 1, seed=5, start=GlobalBatchSampler(20, 3, 2, 1, seed=5).position_after(5)))
     assert [next(resumed) for _ in range(3)] == seq[5:]
+
+
+@pytest.mark.parametrize("used", [0, 1, 2, 3, 5])
+def test_a_new_batch_layout_continues_the_permutation_without_repeating_or_skipping(used):
+    """Issue 20: the data position is kept in samples. 20 samples, 2 ranks x micro 3 (6 per global
+    micro-batch) for ``used`` micro-steps, then 1 rank x micro 4: the samples of the interrupted
+    epoch are each seen once (only the tail that cannot fill a global micro-batch is dropped), and
+    the next epoch starts with its own full permutation."""
+    old = [GlobalBatchSampler(20, 3, 2, r, seed=5) for r in range(2)]
+    iters = [iter(s) for s in old]
+    seen = [i for _ in range(used) for i in next(iters[0]) + next(iters[1])]
+    position = old[0].position_after(used)
+    assert position == old[1].position_after(used)
+    assert position == ((0, 6 * used) if used < 3 else (1, 6 * (used - 3)))
+    new = GlobalBatchSampler(20, 4, 1, 0, seed=5, start=position)
+    it = iter(new)
+    epoch_of = [position.epoch] * ((20 - position.sample) // 4)
+    rest = [i for _ in epoch_of for i in next(it)]
+    order = new.epoch_order(position.epoch).tolist()
+    assert rest == order[position.sample : position.sample + len(rest)]
+    if position.epoch == 0:
+        assert not set(seen) & set(rest) and len(seen + rest) == len(set(seen + rest)) >= 20 - 3
+    assert next(it) == new.epoch_order(position.epoch + 1).tolist()[:4]
+    assert new.position_after(len(epoch_of) + 1) == (position.epoch + 1, 4)
 
 
 def test_epoch_drops_remainder_and_covers_each_sample_once():

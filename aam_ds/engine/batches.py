@@ -4,12 +4,17 @@ Each epoch is one seeded permutation of the training samples, cut into global mi
 of ``W * micro`` samples (the remainder is dropped, so every rank always sees the same shape).
 Rank ``r`` takes the ``r``-th slice of each global micro-batch, so the concatenation of the ranks'
 micro-batches (rank-major) is exactly what one process with micro batch ``W * micro`` would see.
-A run resumed at micro-step ``k`` continues with the same batches as an uninterrupted one.
+
+The place in this stream is a :class:`DataPosition` counted in samples (an epoch and the samples
+of its permutation already used), not in micro-steps, so a run resumed with another number of ranks
+or another micro batch continues the permutation where the checkpoint left it: no sample of that
+epoch is repeated or skipped (only the epoch's last samples that cannot fill a global micro-batch
+of the new size are dropped, as in any epoch).
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 from torch.utils.data import Sampler
@@ -17,12 +22,20 @@ from torch.utils.data import Sampler
 from aam_ds.errors import AamInputError
 
 
+class DataPosition(NamedTuple):
+    """A place in the training stream: ``epoch`` and ``sample``, the samples of that epoch's
+    permutation used before it (0 <= sample <= n_samples)."""
+
+    epoch: int = 0
+    sample: int = 0
+
+
 class GlobalBatchSampler(Sampler[list[int]]):
     """Yields this rank's micro-batches (lists of dataset positions, or of ``(position, epoch)`` with
-    ``with_epoch``) forever, from ``start_micro_step``."""
+    ``with_epoch``) forever, from ``start``."""
 
-    def __init__(self, n_samples: int, micro_batch: int, world_size: int, rank: int, seed: int, start_micro_step: int = 0,
-                 with_epoch: bool = False):
+    def __init__(self, n_samples: int, micro_batch: int, world_size: int, rank: int, seed: int,
+                 start: DataPosition = DataPosition(), with_epoch: bool = False):
         self.global_micro = micro_batch * world_size
         if n_samples < self.global_micro:
             raise AamInputError(
@@ -31,7 +44,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
                 "lower parallel.micro_batch_size or use fewer ranks",
             )
         self.n_samples, self.micro_batch, self.rank, self.seed = n_samples, micro_batch, rank, seed
-        self.start_micro_step = start_micro_step
+        self.start = DataPosition(*start)
         self.with_epoch = with_epoch  # yield (position, epoch) keys, for AugmentedDataset
 
     @property
@@ -43,12 +56,21 @@ class GlobalBatchSampler(Sampler[list[int]]):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.n_samples, generator=gen)
 
+    def position_after(self, micro_steps: int) -> DataPosition:
+        """Where the stream stands after ``micro_steps`` micro-steps from :attr:`start`."""
+        epoch, sample = self.start
+        first = (self.n_samples - sample) // self.global_micro  # micro-steps left in the start epoch
+        if micro_steps < first:
+            return DataPosition(epoch, sample + micro_steps * self.global_micro)
+        epochs, steps = divmod(micro_steps - first, self.micro_steps_per_epoch)
+        return DataPosition(epoch + 1 + epochs, steps * self.global_micro)
+
     def __iter__(self) -> Iterator[list[int]]:
-        epoch, offset = divmod(self.start_micro_step, self.micro_steps_per_epoch)
+        epoch, sample = self.start
         while True:
             order = self.epoch_order(epoch)
-            for step in range(offset, self.micro_steps_per_epoch):
-                start = step * self.global_micro + self.rank * self.micro_batch
+            for start in range(sample + self.rank * self.micro_batch, self.n_samples - self.global_micro + 1 + self.rank * self.micro_batch,
+                               self.global_micro):
                 positions = order[start : start + self.micro_batch].tolist()
                 yield [(p, epoch) for p in positions] if self.with_epoch else positions
-            epoch, offset = epoch + 1, 0
+            epoch, sample = epoch + 1, 0

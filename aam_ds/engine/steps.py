@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from aam_ds.data.augment import AugmentedDataset
 from aam_ds.data.dataset import collate, to_device
 from aam_ds.data.prepare import PreparedData
-from aam_ds.engine.batches import GlobalBatchSampler
+from aam_ds.engine.batches import DataPosition, GlobalBatchSampler
 from aam_ds.engine.distributed import DistContext, all_reduce_max
 from aam_ds.engine.memory import (
     GIB,
@@ -72,15 +72,17 @@ def micro_step_generator(seed: int, micro_step: int, rank: int) -> torch.Generat
     return torch.Generator().manual_seed(value)
 
 
-def train_batches(data: PreparedData, spec: RunSpec, ctx: DistContext, micro: int, start_micro_step: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Iterator over this rank's training micro-batches from ``start_micro_step`` (augmented when the spec asks)."""
+def train_batches(data: PreparedData, spec: RunSpec, ctx: DistContext, micro: int,
+                  start: DataPosition = DataPosition()) -> tuple[GlobalBatchSampler, Iterator[dict[str, torch.Tensor]]]:
+    """This rank's sampler and iterator over its training micro-batches from ``start`` (augmented
+    when the spec asks); ``sampler.position_after(k)`` is the stream's place after ``k`` micro-steps."""
     dataset, augment = data.dataset("train"), spec.data.augment
-    sampler = GlobalBatchSampler(len(dataset), micro, ctx.world_size, ctx.rank, spec.schedule.seed, start_micro_step, augment.active)
+    sampler = GlobalBatchSampler(len(dataset), micro, ctx.world_size, ctx.rank, spec.schedule.seed, start, augment.active)
     if augment.active:
         dataset = AugmentedDataset(dataset, augment, spec.schedule.seed)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=spec.data.num_workers,
                         pin_memory=ctx.device.type == "cuda")
-    return iter(loader)
+    return sampler, iter(loader)
 
 
 def optimizer_step(engine: Any, batches: Iterator, objective: Objective, ctx: DistContext, spec: RunSpec, step: int) -> dict[str, float]:
@@ -133,7 +135,7 @@ def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], plan: BatchPlan, 
             # accumulation boundary does
             probe_spec, probe_config = with_batch_plan(spec, ds_config, plan.with_micro(micro, accumulation=1))
             engine = build_engine(model_factory(), probe_spec, probe_config)
-            batches = train_batches(data, probe_spec, ctx, micro, 0)
+            _, batches = train_batches(data, probe_spec, ctx, micro)
             for step in range(2):
                 optimizer_step(engine, batches, objective, ctx, probe_spec, step)
             peak = meter.peak_bytes()

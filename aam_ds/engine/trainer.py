@@ -29,6 +29,7 @@ from typing import Any, Callable
 from aam_ds.data.prepare import PreparedData
 from aam_ds.ds_config import resolve_ds_config
 from aam_ds.engine import checkpoint as ckpt
+from aam_ds.engine.batches import DataPosition
 from aam_ds.engine.best import BestTracker
 from aam_ds.engine.disk import check_free_space, checkpoint_bytes, engine_parameters, written_on_every_rank
 from aam_ds.engine.distributed import (
@@ -44,7 +45,7 @@ from aam_ds.engine.evaluate import evaluate as evaluate_split
 from aam_ds.engine.interrupt import RunInterrupted, StopRequest, stop_requests
 from aam_ds.engine.memory import GIB, PeakMemory, estimate_table, with_batch_plan
 from aam_ds.engine.objective import Objective
-from aam_ds.engine.resume import advance_schedule, resume_point
+from aam_ds.engine.resume import DATA_POSITION, advance_schedule, data_position, resume_point
 from aam_ds.engine.run_export import export_spec, run_files, target_description, write_split_predictions
 from aam_ds.engine.run_folder import claim_run_dir
 from aam_ds.engine.setup import build_model, build_objective, check_device_support, check_world_size, given_data, load_data, parameter_text
@@ -119,10 +120,11 @@ class Trainer:
 
     def __init__(self, ctx: DistContext, spec: RunSpec, ds_config: dict[str, Any], plan: BatchPlan, finetuning: bool, data: PreparedData,
                  model: AAMModel, model_args: dict[str, Any], objective: Objective, n_params: int, resume_tag: str | None = None,
-                 restart_step: int | None = None):
+                 restart: tuple[int, DataPosition] | None = None):
         """Builds the engine, the best-model tracker and the batch stream, resuming from checkpoint
-        ``resume_tag`` (the one every rank agreed on) when given, or at ``restart_step`` with the
-        model's weights as they are and a fresh optimizer (see :func:`resume_point`); the run
+        ``resume_tag`` (the one every rank agreed on) when given, or at ``restart`` (a step and the
+        data position) with the model's weights as they are and a fresh optimizer (see
+        :func:`resume_point`); the run
         folder's files are already written."""
         self.ctx, self.spec, self.plan, self.finetuning, self.data = ctx, spec, plan, finetuning, data
         self.model, self.model_args, self.objective, self.n_params = model, model_args, objective, n_params
@@ -134,15 +136,17 @@ class Trainer:
         if self.best is not None and self.val is None:
             raise AamInputError("schedule.best_metric", "selecting the best model needs a validation split, and it is empty",
                                 "set data.split.val_fraction > 0, or unset schedule.best_metric")
+        start = DataPosition()
         if resume_tag is not None:
             state = ckpt.load_checkpoint(self.engine, self.ckpt_dir, resume_tag)
             self.start_step = state["step"]
+            start = data_position(state, self.start_step * plan.grad_accum_steps, len(data.splits["train"]), plan.micro_batch_size * plan.world_size)
             if self.best is not None:
                 self.best.restore(state)
-        elif restart_step is not None:
-            self.start_step = restart_step
-            advance_schedule(self.engine, restart_step)
-        self.batches = train_batches(data, spec, ctx, plan.micro_batch_size, self.start_step * plan.grad_accum_steps)
+        elif restart is not None:
+            self.start_step, start = restart
+            advance_schedule(self.engine, self.start_step)
+        self.sampler, self.batches = train_batches(data, spec, ctx, plan.micro_batch_size, start)
         self.steps_per_epoch = max(1, len(data.splits["train"]) // plan.global_batch_size)
         # steps done, consecutive non-finite losses, whether any rank was sent Ctrl-C before the last step's reduction
         self.done, self.nonfinite, self.stop_requested = self.start_step, 0, False
@@ -171,13 +175,13 @@ class Trainer:
             plan = find_micro_batch(spec, ds_config, plan, data, lambda: build_model(spec, data, finetuning)[0], objective, ctx)
             spec, ds_config = with_batch_plan(spec, ds_config, plan)
         # before anything is written: a refused resume leaves the run as it was
-        resume_tag, restart_step = resume_point(spec, ckpt_dir, ctx, model) if spec.checkpoint.resume else (None, None)
+        resume_tag, restart = resume_point(spec, ckpt_dir, ctx, model, len(data.splits["train"])) if spec.checkpoint.resume else (None, None)
         n_params = sum(p.numel() for p in model.parameters())  # before the engine: ZeRO-3 partitions the parameters
         check_free_space(ckpt_dir, n_params, spec.checkpoint.keep_last)
         if ctx.is_main:
             atomic_write_json(run_dir / "spec.json", spec.model_dump(mode="json"))
             atomic_write_json(run_dir / "ds_config.json", ds_config)
-        return cls(ctx, spec, ds_config, plan, finetuning, data, model, model_args, objective, n_params, resume_tag, restart_step)
+        return cls(ctx, spec, ds_config, plan, finetuning, data, model, model_args, objective, n_params, resume_tag, restart)
 
     def run(self) -> RunResult:
         """Steps from the resumed step to ``schedule.steps`` (or an early stop), then :meth:`finish`."""
@@ -262,7 +266,8 @@ class Trainer:
 
     def save(self, step: int) -> str:
         """A resumable checkpoint of ``step`` with the best-model tracker's state (collective); its tag."""
-        return save_progress(self.engine, self.spec, self.ckpt_dir, step, self.best, self.ctx.world_size)
+        position = self.sampler.position_after((step - self.start_step) * self.plan.grad_accum_steps)
+        return save_progress(self.engine, self.spec, self.ckpt_dir, step, self.best, self.ctx.world_size, position)
 
     def finish(self) -> RunResult:
         """Final checkpoint, consolidated export ``<run_dir>/model.pt`` (of the best evaluation's weights
@@ -308,9 +313,12 @@ def nonfinite_loss_error(step: int, count: int, metrics: dict[str, float], ckpt_
     )
 
 
-def save_progress(engine: Any, spec: RunSpec, ckpt_dir: Path, step: int, best: BestTracker | None, world_size: int) -> str:
-    """A resumable checkpoint of ``step`` (collective), with the best-model tracker's state; returns its tag."""
-    return ckpt.save_checkpoint(engine, ckpt_dir, step, best.state() if best else {}, spec.checkpoint.keep_last,
+def save_progress(engine: Any, spec: RunSpec, ckpt_dir: Path, step: int, best: BestTracker | None, world_size: int,
+                  position: DataPosition) -> str:
+    """A resumable checkpoint of ``step`` (collective), with the best-model tracker's state and the
+    data position in samples; returns its tag."""
+    state = {**(best.state() if best else {}), DATA_POSITION: list(position)}
+    return ckpt.save_checkpoint(engine, ckpt_dir, step, state, spec.checkpoint.keep_last,
                                 ckpt.checkpoint_layout(spec, world_size))
 
 
