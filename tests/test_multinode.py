@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TIMEOUT_S = 30  # parallel.collective_timeout_s of the jobs
 STEPS = 8
-DEEPSPEED_ENV = "OMP_NUM_THREADS=1\n"  # the README's .deepspeed_env example
+THIS_MACHINE = {"OMP_NUM_THREADS": "1", "NCCL_SOCKET_IFNAME": "lo", "GLOO_SOCKET_IFNAME": "lo"}  # both nodes talk over loopback
 
 
 def readme_multinode_command() -> str:
@@ -47,6 +47,15 @@ def readme_multinode_command() -> str:
         if not line.rstrip().endswith("\\"):
             return command.strip()
     raise AssertionError("README's Multi-node section has no command")
+
+
+def readme_deepspeed_env() -> dict[str, str]:
+    """The variables of the README's ``.deepspeed_env`` example, with this machine's values."""
+    lines = [line.strip() for line in readme_section("Multi-node")]
+    start = lines.index("```text") + 1
+    names = [line.split("=", 1)[0] for line in lines[start:lines.index("```", start)]]
+    assert names == list(THIS_MACHINE), names
+    return {name: THIS_MACHINE[name] for name in names}
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +164,8 @@ def test_readme_multinode_command_over_pdsh_ssh_fails_fast_and_resumes(nodes, re
     cache, expected = reference
     job = lay_out_job(tmp_path / "job", demo_paths, cache)
     (job / "hostfile").write_text("node001 slots=1\nnode002 slots=1\n")
-    (job / ".deepspeed_env").write_text(DEEPSPEED_ENV)
+    deepspeed_env = readme_deepspeed_env()
+    (job / ".deepspeed_env").write_text("".join(f"{name}={value}\n" for name, value in deepspeed_env.items()))
     env = job_env(nodes)
     command = readme_multinode_command()
     assert command == ("deepspeed --hostfile hostfile --master_addr node001 --master_port 29500 launch/pretrain.py "
@@ -183,7 +193,8 @@ def test_readme_multinode_command_over_pdsh_ssh_fails_fast_and_resumes(nodes, re
     # each rank ran on its node, reached over ssh, with the environment of .deepspeed_env and the venv's PYTHONPATH
     for rank, address in ((0, "127.0.0.1"), (1, "127.0.0.2")):
         assert seen[rank]["SSH_CONNECTION"].split()[2] == address
-        assert seen[rank]["OMP_NUM_THREADS"] == "1" and str(ROOT) in seen[rank]["PYTHONPATH"].split(":")
+        assert {name: seen[rank].get(name) for name in deepspeed_env} == deepspeed_env
+        assert str(ROOT) in seen[rank]["PYTHONPATH"].split(":")
     assert took < TIMEOUT_S, f"the job took {took:.0f} s to fail:\n{output[-4000:]}"
     errors = [line for line in output.splitlines() if "[rank 0] error:" in line]
     assert len(errors) == 1 and "lost its connection to another rank: rank 1 (last step begun: " in errors[0], output[-4000:]
