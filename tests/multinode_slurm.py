@@ -39,6 +39,12 @@ class Cluster:
         return next((word.split("=", 1)[1] for word in out.split() if word.startswith("JobState=")), "GONE")
 
     def stop(self) -> None:
+        """Cancel what is left of the jobs (their steps run under slurmstepd, outside the daemons'
+        process trees), then SIGKILL the daemons."""
+        if self.command("scancel", "--full", "--partition=debug").returncode == 0:
+            deadline = time.monotonic() + 20
+            while self.command("squeue", "-h").stdout.strip() and time.monotonic() < deadline:
+                time.sleep(0.3)
         for daemon in reversed(self.daemons):
             try:
                 for proc in [*psutil.Process(daemon.pid).children(recursive=True), psutil.Process(daemon.pid)]:
