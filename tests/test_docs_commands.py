@@ -33,7 +33,12 @@ NOT_RUN = {
     "sphinx-build -W -b html docs docs/_build/html": "tests/test_docs_build.py builds the site into a temporary folder",
     "source .venv/bin/activate": "the walkthrough runs with this environment's bin/ first on PATH",
     "deepspeed --hostfile hostfile --master_addr node001 --master_port 29500 launch/pretrain.py --spec run.yaml "
-    "--ds-config ds_configs/zero2.json": "needs several nodes reachable by pdsh/ssh",
+    "--ds-config ds_configs/zero2.json": "needs nodes reachable by pdsh/ssh: tests/test_multinode.py runs it as written, "
+    "over a real sshd for node001/node002 on loopback addresses",
+    "sbatch launch/slurm_pretrain.sbatch run.yaml ds_configs/zero2.json": "needs SLURM: tests/test_multinode.py submits it "
+    "to a real two-node SLURM (with the CPU-node options the README gives)",
+    "sbatch launch/slurm_pretrain.sbatch run.yaml ds_configs/zero2.json --resume": "needs SLURM: tests/test_multinode.py "
+    "resubmits it after scancel",
     "aam-ds benchmark --table table.qza --tree rooted-tree.qza --sequences rep-seqs.qza --metadata sample-metadata.tsv "
     "--target body_site --split grouped --group-column host_subject_id --budget standard --out-dir bench-body-site":
         "an hour at the standard budget: tests/test_benchmark.py runs the command with --budget quick, and "

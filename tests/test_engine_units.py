@@ -228,3 +228,15 @@ def test_a_timeout_met_while_handling_another_is_still_a_collective_timeout(monk
     assert distributed.is_collective_timeout(chained)
     assert distributed.is_collective_timeout(RuntimeError("Application timeout caused pair closure"))
     assert not distributed.is_collective_timeout(RuntimeError("unexpected pos 128 vs 64"))  # a failed write is not one
+
+
+def test_a_peer_that_closed_its_connection_is_a_lost_peer_not_a_timeout(monkeypatch):
+    """gloo's words when the rank at the other end was killed (issue 18, seen in tests/test_multinode.py)."""
+    from aam_ds.engine import distributed
+
+    monkeypatch.setattr(distributed, "_TIMEOUT_S", 8)
+    lost = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:3996. This is typically "
+                        "caused by a remote worker crashing.")
+    assert distributed.is_peer_lost(lost) and distributed.is_peer_failure(lost)
+    assert not distributed.is_collective_timeout(lost)
+    assert not distributed.is_peer_failure(RuntimeError("unexpected pos 128 vs 64"))

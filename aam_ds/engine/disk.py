@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from aam_ds.engine.distributed import all_gather_objects, barrier, is_collective_timeout, process_rank
+from aam_ds.engine.distributed import all_gather_objects, barrier, is_peer_failure, process_rank
 from aam_ds.errors import AamInputError, notice
 
 BYTES_PER_PARAMETER = 16
@@ -67,7 +67,7 @@ def written_on_every_rank(write: Callable[[], Any], tag_dir: Path, need: int, fi
     try:
         write()
     except SAVE_ERRORS as exc:
-        if is_collective_timeout(exc):  # a silent peer, not a failed write: no further collective here
+        if is_peer_failure(exc):  # a silent or lost peer, not a failed write: no further collective here
             raise
         cause = save_error_text(exc)
         if collective:

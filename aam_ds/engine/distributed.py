@@ -103,15 +103,25 @@ def init_distributed(timeout_s: int = 600) -> DistContext:
     device, backend = _accelerator_device_and_backend(local_rank)
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False)
+        if (store := _store(timeout_s)) is not None:
+            store.set(NODE_KEY.format(dist.get_rank()), node_text())
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+
+
+def node_text() -> str:
+    """Where this process runs: the node rank its launcher gave it (deepspeed: CROSS_RANK, torchrun:
+    GROUP_RANK, SLURM: SLURM_NODEID) and the host name, e.g. ``node 1, host gpu017``."""
+    node = next((os.environ[name] for name in ("CROSS_RANK", "GROUP_RANK", "SLURM_NODEID") if name in os.environ), None)
+    return ", ".join([*([f"node {node}"] if node is not None else []), f"host {socket.gethostname()}"])
 
 
 @contextmanager
 def report_rank_failure(rank: int | str) -> Iterator[None]:
     """Print any exception escaping the block to stderr prefixed with ``[rank N]``, then re-raise.
 
-    A bad input (AamInputError) is one line; a collective that timed out is one line naming the
-    rank(s) that did not answer (:func:`collective_timeout_text`); Ctrl-C (KeyboardInterrupt) is one
+    A bad input (AamInputError) is one line; a collective that timed out, or whose peer went away
+    (a killed or crashed rank), is one line naming the rank(s) that did not answer and their nodes
+    (:func:`collective_timeout_text`, :func:`peer_lost_text`); Ctrl-C (KeyboardInterrupt) is one
     line from rank 0 only; anything else comes with its traceback.
     """
     try:
@@ -128,6 +138,8 @@ def report_rank_failure(rank: int | str) -> Iterator[None]:
             detail = f"error: {exc}"
         elif is_collective_timeout(exc):
             detail = f"error: {collective_timeout_text()}"
+        elif is_peer_lost(exc):
+            detail = f"error: {peer_lost_text()}"
         else:
             detail = "".join(traceback.format_exception(exc)).rstrip()
         sys.stderr.write("\n".join(f"[rank {rank}] {line}" for line in detail.splitlines()) + "\n")
@@ -136,8 +148,8 @@ def report_rank_failure(rank: int | str) -> Iterator[None]:
 
 
 _TIMEOUT_S: int | None = None  # parallel.collective_timeout_s of this process's group
-PROGRESS_KEY, TIMED_OUT_KEY = "aam-ds/step/{}", "aam-ds/timed-out/{}"
-PEER_WAIT_S = 5.0  # after a timeout, how long a rank waits for the others to say whether they timed out too
+PROGRESS_KEY, TIMED_OUT_KEY, NODE_KEY = "aam-ds/step/{}", "aam-ds/timed-out/{}", "aam-ds/node/{}"
+PEER_WAIT_S = 5.0  # after a failed collective, how long a rank waits for the others to say whether they failed too
 
 
 def _store(timeout_s: float) -> Any:
@@ -158,38 +170,68 @@ def mark_progress(step: int) -> None:
 
 
 TIMEOUT_WORDING = ("timed out", "application timeout")  # gloo / NCCL; gloo's later calls: "Application timeout caused pair closure"
+PEER_LOST_WORDING = ("connection closed by peer", "connection reset by peer")  # gloo, when the process at the other end died
 
 
-def is_collective_timeout(exc: BaseException) -> bool:
-    """Whether ``exc``, or an exception it was raised while handling, is a collective of this group
-    that timed out (gloo / NCCL wording)."""
+def _raised_for(exc: BaseException, wording: tuple[str, ...]) -> bool:
+    """Whether ``exc``, or an exception it was raised while handling, is a RuntimeError of this
+    group's collectives whose text holds one of ``wording`` (lower case)."""
     seen: BaseException | None = exc
     while seen is not None and _TIMEOUT_S is not None:
-        if isinstance(seen, RuntimeError) and any(words in str(seen).lower() for words in TIMEOUT_WORDING):
+        if isinstance(seen, RuntimeError) and any(words in str(seen).lower() for words in wording):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
 
 
+def is_collective_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) is a collective of this group that timed out (gloo / NCCL wording)."""
+    return _raised_for(exc, TIMEOUT_WORDING)
+
+
+def is_peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) is a collective of this group whose peer closed the connection
+    (gloo wording: the rank at the other end was killed or crashed)."""
+    return _raised_for(exc, PEER_LOST_WORDING)
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """A collective that failed because of another rank (timed out or lost its peer), not this one."""
+    return is_collective_timeout(exc) or is_peer_lost(exc)
+
+
 def collective_timeout_text() -> str:
-    """After a timeout: which ranks did not answer. Each rank that timed out says so in the store,
-    waits ``PEER_WAIT_S`` for the others, and names those that did not time out too (the silent
-    ones, stopped or stuck elsewhere) with the last step they began."""
-    head = f"a collective operation timed out after parallel.collective_timeout_s={_TIMEOUT_S} s"
+    """After a timeout: which ranks did not answer (:func:`silent_ranks_text`)."""
+    return silent_ranks_text(f"a collective operation timed out after parallel.collective_timeout_s={_TIMEOUT_S} s",
+                             "they waited in different collectives", "or raise parallel.collective_timeout_s if it is only slow")
+
+
+def peer_lost_text() -> str:
+    """After a peer closed its connection: which ranks are gone (:func:`silent_ranks_text`)."""
+    return silent_ranks_text("a collective operation lost its connection to another rank",
+                             "a connection between nodes broke", "check the network between the nodes")
+
+
+def silent_ranks_text(head: str, all_answered: str, other_fix: str) -> str:
+    """One line after a failed collective (``head``): each rank that met the failure says so in the
+    store, waits ``PEER_WAIT_S`` for the others, and names those that did not (the silent ones:
+    stopped, killed or stuck elsewhere) with the last step they began and their node;
+    ``all_answered``: the likely cause when every rank answered; ``other_fix``: the last remedy."""
     fix = (". Fix: look at the named rank's log and machine (a crash, out of memory, a slow file system, a stopped process), "
-           "or raise parallel.collective_timeout_s if it is only slow")
+           f"{other_fix}")
     try:
         store = _store(PEER_WAIT_S)
         store.set(TIMED_OUT_KEY.format(dist.get_rank()), "1")
         time.sleep(PEER_WAIT_S)
         silent = [rank for rank in range(dist.get_world_size()) if not store.check([TIMED_OUT_KEY.format(rank)])]
-        steps = {rank: store.get(PROGRESS_KEY.format(rank)).decode() if store.check([PROGRESS_KEY.format(rank)]) else "none"
-                 for rank in silent}
+        found = {(rank, key): store.get(key.format(rank)).decode() for rank in silent for key in (PROGRESS_KEY, NODE_KEY)
+                 if store.check([key.format(rank)])}
     except Exception:  # the store lives in rank 0: it is the silent one
         return f"{head}: rank 0 (which holds the rendezvous store) did not answer{fix}"
     if not silent:
-        return f"{head} on every rank: they waited in different collectives{fix}"
-    named = ", ".join(f"rank {rank} (last step begun: {steps[rank]})" for rank in silent)
+        return f"{head} on every rank: {all_answered}{fix}"
+    named = ", ".join(f"rank {rank} (last step begun: {found.get((rank, PROGRESS_KEY), 'none')}"
+                      + (f"; on {found[rank, NODE_KEY]})" if (rank, NODE_KEY) in found else ")") for rank in silent)
     return f"{head}: {named} did not answer{fix}"
 
 
