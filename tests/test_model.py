@@ -81,6 +81,24 @@ def test_parameter_counts_tiny_under_1m_and_large_about_400m():
     assert 380e6 <= n <= 420e6
 
 
+def test_an_export_written_before_model_config_loads_into_the_same_model(tmp_path):
+    """The export format did not change with ModelConfig: a model.pt as the earlier writer saved it
+    (the run spec's model section as pydantic dumped it, presets applied, and the constructor
+    arguments) rebuilds the same architecture and outputs through aam_ds.export."""
+    from aam_ds.export import EXPORT_FORMAT, build_exported_model, load_export
+
+    spec = tiny(asv_identity_buckets=32, sample_layers=0)
+    trained = model(spec, n_targets=1)
+    old_payload = {"format": EXPORT_FORMAT, "state_dict": trained.state_dict(), "spec": {"model": spec.model_dump(mode="json")},
+                   "model_args": {"max_seq_len": SEQ_LEN, "n_targets": 1, "n_classes": 0, "covariate_cardinalities": []},
+                   "targets": None, "step": 3}  # fmt: skip
+    torch.save(old_payload, tmp_path / "model.pt")
+    loaded = build_exported_model(load_export(tmp_path / "model.pt"))
+    assert loaded.config == model_config(spec) and loaded.config.sample_layers == 0 and loaded.config.asv_identity_buckets == 32
+    tokens, counts = make_batch([3, 1, 5], max_asvs=5)
+    torch.testing.assert_close(sample_outputs(loaded, tokens, counts), sample_outputs(trained, tokens, counts))
+
+
 def test_python_m_prints_the_preset_table():
     import subprocess
     import sys
