@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker  # torch's own per-device peak tracker (works on CPU)
 
-from aam_ds.data.sequences import PAD, VOCAB_SIZE
 from aam_ds.engine.objective import check_loss_compatible, required_outputs
 from aam_ds.errors import AamInputError
 from aam_ds.export import model_config
@@ -19,6 +18,7 @@ from aam_ds.model.losses import (
     regression_loss,
 )
 from aam_ds.model.masking import mask_nucleotides
+from aam_ds.model.vocabulary import PAD, VOCAB_SIZE
 from aam_ds.spec import MODEL_PRESETS, LossSpec, ModelSpec
 
 SEQ_LEN = 24

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from aam_ds.data.sequences import MASK, PAD, A, C, G, N, T
 from aam_ds.errors import AamInputError
 from aam_ds.export import model_config
 from aam_ds.model.aam import AAMModel
@@ -25,6 +24,7 @@ from aam_ds.model.losses import (
 )
 from aam_ds.model.masking import IGNORE_INDEX, mask_nucleotides
 from aam_ds.model.normalization import TargetNormalizer
+from aam_ds.model.vocabulary import MASK, PAD, A, C, G, N, T
 from aam_ds.spec import ModelSpec
 
 # ---------------------------------------------------------------------------------------------
