@@ -70,7 +70,7 @@ def build_model(spec: RunSpec, data: PreparedData, finetuning: bool) -> tuple[AA
         args["max_seq_len"] = export.model_args["max_seq_len"]
         keep = {k: getattr(spec.model, k) for k in RUN_TIME_MODEL_FIELDS}
         model_spec = type(spec.model).model_validate({**export.spec["model"], **keep})
-    torch.manual_seed(spec.schedule.seed)
+    torch.manual_seed(spec.schedule.seed)  # initial weights: nn.Module initialisers draw from torch's global RNG (no generator argument)
     model = AAMModel(model_config(model_spec), **args)
     if export is not None:
         missing, unexpected = model.load_state_dict(export.state_dict, strict=False)

@@ -50,9 +50,11 @@ def fill_inputs(args: argparse.Namespace) -> None:
     Raises:
         AamInputError: no model or no table, from the flags or the spec; an invalid spec.
     """
+    from aam_ds.export import EXPORT_NAME
+
     fill_from_spec(args, SPEC_FIELDS)
     if args.model is None and args.run_dir is not None:
-        args.model = Path(args.run_dir) / "model.pt"
+        args.model = Path(args.run_dir) / EXPORT_NAME
     if args.model is None:
         raise AamInputError("--model", "no model given", "pass --model <run_dir>/model.pt, or --spec with tracking.run_dir set")
     if args.table is None:
