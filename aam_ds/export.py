@@ -5,11 +5,16 @@ Written by rename at the end of training (``<run_dir>/model.pt``), it holds the 
 as JSON, the model constructor arguments and the target description (names, classes, normaliser
 mean / std): everything fine-tuning and predict need. This module sits below both
 :mod:`aam_ds.engine` (which writes exports) and :mod:`aam_ds.inference` (which reads them).
+
+The model package depends on torch alone; :func:`model_config` is where the run spec's model
+section becomes the model's :class:`~aam_ds.model.config.ModelConfig`, for a model the engine
+builds and for one rebuilt from an export (whose spec JSON keeps the model section, so exports
+written before ModelConfig existed load unchanged).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,7 @@ import torch
 
 from aam_ds.errors import AamInputError
 from aam_ds.io_utils import atomic_path
+from aam_ds.model.config import ModelConfig
 
 EXPORT_FORMAT = "aam-ds-export/1"
 EXPORT_NAME = "model.pt"  # the consolidated export in the run folder
@@ -59,11 +65,23 @@ def load_export(path: Path) -> Export:
     return Export(payload["state_dict"], payload["spec"], payload["model_args"], payload["targets"], payload["step"])
 
 
+def model_config(model: Any) -> ModelConfig:
+    """The :class:`ModelConfig` of the run spec's model section: a ``ModelSpec``, or its JSON (a dict,
+    as an export's ``spec["model"]`` holds it; validated, presets applied, as the spec does).
+
+    Raises:
+        pydantic.ValidationError: a dict that is not a valid model section.
+    """
+    from aam_ds.spec import ModelSpec
+
+    spec = model if isinstance(model, ModelSpec) else ModelSpec.model_validate(model)
+    return ModelConfig(**{f.name: getattr(spec, f.name) for f in fields(ModelConfig)})
+
+
 def build_exported_model(export: Export) -> torch.nn.Module:
     """A fresh AAMModel with the export's architecture and weights (fp32, CPU, eval mode)."""
     from aam_ds.model.aam import AAMModel
-    from aam_ds.spec import ModelSpec
 
-    model = AAMModel(ModelSpec.model_validate(export.spec["model"]), **export.model_args)
+    model = AAMModel(model_config(export.spec["model"]), **export.model_args)
     model.load_state_dict(export.state_dict)
     return model.eval()

@@ -31,6 +31,7 @@ from aam_ds.distances.io import read_distance_matrix
 from aam_ds.distances.metric import METRICS, UNIFRAC_METRICS
 from aam_ds.distances.target import build_distance_target
 from aam_ds.engine.objective import required_outputs
+from aam_ds.export import model_config
 from aam_ds.model.aam import AAMModel
 from aam_ds.model.losses import masked_nucleotide_loss, pairwise_distance_loss
 from aam_ds.model.masking import mask_nucleotides
@@ -73,7 +74,7 @@ def training_step_seconds(step_samples: int, repeats: int, cache_dir: Path) -> t
     prepared = prepare_data(spec)
     train = prepared.dataset("train")
     torch.manual_seed(0)
-    model = AAMModel(spec.model, prepared.max_seq_len)
+    model = AAMModel(model_config(spec.model), prepared.max_seq_len)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.optim.lr)
     want = required_outputs(spec.loss)
     generator = torch.Generator().manual_seed(0)

@@ -19,12 +19,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from aam_ds.cli import main as aam_ds
 from aam_ds.data.metadata import load_metadata
-from aam_ds.evaluation.folds import huang_proxy_groups
+from aam_ds.errors import AamInputError
 from aam_ds.io_utils import atomic_path, atomic_write_text
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -39,9 +41,22 @@ EXPERIMENTS = {
 }  # fmt: skip
 
 
+def huang_proxy_groups(sample_ids: Sequence[str], ages: Sequence[float]) -> np.ndarray:
+    """Proxy subject of each Huang et al. oral sample, ``object [N]`` of ``"<study>_<age>"``.
+
+    The Huang tables carry no subject IDs, and a few people gave hundreds of samples each; the
+    Qiita study prefix of the sample ID (the part before the first '.') together with the integer
+    (truncated) age stands in for the subject, so that grouped folds do not leak a person.
+    """
+    ages = np.asarray(ages, dtype=np.float64)
+    if not np.isfinite(ages).all():
+        raise AamInputError("age", "some ages are missing", "the proxy subject needs every sample's age")
+    return np.array([f"{sid.split('.')[0]}_{int(age)}" for sid, age in zip(sample_ids, ages)], dtype=object)
+
+
 def huang_metadata(data: Path, out: Path) -> Path:
     """Huang's metadata with a ``proxy_subject`` column (Qiita study prefix of the sample ID + integer age,
-    :func:`aam_ds.evaluation.folds.huang_proxy_groups`, as ``aam-ds rf-baseline --group-by huang-proxy``)."""
+    :func:`huang_proxy_groups`), for ``--split grouped --group-column proxy_subject``."""
     metadata = load_metadata(data / HUANG / "oral_2550_map.txt")
     ages = pd.to_numeric(metadata["age"])
     metadata = metadata.assign(proxy_subject=huang_proxy_groups(metadata.index, ages))

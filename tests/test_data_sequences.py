@@ -10,9 +10,7 @@ import pytest
 import aam_ds.data.cache as cache_module
 from aam_ds.data.cache import cached_tokenize
 from aam_ds.data.sequences import (
-    MASK,
     PAD,
-    VOCAB_SIZE,
     A,
     C,
     G,
@@ -25,6 +23,7 @@ from aam_ds.data.sequences import (
 )  # fmt: skip
 from aam_ds.data.table import load_table
 from aam_ds.errors import AamInputError
+from aam_ds.model.vocabulary import MASK, VOCAB_SIZE
 
 
 def test_vocabulary_matches_contract():

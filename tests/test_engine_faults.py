@@ -166,7 +166,7 @@ def test_a_resume_on_another_number_of_ranks_restarts_from_the_consolidated_weig
     from aam_ds.engine.batches import DataPosition
     from aam_ds.engine.distributed import DistContext
     from aam_ds.engine.setup import build_objective
-    from aam_ds.engine.steps import micro_step_generator, train_batches
+    from aam_ds.engine.steps import seed_micro_step, train_batches
     from aam_ds.export import build_exported_model, load_export
     from aam_ds.spec import RunSpec
 
@@ -188,7 +188,7 @@ def test_a_resume_on_another_number_of_ranks_restarts_from_the_consolidated_weig
     batch = to_device(next(batches), ctx.device)
     model = build_exported_model(load_export(two_step_run / "model.pt")).train()
     with torch.no_grad():
-        parts = build_objective(spec, data, ctx.device, model)(model, batch, micro_step_generator(spec.schedule.seed, 2, 0))
+        parts = build_objective(spec, data, ctx.device, model)(model, batch, seed_micro_step(spec.schedule.seed, 2, 0))
     assert losses[3] == pytest.approx(parts["loss"].item(), rel=1e-5)
 
 

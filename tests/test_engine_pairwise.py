@@ -272,12 +272,13 @@ def test_both_cache_passes_see_the_same_model_outputs_and_leave_the_statistics_o
 
     from aam_ds.engine.objective import Objective
     from aam_ds.engine.pairwise import buffers_kept
-    from aam_ds.engine.steps import micro_step_generator
+    from aam_ds.engine.steps import seed_micro_step
+    from aam_ds.export import model_config
     from aam_ds.model.aam import AAMModel
     from aam_ds.spec import LossSpec
 
     torch.manual_seed(0)
-    model = AAMModel(tiny(dropout=0.2, asv_identity_buckets=64, asv_identity_dropout=0.3), 24).train()
+    model = AAMModel(model_config(tiny(dropout=0.2, asv_identity_buckets=64, asv_identity_dropout=0.3)), 24).train()
     model.mark_asvs_seen(torch.arange(64))
     tokens, counts = make_batch([3, 5, 2, 4], max_asvs=6)
     batch = {"tokens": tokens, "counts": counts, "sample_index": torch.arange(4)}
@@ -285,11 +286,11 @@ def test_both_cache_passes_see_the_same_model_outputs_and_leave_the_statistics_o
     assert {"sample_embedding", "nucleotide_logits"} <= objective.want
     before = {name: b.clone() for name, b in model.named_buffers()}
     with torch.no_grad(), buffers_kept(model):
-        first = objective.cached_pairwise_forward(model, batch, micro_step_generator(5, 7, 1))
+        first = objective.cached_pairwise_forward(model, batch, seed_micro_step(5, 7, 1))
     assert all(torch.equal(b, before[name]) for name, b in model.named_buffers())
-    second = objective.cached_pairwise_forward(model, batch, micro_step_generator(5, 7, 1))
+    second = objective.cached_pairwise_forward(model, batch, seed_micro_step(5, 7, 1))
     assert torch.equal(first[0], second[0].detach()) and torch.equal(first[2], second[2].detach())
     assert second[0].requires_grad and first[3]["nucleotide"] == second[3]["nucleotide"]
     assert not torch.equal(model.asv_standardizer.running_mean, before["asv_standardizer.running_mean"])
-    third = objective.cached_pairwise_forward(model, batch, micro_step_generator(5, 8, 1))  # another micro-step draws anew
+    third = objective.cached_pairwise_forward(model, batch, seed_micro_step(5, 8, 1))  # another micro-step draws anew
     assert not torch.equal(third[0], second[0])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,9 +16,18 @@ from aam_ds.data.metadata import load_metadata
 from aam_ds.data.table import FeatureTable
 from aam_ds.errors import AamInputError
 from aam_ds.evaluation.cli import add_rf_arguments, run_rf_baseline
-from aam_ds.evaluation.folds import fold_of_samples, huang_proxy_groups, read_folds, train_test_pairs, write_folds
+from aam_ds.evaluation.folds import fold_of_samples, read_folds, train_test_pairs, write_folds
 from aam_ds.evaluation.predictions import read_predictions, write_predictions
 from aam_ds.evaluation.rf_baseline import cross_validate_rf, relative_abundance
+
+
+def _bench_real_data():
+    """bench/bench_real_data.py, the home of the study-specific Huang proxy subject."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_real_data.py"
+    spec = importlib.util.spec_from_file_location("bench_real_data", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _rf_baseline(argv):
@@ -26,6 +37,7 @@ def _rf_baseline(argv):
 
 
 def test_huang_proxy_subject_is_study_prefix_and_truncated_age():
+    huang_proxy_groups = _bench_real_data().huang_proxy_groups
     groups = huang_proxy_groups(["11052.3.20.13.rk.t", "10317.000003639", "550.L1S1"], [36.0, 58.9, 32.54])
     assert groups.tolist() == ["11052_36", "10317_58", "550_32"]
     with pytest.raises(AamInputError, match="ages are missing"):
@@ -123,10 +135,12 @@ def test_rf_baseline_reuses_folds_and_compares(shared_data, tmp_path):
 
 
 def test_rf_baseline_huang_proxy_groups_never_leak(shared_data, tmp_path):
-    huang = shared_data / "huang_oral_2550"
+    bench = _bench_real_data()
+    huang_proxy_groups, huang = bench.huang_proxy_groups, shared_data / "huang_oral_2550"
     out = tmp_path / "rf"
-    assert _rf_baseline(["--table", str(huang / "oral_2550.rarefied1000.biom"), "--metadata", str(huang / "oral_2550_map.txt"),
-                         "--target", "age", "--group-by", "huang-proxy", "--trees", "5", "--max-features", "sqrt",
+    metadata = bench.huang_metadata(shared_data, tmp_path / "metadata")  # with the proxy_subject column
+    assert _rf_baseline(["--table", str(huang / "oral_2550.rarefied1000.biom"), "--metadata", str(metadata),
+                         "--target", "age", "--group-column", "proxy_subject", "--trees", "5", "--max-features", "sqrt",
                          "--out-dir", str(out)]) == 0  # fmt: skip
     folds = pd.read_csv(out / "folds.tsv", sep="\t", index_col="sample_id")["fold"]
     age = pd.to_numeric(load_metadata(huang / "oral_2550_map.txt").loc[folds.index, "age"])  # undeclared: kept as text
@@ -142,7 +156,6 @@ def test_rf_baseline_huang_proxy_groups_never_leak(shared_data, tmp_path):
     [
         (["--target", "nope"], "no such column"),
         (["--target", "BodySite", "--split", "grouped"], "no grouping given"),
-        (["--target", "BodySite", "--group-by", "huang-proxy"], "numeric age"),
     ],
 )
 def test_rf_baseline_bad_arguments(shared_data, tmp_path, extra, problem):

@@ -10,6 +10,7 @@ import torch
 
 from aam_ds.data.sequences import PAD
 from aam_ds.explain.attention import capture_attention, nucleotide_attention
+from aam_ds.export import model_config
 from aam_ds.model.aam import OUTPUTS, AAMModel
 from aam_ds.spec import ModelSpec
 
@@ -19,7 +20,7 @@ def model_and_batch():
     """A two-layer sample encoder with random weights large enough for peaked attention, and a batch
     whose samples have 4, 2 and 6 of 6 ASV slots (the rest padding) and ASVs of different lengths."""
     torch.manual_seed(0)
-    model = AAMModel(ModelSpec(preset="tiny", sample_layers=2, asv_layers=2), max_seq_len=24, n_targets=1)
+    model = AAMModel(model_config(ModelSpec(preset="tiny", sample_layers=2, asv_layers=2)), max_seq_len=24, n_targets=1)
     for param in model.parameters():
         param.data.normal_(0.0, 0.3)
     model.mark_asvs_seen(torch.randint(1, 5, (3, 24)))
@@ -54,9 +55,9 @@ def test_sample_weights_sum_to_one_over_present_asvs_and_padding_is_zero(model_a
         model(tokens, counts, {"task"})
     for layer in ("sample.layer0", "sample.layer1"):
         weights = record[layer][0]  # [B, H, A, A]
-        assert weights.shape == (3, model.spec.n_heads, 6, 6)
+        assert weights.shape == (3, model.config.n_heads, 6, 6)
         rows = weights.sum(dim=-1)
-        torch.testing.assert_close(rows[present[:, None, :].expand_as(rows)], torch.ones(int(present.sum()) * model.spec.n_heads), atol=1e-6, rtol=0)
+        torch.testing.assert_close(rows[present[:, None, :].expand_as(rows)], torch.ones(int(present.sum()) * model.config.n_heads), atol=1e-6, rtol=0)
         assert (weights.permute(0, 2, 3, 1)[~present] == 0).all()  # padding as query: a row of exact zeros
         assert (weights.permute(0, 3, 1, 2)[~present] == 0).all()  # padding as key: exactly 0
         assert weights.std() > 0.01  # not uniform: the check above is not trivially met
@@ -71,7 +72,7 @@ def test_recorded_weights_are_the_ones_the_model_applies(model_and_batch):
     is the model's own attention, not an approximation of it."""
     model, tokens, counts = model_and_batch
     attn = model.sample_encoder.blocks[0].attn
-    x = torch.randn(3, 6, model.spec.d_model)
+    x = torch.randn(3, 6, model.config.d_model)
     key_mask = counts > 0
     with torch.no_grad():
         weights = attn.attention_weights(x, key_mask)
@@ -85,7 +86,7 @@ def test_nucleotide_attention_covers_only_the_asvs_bases(model_and_batch):
     model, tokens, _ = model_and_batch
     asvs = tokens[1, :2]  # one ASV of 12 nucleotides, one of 18
     found = nucleotide_attention(model, asvs)
-    assert found.layers.shape == (2, 2, model.spec.n_heads, 24, 24)
+    assert found.layers.shape == (2, 2, model.config.n_heads, 24, 24)
     valid = (asvs != PAD).numpy()
     for k in range(2):
         np.testing.assert_allclose(found.pool[k].sum(), 1.0, atol=1e-6)

@@ -129,7 +129,7 @@ def test_encoder_learning_rate_scale_moves_the_pretrained_encoder_less(cache, tm
     moved = {}
     for scale in (1.0, 0.01):
         run_dir = tmp_path / f"scale{scale}"
-        model, _ = setup.build_model(spec_for(cache, run_dir, **{"model.pretrained": pretrained / "model.pt"}), _data(cache, run_dir), True)
+        model, *_ = setup.build_model(spec_for(cache, run_dir, **{"model.pretrained": pretrained / "model.pt"}), _data(cache, run_dir), True)
         groups = steps.parameter_groups(model, 0.003, scale)
         if scale == 1.0:
             assert all(isinstance(p, torch.nn.Parameter) for p in groups)

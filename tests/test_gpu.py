@@ -33,11 +33,12 @@ def test_unifrac_batches_on_cuda_equal_cpu(tmp_path):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_model_on_cuda_matches_cpu(dtype):
+    from aam_ds.export import model_config
     from aam_ds.model.aam import AAMModel
     from aam_ds.spec import ModelSpec
 
     torch.manual_seed(0)
-    model = AAMModel(ModelSpec(preset="tiny"), max_seq_len=32).eval()
+    model = AAMModel(model_config(ModelSpec(preset="tiny")), max_seq_len=32).eval()
     tokens = torch.randint(1, 5, (4, 6, 32))
     counts = torch.rand(4, 6) * 10
     counts[1, 3:] = 0  # padding rows

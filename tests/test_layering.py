@@ -1,15 +1,18 @@
-"""Package layering: the training engine and inference never import each other.
+"""Package layering: the training engine and inference never import each other, and the model
+package depends on torch alone.
 
-Both sit on the neutral modules below them (aam_ds.export: the model file; aam_ds.prediction: a
-model's predictions on preprocessed samples; aam_ds.data, aam_ds.model, ...). Every module of
-``aam_ds/engine`` and ``aam_ds/inference`` is parsed with :mod:`ast`, and every import at any depth
-(module level, inside functions, relative, ``from aam_ds import inference``, ``importlib.import_module``
-with a literal name) is checked.
+Engine and inference sit on the neutral modules below them (aam_ds.export: the model file;
+aam_ds.prediction: a model's predictions on preprocessed samples; aam_ds.data, aam_ds.model, ...).
+``aam_ds/model`` imports nothing of aam_ds outside itself (no run spec, no pydantic: its config is
+the ModelConfig dataclass beside the model) and no third-party package but torch. Every module is
+parsed with :mod:`ast`, and every import at any depth (module level, inside functions, relative,
+``from aam_ds import inference``, ``importlib.import_module`` with a literal name) is checked.
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,6 +64,42 @@ def test_engine_and_inference_do_not_import_each_other(package):
     assert len(list((PACKAGE / package).rglob("*.py"))) > 1
     found = violations(package)
     assert not found, f"aam_ds/{package} must not import {FORBIDDEN[package]}:\n" + "\n".join(found)
+
+
+def model_violations(root: Path = PACKAGE) -> list[str]:
+    """``"<file>:<line> imports <name>"`` for each import in ``aam_ds/model`` of a module of aam_ds
+    outside aam_ds.model, or of a third-party package other than torch."""
+    found = []
+    for path in sorted((root / "model").rglob("*.py")):
+        for line, names in imports(path, root):
+            top = {n.split(".")[0] for n in names}
+            outside = [n for n in names if n.startswith("aam_ds.") and n != "aam_ds.model" and not n.startswith("aam_ds.model.")]
+            foreign = sorted(t for t in top if t not in ("aam_ds", "torch", "__future__") and t not in sys.stdlib_module_names)
+            if outside or foreign:
+                found.append(f"{path.relative_to(root.parent)}:{line} imports {(outside or foreign)[0]}")
+    return found
+
+
+def test_the_model_package_depends_on_torch_alone():
+    assert len(list((PACKAGE / "model").rglob("*.py"))) > 1
+    found = model_violations()
+    assert not found, "aam_ds/model must import only torch, the standard library and aam_ds.model:\n" + "\n".join(found)
+
+
+def test_the_model_scan_catches_the_run_spec_pydantic_and_other_packages(tmp_path):
+    fake = tmp_path / "aam_ds"
+    (fake / "model").mkdir(parents=True)
+    (fake / "model" / "net.py").write_text(
+        "import math\nimport torch.nn\nfrom aam_ds.model.config import ModelConfig\nfrom . import blocks\n"
+        "from aam_ds.spec import ModelSpec\n"
+        "def f():\n    import pydantic\n"
+        "def g():\n    from .. import errors\n"
+        "from aam_ds.data.sequences import PAD\n"
+    )
+    assert model_violations(fake) == [
+        "aam_ds/model/net.py:5 imports aam_ds.spec", "aam_ds/model/net.py:7 imports pydantic",
+        "aam_ds/model/net.py:9 imports aam_ds.errors", "aam_ds/model/net.py:10 imports aam_ds.data.sequences",
+    ]
 
 
 def test_the_import_scan_sees_imports_at_any_depth(tmp_path):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker  # torch's own per-device peak tracker (works on CPU)
 
-from aam_ds.data.sequences import PAD, VOCAB_SIZE
 from aam_ds.engine.objective import check_loss_compatible, required_outputs
 from aam_ds.errors import AamInputError
+from aam_ds.export import model_config
 from aam_ds.model.aam import OUTPUTS, AAMModel, count_parameters
 from aam_ds.model.losses import (
     abundance_loss,
@@ -18,6 +18,7 @@ from aam_ds.model.losses import (
     regression_loss,
 )
 from aam_ds.model.masking import mask_nucleotides
+from aam_ds.model.vocabulary import PAD, VOCAB_SIZE
 from aam_ds.spec import MODEL_PRESETS, LossSpec, ModelSpec
 
 SEQ_LEN = 24
@@ -43,7 +44,7 @@ def tiny(**overrides) -> ModelSpec:
 
 def model(spec: ModelSpec | None = None, seed: int = 0, **kwargs) -> AAMModel:
     torch.manual_seed(seed)
-    return AAMModel(spec or tiny(), SEQ_LEN, **kwargs).eval()
+    return AAMModel(model_config(spec or tiny()), SEQ_LEN, **kwargs).eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,25 +71,43 @@ def test_every_preset_structure_gives_the_contract_shapes(preset):
 
 
 def test_parameter_counts_tiny_under_1m_and_large_about_400m():
-    assert count_parameters(ModelSpec(preset="tiny")) < 1_000_000
+    assert count_parameters(model_config(ModelSpec(preset="tiny"))) < 1_000_000
     large = ModelSpec(preset="large")
     d, layers = large.d_model, large.asv_layers + large.sample_layers
     # a pre-LN block: qkv (3d^2, no bias) + out proj (d^2 + d) + FFN (8d^2 + 5d) + two LayerNorms (4d)
     blocks = layers * (12 * d * d + 10 * d)
-    n = count_parameters(large)
+    n = count_parameters(model_config(large))
     assert blocks <= n <= 1.01 * blocks  # blocks dominate; embeddings and heads add < 1 %
     assert 380e6 <= n <= 420e6
+
+
+def test_an_export_written_before_model_config_loads_into_the_same_model(tmp_path):
+    """The export format did not change with ModelConfig: a model.pt as the earlier writer saved it
+    (the run spec's model section as pydantic dumped it, presets applied, and the constructor
+    arguments) rebuilds the same architecture and outputs through aam_ds.export."""
+    from aam_ds.export import EXPORT_FORMAT, build_exported_model, load_export
+
+    spec = tiny(asv_identity_buckets=32, sample_layers=0)
+    trained = model(spec, n_targets=1)
+    old_payload = {"format": EXPORT_FORMAT, "state_dict": trained.state_dict(), "spec": {"model": spec.model_dump(mode="json")},
+                   "model_args": {"max_seq_len": SEQ_LEN, "n_targets": 1, "n_classes": 0, "covariate_cardinalities": []},
+                   "targets": None, "step": 3}  # fmt: skip
+    torch.save(old_payload, tmp_path / "model.pt")
+    loaded = build_exported_model(load_export(tmp_path / "model.pt"))
+    assert loaded.config == model_config(spec) and loaded.config.sample_layers == 0 and loaded.config.asv_identity_buckets == 32
+    tokens, counts = make_batch([3, 1, 5], max_asvs=5)
+    torch.testing.assert_close(sample_outputs(loaded, tokens, counts), sample_outputs(trained, tokens, counts))
 
 
 def test_python_m_prints_the_preset_table():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "aam_ds.model.aam"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "aam_ds.engine.memory"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     for name in MODEL_PRESETS:
         assert name in result.stdout
-    assert f"{count_parameters(ModelSpec(preset='large')):,}" in result.stdout
+    assert f"{count_parameters(model_config(ModelSpec(preset='large'))):,}" in result.stdout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,9 +130,9 @@ def test_output_of_a_sample_does_not_change_when_padding_is_added(chunk):
     padded_c = torch.zeros(3, 9)
     padded_t[0, :4], padded_c[0, :4] = tokens[0], counts[0]
     padded_t[1:], padded_c[1:] = others_t, others_c
-    wide = AAMModel(m.spec, SEQ_LEN + 6).eval()
+    wide = AAMModel(m.config, SEQ_LEN + 6).eval()
     wide.load_state_dict({**m.state_dict(), "position_embedding.weight": torch.cat(
-        [m.position_embedding.weight, torch.zeros(6, m.spec.d_model)])})
+        [m.position_embedding.weight, torch.zeros(6, m.config.d_model)])})
     padded_t = torch.cat([padded_t, torch.full((3, 9, 6), PAD)], dim=2)
     padded = sample_outputs(wide, padded_t, padded_c)
     torch.testing.assert_close(padded["sample_embedding"][0], base["sample_embedding"][0], atol=1e-5, rtol=0)
@@ -272,7 +291,7 @@ def test_evaluation_without_nucleotide_logits_frees_token_states_chunk_by_chunk(
             m(tokens, counts, want)
         return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
 
-    states_bytes = tokens.numel() * m.spec.d_model * 4  # token states of every ASV, kept only for the logits
+    states_bytes = tokens.numel() * m.config.d_model * 4  # token states of every ASV, kept only for the logits
     assert peak({"sample_embedding", "nucleotide_logits"}) - peak({"sample_embedding"}) >= states_bytes
 
 

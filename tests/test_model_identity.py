@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from aam_ds.data.sequences import PAD
+from aam_ds.export import model_config
 from aam_ds.model.aam import AAMModel
 from aam_ds.model.blocks import asv_hash_buckets
 from aam_ds.spec import ModelSpec
@@ -31,9 +34,9 @@ def test_hash_ignores_padding_width_and_separates_sequences():
 
 def test_unseen_asvs_use_the_sequence_encoder_alone():
     torch.manual_seed(0)
-    spec = ModelSpec(preset="tiny", asv_identity_dropout=0.0)
-    model = AAMModel(spec, L).eval()
-    without = AAMModel(spec.model_copy(update={"asv_identity_buckets": 0}), L).eval()
+    config = model_config(ModelSpec(preset="tiny", asv_identity_dropout=0.0))
+    model = AAMModel(config, L).eval()
+    without = AAMModel(dataclasses.replace(config, asv_identity_buckets=0), L).eval()
     without.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(("asv_identity", "asv_seen"))}, strict=False)
     tokens, counts = sequences(6).view(2, 3, L), torch.tensor([[5.0, 3, 1], [2, 2, 8]])
     emb = lambda m: m(tokens, counts, {"sample_embedding"})["sample_embedding"]  # noqa: E731
@@ -46,12 +49,12 @@ def test_unseen_asvs_use_the_sequence_encoder_alone():
 
 def test_masked_tokens_keep_their_identity_when_ids_are_passed():
     torch.manual_seed(0)
-    model = AAMModel(ModelSpec(preset="tiny", asv_identity_dropout=0.0), L).eval()
+    model = AAMModel(model_config(ModelSpec(preset="tiny", asv_identity_dropout=0.0)), L).eval()
     tokens = sequences(4).view(1, 4, L)
     model.mark_asvs_seen(tokens.view(-1, L))
     masked = tokens.clone()
     masked[..., 0] = 6  # the MASK token
-    ids = asv_hash_buckets(tokens, model.spec.asv_identity_buckets)
+    ids = asv_hash_buckets(tokens, model.config.asv_identity_buckets)
     with_ids = model.asv_vectors(masked.view(-1, L), ids.view(-1))
     plain = model.asv_vectors(tokens.view(-1, L))
     sequence_masked = model.asv_vectors(masked.view(-1, L))["sequence"]
@@ -61,7 +64,7 @@ def test_masked_tokens_keep_their_identity_when_ids_are_passed():
 def test_frozen_sequence_encoder_memo_matches_a_fresh_encoding_and_gets_no_gradient():
     torch.manual_seed(0)
     spec = ModelSpec(preset="tiny", freeze_sequence_encoder=True, asv_identity_dropout=0.0)
-    model = AAMModel(spec, L, n_targets=1)
+    model = AAMModel(model_config(spec), L, n_targets=1)
     tokens, counts = sequences(6).view(2, 3, L), torch.tensor([[5.0, 3, 1], [2, 2, 8]])
     out = model(tokens, counts, {"task"})["task"]
     out.sum().backward()
@@ -74,8 +77,8 @@ def test_frozen_sequence_encoder_memo_matches_a_fresh_encoding_and_gets_no_gradi
 
 
 def test_seen_buckets_travel_with_the_state_dict():
-    model = AAMModel(ModelSpec(preset="tiny"), L)
+    model = AAMModel(model_config(ModelSpec(preset="tiny")), L)
     model.mark_asvs_seen(sequences(10))
-    copy = AAMModel(ModelSpec(preset="tiny"), L)
+    copy = AAMModel(model_config(ModelSpec(preset="tiny")), L)
     copy.load_state_dict(model.state_dict())
     assert torch.equal(copy.asv_seen, model.asv_seen) and int(copy.asv_seen.sum()) == 10

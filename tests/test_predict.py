@@ -145,11 +145,11 @@ def write_untrained_export(path: Path, cache: Path, finetuning: bool = True, **o
 
     spec = load_spec(None, [f"{k}={v}" for k, v in settings(cache, path.parent / "run", **overrides).items()])
     data = prepare_data(spec)
-    model, model_args = build_model(spec, data, finetuning)
+    model, model_args, model_spec = build_model(spec, data, finetuning)
     generator = torch.Generator().manual_seed(0)
     for param in model.parameters():  # random weights large enough that samples get distinct outputs
         param.data.normal_(0.0, 0.2, generator=generator)
-    write_export(path, Export(model.state_dict(), export_spec(spec, model), model_args,
+    write_export(path, Export(model.state_dict(), export_spec(spec, model_spec), model_args,
                               target_description(data, model, finetuning), 0))
     return path
 
@@ -213,6 +213,29 @@ def test_pass_draws_do_not_depend_on_the_other_samples(regression_export, demo, 
     picked = full.take([full.sample_ids.index(s) for s in part.sample_ids])
     np.testing.assert_allclose(part.values, picked.values, rtol=1e-5)
     np.testing.assert_allclose(part.std, picked.std, rtol=1e-3, atol=1e-6)
+
+
+def test_predict_takes_the_runs_folder_and_table_from_the_spec(regression_export, small_table, tmp_path, capsys):
+    """`aam-ds predict --spec`: --model is <tracking.run_dir>/model.pt and --table is data.table (the
+    flags of aam_ds/spec/flags.py); a flag given wins, and without model or table it says which is missing."""
+    import yaml
+
+    from aam_ds.cli import main as cli_main
+
+    spec = tmp_path / "run.yaml"
+    spec.write_text(yaml.safe_dump({"tracking": {"run_dir": str(regression_export.parent)}, "data": {"table": str(small_table)}}))
+    assert cli_main(["predict", "--model", str(regression_export), "--table", str(small_table), "--out", str(tmp_path / "flags.tsv")]) == 0
+    assert cli_main(["predict", "--spec", str(spec), "--out", str(tmp_path / "spec.tsv")]) == 0
+    assert (tmp_path / "spec.tsv").read_text() == (tmp_path / "flags.tsv").read_text()
+    tiny = write_demo_subset(tmp_path / "tiny.tsv", small_table, [0, 1, 2])
+    assert cli_main(["predict", "--spec", str(spec), "--table", str(tiny), "--out", str(tmp_path / "tiny_preds.tsv")]) == 0
+    assert len(read_predictions(tmp_path / "tiny_preds.tsv", "age").sample_ids) == 3
+    capsys.readouterr()
+    assert cli_main(["predict", "--table", str(small_table), "--out", str(tmp_path / "none.tsv")]) == 2
+    assert "error: --model: no model given" in capsys.readouterr().err
+    (tmp_path / "no_table.yaml").write_text(yaml.safe_dump({"tracking": {"run_dir": str(regression_export.parent)}}))
+    assert cli_main(["predict", "--spec", str(tmp_path / "no_table.yaml"), "--out", str(tmp_path / "none.tsv")]) == 2
+    assert "error: --table: no feature table given" in capsys.readouterr().err
 
 
 def test_covariates_are_coded_in_the_training_classes(covariate_export, demo):

@@ -1,7 +1,8 @@
 """prepare_data(spec): every data step from files to datasets, in one place.
 
-Order: load table -> drop samples without reads -> rarefy -> align metadata -> ASV sequences -> tokens (cached) -> drop ASVs the
-ambiguity policy rejects -> per-sample ASV selection -> targets / covariates -> splits (saved).
+Order: load table -> :func:`aam_ds.data.preprocess.preprocess_samples` (drop samples without reads -> rarefy -> align
+metadata -> ASV sequences -> tokens (cached) -> drop ASVs the ambiguity policy rejects -> per-sample ASV selection),
+the preprocessing ``aam-ds predict`` shares -> targets / covariates -> splits (saved).
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import pandas as pd
 from aam_ds.data.cache import cached_tokenize
 from aam_ds.data.dataset import SampleDataset
 from aam_ds.data.metadata import align_metadata, categorical_codes, load_metadata, numeric_targets
-from aam_ds.data.rarefy import rarefy
-from aam_ds.data.select import SampleRow, sample_rows
-from aam_ds.data.sequences import asv_sequences, dropped_rows
+from aam_ds.data.preprocess import preprocess_samples
+from aam_ds.data.select import SampleRow
 from aam_ds.data.splits import save_splits, split_samples
 from aam_ds.data.synthetic import demo_data
-from aam_ds.data.table import FeatureTable, load_table, without_empty_samples
-from aam_ds.errors import AamInputError, notice
+from aam_ds.data.table import FeatureTable, load_table
+from aam_ds.errors import AamInputError
 from aam_ds.spec import RunSpec
 
 # with the demo data and no data.targets, fine-tuning predicts these metadata columns
@@ -89,34 +89,20 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
             target_columns = [DEMO_TARGETS[spec.loss.task]]
 
     table = load_table(table_path)
-    samples_loaded, drops = len(table.sample_ids), {}
+    samples_loaded, metadata = len(table.sample_ids), None
 
-    def count_drop(reason: str, before: int) -> None:
-        if len(table.sample_ids) < before:
-            drops[reason] = before - len(table.sample_ids)
+    def keep_with_metadata(rarefied: FeatureTable) -> FeatureTable:
+        nonlocal metadata
+        kept, metadata = _with_metadata(rarefied, metadata_path, spec, bool(target_columns))
+        return kept
 
-    table = without_empty_samples(table)
-    count_drop("no reads", samples_loaded)
+    def cached_tokens(seqs: list[str], ids: list[str], source: str) -> tuple[np.ndarray, bool]:
+        cached = cached_tokenize(seqs, data.max_seq_len, data.ambiguous_bases, data.cache_dir, ids=ids, source=source)
+        return cached.tokens, cached.hit
 
-    if data.rarefy_depth is not None:
-        before, table = len(table.sample_ids), rarefy(table, data.rarefy_depth, data.rarefy_seed)
-        count_drop(f"fewer reads than data.rarefy_depth {data.rarefy_depth}", before)
-
-    before = len(table.sample_ids)
-    table, metadata = _with_metadata(table, metadata_path, spec, bool(target_columns))
-    count_drop("no metadata", before)
-
-    seqs = asv_sequences(table.asv_ids, sequences, table.source)
-    cached = cached_tokenize(
-        seqs, data.max_seq_len, data.ambiguous_bases, data.cache_dir, ids=table.asv_ids,
-        source=str(sequences or table.source),
-    )
-    tokens = cached.tokens
-    before = len(table.sample_ids)
-    table, tokens, metadata = drop_rejected_asvs(table, tokens, metadata)
-    count_drop("no reads left without ASVs with ambiguous bases", before)
-
-    rows = sample_rows(table, data.max_asvs, data.asv_selection, seed=data.split.seed)
+    samples = preprocess_samples(table, data, sequences, cached_tokens, ("no metadata", keep_with_metadata))
+    table, tokens, rows = samples.table, samples.tokens, samples.rows
+    metadata = None if metadata is None else metadata.loc[table.sample_ids]
     targets, class_names = _targets(target_columns, spec.loss.task, metadata)
     covariates, covariate_classes = _covariates(data.covariates, metadata)
 
@@ -128,8 +114,9 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
         target_names=target_columns, targets=targets, class_names=class_names,
         covariate_names=list(data.covariates), covariates=covariates, covariate_classes=covariate_classes,
         splits=splits, tree=Path(tree) if tree else None,
-        token_cache_hit=cached.hit, origin=str(table_path) if data.table else f"demo data (generated, seeded) {table_path}",
-        samples_loaded=samples_loaded, drops=drops,
+        token_cache_hit=samples.token_cache_hit,
+        origin=str(table_path) if data.table else f"demo data (generated, seeded) {table_path}",
+        samples_loaded=samples_loaded, drops=samples.drops,
     )  # fmt: skip
 
 
@@ -159,24 +146,6 @@ def _covariates(columns: list[str], metadata: pd.DataFrame | None) -> tuple[np.n
         return None, []
     coded = [categorical_codes(metadata, c, "data.covariates", allow_missing=True) for c in columns]
     return np.stack([codes for codes, _ in coded], axis=1), [classes for _, classes in coded]
-
-
-def drop_rejected_asvs(
-    table: FeatureTable, tokens: np.ndarray, metadata: pd.DataFrame | None
-) -> tuple[FeatureTable, np.ndarray, pd.DataFrame | None]:
-    """Remove ASVs that ``ambiguous_bases='drop_asv'`` rejected, then samples left without reads."""
-    rejected = dropped_rows(tokens)
-    if not rejected.any():
-        return table, tokens, metadata
-    keep = np.flatnonzero(~rejected)
-    notice(f"{table.source}: dropping {rejected.sum()} ASVs with ambiguous bases (data.ambiguous_bases=drop_asv)")
-    table = FeatureTable(table.sample_ids, [table.asv_ids[j] for j in keep], table.counts[:, keep].tocsr(), table.source)
-    if table.counts.sum() == 0:
-        raise AamInputError(table.source, "no reads remain after dropping ASVs with ambiguous bases", "set data.ambiguous_bases=as_n")
-    tokens, row_of = tokens[keep], {asv: i for i, asv in enumerate(table.asv_ids)}
-    table = without_empty_samples(table, "every ASV they had holds ambiguous bases")
-    metadata = None if metadata is None else metadata.loc[table.sample_ids]
-    return table, tokens[[row_of[asv] for asv in table.asv_ids]], metadata
 
 
 def _targets(

@@ -1,6 +1,7 @@
 """Nucleotide vocabulary, ASV sequences (from IDs or FASTA / .qza) and tokenisation.
 
-Tokens: ``PAD=0, A=1, C=2, G=3, T=4, N=5, MASK=6`` (``VOCAB_SIZE=7``). Tokenised ASVs are a
+Tokens: ``PAD=0, A=1, C=2, G=3, T=4, N=5, MASK=6`` (``VOCAB_SIZE=7``), the model's vocabulary
+(:mod:`aam_ds.model.vocabulary`). Tokenised ASVs are a
 ``uint8 [M, max_len]`` array, right-padded with ``PAD`` and truncated to ``max_len``.
 """
 
@@ -15,9 +16,7 @@ import numpy as np
 from aam_ds.data.files import decode_text, read_input_bytes
 from aam_ds.data.qiime2 import is_qza, read_qza
 from aam_ds.errors import AamInputError
-
-PAD, A, C, G, T, N, MASK = range(7)
-VOCAB_SIZE = 7
+from aam_ds.model.vocabulary import PAD, A, C, G, N, T
 
 AmbiguityPolicy = Literal["error", "as_n", "drop_asv"]
 AMBIGUOUS = "NRYSWKMBDHV"  # IUPAC codes other than A, C, G, T

@@ -84,8 +84,8 @@ def without_empty_samples(table: FeatureTable, why: str = "nothing to learn from
 
     A sample without reads has nothing to learn or predict from (its embedding would be that of an
     empty set). ``why`` completes the notice. Every entry point that takes samples from a table
-    calls this: training, evaluation and cross-validation through
-    :func:`aam_ds.data.prepare.prepare_data`, the baselines, the benchmark and ``aam-ds predict``.
+    calls this: training, evaluation, cross-validation and ``aam-ds predict`` through
+    :func:`aam_ds.data.preprocess.preprocess_samples`, the baselines and the benchmark.
 
     Raises
     ------

@@ -240,6 +240,12 @@ def process_rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+def launcher_rank() -> int:
+    """The rank the launcher (deepspeed, torchrun, the launch scripts under srun) gave this process in
+    ``RANK`` (0 without one): the rank before the process group exists, e.g. while parsing arguments."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def process_world_size() -> int:
     """Ranks in the default process group (1 when there is none)."""
     return dist.get_world_size() if dist.is_initialized() else 1

@@ -44,14 +44,15 @@ def run_stage(stage: Callable[[RunSpec, Path | None], object], argv: Sequence[st
     a bad input as one line (exit 2), Ctrl-C as one line (exit 130, after the training loop saved a
     checkpoint), anything else with its traceback (exit 1).
     """
-    from aam_ds.engine.distributed import exit_process, report_rank_failure
+    from aam_ds.engine.distributed import exit_process, launcher_rank, report_rank_failure
 
     args = parse_args(argv, description, prog)
-    show_notices_as_lines(show=os.environ.get("RANK", "0") == "0")  # one line each, from rank 0 only
+    rank = launcher_rank()  # the process group does not exist yet
+    show_notices_as_lines(show=rank == 0)  # one line each, from rank 0 only
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:
-        with report_rank_failure(os.environ.get("RANK", "0")):
+        with report_rank_failure(rank):
             overrides = args.overrides + (["checkpoint.resume=true"] if args.resume else [])
             overrides += [f"parallel.max_memory_gb={args.max_memory_gb}"] if args.max_memory_gb else []
             stage(load_spec(args.spec, overrides), args.ds_config)

@@ -18,20 +18,12 @@ import torch
 
 from aam_ds.data.dataset import collate, to_device
 from aam_ds.engine.distributed import DistContext, all_reduce_mean
-from aam_ds.engine.objective import Objective, _unwrap, unmasked_asv_ids
+from aam_ds.engine.objective import Objective, _unwrap
 from aam_ds.engine.pairwise import gather_no_grad
-from aam_ds.evaluation.metrics import classification_metrics, regression_metrics
+from aam_ds.evaluation.metrics import classification_metrics, pearson_r, regression_metrics
 from aam_ds.model import losses
-from aam_ds.model.masking import mask_nucleotides
 
 EVAL_MASK_SEED = 12345
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson correlation of ``x`` and ``y``; NaN for fewer than 2 values or a constant input."""
-    if len(x) < 2 or x.std() == 0 or y.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
 
 
 @torch.no_grad()
@@ -41,7 +33,6 @@ def evaluate(model: Any, dataset: Any, objective: Objective, ctx: DistContext, m
     (predicted, true) distances of all evaluated pairs i<j (``float [P]`` each)."""
     if len(dataset) < (2 if "sample_embedding" in objective.want else 1):
         return {}, None
-    want = objective.want
     share = math.ceil(len(dataset) / ctx.world_size)
     mine = list(range(ctx.rank * share, min((ctx.rank + 1) * share, len(dataset))))
     positions, valid_all = mine + [0] * (share - len(mine)), torch.arange(share) < len(mine)
@@ -52,13 +43,8 @@ def evaluate(model: Any, dataset: Any, objective: Objective, ctx: DistContext, m
     for start in range(0, share, micro_batch):
         batch = to_device(collate([dataset[i] for i in positions[start : start + micro_batch]]), ctx.device)
         valid = valid_all[start : start + micro_batch].to(ctx.device)
-        tokens, labels, asv_ids = batch["tokens"], None, None
-        if "nucleotide_logits" in want:
-            gen = torch.Generator().manual_seed(EVAL_MASK_SEED + start)
-            asv_ids = unmasked_asv_ids(model, tokens)
-            tokens, labels = mask_nucleotides(tokens, objective.loss.mask_fraction, gen)
-        out = model(tokens, batch["counts"], want, batch.get("covariates"), asv_ids)
-        add_batch_sums(sums, out, labels, batch["counts"], valid)
+        out, labels = objective.forward(model, batch, torch.Generator().manual_seed(EVAL_MASK_SEED + start))
+        add_batch_sums(sums, objective, out, labels, batch, valid)
         flags.append(valid)
         if "sample_embedding" in out:
             embeddings.append(out["sample_embedding"].float())
@@ -77,32 +63,27 @@ def evaluate(model: Any, dataset: Any, objective: Objective, ctx: DistContext, m
         metrics.update(asv_similarity(_unwrap(model), dataset))
     if task_out:
         metrics.update(task_metrics(model, objective, gather_no_grad(torch.cat(task_out))[keep], gather_no_grad(torch.cat(task_true))[keep]))
-    metrics["loss"] = sum(
-        weight * metrics[name]
-        for name, weight in (("pairwise", objective.loss.pairwise_weight), ("nucleotide", objective.loss.nucleotide_weight),
-                             ("abundance", objective.loss.abundance_weight), ("task", objective.loss.task_weight))
-        if name in metrics
-    )  # fmt: skip
+    metrics["loss"] = objective.weighted_total(metrics)
     model.train(was_training)
     return metrics, scatter
 
 
-def add_batch_sums(sums: dict[str, float], out: dict[str, torch.Tensor], labels: torch.Tensor | None, counts: torch.Tensor,
-                   valid: torch.Tensor) -> None:
-    """Add one micro-batch's sample count and its per-sample losses times that count to ``sums``
-    (masked nucleotides when ``labels`` is given, abundance when the model gave it); ``valid``
-    (``bool [B]``) marks the rows that are not padding repeats."""
+def add_batch_sums(sums: dict[str, float], objective: Objective, out: dict[str, torch.Tensor], labels: torch.Tensor | None,
+                   batch: dict[str, torch.Tensor], valid: torch.Tensor) -> None:
+    """Add one micro-batch's sample count and, times that count, the objective's per-sample loss
+    terms (:meth:`Objective.reconstruction_terms`) and the masked-nucleotide accuracy to ``sums``;
+    ``valid`` (``bool [B]``) marks the rows that are not padding repeats."""
     n = int(valid.sum())
     sums["samples"] = sums.get("samples", 0.0) + n
     if not n:
         return
-    if labels is not None:
-        logits, kept = out["nucleotide_logits"][valid], labels[valid]
-        sums["nucleotide"] = sums.get("nucleotide", 0.0) + n * losses.masked_nucleotide_loss(logits, kept).item()
-        accuracy = losses.masked_nucleotide_accuracy(logits, kept).nan_to_num(0.0).item()
-        sums["nucleotide_accuracy"] = sums.get("nucleotide_accuracy", 0.0) + n * accuracy
-    if "abundance" in out:
-        sums["abundance"] = sums.get("abundance", 0.0) + n * losses.abundance_loss(out["abundance"][valid], counts[valid]).item()
+    kept_labels = None if labels is None else labels[valid]
+    kept = {name: out[name][valid] for name in ("nucleotide_logits", "abundance") if name in out}
+    for name, value in objective.reconstruction_terms(kept, {"counts": batch["counts"][valid]}, kept_labels).items():
+        sums[name] = sums.get(name, 0.0) + n * value.item()
+        if name == "nucleotide":
+            accuracy = losses.masked_nucleotide_accuracy(kept["nucleotide_logits"], kept_labels).nan_to_num(0.0).item()
+            sums["nucleotide_accuracy"] = sums.get("nucleotide_accuracy", 0.0) + n * accuracy
 
 
 def pairwise_metrics(emb: torch.Tensor, target: torch.Tensor) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
@@ -112,7 +93,7 @@ def pairwise_metrics(emb: torch.Tensor, target: torch.Tensor) -> tuple[dict[str,
     i, j = torch.triu_indices(len(emb), len(emb), offset=1, device=emb.device)
     predicted = losses.embedding_distances(emb)[i, j].cpu().numpy()
     true = target[i, j].float().cpu().numpy()
-    metrics = {"pairwise": losses.pairwise_distance_loss(emb, target).item(), "distance_r": pearson(predicted, true)}
+    metrics = {"pairwise": losses.pairwise_distance_loss(emb, target).item(), "distance_r": pearson_r(true, predicted)}
     return metrics, (predicted, true)
 
 

@@ -5,6 +5,7 @@ bf16 / fp16 keep 16-bit weights 2 + gradients 2 + fp32 master weights, moments 1
 partitions the optimizer part over the W ranks, ZeRO-2 the gradients too, ZeRO-3 everything.
 Offloading moves the optimizer part (and with ``offload_param`` the weights) to host memory.
 Activations are not included: they depend on the batch, which the search below measures.
+``python -m aam_ds.engine.memory`` prints the parameter count of every model preset.
 
 The micro-batch search's pieces that need no training live here (candidate sizes, the search
 itself, the spec / DeepSpeed config for a batch plan); its probe, which runs real training steps, is
@@ -22,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from aam_ds.spec import BatchPlan, RunSpec
+from aam_ds.spec import MODEL_PRESETS, BatchPlan, ModelSpec, RunSpec
 
 GIB = 1024**3
 
@@ -153,3 +154,20 @@ def search_micro_batch(peak_for: Callable[[int], float | None], budget_bytes: fl
         mid = (good + bad) // 2
         good, bad = (mid, bad) if fits(mid) else (good, mid)
     return candidates[good] if good >= 0 else 0
+
+
+def preset_parameter_table(max_seq_len: int = 150) -> list[tuple[str, int, int]]:
+    """(preset name, parameters of the encoders and pretraining heads, entries of the ASV identity
+    table) of every model preset (:func:`aam_ds.model.aam.count_parameters`)."""
+    from aam_ds.export import model_config
+    from aam_ds.model.aam import count_parameters
+
+    configs = [(name, model_config(ModelSpec(preset=name))) for name in MODEL_PRESETS]
+    return [(name, count_parameters(c, max_seq_len), c.asv_identity_buckets * c.d_model) for name, c in configs]
+
+
+if __name__ == "__main__":
+    print(f"{'preset':<8}{'d_model':>8}{'heads':>6}{'asv':>5}{'sample':>7}{'parameters':>16}{'identity table':>16}")
+    for name, n, table in preset_parameter_table():
+        p = MODEL_PRESETS[name]
+        print(f"{name:<8}{p['d_model']:>8}{p['n_heads']:>6}{p['asv_layers']:>5}{p['sample_layers']:>7}{n:>16,}{table:>16,}")

@@ -86,18 +86,36 @@ class Objective:
             tokens, labels = mask_nucleotides(tokens, self.loss.mask_fraction, generator)
         return model(tokens, batch["counts"], self.want, batch.get("covariates"), asv_ids), labels
 
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each loss's weight in the total, by the name its term carries (``pairwise``, ``nucleotide``, ``abundance``, ``task``)."""
+        loss = self.loss
+        return {"pairwise": loss.pairwise_weight, "nucleotide": loss.nucleotide_weight, "abundance": loss.abundance_weight,
+                "task": loss.task_weight}
+
+    def weighted_total(self, terms: dict[str, float]) -> float:
+        """The weighted sum of the loss terms present in ``terms`` (e.g. evaluation's means over a split)."""
+        return sum(weight * terms[name] for name, weight in self.weights.items() if name in terms)
+
     def sample_parts(self, model: Any, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
                      labels: torch.Tensor | None) -> dict[str, tuple[float, torch.Tensor]]:
         """The per-sample loss terms of this micro-batch, ``name -> (weight, scalar)``: masked
         nucleotides, abundance, task (every active one but the pairwise loss)."""
-        parts: dict[str, tuple[float, torch.Tensor]] = {}
-        if labels is not None:
-            parts["nucleotide"] = (self.loss.nucleotide_weight, losses.masked_nucleotide_loss(out["nucleotide_logits"], labels))
-        if "abundance" in out:
-            parts["abundance"] = (self.loss.abundance_weight, losses.abundance_loss(out["abundance"], batch["counts"]))
+        parts = {name: (self.weights[name], value) for name, value in self.reconstruction_terms(out, batch, labels).items()}
         if "task" in out:
             parts["task"] = (self.loss.task_weight, self.task_loss(model, out["task"], batch["targets"]))
         return parts
+
+    def reconstruction_terms(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                             labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The unweighted masked-nucleotide (when ``labels`` is given) and abundance (when the model
+        gave it) losses of these samples, each a scalar mean over them."""
+        terms = {}
+        if labels is not None:
+            terms["nucleotide"] = losses.masked_nucleotide_loss(out["nucleotide_logits"], labels)
+        if "abundance" in out:
+            terms["abundance"] = losses.abundance_loss(out["abundance"], batch["counts"])
+        return terms
 
     def cached_pairwise_forward(self, model: Any, batch: dict[str, torch.Tensor], generator: torch.Generator) -> MicroOutputs:
         """This micro-batch as :func:`~aam_ds.engine.pairwise.gradient_cache_step` takes it: its sample
@@ -119,7 +137,7 @@ class Objective:
 def unmasked_asv_ids(model: Any, tokens: torch.Tensor) -> torch.Tensor | None:
     """Identity buckets ``int64 [B, A]`` of the ASVs before their nucleotides are masked (None when
     the model has no identity path): masking must not change which learned vector an ASV gets."""
-    buckets = _unwrap(model).spec.asv_identity_buckets
+    buckets = _unwrap(model).config.asv_identity_buckets
     return asv_hash_buckets(tokens, buckets) if buckets else None
 
 

@@ -22,16 +22,16 @@ from aam_ds.evaluation.predictions import Predictions
 from aam_ds.export import EXPORT_NAME, Export, build_exported_model
 from aam_ds.model.aam import AAMModel
 from aam_ds.prediction import predict_split, write_prediction_files
-from aam_ds.spec import RunSpec
+from aam_ds.spec import ModelSpec, RunSpec
 
 EVALUATION_DIR = "evaluation"  # <run_dir>/evaluation: reports written for tracking services
 MAX_SCATTER_POINTS = 5000  # distance pairs drawn in the plot (a split of N samples has N(N-1)/2)
 
 
-def export_spec(spec: RunSpec, model: AAMModel) -> dict[str, Any]:
+def export_spec(spec: RunSpec, model_spec: ModelSpec) -> dict[str, Any]:
     """The run spec as JSON, with the model section the model was actually built from (a fine-tuned
     model takes its architecture from the pretrained export, not from the fine-tuning spec)."""
-    return {**spec.model_dump(mode="json"), "model": model.spec.model_dump(mode="json")}
+    return {**spec.model_dump(mode="json"), "model": model_spec.model_dump(mode="json")}
 
 
 def write_split_predictions(export: Export, data: PreparedData, run_dir: Path, batch_size: int,

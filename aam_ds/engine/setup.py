@@ -16,10 +16,10 @@ from aam_ds.data.splits import save_splits
 from aam_ds.engine.distributed import DistContext, main_first
 from aam_ds.engine.objective import Objective, check_loss_compatible
 from aam_ds.errors import AamInputError
-from aam_ds.export import load_export
+from aam_ds.export import load_export, model_config
 from aam_ds.model import losses
 from aam_ds.model.aam import AAMModel
-from aam_ds.spec import BatchPlan, RunSpec
+from aam_ds.spec import BatchPlan, ModelSpec, RunSpec
 
 # model fields a fine-tuning run takes from its own spec (the rest of the architecture comes from the export)
 RUN_TIME_MODEL_FIELDS = ("dropout", "asv_chunk_size", "activation_checkpointing", "pretrained", "freeze_encoder",
@@ -51,8 +51,11 @@ def given_data(data: PreparedData, run_dir: Path, ctx: DistContext) -> PreparedD
     return data
 
 
-def build_model(spec: RunSpec, data: PreparedData, finetuning: bool) -> tuple[AAMModel, dict[str, Any]]:
-    """The model and its constructor arguments (recorded in the export)."""
+def build_model(spec: RunSpec, data: PreparedData, finetuning: bool) -> tuple[AAMModel, dict[str, Any], ModelSpec]:
+    """The model, its constructor arguments and the model section it was built from (both recorded
+    in the export): the run's, or a pretrained export's architecture with the run's
+    :data:`RUN_TIME_MODEL_FIELDS`. The model's :class:`~aam_ds.model.config.ModelConfig` is built
+    from that section here (:func:`aam_ds.export.model_config`)."""
     check_loss_compatible(spec.model, spec.loss)
     n_targets = len(data.target_names) if finetuning and spec.loss.task == "regression" else 0
     n_classes = len(data.class_names or []) if finetuning and spec.loss.task == "classification" else 0
@@ -67,8 +70,8 @@ def build_model(spec: RunSpec, data: PreparedData, finetuning: bool) -> tuple[AA
         args["max_seq_len"] = export.model_args["max_seq_len"]
         keep = {k: getattr(spec.model, k) for k in RUN_TIME_MODEL_FIELDS}
         model_spec = type(spec.model).model_validate({**export.spec["model"], **keep})
-    torch.manual_seed(spec.schedule.seed)
-    model = AAMModel(model_spec, **args)
+    torch.manual_seed(spec.schedule.seed)  # initial weights: nn.Module initialisers draw from torch's global RNG (no generator argument)
+    model = AAMModel(model_config(model_spec), **args)
     if export is not None:
         missing, unexpected = model.load_state_dict(export.state_dict, strict=False)
         foreign = unexpected + [k for k in missing if not k.startswith(("task_head.", "target_normalizer."))]
@@ -82,7 +85,7 @@ def build_model(spec: RunSpec, data: PreparedData, finetuning: bool) -> tuple[AA
             param.requires_grad_(name.startswith("task_head."))
     if n_targets:
         model.target_normalizer.fit(torch.as_tensor(data.targets[data.splits["train"]]), "data.targets (training split)")
-    return model, args
+    return model, args, model_spec
 
 
 def training_asvs(data: PreparedData) -> np.ndarray:

@@ -3,7 +3,7 @@
 - :func:`build_engine` / :func:`parameter_groups`: the DeepSpeed engine over the trainable
   parameters (with ``optim.encoder_lr_scale``, two learning-rate groups);
 - :func:`train_batches`: this rank's resumable stream of training micro-batches;
-- :func:`micro_step_generator`: masking / dropout seeded from (seed, micro-step, rank) alone;
+- :func:`seed_micro_step`: masking (a generator) and dropout (the global RNG) seeded from (seed, micro-step, rank) alone;
 - :func:`optimizer_step`: one optimizer step (``grad_accum_steps`` micro-steps; the pairwise loss
   over the whole global batch of the step);
 - :func:`find_micro_batch`: the micro-batch search's probe, which runs real steps of candidate
@@ -65,8 +65,11 @@ def parameter_groups(model: AAMModel, lr: float, encoder_lr_scale: float) -> lis
     return [group for group in ({"params": head, "lr": lr}, {"params": encoder, "lr": lr * encoder_lr_scale}) if group["params"]]
 
 
-def micro_step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
-    """Seeds masking and dropout from (seed, micro-step, rank) alone, so a resumed run repeats them."""
+def seed_micro_step(seed: int, micro_step: int, rank: int) -> torch.Generator:
+    """Seed one micro-step's randomness from (seed, micro-step, rank) alone, so a resumed run and the
+    gradient cache's second pass repeat it: returns the generator nucleotide masking draws from,
+    after seeding torch's global RNG with the same value, which dropout, attention dropout and
+    ASV-identity dropout draw from (they take no generator)."""
     value = (seed * 1_000_003 + micro_step) * 1009 + rank
     torch.manual_seed(value)
     return torch.Generator().manual_seed(value)
@@ -95,7 +98,7 @@ def optimizer_step(engine: Any, batches: Iterator, objective: Objective, ctx: Di
     micro_batches = [to_device(next(batches), ctx.device) for _ in range(accum)]
 
     def generator(micro: int) -> torch.Generator:
-        return micro_step_generator(spec.schedule.seed, step * accum + micro, ctx.rank)
+        return seed_micro_step(spec.schedule.seed, step * accum + micro, ctx.rank)
 
     if accum > 1 and "sample_embedding" in objective.want:
         return gradient_cache_step(

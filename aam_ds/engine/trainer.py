@@ -54,7 +54,7 @@ from aam_ds.errors import AamInputError
 from aam_ds.export import EXPORT_NAME, Export, write_export
 from aam_ds.io_utils import atomic_write_json
 from aam_ds.model.aam import AAMModel
-from aam_ds.spec import BatchPlan, RunSpec
+from aam_ds.spec import BatchPlan, ModelSpec, RunSpec
 from aam_ds.tracking import check_tracking, make_logger
 
 BEST_TAG = "best"  # checkpoint folder holding the weights of the best evaluation
@@ -119,15 +119,15 @@ class Trainer:
     """
 
     def __init__(self, ctx: DistContext, spec: RunSpec, ds_config: dict[str, Any], plan: BatchPlan, finetuning: bool, data: PreparedData,
-                 model: AAMModel, model_args: dict[str, Any], objective: Objective, n_params: int, resume_tag: str | None = None,
-                 restart: tuple[int, DataPosition] | None = None):
+                 model: AAMModel, model_args: dict[str, Any], model_spec: ModelSpec, objective: Objective, n_params: int,
+                 resume_tag: str | None = None, restart: tuple[int, DataPosition] | None = None):
         """Builds the engine, the best-model tracker and the batch stream, resuming from checkpoint
         ``resume_tag`` (the one every rank agreed on) when given, or at ``restart`` (a step and the
         data position) with the model's weights as they are and a fresh optimizer (see
         :func:`resume_point`); the run
         folder's files are already written."""
         self.ctx, self.spec, self.plan, self.finetuning, self.data = ctx, spec, plan, finetuning, data
-        self.model, self.model_args, self.objective, self.n_params = model, model_args, objective, n_params
+        self.model, self.model_args, self.model_spec, self.objective, self.n_params = model, model_args, model_spec, objective, n_params
         self.run_dir, self.ckpt_dir = spec.tracking.run_dir, spec.checkpoint_dir()
         self.engine = build_engine(model, spec, ds_config)
         self.start_step, self.result = 0, RunResult(step=0, micro_batch_size=plan.micro_batch_size)
@@ -169,7 +169,7 @@ class Trainer:
         spec = claim_run_dir(spec, "finetune" if finetuning else "pretrain", ctx)
         run_dir, ckpt_dir = spec.tracking.run_dir, spec.checkpoint_dir()
         data = load_data(spec, ctx) if data is None else given_data(data, run_dir, ctx)
-        model, model_args = build_model(spec, data, finetuning)
+        model, model_args, model_spec = build_model(spec, data, finetuning)
         objective = build_objective(spec, data, ctx.device, model)
         if spec.parallel.max_memory_gb:
             plan = find_micro_batch(spec, ds_config, plan, data, lambda: build_model(spec, data, finetuning)[0], objective, ctx)
@@ -181,7 +181,7 @@ class Trainer:
         if ctx.is_main:
             atomic_write_json(run_dir / "spec.json", spec.model_dump(mode="json"))
             atomic_write_json(run_dir / "ds_config.json", ds_config)
-        return cls(ctx, spec, ds_config, plan, finetuning, data, model, model_args, objective, n_params, resume_tag, restart)
+        return cls(ctx, spec, ds_config, plan, finetuning, data, model, model_args, model_spec, objective, n_params, resume_tag, restart)
 
     def run(self) -> RunResult:
         """Steps from the resumed step to ``schedule.steps`` (or an early stop), then :meth:`finish`."""
@@ -284,7 +284,7 @@ class Trainer:
         state_dict = ckpt.consolidated_state_dict(self.engine, self.ckpt_dir, tag)
         result.export_path = self.run_dir / EXPORT_NAME
         if self.ctx.is_main:
-            export = Export(state_dict, export_spec(self.spec, self.model), self.model_args,
+            export = Export(state_dict, export_spec(self.spec, self.model_spec), self.model_args,
                             target_description(self.data, self.model, self.finetuning), export_step)
             write_export(result.export_path, export)
             self.log.print(f"consolidated model (step {export_step}) written to {result.export_path}")

@@ -83,10 +83,7 @@ def add_rf_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, help=spec_flag_help("number of cross-validation folds", "data.split.folds", 5))
     parser.add_argument("--split", choices=SPLIT_KINDS, help=spec_flag_help(
         "default: grouped with a group option, else stratified (classification) or random", "data.split.kind"))
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--group-column", help=spec_flag_help("metadata column whose groups never straddle folds", "data.split.group_column"))
-    group.add_argument("--group-by", choices=("huang-proxy",), default=None,
-                       help="huang-proxy: Qiita study prefix of the sample ID + integer age (target)")  # fmt: skip
+    parser.add_argument("--group-column", help=spec_flag_help("metadata column whose groups never straddle folds", "data.split.group_column"))
     parser.add_argument("--stratify-column", help=spec_flag_help("stratified folds: column to balance (default: the target)", "data.split.column"))
     parser.add_argument("--folds-file", type=Path, help=spec_flag_help("reuse the folds of an earlier run (folds.tsv)", "data.split.folds_file"))
     parser.add_argument("--seed", type=int, help=spec_flag_help("seeds the folds and the forest", "data.split.seed", 0))
@@ -102,10 +99,7 @@ def add_rf_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _rf_flags_from_spec(args: argparse.Namespace) -> None:
     """The flags left out, from ``--spec`` / ``--set`` (:data:`RF_SPEC_FIELDS`); table, metadata and target are required."""
-    if args.group_by is not None:
-        args.group_column = args.group_column or ""  # --group-by replaces the spec's group column
     spec = fill_from_spec(args, RF_SPEC_FIELDS)
-    args.group_column = args.group_column or None
     args.task = None if args.task == "none" else args.task
     if args.target is None and len(spec.data.targets) == 1:
         args.target = spec.data.targets[0]
@@ -133,8 +127,8 @@ def run_rf_baseline(args: argparse.Namespace) -> int:
         held_out = read_folds(args.folds_file, table.sample_ids)
         split = f"from {args.folds_file}"
     else:
-        split = args.split or ("grouped" if args.group_column or args.group_by else "stratified" if task == "classification" else "random")
-        held_out = _draw_folds(metadata, truth, split, args)
+        split = args.split or ("grouped" if args.group_column else "stratified" if task == "classification" else "random")
+        held_out = _draw_folds(metadata, split, args)
     cv = cross_validate_rf(
         table, args.target, truth, train_test_pairs(held_out, len(truth)), class_names,
         args.trees, args.seed, args.n_jobs, _max_features(args.max_features), args.positive_class,
@@ -179,14 +173,11 @@ def truth_of(metadata: pd.DataFrame, target: str, task: str) -> tuple[np.ndarray
     return np.asarray(classes, dtype=object)[codes], classes
 
 
-def _draw_folds(metadata: pd.DataFrame, truth: np.ndarray, split: str, args: argparse.Namespace) -> list[np.ndarray]:
+def _draw_folds(metadata: pd.DataFrame, split: str, args: argparse.Namespace) -> list[np.ndarray]:
     from aam_ds.evaluation.folds import draw_folds
 
-    if args.group_by == "huang-proxy" and truth.dtype.kind != "f":
-        raise AamInputError("--group-by huang-proxy", "needs a numeric age target", "use --target age (regression)")
-    ages = truth if args.group_by == "huang-proxy" else None
     column = {"grouped": args.group_column, "stratified": args.stratify_column or args.target}.get(split)
-    return draw_folds(metadata, args.folds, split, args.seed, column, ages)
+    return draw_folds(metadata, args.folds, split, args.seed, column)
 
 
 def _max_features(value: str | None) -> str | float | None:

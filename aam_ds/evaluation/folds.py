@@ -1,4 +1,4 @@
-"""Cross-validation folds shared between models: the folds file and the Huang proxy subject.
+"""Cross-validation folds shared between models: drawing them and the folds file.
 
 A folds file is a TSV ``sample_id<TAB>fold`` (fold = 0 .. k-1) so that the random forest and
 AAM runs are scored on exactly the same held-out samples. Folds themselves are drawn by
@@ -22,36 +22,16 @@ from aam_ds.io_utils import atomic_path
 FOLD = "fold"
 
 
-def huang_proxy_groups(sample_ids: Sequence[str], ages: Sequence[float]) -> np.ndarray:
-    """Proxy subject of each Huang et al. oral sample, ``object [N]`` of ``"<study>_<age>"``.
-
-    The Huang tables carry no subject IDs, and a few people gave hundreds of samples each; the
-    Qiita study prefix of the sample ID (the part before the first '.') together with the integer
-    (truncated) age stands in for the subject, so that grouped folds do not leak a person.
-    """
-    ages = np.asarray(ages, dtype=np.float64)
-    if not np.isfinite(ages).all():
-        raise AamInputError("--group-by huang-proxy", "some ages are missing", "the proxy subject needs every sample's age")
-    return np.array([f"{sid.split('.')[0]}_{int(age)}" for sid, age in zip(sample_ids, ages)], dtype=object)
-
-
-def draw_folds(
-    metadata: pd.DataFrame, k: int, split: str, seed: int = 0, column: str | None = None, huang_proxy_ages: np.ndarray | None = None
-) -> list[np.ndarray]:
+def draw_folds(metadata: pd.DataFrame, k: int, split: str, seed: int = 0, column: str | None = None) -> list[np.ndarray]:
     """Held-out rows of each of ``k`` folds over the rows of ``metadata`` (aligned to the table).
 
-    ``split``: ``random``; ``stratified`` by ``column``; ``grouped`` by ``column`` or, when
-    ``huang_proxy_ages`` (float ``[N]``) is given, by :func:`huang_proxy_groups`. Folds are drawn
+    ``split``: ``random``; ``stratified`` by ``column``; ``grouped`` by ``column``. Folds are drawn
     by :func:`aam_ds.data.splits.kfold_splits`.
     """
-    if split == "grouped" and huang_proxy_ages is not None:
-        labels = np.unique(huang_proxy_groups(metadata.index, huang_proxy_ages), return_inverse=True)[1]
-    elif split == "grouped" and column is None:
-        raise AamInputError("--split grouped", "no grouping given", "add --group-column COLUMN or --group-by huang-proxy")
-    else:
-        field = "--group-column" if split == "grouped" else "--stratify-column"
-        labels = split_labels(metadata, split, column, field)
-    return kfold_splits(len(metadata), k, split, seed, labels)
+    if split == "grouped" and column is None:
+        raise AamInputError("--split grouped", "no grouping given", "add --group-column COLUMN")
+    field = "--group-column" if split == "grouped" else "--stratify-column"
+    return kfold_splits(len(metadata), k, split, seed, split_labels(metadata, split, column, field))
 
 
 def train_test_pairs(held_out: Sequence[np.ndarray], n_samples: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -1,6 +1,6 @@
 """Metrics of predictions against the truth, per-group error tables and the worst samples.
 
-Regression: MAE, RMSE, R2 in the target's units. Classification: accuracy, balanced accuracy,
+Regression: MAE, RMSE, R2 in the target's units; Pearson r (pretraining's distance fit). Classification: accuracy, balanced accuracy,
 ROC AUC and F1 from class probabilities (the predicted class is the most probable one).
 """
 
@@ -31,6 +31,17 @@ def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict
         "r2": float(r2_score(y_true, y_pred)) if len(y_true) >= 2 else float("nan"),
         "n": len(y_true),
     }
+
+
+def pearson_r(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
+    """Pearson correlation of predictions ``[N]`` with the truth ``[N]``; NaN for fewer than two values
+    or a constant input (e.g. pretraining's embedding distances against the target distances)."""
+    y_true = np.asarray(y_true, dtype=np.float64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
+    _check_lengths(len(y_true), len(y_pred))
+    if len(y_true) < 2 or y_true.std() == 0 or y_pred.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(y_true, y_pred)[0, 1])
 
 
 def classification_metrics(

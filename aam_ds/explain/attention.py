@@ -95,7 +95,7 @@ def nucleotide_attention(model: AAMModel, tokens: torch.Tensor) -> NucleotideAtt
     n_layers = len(model.asv_encoder.blocks)
     layers = [torch.cat(record[f"asv.layer{i}"]).cpu().numpy() for i in range(n_layers)]
     length = tokens.shape[1]
-    stacked = np.stack(layers) if layers else np.zeros((0, len(tokens), model.spec.n_heads, length, length), np.float32)
+    stacked = np.stack(layers) if layers else np.zeros((0, len(tokens), model.config.n_heads, length, length), np.float32)
     return NucleotideAttention(stacked, torch.cat(record["asv.pool"]).cpu().numpy())
 
 
@@ -142,7 +142,7 @@ def sample_attention(forward: SampleForward, row: int) -> dict[str, np.ndarray]:
     k = int((batch.slots >= 0).sum())
     n_layers = len(forward.model.sample_encoder.blocks)
     layers = [record[f"sample.layer{i}"][0][0, :, :k, :k].cpu().numpy() for i in range(n_layers)]
-    heads = forward.model.spec.n_heads
+    heads = forward.model.config.n_heads
     return {
         "columns": batch.slots[0, :k].cpu().numpy(),
         "layers": np.stack(layers) if layers else np.zeros((0, heads, k, k), np.float32),

@@ -2,7 +2,8 @@
 preprocessing exactly as training did.
 
 :func:`predict_table` preprocesses the table with :func:`prepare_inputs`, using the data settings
-recorded in the export's spec, in training's order: rarefaction -> ASV sequences -> tokens
+recorded in the export's spec and training's own preprocessing function
+(:func:`aam_ds.data.preprocess.preprocess_samples`): rarefaction -> ASV sequences -> tokens
 (``max_seq_len``, ambiguity policy) -> removal of the ASVs the policy drops -> per-sample ASV
 selection (``max_asvs``, ``asv_selection``, seed ``split.seed``) -> covariate codes in the
 training classes; it then predicts through :func:`aam_ds.prediction.predict_inputs`, the code
@@ -34,11 +35,9 @@ import numpy as np
 import torch
 
 from aam_ds.data.metadata import align_metadata, categorical_codes, load_metadata
-from aam_ds.data.prepare import drop_rejected_asvs
-from aam_ds.data.rarefy import rarefy
-from aam_ds.data.select import sample_rows
-from aam_ds.data.sequences import asv_sequences, dropped_rows, tokenize
-from aam_ds.data.table import load_table, without_empty_samples
+from aam_ds.data.preprocess import preprocess_samples
+from aam_ds.data.sequences import dropped_rows, tokenize
+from aam_ds.data.table import load_table
 from aam_ds.errors import AamInputError
 from aam_ds.evaluation.predictions import Predictions
 from aam_ds.export import Export, build_exported_model, load_export
@@ -98,19 +97,20 @@ def task_description(export: Export, source: str) -> dict:
 
 def prepare_inputs(export: Export, table: str | Path, sequences: str | Path | None = None,
                    metadata: str | Path | None = None) -> ModelInputs:
-    """Preprocess ``table`` with the export's data settings (see the module docstring)."""
+    """Preprocess ``table`` with the export's data settings through
+    :func:`aam_ds.data.preprocess.preprocess_samples`, training's own preprocessing (see the module
+    docstring), then code its covariates in the training classes."""
     data = DataSpec.model_validate(export.spec["data"])
-    feature_table = without_empty_samples(load_table(table), "nothing to predict from; they get no prediction")
-    if data.rarefy_depth is not None:
-        feature_table = rarefy(feature_table, data.rarefy_depth, data.rarefy_seed)
-    seqs = asv_sequences(feature_table.asv_ids, sequences, feature_table.source)
-    tokens = readable_tokens(seqs, feature_table.asv_ids, data, str(sequences or feature_table.source))
-    feature_table, tokens, _ = drop_rejected_asvs(feature_table, tokens, None)
-    rows = sample_rows(feature_table, data.max_asvs, data.asv_selection, seed=data.split.seed)
-    covariates = None
+
+    def readable(seqs: list[str], ids: list[str], source: str) -> tuple[np.ndarray, bool]:
+        return readable_tokens(seqs, ids, data, source), False
+
+    samples = preprocess_samples(load_table(table), data, sequences, readable,
+                                 empty_reason="nothing to predict from; they get no prediction")
+    feature_table, covariates = samples.table, None
     if export.targets and export.targets["covariate_names"]:
         covariates = covariate_codes(feature_table.sample_ids, feature_table.source, metadata, export.targets)
-    return ModelInputs(list(feature_table.sample_ids), tokens, rows, covariates, list(feature_table.asv_ids))
+    return ModelInputs(list(feature_table.sample_ids), samples.tokens, samples.rows, covariates, list(feature_table.asv_ids))
 
 
 def readable_tokens(seqs: list[str], ids: list[str], data: DataSpec, source: str) -> np.ndarray:

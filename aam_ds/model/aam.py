@@ -20,7 +20,7 @@ random ASVs during training so that the sequence path keeps learning. With ``mod
 0 the sample encoder is a deep set (Zaheer et al. 2017): LayerNorm, attention pool and the
 composition contrast over the ASV vectors, no attention between ASVs.
 
-``python -m aam_ds.model.aam`` prints the parameter count of every preset.
+``python -m aam_ds.engine.memory`` prints the parameter count of every preset.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aam_ds.data.sequences import PAD, VOCAB_SIZE
 from aam_ds.model.blocks import AsvStandardizer, Encoder, asv_hash_buckets, scatter_rows, sinusoidal_positions
+from aam_ds.model.config import ModelConfig
 from aam_ds.model.heads import AbundanceHead, NucleotideHead, TaskHead, log_relative_abundance
 from aam_ds.model.normalization import TargetNormalizer
-from aam_ds.spec import MODEL_PRESETS, ModelSpec
+from aam_ds.model.vocabulary import PAD, VOCAB_SIZE
 
 COMPOSITION_INIT_SCALE = 0.1  # initial LayerNorm gain of the composition contrast (see AAMModel._composition)
 # initial std of the learned ASV vectors (the transformer's 0.02: on Huang oral age, fine-tuning from
@@ -45,7 +45,7 @@ class AAMModel(nn.Module):
     """The AAM encoder with its pretraining and task heads.
 
     Args:
-        spec: the model section of the run spec.
+        config: widths, depths and switches (:class:`aam_ds.model.config.ModelConfig`).
         max_seq_len: nucleotides per ASV (size of the nucleotide position embedding).
         n_targets: regression targets (0 = no regression head).
         n_classes: classes (0 = no classification head); at most one of n_targets / n_classes.
@@ -54,7 +54,7 @@ class AAMModel(nn.Module):
 
     def __init__(
         self,
-        spec: ModelSpec,
+        config: ModelConfig,
         max_seq_len: int,
         n_targets: int = 0,
         n_classes: int = 0,
@@ -63,24 +63,24 @@ class AAMModel(nn.Module):
         super().__init__()
         if n_targets and n_classes:
             raise ValueError("AAMModel: both n_targets and n_classes were given; a model has one task (regression or classification)")
-        self.spec = spec
+        self.config = config
         self.max_seq_len = max_seq_len
-        d = spec.d_model
+        d = config.d_model
         # nucleotides of one ASV -> ASV vector
         self.token_embedding = nn.Embedding(VOCAB_SIZE, d)
         self.position_embedding = nn.Embedding(max_seq_len, d)
-        self.asv_encoder = Encoder(spec, spec.asv_layers)
+        self.asv_encoder = Encoder(config, config.asv_layers)
         self.asv_standardizer = AsvStandardizer(d)
         self.nucleotide_head = NucleotideHead(d)
         # learned per-ASV vectors, by sequence hash (see the module docstring)
-        self.asv_identity = nn.Embedding(spec.asv_identity_buckets, d) if spec.asv_identity_buckets else None
-        self.register_buffer("asv_seen", torch.zeros(spec.asv_identity_buckets, dtype=torch.bool))
+        self.asv_identity = nn.Embedding(config.asv_identity_buckets, d) if config.asv_identity_buckets else None
+        self.register_buffer("asv_seen", torch.zeros(config.asv_identity_buckets, dtype=torch.bool))
         self._frozen_vectors: dict[bytes, torch.Tensor] = {}  # see _encode_frozen
         # ASV vectors of one sample -> sample embedding
         self.abundance_embedding = (
-            nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d)) if spec.use_abundance else None
+            nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d)) if config.use_abundance else None
         )
-        self.sample_encoder = Encoder(spec, spec.sample_layers)
+        self.sample_encoder = Encoder(config, config.sample_layers)
         self.composition_norm = nn.LayerNorm(d)
         self.embedding_projection = nn.Linear(d, d)
         self.abundance_head = AbundanceHead(d)
@@ -140,8 +140,8 @@ class AAMModel(nn.Module):
             return torch.zeros_like(like)
         ids = tokens_or_ids if are_ids else asv_hash_buckets(tokens_or_ids, len(self.asv_seen))
         keep = self.asv_seen[ids]
-        if self.training and self.spec.asv_identity_dropout > 0:
-            keep = keep & (torch.rand(ids.shape, device=ids.device) >= self.spec.asv_identity_dropout)
+        if self.training and self.config.asv_identity_dropout > 0:
+            keep = keep & (torch.rand(ids.shape, device=ids.device) >= self.config.asv_identity_dropout)
         return self.asv_identity(ids) * keep[:, None].to(like.dtype)
 
     def _encode_frozen(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -161,7 +161,7 @@ class AAMModel(nn.Module):
             self.asv_encoder.train(was_training)
             self._frozen_vectors.update(zip(missing, vectors))
         if not keys:
-            return self.token_embedding.weight.new_zeros(0, self.spec.d_model)
+            return self.token_embedding.weight.new_zeros(0, self.config.d_model)
         return torch.stack([self._frozen_vectors[key] for key in keys])
 
     def _apply(self, fn, *args, **kwargs):
@@ -178,13 +178,13 @@ class AAMModel(nn.Module):
 
         With ``model.freeze_sequence_encoder`` (and no nucleotide output wanted) the nucleotide
         encoder runs without gradients."""
-        if self.spec.freeze_sequence_encoder and not keep_states:
+        if self.config.freeze_sequence_encoder and not keep_states:
             return self._encode_frozen(tokens), None
         return self._encode_chunks(tokens, keep_states)
 
     def _encode_chunks(self, tokens: torch.Tensor, keep_states: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         # one chunk without asv_chunk_size (an empty batch too): no split, so a traced graph keeps N dynamic
-        parts = tokens.split(self.spec.asv_chunk_size) if self.spec.asv_chunk_size else (tokens,)
+        parts = tokens.split(self.config.asv_chunk_size) if self.config.asv_chunk_size else (tokens,)
         vectors, states = [], []
         for part in parts:
             valid = part != PAD
@@ -243,7 +243,7 @@ class AAMModel(nn.Module):
             identity = self._identity(tokens.reshape(b * a, seq_len)[rows], False, asv_vectors)
         else:
             identity = self._identity(asv_ids.reshape(-1)[rows], True, asv_vectors)
-        x = self.sample_inputs(scatter_rows(asv_vectors + identity, rows, b * a).view(b, a, self.spec.d_model), counts)
+        x = self.sample_inputs(scatter_rows(asv_vectors + identity, rows, b * a).view(b, a, self.config.d_model), counts)
         return out | self.sample_outputs(x, counts, want, covariates)
 
     def sample_inputs(self, asv_vectors: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -255,8 +255,8 @@ class AAMModel(nn.Module):
         if self.abundance_embedding is not None:
             present = counts > 0
             x = x + self.abundance_embedding(log_relative_abundance(counts)[..., None].to(x.dtype)) * present[..., None]
-        if self.spec.asv_order:
-            x = x + sinusoidal_positions(x.shape[1], self.spec.d_model, x.device).to(x.dtype)
+        if self.config.asv_order:
+            x = x + sinusoidal_positions(x.shape[1], self.config.d_model, x.device).to(x.dtype)
         return x
 
     def sample_outputs(self, x: torch.Tensor, counts: torch.Tensor, want: set[str] | frozenset[str],
@@ -311,29 +311,11 @@ class AAMModel(nn.Module):
 # parameter counts
 
 
-def count_parameters(spec: ModelSpec, max_seq_len: int = 150) -> int:
+def count_parameters(config: ModelConfig, max_seq_len: int = 150) -> int:
     """Parameters of the encoders and pretraining heads, counted on the meta device (no memory).
 
     The ASV identity table (``asv_identity_buckets x d_model``, of which a step reads only the rows
-    of its batch's ASVs) is not included: see :func:`identity_table_parameters`."""
+    of its batch's ASVs) is not included: it has ``config.asv_identity_buckets * config.d_model`` entries."""
     with torch.device("meta"):
-        model = AAMModel(spec, max_seq_len)
+        model = AAMModel(config, max_seq_len)
     return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("asv_identity."))
-
-
-def identity_table_parameters(spec: ModelSpec) -> int:
-    """Entries of the ASV identity lookup table, ``asv_identity_buckets * d_model``."""
-    return spec.asv_identity_buckets * spec.d_model
-
-
-def preset_parameter_table(max_seq_len: int = 150) -> list[tuple[str, int]]:
-    """(preset name, parameter count) of every model preset."""
-    return [(name, count_parameters(ModelSpec(preset=name), max_seq_len)) for name in MODEL_PRESETS]
-
-
-if __name__ == "__main__":
-    print(f"{'preset':<8}{'d_model':>8}{'heads':>6}{'asv':>5}{'sample':>7}{'parameters':>16}{'identity table':>16}")
-    for name, n in preset_parameter_table():
-        p = MODEL_PRESETS[name]
-        table = identity_table_parameters(ModelSpec(preset=name))
-        print(f"{name:<8}{p['d_model']:>8}{p['n_heads']:>6}{p['asv_layers']:>5}{p['sample_layers']:>7}{n:>16,}{table:>16,}")

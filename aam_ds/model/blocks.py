@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from aam_ds.data.sequences import PAD
-from aam_ds.spec import ModelSpec
+from aam_ds.model.config import ModelConfig
+from aam_ds.model.vocabulary import PAD
 
 HASH_PRIME = 2_147_483_647  # 2**31 - 1: the ASV hash is sum(token_l * r_l) mod this prime
 STANDARDIZER_MOMENTUM = 0.5  # weight of each new batch in AsvStandardizer's running statistics (see its docstring)
@@ -111,14 +111,14 @@ class AttentionPool(nn.Module):
 class Encoder(nn.Module):
     """A stack of blocks over a set/sequence, a final LayerNorm and attention pooling."""
 
-    def __init__(self, spec: ModelSpec, n_layers: int):
+    def __init__(self, config: ModelConfig, n_layers: int):
         super().__init__()
-        self.checkpointing = spec.activation_checkpointing
+        self.checkpointing = config.activation_checkpointing
         self.blocks = nn.ModuleList(
-            Block(spec.d_model, spec.n_heads, spec.ffn_mult, spec.dropout) for _ in range(n_layers)
+            Block(config.d_model, config.n_heads, config.ffn_mult, config.dropout) for _ in range(n_layers)
         )
-        self.ln_out = nn.LayerNorm(spec.d_model)
-        self.pool = AttentionPool(spec.d_model)
+        self.ln_out = nn.LayerNorm(config.d_model)
+        self.pool = AttentionPool(config.d_model)
 
     def contextualise(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """x ``[N, S, D]``, valid ``[N, S]`` -> contextual states ``[N, S, D]`` (after the final LayerNorm)."""

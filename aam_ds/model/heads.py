@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aam_ds.data.sequences import VOCAB_SIZE
+from aam_ds.model.vocabulary import VOCAB_SIZE
 
 
 def log_relative_abundance(counts: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from aam_ds.data.sequences import MASK, A, T
+from aam_ds.model.vocabulary import MASK, A, T
 
 IGNORE_INDEX = -100
 

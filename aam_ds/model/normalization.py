@@ -9,8 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aam_ds.errors import AamInputError
-
 
 class TargetNormalizer(nn.Module):
     """``transform``: original units -> zero mean, unit variance; ``inverse``: back. Shapes ``[N, T]``."""
@@ -23,16 +21,21 @@ class TargetNormalizer(nn.Module):
 
     @torch.no_grad()
     def fit(self, targets: torch.Tensor, source: str = "training targets") -> "TargetNormalizer":
-        """Fit on ``targets [N, T]`` (the training split). A constant target keeps std 1."""
+        """Fit on ``targets [N, T]`` (the training split). A constant target keeps std 1.
+
+        Raises:
+            ValueError: targets of the wrong shape, none, or non-finite (an internal contract: the
+                sample metadata reader refuses missing targets with an AamInputError first).
+        """
         targets = torch.as_tensor(targets, dtype=torch.float64)
         if targets.dim() == 1:
             targets = targets[:, None]
         if targets.dim() != 2 or targets.shape[1] != self.mean.numel():
-            raise AamInputError(source, f"expected [N, {self.mean.numel()}] targets, got {tuple(targets.shape)}", "pass one column per regression target")
+            raise ValueError(f"{source}: expected [N, {self.mean.numel()}] targets (one column per regression target), got {tuple(targets.shape)}")
         if targets.shape[0] == 0:
-            raise AamInputError(source, "no training samples to fit the target normaliser on", "check the split and the metadata")
+            raise ValueError(f"{source}: no training samples to fit the target normaliser on")
         if not torch.isfinite(targets).all():
-            raise AamInputError(source, "targets contain NaN or infinite values", "drop samples with missing targets before fitting")
+            raise ValueError(f"{source}: targets contain NaN or infinite values (data.metadata refuses them first)")
         std = targets.std(dim=0, unbiased=False)
         self.mean.copy_(targets.mean(dim=0))
         self.std.copy_(torch.where(std > 0, std, torch.ones_like(std)))

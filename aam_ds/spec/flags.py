@@ -1,6 +1,7 @@
-"""Command flags in the run spec's vocabulary: ``aam-ds distances`` and ``aam-ds rf-baseline`` take ``--spec`` /
-``--set`` like the training commands, and each of their flags that a spec field also decides (``--metric`` is
-``data.metric``, ``--group-column`` is ``data.split.group_column`` ...) is filled from that field.
+"""Command flags in the run spec's vocabulary: ``aam-ds distances``, ``aam-ds rf-baseline`` and ``aam-ds predict``
+take ``--spec`` / ``--set`` like the training commands, and each of their flags that a spec field also decides
+(``--metric`` is ``data.metric``, ``--group-column`` is ``data.split.group_column``, predict's ``--table`` is
+``data.table`` ...) is filled from that field.
 
 Precedence: a flag given on the command line, else the field when the spec (file or ``--set``) sets it,
 else the flag's own default (the spec field's default where the two mean the same).

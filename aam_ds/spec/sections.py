@@ -100,7 +100,7 @@ class DataSpec(_Section):
 # --------------------------------------------------------------------------------------------
 # model
 
-# Parameters with pretraining heads at max_seq_len 150 (`python -m aam_ds.model.aam` prints them):
+# Parameters with pretraining heads at max_seq_len 150 (`python -m aam_ds.engine.memory` prints them):
 # tiny 86K (CPU tests), small 848K, base 25.8M, large 405M.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(d_model=64, n_heads=4, asv_layers=1, sample_layers=1, ffn_mult=2),
