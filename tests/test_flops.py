@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from aam_ds.data.dataset import collate
 from aam_ds.data.prepare import prepare_data
 from aam_ds.data.sequences import PAD
 from aam_ds.engine.flops import forward_flops, training_flops
+from aam_ds.engine.peak import peak_flops
 from aam_ds.model.aam import AAMModel
 from aam_ds.spec import build_spec
 
@@ -54,3 +57,15 @@ def test_model_flops_leave_out_padding(demo_train):
     plain, padded = forward_flops(model, batch["tokens"], batch["counts"], WANT), forward_flops(model, tokens, counts, WANT)
     assert padded.model == plain.model
     assert padded.executed > plain.executed >= plain.model
+
+
+def test_device_peak_is_measured_once_then_kept_at_the_highest_rate_seen(tmp_path, monkeypatch):
+    monkeypatch.setenv("AAM_DS_PEAK_CACHE", str(tmp_path / "peak.json"))
+    cpu = torch.device("cpu")
+    measured = peak_flops(cpu, "fp32")
+    key = next(iter(json.loads((tmp_path / "peak.json").read_text())))
+    assert 1e8 < measured < 1e14 and "fp32" in key
+    (tmp_path / "peak.json").write_text(json.dumps({key: 1e18}))  # a higher rate on record is kept
+    assert peak_flops(cpu, "fp32") == 1e18
+    (tmp_path / "peak.json").write_text(json.dumps({key: 1.0}))  # a low first measurement is replaced
+    assert peak_flops(cpu, "fp32") > 1e8 and json.loads((tmp_path / "peak.json").read_text())[key] > 1e8
