@@ -103,6 +103,8 @@ def test_resume_after_kill_repeats_the_uninterrupted_losses(tmp_path, cache_dir,
     checked(launch(torchrun(2, *run_args(straight, cache_dir, **common))))
     expected = train_losses(straight)
     assert sorted(expected) == list(range(1, 10))
+    mfu = [r["metrics"]["mfu"] for r in read_metrics(straight / "metrics.jsonl") if r["kind"] == "train"]
+    assert mfu and all(0 < m < float("inf") for m in mfu)  # model-FLOPs utilisation of every logged window
 
     latest = broken / "checkpoints" / "latest"
     killed = launch(torchrun(2, *run_args(broken, cache_dir, **common)), kill_when=latest.is_file)

@@ -104,14 +104,14 @@ def optimizer_step(engine: Any, batches: Iterator, objective: Objective, ctx: Di
         return gradient_cache_step(
             engine, accum, lambda micro: objective.cached_pairwise_forward(engine, micro_batches[micro], generator(micro)),
             objective.loss.pairwise_weight, objective.distance_target.batch, losses.pairwise_distance_loss)
-    totals: dict[str, float] = {}
+    totals: dict[str, torch.Tensor] = {}
     for micro, batch in enumerate(micro_batches):
         parts = objective(engine, batch, generator(micro))
         engine.backward(parts["loss"])
         engine.step()
-        for name, value in parts.items():
-            totals[name] = totals.get(name, 0.0) + value.item() / accum
-    return totals
+        for name, value in parts.items():  # kept on the device: one host synchronisation per step, below
+            totals[name] = totals.get(name, 0.0) + value.detach().float() / accum
+    return dict(zip(totals, torch.stack(list(totals.values())).tolist()))
 
 
 def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], plan: BatchPlan, data: PreparedData, model_factory: Any,

@@ -42,9 +42,11 @@ from aam_ds.engine.distributed import (
     mark_progress,
 )
 from aam_ds.engine.evaluate import evaluate as evaluate_split
+from aam_ds.engine.flops import FlopTally
 from aam_ds.engine.interrupt import RunInterrupted, StopRequest, stop_requests
 from aam_ds.engine.memory import GIB, PeakMemory, estimate_table, with_batch_plan
 from aam_ds.engine.objective import Objective
+from aam_ds.engine.peak import peak_flops
 from aam_ds.engine.resume import DATA_POSITION, advance_schedule, data_position, resume_point
 from aam_ds.engine.run_export import export_spec, run_files, target_description, write_split_predictions
 from aam_ds.engine.run_folder import claim_run_dir
@@ -146,7 +148,10 @@ class Trainer:
         elif restart is not None:
             self.start_step, start = restart
             advance_schedule(self.engine, self.start_step)
-        self.sampler, self.batches = train_batches(data, spec, ctx, plan.micro_batch_size, start)
+        self.flops = FlopTally(model, objective.want)  # model FLOPs of the batches taken, for MFU
+        self.sampler, batches = train_batches(data, spec, ctx, plan.micro_batch_size, start)
+        self.batches = self.flops.count(batches)
+        self.peak_flops = peak_flops(ctx.device, spec.parallel.precision)  # measured once per machine (cached)
         self.steps_per_epoch = max(1, len(data.splits["train"]) // plan.global_batch_size)
         # steps done, consecutive non-finite losses, whether any rank was sent Ctrl-C before the last step's reduction
         self.done, self.nonfinite, self.stop_requested = self.start_step, 0, False
@@ -206,7 +211,8 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, float]:
         """Optimizer step ``step``: its loss components averaged over ranks (with whether any rank was
         sent Ctrl-C, kept in ``stop_requested``), logged every ``schedule.log_every`` steps with the
-        throughput, the peak memory and the learning rate (and, once any occurred, ``nonfinite_steps``:
+        throughput, the peak memory, the model-FLOPs utilisation ``mfu`` (:mod:`aam_ds.engine.flops` over
+        :mod:`aam_ds.engine.peak`, the mean over ranks) and the learning rate (and, once any occurred, ``nonfinite_steps``:
         steps of this process with a non-finite loss, ``skipped_steps``: DeepSpeed's overflow skips);
         logs the step and raises :func:`nonfinite_loss_error` after ``schedule.max_nonfinite_steps``
         consecutive non-finite losses."""
@@ -227,8 +233,10 @@ class Trainer:
             metrics.update(nonfinite_steps=float(self.nonfinite_total), skipped_steps=float(skipped))
         stop = sched.max_nonfinite_steps and self.nonfinite >= sched.max_nonfinite_steps
         if stop or done % sched.log_every == 0 or done == sched.steps:
-            rate = self.plan.global_batch_size * self.window / (time.perf_counter() - self.window_start)
+            elapsed = time.perf_counter() - self.window_start
+            rate = self.plan.global_batch_size * self.window / elapsed
             metrics["peak_memory_gib"] = all_reduce_max(self.meter.peak_bytes(), ctx.device) / GIB
+            metrics["mfu"] = all_reduce_mean({"mfu": self.flops.take().model / (elapsed * self.peak_flops)}, ctx.device)["mfu"]
             self.log.log_train(done, step // self.steps_per_epoch, metrics, rate, self.engine.get_lr()[0])
             self.window_start, self.window = time.perf_counter(), 0
         if stop:

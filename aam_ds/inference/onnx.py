@@ -90,6 +90,7 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = OPSET) -> 
     export = load_export(Path(model_path))
     model = build_exported_model(export)
     model.config = dataclasses.replace(model.config, asv_chunk_size=0, freeze_sequence_encoder=False)
+    model.pack_asvs = False  # a graph of fixed operators: no data-dependent torch.unique (aam_ds.model.packing)
     outputs = ("sample_embedding", "task") if model.task_head is not None else ("sample_embedding",)
     batch = example_batch(model.max_seq_len, len(export.model_args.get("covariate_cardinalities", ())))
     names = ["tokens", "counts"] + (["covariates"] if "covariates" in batch else [])

@@ -32,6 +32,7 @@ from aam_ds.model.blocks import AsvStandardizer, Encoder, asv_hash_buckets, scat
 from aam_ds.model.config import ModelConfig
 from aam_ds.model.heads import AbundanceHead, NucleotideHead, TaskHead, log_relative_abundance
 from aam_ds.model.normalization import TargetNormalizer
+from aam_ds.model.packing import distinct_rows
 from aam_ds.model.vocabulary import PAD, VOCAB_SIZE
 
 COMPOSITION_INIT_SCALE = 0.1  # initial LayerNorm gain of the composition contrast (see AAMModel._composition)
@@ -76,6 +77,7 @@ class AAMModel(nn.Module):
         self.asv_identity = nn.Embedding(config.asv_identity_buckets, d) if config.asv_identity_buckets else None
         self.register_buffer("asv_seen", torch.zeros(config.asv_identity_buckets, dtype=torch.bool))
         self._frozen_vectors: dict[bytes, torch.Tensor] = {}  # see _encode_frozen
+        self.pack_asvs = True  # encode each distinct ASV of a batch once (exact; aam_ds.model.packing)
         # ASV vectors of one sample -> sample embedding
         self.abundance_embedding = (
             nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d)) if config.use_abundance else None
@@ -176,11 +178,15 @@ class AAMModel(nn.Module):
     def _encode_asvs(self, tokens: torch.Tensor, keep_states: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """tokens ``[N, L]`` of present ASVs -> (ASV vectors ``[N, D]``, token states ``[N, L, D]`` or None).
 
-        With ``model.freeze_sequence_encoder`` (and no nucleotide output wanted) the nucleotide
+        Each distinct row is encoded once (``pack_asvs``, see :mod:`aam_ds.model.packing`). With ``model.freeze_sequence_encoder`` (and no nucleotide output wanted) the nucleotide
         encoder runs without gradients."""
         if self.config.freeze_sequence_encoder and not keep_states:
             return self._encode_frozen(tokens), None
-        return self._encode_chunks(tokens, keep_states)
+        if not self.pack_asvs or (self.training and self.config.dropout > 0):
+            return self._encode_chunks(tokens, keep_states)
+        distinct, index = distinct_rows(tokens)  # each distinct ASV once (aam_ds.model.packing)
+        vectors, states = self._encode_chunks(distinct, keep_states)
+        return vectors[index], (None if states is None else states[index])
 
     def _encode_chunks(self, tokens: torch.Tensor, keep_states: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         # one chunk without asv_chunk_size (an empty batch too): no split, so a traced graph keeps N dynamic
