@@ -9,7 +9,7 @@ import torch
 from aam_ds.data.dataset import collate
 from aam_ds.data.prepare import prepare_data
 from aam_ds.engine.setup import build_objective
-from aam_ds.engine.steps import micro_step_generator
+from aam_ds.engine.steps import seed_micro_step
 from aam_ds.export import model_config
 from aam_ds.model.aam import AAMModel
 from aam_ds.model.packing import distinct_rows, mask_distinct_asvs
@@ -18,7 +18,7 @@ from aam_ds.spec import build_spec
 
 def loss_and_grads(model: AAMModel, objective, batch: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     model.zero_grad()
-    parts = objective(model, batch, micro_step_generator(0, 3, 0))
+    parts = objective(model, batch, seed_micro_step(0, 3, 0))
     parts["loss"].backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return {name: float(value.detach()) for name, value in parts.items()}, grads

@@ -29,8 +29,8 @@ from typing import Iterable, Iterator
 
 import torch
 
-from aam_ds.data.sequences import PAD, VOCAB_SIZE
 from aam_ds.model.packing import distinct_rows
+from aam_ds.model.vocabulary import PAD, VOCAB_SIZE
 
 TRAINING_MULTIPLIER = 3  # forward + backward (gradients of inputs and of weights) = 3 forward passes
 
