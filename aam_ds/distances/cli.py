@@ -4,14 +4,18 @@
     aam-ds distances --spec run.yaml --out F.h5      # the run's data.table / tree / metric / alpha / pseudocount
 
 The output format follows the suffix of ``--out`` (``.h5`` unifrac layout, ``.npy`` + IDs,
-otherwise square TSV). The metric flags are the run spec's fields (:mod:`aam_ds.spec.flags`), with the
+otherwise square TSV). With the torch engine an ``.h5`` is written block by block (memory bounded by
+``--block-size``, not ``N x N``) and a killed run continues where it stopped when rerun
+(:mod:`aam_ds.distances.blockfile`). The metric flags are the run spec's fields (:mod:`aam_ds.spec.flags`), with the
 names, defaults and bounds of the metric registry (:mod:`aam_ds.distances.registry`).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
+from pathlib import Path
 
 from aam_ds.distances.registry import DEFAULT_METRIC, METRIC_NAMES, PARAMETERS, check_parameter, get_metric
 from aam_ds.errors import AamInputError
@@ -48,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from aam_ds.data.table import load_table
+    from aam_ds.distances.blockfile import write_blockwise_h5
     from aam_ds.distances.full import full_matrix, ssu_full_matrix
     from aam_ds.distances.io import write_distance_matrix
     from aam_ds.distances.metric import DTYPES, build_metric
@@ -69,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             args.table, args.tree, args.metric, alpha=args.alpha, dtype=args.dtype,
             threads=args.threads, drop_missing_tips=args.drop_missing_tips,
         )
+        write_distance_matrix(args.out, ids, matrix)
     else:
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -79,10 +85,29 @@ def run(args: argparse.Namespace) -> int:
             args.metric, table, tree, alpha=args.alpha, pseudocount=args.pseudocount,
             drop_missing_tips=args.drop_missing_tips, device=device, dtype=DTYPES[args.dtype],
         )
-        ids, matrix = metric.sample_ids, full_matrix(metric, args.block_size, progress=not args.no_progress)
-    write_distance_matrix(args.out, ids, matrix)
+        ids = metric.sample_ids
+        if Path(args.out).suffix in (".h5", ".hdf5"):
+            done_before, total = write_blockwise_h5(metric, args.out, input_fingerprint(args), args.block_size, not args.no_progress)
+            if done_before:
+                print(f"continued {args.out}: {done_before} of {total} blocks were already written")
+        else:
+            write_distance_matrix(args.out, ids, full_matrix(metric, args.block_size, progress=not args.no_progress))
     print(f"{args.metric} distances of {len(ids)} samples ({args.engine}) -> {args.out} in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def input_fingerprint(args: argparse.Namespace) -> str:
+    """SHA-256 of the table and tree files' bytes and of the options that change the values: a partial
+    matrix file is continued only by a run with the same fingerprint."""
+    digest = hashlib.sha256()
+    for name in ("table", "tree"):
+        path = getattr(args, name)
+        if path and Path(path).is_file():
+            with open(path, "rb") as fh:
+                digest.update(hashlib.file_digest(fh, "sha256").digest())
+    options = [args.metric, args.dtype, args.drop_missing_tips, *(getattr(args, name) for name in PARAMETERS)]
+    digest.update(repr(options).encode())
+    return digest.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import biom
 import h5py
 import numpy as np
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from aam_ds.data.table import FeatureTable, load_table
 from aam_ds.distances.branches import tip_nodes_of
@@ -29,24 +29,38 @@ from aam_ds.distances.tree import newick_text, read_tree
 from aam_ds.errors import AamInputError
 
 
-def full_matrix(metric: PairwiseMetric, block_size: int = 1024, progress: bool = True) -> np.ndarray:
-    """All pairwise distances ``[N, N]`` (float64 numpy, rows in table order)."""
-    n = len(metric.sample_ids)
+def block_pairs(n: int, block_size: int) -> list[tuple[int, int]]:
+    """Row starts ``(i, j)`` of the upper-triangle blocks (``i <= j``) of an ``N x N`` matrix, in compute order."""
     starts = list(range(0, n, block_size))
-    pairs = [(i, j) for a, i in enumerate(starts) for j in starts[a:]]
+    return [(i, j) for a, i in enumerate(starts) for j in starts[a:]]
+
+
+def pair_block(metric: PairwiseMetric, i: int, j: int, block_size: int) -> np.ndarray:
+    """Distances (float64 numpy ``[m, n]``) between the samples of rows ``i:i+block_size`` and ``j:j+block_size``."""
+    n = len(metric.sample_ids)
+    rows_i = torch.arange(i, min(i + block_size, n))
+    block = metric.block(rows_i) if i == j else metric.block(rows_i, torch.arange(j, min(j + block_size, n)))
+    return block.double().cpu().numpy()
+
+
+def block_progress(name: str, enabled: bool) -> Progress:
+    """A Rich progress bar over blocks: ``<metric> distances [bar] done/total blocks, elapsed, ETA``."""
+    return Progress(
+        TextColumn(f"{name} distances"), BarColumn(), TextColumn("{task.completed}/{task.total} blocks"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled,
+    )
+
+
+def full_matrix(metric: PairwiseMetric, block_size: int = 1024, progress: bool = True) -> np.ndarray:
+    """All pairwise distances ``[N, N]`` (float64 numpy, rows in table order), held in memory
+    (:func:`aam_ds.distances.blockfile.write_blockwise_h5` writes them to disk block by block instead)."""
+    n = len(metric.sample_ids)
+    pairs = block_pairs(n, block_size)
     out = np.zeros((n, n), dtype=np.float64)
-    with Progress(
-        TextColumn(f"{metric.name} distances"), BarColumn(), TextColumn("{task.completed}/{task.total} blocks"),
-        TimeRemainingColumn(), disable=not progress,
-    ) as bar:
+    with block_progress(metric.name, progress) as bar:
         task = bar.add_task("blocks", total=len(pairs))
         for i, j in pairs:
-            rows_i = torch.arange(i, min(i + block_size, n))
-            if i == j:
-                block = metric.block(rows_i)
-            else:
-                block = metric.block(rows_i, torch.arange(j, min(j + block_size, n)))
-            block = block.double().cpu().numpy()
+            block = pair_block(metric, i, j, block_size)
             out[i : i + len(block), j : j + block.shape[1]] = block
             out[j : j + block.shape[1], i : i + len(block)] = block.T
             bar.advance(task)

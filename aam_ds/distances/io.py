@@ -21,7 +21,7 @@ from aam_ds.data.files import decode_text, delimiter_problem, read_input_bytes, 
 from aam_ds.errors import AamInputError
 from aam_ds.io_utils import atomic_path, atomic_write_text
 
-_SSU_FORMAT, _SSU_VERSION = b"BDSM", b"2020.12"
+SSU_FORMAT, SSU_VERSION = b"BDSM", b"2020.12"
 _HDF5_MAGIC, _NPY_MAGIC = b"\x89HDF\r\n\x1a\n", b"\x93NUMPY"
 _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
 
@@ -39,8 +39,8 @@ def write_distance_matrix(path: str | Path, ids: list[str], matrix: np.ndarray) 
     path = Path(path)
     if path.suffix in (".h5", ".hdf5"):
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-            f.create_dataset("format", data=[_SSU_FORMAT])
-            f.create_dataset("version", data=[_SSU_VERSION])
+            f.create_dataset("format", data=[SSU_FORMAT])
+            f.create_dataset("version", data=[SSU_VERSION])
             f.create_dataset("order", data=[i.encode("utf-8") for i in ids], dtype=h5py.special_dtype(vlen=bytes))
             f.create_dataset("matrix", data=np.asarray(matrix, dtype=np.float64))
     elif path.suffix == ".npy":
