@@ -49,14 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``aam-ds distances``: compute the full distance matrix and write it to ``--out``; returns 0."""
-    import torch
-
-    from aam_ds.data.table import load_table
-    from aam_ds.distances.blockfile import write_blockwise_h5
-    from aam_ds.distances.full import full_matrix, ssu_full_matrix
     from aam_ds.distances.io import write_distance_matrix
-    from aam_ds.distances.metric import DTYPES, build_metric
-    from aam_ds.distances.tree import read_tree
 
     fill_from_spec(args, SPEC_FIELDS)
     if args.table is None:
@@ -70,30 +63,47 @@ def run(args: argparse.Namespace) -> int:
         raise AamInputError("--block-size", f"must be positive, got {args.block_size}", "give e.g. 1024")
     start = time.perf_counter()
     if args.engine == "ssu":
+        from aam_ds.distances.ssu import ssu_full_matrix  # no torch
+
         ids, matrix = ssu_full_matrix(
             args.table, args.tree, args.metric, alpha=args.alpha, dtype=args.dtype,
             threads=args.threads, drop_missing_tips=args.drop_missing_tips,
         )
         write_distance_matrix(args.out, ids, matrix)
     else:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-        table = load_table(args.table)
-        tree = read_tree(args.tree) if metric_needs_tree else None
-        metric = build_metric(
-            args.metric, table, tree, alpha=args.alpha, pseudocount=args.pseudocount,
-            drop_missing_tips=args.drop_missing_tips, device=device, dtype=DTYPES[args.dtype],
-        )
-        ids = metric.sample_ids
-        if Path(args.out).suffix in (".h5", ".hdf5"):
-            done_before, total = write_blockwise_h5(metric, args.out, input_fingerprint(args), args.block_size, not args.no_progress)
-            if done_before:
-                print(f"continued {args.out}: {done_before} of {total} blocks were already written")
-        else:
-            write_distance_matrix(args.out, ids, full_matrix(metric, args.block_size, progress=not args.no_progress))
+        ids = _torch_engine(args, metric_needs_tree)
     print(f"{args.metric} distances of {len(ids)} samples ({args.engine}) -> {args.out} in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _torch_engine(args: argparse.Namespace, metric_needs_tree: bool) -> list[str]:
+    """Compute the matrix with our torch kernels and write it to ``--out``; returns the sample IDs."""
+    import torch
+
+    from aam_ds.data.table import load_table
+    from aam_ds.distances.blockfile import write_blockwise_h5
+    from aam_ds.distances.full import full_matrix
+    from aam_ds.distances.io import write_distance_matrix
+    from aam_ds.distances.metric import DTYPES, build_metric
+    from aam_ds.distances.tree import read_tree
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    table = load_table(args.table)
+    tree = read_tree(args.tree) if metric_needs_tree else None
+    metric = build_metric(
+        args.metric, table, tree, alpha=args.alpha, pseudocount=args.pseudocount,
+        drop_missing_tips=args.drop_missing_tips, device=device, dtype=DTYPES[args.dtype],
+    )
+    ids = metric.sample_ids
+    if Path(args.out).suffix in (".h5", ".hdf5"):
+        done_before, total = write_blockwise_h5(metric, args.out, input_fingerprint(args), args.block_size, not args.no_progress)
+        if done_before:
+            print(f"continued {args.out}: {done_before} of {total} blocks were already written")
+    else:
+        write_distance_matrix(args.out, ids, full_matrix(metric, args.block_size, progress=not args.no_progress))
+    return ids
 
 
 def input_fingerprint(args: argparse.Namespace) -> str:

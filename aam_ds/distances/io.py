@@ -15,7 +15,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from aam_ds.data.files import decode_text, delimiter_problem, read_input_bytes, read_input_text
 from aam_ds.errors import AamInputError
@@ -49,6 +48,8 @@ def write_distance_matrix(path: str | Path, ids: list[str], matrix: np.ndarray) 
                 np.save(fh, np.asarray(matrix))
             atomic_write_text(ids_path(path), "".join(f"{i}\n" for i in ids))
     else:
+        import pandas as pd  # only for TSV: pandas is a slow import
+
         frame = pd.DataFrame(np.asarray(matrix), index=ids, columns=ids)
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, sep="\t", float_format="%.17g")
@@ -105,6 +106,8 @@ def _read_ids(path: Path) -> list[str]:
 
 
 def _read_tsv(text: str, path: Path) -> tuple[list[str], np.ndarray]:
+    import pandas as pd  # only for TSV: pandas is a slow import
+
     lines = text.split("\n")
     while lines and lines[0].startswith("#"):  # leading comment lines
         lines.pop(0)
