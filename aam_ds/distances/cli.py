@@ -24,7 +24,7 @@ from aam_ds.spec.flags import add_spec_arguments, fill_from_spec, spec_flag_help
 # flag dest -> (run-spec field, default without a spec)
 SPEC_FIELDS = {"table": ("data.table", None), "tree": ("data.tree", None), "metric": ("data.metric", DEFAULT_METRIC),
                **{name: (f"data.{name}", p.default) for name, p in PARAMETERS.items()},
-               "drop_missing_tips": ("data.drop_missing_tips", False)}
+               "drop_missing_tips": ("data.drop_missing_tips", False), "cache_dir": ("data.cache_dir", "~/.cache/aam-ds")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch and ssu's OMP_NUM_THREADS)")
     parser.add_argument("--drop-missing-tips", action="store_true", default=None,
                         help=spec_flag_help("drop ASVs absent from the tree (warns)", "data.drop_missing_tips"))
+    parser.add_argument("--cache-dir", help=spec_flag_help("where parsed trees are cached (by content hash)", "data.cache_dir", "~/.cache/aam-ds"))
     add_spec_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -91,7 +92,7 @@ def _torch_engine(args: argparse.Namespace, metric_needs_tree: bool) -> list[str
         torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     table = load_table(args.table)
-    tree = read_tree(args.tree) if metric_needs_tree else None
+    tree = read_tree(args.tree, args.cache_dir) if metric_needs_tree else None
     metric = build_metric(
         args.metric, table, tree, alpha=args.alpha, pseudocount=args.pseudocount,
         drop_missing_tips=args.drop_missing_tips, device=device, dtype=DTYPES[args.dtype],
