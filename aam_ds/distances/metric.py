@@ -38,6 +38,7 @@ class PairwiseMetric:
     vectors: SparseRows
     weight: torch.Tensor
     kernel: Kernel
+    cpu_kernel: Callable | None = None  # on sparse rows (registry ``cpu_kernel``), used when the device is the CPU
 
     @property
     def device(self) -> torch.device:
@@ -47,6 +48,10 @@ class PairwiseMetric:
         """Distances ``[m, n]`` between sample rows ``rows_a`` and ``rows_b`` (default: ``rows_a``,
         then the result is exactly symmetric with a zero diagonal), on the metric's device."""
         rows_a = rows_a.to(self.device)
+        if self.cpu_kernel is not None and self.device.type == "cpu":
+            b = None if rows_b is None else self.vectors.csr(rows_b)
+            d = torch.from_numpy(self.cpu_kernel(self.vectors.csr(rows_a), b, self.weight.numpy()))
+            return d if rows_b is not None else ((d + d.T) / 2).fill_diagonal_(0)
         if rows_b is None:
             dense, columns = self.vectors.dense(rows_a)
             d = self.kernel(dense, dense, self.weight[columns])
@@ -84,8 +89,13 @@ def build_metric(
     matrix, weight, bound = _rows(entry, table, tree, drop_missing_tips, parameters)
     module, function = entry.kernel.split(".")
     kernel = functools.partial(getattr(importlib.import_module(f"aam_ds.distances.{module}"), function), **bound)
+    cpu_kernel = None
+    if entry.cpu_kernel is not None:
+        module, function = entry.cpu_kernel.split(".")
+        cpu_kernel = getattr(importlib.import_module(f"aam_ds.distances.{module}"), function)
     vectors = SparseRows(matrix, device, dtype)
-    return PairwiseMetric(name, list(table.sample_ids), vectors, torch.as_tensor(weight, device=device).to(dtype), kernel)
+    weight_tensor = torch.as_tensor(weight, device=device).to(dtype)
+    return PairwiseMetric(name, list(table.sample_ids), vectors, weight_tensor, kernel, cpu_kernel)
 
 
 def _rows(entry: Metric, table: FeatureTable, tree: Tree | None, drop_missing_tips: bool, parameters: dict[str, float]) -> tuple:

@@ -24,13 +24,10 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import scipy.sparse as sp
 import torch
 
 # elements of the [chunk, k, n] intermediates of the support-restricted kernels (cache-sized)
 _CHUNK_ELEMENTS = 1 << 18
-# unweighted on the CPU: branches held by at most this share of a block's rows take the sparse product
-_SPARSE_SHARE = 0.05
 
 
 def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
@@ -82,31 +79,15 @@ def _unsort(order: torch.Tensor, sorted_rows: torch.Tensor) -> torch.Tensor:
 
 def unweighted(a: torch.Tensor, b: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
     """The shared-length product runs only over branches present on both sides (for ``a is b``,
-    in at least two samples: a branch of one sample is shared only with itself, on the diagonal).
-    On the CPU, branches held by few of the rows (tips and twigs: most branches, few non-zeros) go
-    through a sparse product, which touches only the pairs that share them; the rest is dense."""
+    in at least two samples: a branch of one sample is shared only with itself, on the diagonal)."""
     pa, pb = (a > 0).to(length.dtype), (b > 0).to(length.dtype)
     total_a, total_b = pa @ length, pb @ length
-    held = pa.sum(0) if a is b else pa.sum(0) + pb.sum(0)
-    both = (held > 1) if a is b else (pa.any(0) & pb.any(0))
-    rare = both & (held <= _SPARSE_SHARE * (len(a) if a is b else len(a) + len(b)))
-    if a.device.type != "cpu" or not rare.any():
-        rare = torch.zeros_like(both)
-    common = both & ~rare
-    shared = (pa[:, common] * length[common]) @ pb[:, common].T
-    if rare.any():
-        shared += _sparse_shared(pa[:, rare] * length[rare], pb[:, rare])
+    both = (pa.sum(0) > 1) if a is b else (pa.any(0) & pb.any(0))
+    shared = (pa[:, both] * length[both]) @ pb[:, both].T
     if a is b:
         shared.diagonal().copy_(total_a)
     union = total_a[:, None] + total_b[None, :] - shared
     return _ratio(union - shared, union)
-
-
-def _sparse_shared(weighted_a: torch.Tensor, pb: torch.Tensor) -> torch.Tensor:
-    """``weighted_a @ pb.T`` ``[m, n]`` as a CPU sparse-sparse product (scipy): cost grows with the pairs
-    of rows that share a column, not with ``m x n x K``."""
-    product = sp.csr_matrix(weighted_a.numpy()) @ sp.csr_matrix(pb.numpy()).T
-    return torch.from_numpy(product.toarray())
 
 
 def weighted_unnormalized(a: torch.Tensor, b: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
