@@ -26,7 +26,7 @@ def _distances(args: list[str], env: dict[str, str]) -> subprocess.CompletedProc
 def test_killed_run_continues_and_equals_the_in_memory_matrix(demo_paths, tmp_path):
     out = tmp_path / "unweighted.h5"
     args = ["--table", str(demo_paths.table), "--tree", str(demo_paths.tree), "--metric", "unweighted",
-            "--out", str(out), "--block-size", "64", "--no-progress", "--threads", "1"]
+            "--out", str(out), "--block-size", "64", "--no-progress", "--threads", "1", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", KILL_AFTER_BLOCKS_ENV: "6"}
     killed = _distances(args, env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -44,13 +44,13 @@ def test_killed_run_continues_and_equals_the_in_memory_matrix(demo_paths, tmp_pa
     expected = full_matrix(build_metric("unweighted", table, tree), block_size=64, progress=False)
     ids, got = read_distance_matrix(out)
     assert ids == list(table.sample_ids)
-    assert np.array_equal(got, expected)
+    assert np.abs(got - expected).max() <= 1e-12  # unwritten or misplaced blocks would be off by far more
 
 
 def test_partial_file_of_other_inputs_is_started_over(demo_paths, tmp_path):
     out = tmp_path / "d.h5"
     base = ["--table", str(demo_paths.table), "--tree", str(demo_paths.tree), "--out", str(out),
-            "--block-size", "128", "--no-progress", "--threads", "1"]
+            "--block-size", "128", "--no-progress", "--threads", "1", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", KILL_AFTER_BLOCKS_ENV: "2"}
     assert _distances([*base, "--metric", "weighted_normalized"], env).returncode == -signal.SIGKILL
     env[KILL_AFTER_BLOCKS_ENV] = "0"
@@ -59,4 +59,4 @@ def test_partial_file_of_other_inputs_is_started_over(demo_paths, tmp_path):
     assert "started with other inputs" in rerun.stderr and "already written" not in rerun.stdout
     table, tree = load_table(demo_paths.table), read_tree(demo_paths.tree)
     expected = full_matrix(build_metric("unweighted", table, tree), block_size=128, progress=False)
-    assert np.array_equal(read_distance_matrix(out)[1], expected)
+    assert np.abs(read_distance_matrix(out)[1] - expected).max() <= 1e-12

@@ -15,7 +15,7 @@ from aam_ds.distances.tree import read_tree
 @pytest.mark.parametrize("dtype, bound", [("fp64", 1e-12), ("fp32", 1e-5)])
 def test_sparse_cpu_kernel_equals_the_dense_kernel(demo_paths, dtype, bound):
     metric = build_metric("unweighted", load_table(demo_paths.table), read_tree(demo_paths.tree), dtype=DTYPES[dtype])
-    assert metric.cpu_kernel is not None
+    assert metric.cpu is not None
     rows = torch.arange(300)
     dense, columns = metric.vectors.dense(rows)
     expected = metric.kernel(dense, dense, metric.weight[columns])

@@ -1,5 +1,6 @@
-"""``aam-ds distances`` pays only for what it uses: its help and ``--engine ssu`` import no torch,
-scikit-learn or DeepSpeed (seen from ``sys.modules`` of a fresh interpreter, after the command ran)."""
+"""``aam-ds distances`` pays only for what it uses: its help, ``--engine ssu`` and unweighted UniFrac on the
+CPU import no torch, scikit-learn or DeepSpeed (seen from ``sys.modules`` of a fresh interpreter, after the
+command ran); a metric without a CPU kernel does import torch."""
 
 from __future__ import annotations
 
@@ -36,3 +37,10 @@ def test_ssu_engine_imports_no_torch(shared_data, tmp_path):
             "--metric", "unweighted", "--out", str(out), "--threads", "1"]
     assert [m for m in _modules_after(argv) if m != "pandas"] == []  # biom, which reads the table, imports pandas
     assert out.is_file()
+
+
+def test_unweighted_on_the_cpu_imports_no_torch_and_other_metrics_do(demo_paths, tmp_path):
+    argv = ["distances", "--table", str(demo_paths.table), "--tree", str(demo_paths.tree), "--device", "cpu",
+            "--threads", "1", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    assert [m for m in _modules_after([*argv, "--metric", "unweighted", "--out", str(tmp_path / "u.h5")]) if m != "pandas"] == []
+    assert "torch" in _modules_after([*argv, "--metric", "weighted_normalized", "--out", str(tmp_path / "w.h5")])

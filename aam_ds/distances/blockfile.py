@@ -19,9 +19,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from aam_ds.distances.full import block_pairs, block_progress, pair_block
+from aam_ds.distances.full import AnyMetric, block_pairs, block_progress, pair_block
 from aam_ds.distances.io import SSU_FORMAT, SSU_VERSION
-from aam_ds.distances.metric import PairwiseMetric
 from aam_ds.errors import notice
 
 # test hook: the process SIGKILLs itself once this many blocks are recorded in this run (a real kill, deterministic)
@@ -35,13 +34,13 @@ def partial_path(path: str | Path) -> Path:
 
 
 def write_blockwise_h5(
-    metric: PairwiseMetric, path: str | Path, fingerprint: str, block_size: int = 1024, progress: bool = True,
+    metric: AnyMetric, path: str | Path, fingerprint: str, block_size: int = 1024, progress: bool = True,
 ) -> tuple[int, int]:
     """Write all pairwise distances of ``metric`` to the unifrac HDF5 file ``path``, block by block.
 
     Parameters
     ----------
-    metric : PairwiseMetric
+    metric : PairwiseMetric or CpuMetric
         The metric bound to the table (and tree); ``N`` samples.
     path : str or Path
         The finished file (``.h5``); the work in progress is ``partial_path(path)``.

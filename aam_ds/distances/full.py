@@ -6,11 +6,16 @@ densified over only the branches present in ``I`` or ``J``, and mirrors them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Union
+
 import numpy as np
-import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from aam_ds.distances.metric import PairwiseMetric
+if TYPE_CHECKING:
+    from aam_ds.distances.metric import PairwiseMetric
+    from aam_ds.distances.unifrac_cpu import CpuMetric
+
+AnyMetric = Union["PairwiseMetric", "CpuMetric"]  # torch on any device, or the torch-free CPU kernel
 
 
 def block_pairs(n: int, block_size: int) -> list[tuple[int, int]]:
@@ -19,12 +24,12 @@ def block_pairs(n: int, block_size: int) -> list[tuple[int, int]]:
     return [(i, j) for a, i in enumerate(starts) for j in starts[a:]]
 
 
-def pair_block(metric: PairwiseMetric, i: int, j: int, block_size: int) -> np.ndarray:
+def pair_block(metric: AnyMetric, i: int, j: int, block_size: int) -> np.ndarray:
     """Distances (float64 numpy ``[m, n]``) between the samples of rows ``i:i+block_size`` and ``j:j+block_size``."""
     n = len(metric.sample_ids)
-    rows_i = torch.arange(i, min(i + block_size, n))
-    block = metric.block(rows_i) if i == j else metric.block(rows_i, torch.arange(j, min(j + block_size, n)))
-    return block.double().cpu().numpy()
+    rows_i = np.arange(i, min(i + block_size, n))
+    block = metric.block(rows_i) if i == j else metric.block(rows_i, np.arange(j, min(j + block_size, n)))
+    return block.astype(np.float64) if isinstance(block, np.ndarray) else block.double().cpu().numpy()
 
 
 def block_progress(name: str, enabled: bool) -> Progress:
@@ -35,7 +40,7 @@ def block_progress(name: str, enabled: bool) -> Progress:
     )
 
 
-def full_matrix(metric: PairwiseMetric, block_size: int = 1024, progress: bool = True) -> np.ndarray:
+def full_matrix(metric: AnyMetric, block_size: int = 1024, progress: bool = True) -> np.ndarray:
     """All pairwise distances ``[N, N]`` (float64 numpy, rows in table order), held in memory
     (:func:`aam_ds.distances.blockfile.write_blockwise_h5` writes them to disk block by block instead)."""
     n = len(metric.sample_ids)

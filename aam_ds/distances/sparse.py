@@ -20,13 +20,6 @@ class SparseRows:
         self.indptr = torch.as_tensor(matrix.indptr, dtype=torch.int64, device=device)
         self.indices = torch.as_tensor(matrix.indices, dtype=torch.int64, device=device)
         self.values = torch.as_tensor(matrix.data, device=device).to(dtype)
-        self._csr: sp.csr_matrix | None = None
-
-    def csr(self, rows: torch.Tensor) -> sp.csr_matrix:
-        """The rows ``rows`` (int64 ``[B]``) as a scipy CSR ``[B, K]`` (CPU tensors only; shares their memory)."""
-        if self._csr is None:
-            self._csr = sp.csr_matrix((self.values.numpy(), self.indices.numpy(), self.indptr.numpy()), shape=self.shape)
-        return self._csr[rows.numpy()]
 
     def dense(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(values [B, K_b], columns [K_b])`` for sample rows ``rows`` (int64 ``[B]``)."""
