@@ -26,3 +26,13 @@ def test_sparse_cpu_kernel_equals_the_dense_kernel(demo_paths, dtype, bound):
     a, b = torch.tensor([5, 0, 3, 3, 299]), torch.arange(40, 200)
     rect = metric.block(a, b)
     assert np.abs(rect.numpy() - got[a][:, b].numpy()).max() <= bound
+
+
+def test_stored_zeros_are_not_presence():
+    from scipy import sparse as sp
+
+    from aam_ds.distances.unifrac_cpu import cpu_metric
+
+    rows = sp.csr_matrix((np.array([0.5, 0.5, 0.0, 1.0]), np.array([0, 1, 2, 2]), np.array([0, 3, 4])), shape=(2, 3))
+    metric = cpu_metric("unweighted", ["a", "b"], rows, np.array([1.0, 1.0, 2.0]))
+    assert metric.block(np.arange(2))[0, 1] == 1.0  # a holds branches 0 and 1, b only 2: nothing shared

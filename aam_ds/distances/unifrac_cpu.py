@@ -1,9 +1,10 @@
 """Unweighted UniFrac on the CPU straight from the per-sample sparse rows, never densifying a block.
 
-Per-sample presence is the sparsity pattern of the branch proportions. The shared length of two
-samples, ``sum l [a > 0][b > 0]``, splits by branch: branches held by more than 5 % of the block's
-rows (near the root) go through one dense matrix product (numpy's BLAS) over just those columns; the others (tips and twigs: most branches, few non-zeros each) through a scipy
-sparse product that touches only the pairs of samples sharing them. On Huang oral (2,537 samples)
+Per-sample presence is the sparsity pattern of the branch proportions (zeros are not stored). The
+shared length of two samples, ``sum l [a > 0][b > 0]``, splits by branch: branches held by more than
+5 % of the block's rows (near the root) go through one dense matrix product (numpy's BLAS) over just
+those columns; the others (tips and twigs: most branches, few non-zeros each) through a scipy sparse
+product that touches only the pairs of samples sharing them. On Huang oral (2,537 samples)
 the full matrix takes 0.7 CPU s this way against 2.7 s for the densified kernel
 (:func:`aam_ds.distances.unifrac.unweighted`, used on GPUs), equal to 2e-14.
 
@@ -89,7 +90,8 @@ def cpu_metric(name: str, sample_ids: list[str], rows: sp.csr_matrix, weight: np
         return None
     module, function = entry.cpu_kernel.split(".")
     kernel = getattr(importlib.import_module(f"aam_ds.distances.{module}"), function)
-    rows = sp.csr_matrix(rows, dtype=dtype)
+    rows = sp.csr_matrix(rows, dtype=dtype, copy=True)
+    rows.eliminate_zeros()  # presence is the stored pattern
     rows.sort_indices()
     return CpuMetric(name, list(sample_ids), rows, np.asarray(weight, dtype=dtype), kernel)
 
