@@ -1,7 +1,8 @@
-"""Full ``N x N`` distance matrices, block-wise with our torch kernels (``--engine ssu`` is :mod:`aam_ds.distances.ssu`).
+"""Full ``N x N`` distance matrices, block-wise with our kernels (``--engine ssu`` is :mod:`aam_ds.distances.ssu`).
 
-The torch engine computes the upper-triangle blocks ``(I, J)`` of ``block_size`` samples, each
-densified over only the branches present in ``I`` or ``J``, and mirrors them.
+The upper-triangle blocks ``(I, J)`` of ``block_size`` samples are computed and mirrored: by a
+:class:`~aam_ds.distances.metric.PairwiseMetric` (torch kernels, each block densified over only the
+branches present in ``I`` or ``J``) or a torch-free :class:`~aam_ds.distances.unifrac_cpu.CpuMetric`.
 """
 
 from __future__ import annotations
