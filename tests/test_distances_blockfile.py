@@ -9,6 +9,7 @@ import sys
 
 import h5py
 import numpy as np
+import pytest
 
 from aam_ds.data.table import load_table
 from aam_ds.distances.blockfile import KILL_AFTER_BLOCKS_ENV, partial_path
@@ -47,6 +48,7 @@ def test_killed_run_continues_and_equals_the_in_memory_matrix(demo_paths, tmp_pa
     assert np.abs(got - expected).max() <= 1e-12  # unwritten or misplaced blocks would be off by far more
 
 
+@pytest.mark.slow  # two fresh interpreters, one importing torch: over 20 s on a loaded 2-core machine
 def test_partial_file_of_other_inputs_is_started_over(demo_paths, tmp_path):
     out = tmp_path / "d.h5"
     base = ["--table", str(demo_paths.table), "--tree", str(demo_paths.tree), "--out", str(out),

@@ -39,6 +39,7 @@ def test_ssu_engine_imports_no_torch(shared_data, tmp_path):
     assert out.is_file()
 
 
+@pytest.mark.slow  # two fresh interpreters, one importing torch: over 20 s on a loaded 2-core machine
 def test_unweighted_on_the_cpu_imports_no_torch_and_other_metrics_do(demo_paths, tmp_path):
     argv = ["distances", "--table", str(demo_paths.table), "--tree", str(demo_paths.tree), "--device", "cpu",
             "--threads", "1", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
