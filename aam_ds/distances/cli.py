@@ -4,23 +4,30 @@
     aam-ds distances --spec run.yaml --out F.h5      # the run's data.table / tree / metric / alpha / pseudocount
 
 The output format follows the suffix of ``--out`` (``.h5`` unifrac layout, ``.npy`` + IDs,
-otherwise square TSV). The metric flags are the run spec's fields (:mod:`aam_ds.spec.flags`), with the
+otherwise square TSV). With the torch engine an ``.h5`` is written block by block (memory bounded by
+``--block-size``, not ``N x N``) and a killed run continues where it stopped when rerun
+(:mod:`aam_ds.distances.blockfile`). The metric flags are the run spec's fields (:mod:`aam_ds.spec.flags`), with the
 names, defaults and bounds of the metric registry (:mod:`aam_ds.distances.registry`).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
+from pathlib import Path
 
 from aam_ds.distances.registry import DEFAULT_METRIC, METRIC_NAMES, PARAMETERS, check_parameter, get_metric
 from aam_ds.errors import AamInputError
 from aam_ds.spec.flags import add_spec_arguments, fill_from_spec, spec_flag_help
 
+# with none of these, --device auto is the CPU without asking torch (NVIDIA, ROCm, WSL GPU device files)
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+
 # flag dest -> (run-spec field, default without a spec)
 SPEC_FIELDS = {"table": ("data.table", None), "tree": ("data.tree", None), "metric": ("data.metric", DEFAULT_METRIC),
                **{name: (f"data.{name}", p.default) for name, p in PARAMETERS.items()},
-               "drop_missing_tips": ("data.drop_missing_tips", False)}
+               "drop_missing_tips": ("data.drop_missing_tips", False), "cache_dir": ("data.cache_dir", "~/.cache/aam-ds")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,24 +41,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output: .h5 (unifrac layout), .npy (+ .ids.txt) or .tsv")
     parser.add_argument("--engine", choices=("torch", "ssu"), default="torch", help="ours, or biocore's ssu binary")
     parser.add_argument("--dtype", choices=("fp64", "fp32"), default="fp64", help="precision of the torch engine")
-    parser.add_argument("--device", default="auto", help="torch device; auto = cuda when available, else cpu")
+    parser.add_argument("--device", default="auto", help="torch device; auto = cuda when available, else cpu (where unweighted UniFrac runs without torch)")
     parser.add_argument("--block-size", type=int, default=1024, help="samples per block of the torch engine")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch and ssu's OMP_NUM_THREADS)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch, numpy's BLAS and ssu's OMP_NUM_THREADS)")
     parser.add_argument("--drop-missing-tips", action="store_true", default=None,
                         help=spec_flag_help("drop ASVs absent from the tree (warns)", "data.drop_missing_tips"))
+    parser.add_argument("--cache-dir", help=spec_flag_help("where parsed trees are cached (by content hash)", "data.cache_dir", "~/.cache/aam-ds"))
     add_spec_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``aam-ds distances``: compute the full distance matrix and write it to ``--out``; returns 0."""
-    import torch
-
-    from aam_ds.data.table import load_table
-    from aam_ds.distances.full import full_matrix, ssu_full_matrix
     from aam_ds.distances.io import write_distance_matrix
-    from aam_ds.distances.metric import DTYPES, build_metric
-    from aam_ds.distances.tree import read_tree
 
     fill_from_spec(args, SPEC_FIELDS)
     if args.table is None:
@@ -65,24 +67,75 @@ def run(args: argparse.Namespace) -> int:
         raise AamInputError("--block-size", f"must be positive, got {args.block_size}", "give e.g. 1024")
     start = time.perf_counter()
     if args.engine == "ssu":
+        from aam_ds.distances.ssu import ssu_full_matrix  # no torch
+
         ids, matrix = ssu_full_matrix(
             args.table, args.tree, args.metric, alpha=args.alpha, dtype=args.dtype,
             threads=args.threads, drop_missing_tips=args.drop_missing_tips,
         )
+        write_distance_matrix(args.out, ids, matrix)
     else:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-        table = load_table(args.table)
-        tree = read_tree(args.tree) if metric_needs_tree else None
-        metric = build_metric(
-            args.metric, table, tree, alpha=args.alpha, pseudocount=args.pseudocount,
-            drop_missing_tips=args.drop_missing_tips, device=device, dtype=DTYPES[args.dtype],
-        )
-        ids, matrix = metric.sample_ids, full_matrix(metric, args.block_size, progress=not args.no_progress)
-    write_distance_matrix(args.out, ids, matrix)
+        ids = _our_engine(args, metric_needs_tree)
     print(f"{args.metric} distances of {len(ids)} samples ({args.engine}) -> {args.out} in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _our_engine(args: argparse.Namespace, metric_needs_tree: bool) -> list[str]:
+    """Compute the matrix with our kernels and write it to ``--out``; returns the sample IDs. On a machine
+    without a GPU, a metric with a CPU kernel runs without importing torch (:mod:`aam_ds.distances.unifrac_cpu`)."""
+    from threadpoolctl import threadpool_limits
+
+    from aam_ds.data.table import load_table
+    from aam_ds.distances.blockfile import write_blockwise_h5
+    from aam_ds.distances.full import full_matrix
+    from aam_ds.distances.io import write_distance_matrix
+    from aam_ds.distances.tree import read_tree
+    from aam_ds.distances.unifrac_cpu import build_cpu_metric
+
+    table = load_table(args.table)
+    tree = read_tree(args.tree, args.cache_dir) if metric_needs_tree else None
+    metric = None
+    if args.device == "cpu" or (args.device == "auto" and not any(Path(p).exists() for p in GPU_DEVICE_FILES)):
+        metric = build_cpu_metric(args.metric, table, tree, args.drop_missing_tips, {"fp64": "float64", "fp32": "float32"}[args.dtype])
+    if metric is None:
+        metric = _torch_metric(args, table, tree)
+    with threadpool_limits(limits=args.threads, user_api="blas"):  # numpy's BLAS (the CPU kernels); None: no limit
+        if Path(args.out).suffix in (".h5", ".hdf5"):
+            done_before, total = write_blockwise_h5(metric, args.out, input_fingerprint(args), args.block_size, not args.no_progress)
+            if done_before:
+                print(f"continued {args.out}: {done_before} of {total} blocks were already written")
+        else:
+            write_distance_matrix(args.out, metric.sample_ids, full_matrix(metric, args.block_size, progress=not args.no_progress))
+    return metric.sample_ids
+
+
+def _torch_metric(args: argparse.Namespace, table, tree):
+    """The metric with the torch kernels on ``--device`` (auto: cuda when torch finds one, else cpu)."""
+    import torch
+
+    from aam_ds.distances.metric import DTYPES, build_metric
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    return build_metric(
+        args.metric, table, tree, alpha=args.alpha, pseudocount=args.pseudocount,
+        drop_missing_tips=args.drop_missing_tips, device=device, dtype=DTYPES[args.dtype],
+    )
+
+
+def input_fingerprint(args: argparse.Namespace) -> str:
+    """SHA-256 of the table and tree files' bytes and of the options that change the values: a partial
+    matrix file is continued only by a run with the same fingerprint."""
+    digest = hashlib.sha256()
+    for name in ("table", "tree"):
+        path = getattr(args, name)
+        if path and Path(path).is_file():
+            with open(path, "rb") as fh:
+                digest.update(hashlib.file_digest(fh, "sha256").digest())
+    options = [args.metric, args.dtype, args.drop_missing_tips, *(getattr(args, name) for name in PARAMETERS)]
+    digest.update(repr(options).encode())
+    return digest.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:

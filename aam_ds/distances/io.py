@@ -15,13 +15,12 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from aam_ds.data.files import decode_text, delimiter_problem, read_input_bytes, read_input_text
 from aam_ds.errors import AamInputError
 from aam_ds.io_utils import atomic_path, atomic_write_text
 
-_SSU_FORMAT, _SSU_VERSION = b"BDSM", b"2020.12"
+SSU_FORMAT, SSU_VERSION = b"BDSM", b"2020.12"
 _HDF5_MAGIC, _NPY_MAGIC = b"\x89HDF\r\n\x1a\n", b"\x93NUMPY"
 _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
 
@@ -39,8 +38,8 @@ def write_distance_matrix(path: str | Path, ids: list[str], matrix: np.ndarray) 
     path = Path(path)
     if path.suffix in (".h5", ".hdf5"):
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-            f.create_dataset("format", data=[_SSU_FORMAT])
-            f.create_dataset("version", data=[_SSU_VERSION])
+            f.create_dataset("format", data=[SSU_FORMAT])
+            f.create_dataset("version", data=[SSU_VERSION])
             f.create_dataset("order", data=[i.encode("utf-8") for i in ids], dtype=h5py.special_dtype(vlen=bytes))
             f.create_dataset("matrix", data=np.asarray(matrix, dtype=np.float64))
     elif path.suffix == ".npy":
@@ -49,6 +48,8 @@ def write_distance_matrix(path: str | Path, ids: list[str], matrix: np.ndarray) 
                 np.save(fh, np.asarray(matrix))
             atomic_write_text(ids_path(path), "".join(f"{i}\n" for i in ids))
     else:
+        import pandas as pd  # only for TSV: pandas is a slow import
+
         frame = pd.DataFrame(np.asarray(matrix), index=ids, columns=ids)
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, sep="\t", float_format="%.17g")
@@ -105,6 +106,8 @@ def _read_ids(path: Path) -> list[str]:
 
 
 def _read_tsv(text: str, path: Path) -> tuple[list[str], np.ndarray]:
+    import pandas as pd  # only for TSV: pandas is a slow import
+
     lines = text.split("\n")
     while lines and lines[0].startswith("#"):  # leading comment lines
         lines.pop(0)

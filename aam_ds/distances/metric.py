@@ -17,12 +17,14 @@ from aam_ds.distances.branches import build_branch_abundances
 from aam_ds.distances.registry import METRIC_NAMES, PARAMETERS, TREE_METRICS, Metric, get_metric
 from aam_ds.distances.sparse import SparseRows
 from aam_ds.distances.tree import Tree
+from aam_ds.distances.unifrac_cpu import CpuMetric, cpu_metric
 from aam_ds.errors import AamInputError
 
 METRICS = METRIC_NAMES
 UNIFRAC_METRICS = TREE_METRICS
 ECOLOGICAL_METRICS = tuple(name for name in METRIC_NAMES if name not in TREE_METRICS)
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
+NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 # (a [m, K], b [n, K], per-column weight [K]) -> [m, n]
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -38,6 +40,7 @@ class PairwiseMetric:
     vectors: SparseRows
     weight: torch.Tensor
     kernel: Kernel
+    cpu: CpuMetric | None = None  # the registry's ``cpu_kernel`` on the same rows, used when the device is the CPU
 
     @property
     def device(self) -> torch.device:
@@ -46,15 +49,22 @@ class PairwiseMetric:
     def block(self, rows_a: torch.Tensor, rows_b: torch.Tensor | None = None) -> torch.Tensor:
         """Distances ``[m, n]`` between sample rows ``rows_a`` and ``rows_b`` (default: ``rows_a``,
         then the result is exactly symmetric with a zero diagonal), on the metric's device."""
-        rows_a = rows_a.to(self.device)
+        if self.cpu is not None:
+            return torch.from_numpy(self.cpu.block(_indices(rows_a), None if rows_b is None else _indices(rows_b)))
+        rows_a = torch.as_tensor(rows_a, device=self.device)
         if rows_b is None:
             dense, columns = self.vectors.dense(rows_a)
             d = self.kernel(dense, dense, self.weight[columns])
             d = (d + d.T) / 2
             return d.fill_diagonal_(0)
-        rows_b = rows_b.to(self.device)
+        rows_b = torch.as_tensor(rows_b, device=self.device)
         dense, columns = self.vectors.dense(torch.cat([rows_a, rows_b]))
         return self.kernel(dense[: len(rows_a)], dense[len(rows_a) :], self.weight[columns])
+
+
+def _indices(rows: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Row indices as numpy (from a tensor on any device)."""
+    return rows.cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
 
 
 def build_metric(
@@ -84,8 +94,10 @@ def build_metric(
     matrix, weight, bound = _rows(entry, table, tree, drop_missing_tips, parameters)
     module, function = entry.kernel.split(".")
     kernel = functools.partial(getattr(importlib.import_module(f"aam_ds.distances.{module}"), function), **bound)
+    cpu = cpu_metric(name, table.sample_ids, matrix, weight, NUMPY_DTYPES[dtype]) if torch.device(device).type == "cpu" else None
     vectors = SparseRows(matrix, device, dtype)
-    return PairwiseMetric(name, list(table.sample_ids), vectors, torch.as_tensor(weight, device=device).to(dtype), kernel)
+    weight_tensor = torch.as_tensor(weight, device=device).to(dtype)
+    return PairwiseMetric(name, list(table.sample_ids), vectors, weight_tensor, kernel, cpu)
 
 
 def _rows(entry: Metric, table: FeatureTable, tree: Tree | None, drop_missing_tips: bool, parameters: dict[str, float]) -> tuple:

@@ -34,13 +34,16 @@ class MetricParameter:
 @dataclass(frozen=True)
 class Metric:
     """One metric: ``kernel`` names ``<module>.<function>`` in aam_ds.distances, called as
-    ``kernel(a [m, K], b [n, K], weight [K], **parameters) -> [m, n]``."""
+    ``kernel(a [m, K], b [n, K], weight [K], **parameters) -> [m, n]``; ``cpu_kernel``, where given,
+    is used on the CPU instead, on the sparse rows: ``cpu_kernel(a CSR [m, K], b CSR [n, K] or None,
+    weight [K] numpy) -> numpy [m, n]``."""
 
     name: str
     kernel: str
     rows: Literal["branches", "counts", "log_counts"]
     description: str
     parameters: tuple[str, ...] = ()
+    cpu_kernel: str | None = None
 
     @property
     def needs_tree(self) -> bool:
@@ -59,7 +62,7 @@ PARAMETERS: dict[str, MetricParameter] = {
 REGISTRY: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("unweighted", "unifrac.unweighted", "branches", "unweighted UniFrac"),
+        Metric("unweighted", "unifrac.unweighted", "branches", "unweighted UniFrac", cpu_kernel="unifrac_cpu.unweighted"),
         Metric("weighted_normalized", "unifrac.weighted_normalized", "branches", "weighted UniFrac, normalised"),
         Metric("weighted_unnormalized", "unifrac.weighted_unnormalized", "branches", "weighted UniFrac, unnormalised"),
         Metric("generalized", "unifrac.generalized", "branches", "generalised UniFrac (Chen et al. 2012)", ("alpha",)),

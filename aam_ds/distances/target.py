@@ -79,7 +79,7 @@ def build_distance_target(data: DataSpec, table: FeatureTable, device: torch.dev
                 "data.tree", f"data.metric={data.metric} (UniFrac) needs a phylogeny",
                 "set data.tree to a rooted Newick or Phylogeny[Rooted] .qza, or choose braycurtis / jaccard / aitchison",
             )
-        tree = read_tree(data.tree)
+        tree = read_tree(data.tree, data.cache_dir)
     metric = build_metric(
         data.metric, table, tree, alpha=data.alpha, pseudocount=data.pseudocount,
         drop_missing_tips=data.drop_missing_tips, device=device, dtype=torch.float64,

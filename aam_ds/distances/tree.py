@@ -11,6 +11,7 @@ are kept verbatim (underscores are not turned into spaces) so they match feature
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +53,11 @@ class Tree:
         return self.n_nodes - 1
 
 
-def read_tree(path: str | Path) -> Tree:
+def read_tree(path: str | Path, cache_dir: str | Path | None = None) -> Tree:
     """Read a rooted Newick file (plain or gzip / bzip2 / xz-compressed) or a ``Phylogeny[Rooted]`` .qza.
+
+    With ``cache_dir`` the parsed tree is cached under ``<cache_dir>/trees``, keyed by the SHA-256 of
+    the Newick text (:mod:`aam_ds.distances.tree_cache`): a large reference tree is parsed once.
 
     Raises
     ------
@@ -61,7 +65,12 @@ def read_tree(path: str | Path) -> Tree:
         Missing or unreadable file, Newick syntax errors, or a tree without any branch of positive
         length (a cladogram or taxonomy tree): every UniFrac distance on it would be 0.
     """
-    tree = parse_newick(newick_text(path), str(path))
+    if cache_dir is None:
+        tree = parse_newick(newick_text(path), str(path))
+    else:
+        from aam_ds.distances.tree_cache import cached_parse
+
+        tree = cached_parse(newick_text(path), str(path), cache_dir)
     if not (tree.length[:-1] > 0).any():  # the root's own length is in no UniFrac sum
         raise AamInputError(
             str(path),
@@ -118,11 +127,7 @@ def parse_newick(text: str | bytes, source: str = "<newick>") -> Tree:
         owner = node_of_delim[colons - 1]
         if (owner < 0).any():
             raise AamInputError(source, "has a branch length that follows no node", "check the Newick syntax near ':'")
-        texts = _segment_texts(chars, seg_start[colons], seg_end[colons])
-        try:
-            length[owner] = np.array([float(t or 0) for t in texts], dtype=np.float64)
-        except ValueError as exc:
-            raise AamInputError(source, f"has a branch length that is not a number ({exc})", "fix the Newick file") from exc
+        length[owner] = _branch_lengths(chars, seg_start[colons], seg_end[colons], source)
 
     tip_delims = np.flatnonzero(is_tip)
     tip_names = _segment_texts(chars, seg_start[tip_delims], seg_end[tip_delims])
@@ -155,15 +160,42 @@ def _parents(node_delims: np.ndarray, depth: np.ndarray, is_close: np.ndarray, s
     return parent
 
 
-def _segment_texts(chars: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[str]:
-    """The texts ``chars[start:end]`` (possibly empty), in order, with one C-level split: each
-    segment plus one NUL separator is gathered by index, touching only the bytes kept."""
+def _branch_lengths(chars: np.ndarray, starts: np.ndarray, ends: np.ndarray, source: str) -> np.ndarray:
+    """The numbers after each ``:`` (float64, 0 where empty), parsed in C by ``np.fromstring`` over the
+    segments joined by spaces; text that is not a number falls back to ``float`` to name it."""
+    values = np.zeros(len(starts), dtype=np.float64)
+    given = np.flatnonzero(ends > starts)
+    joined = _gather(chars, starts[given], ends[given], ord(" "))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # numpy < 2.3 warns on a short read instead of raising
+            parsed = np.fromstring(joined.tobytes(), dtype=np.float64, sep=" ")
+    except ValueError:  # numpy >= 2.3: text that is not a number
+        parsed = values[:0]
+    if len(parsed) == len(given):  # whitespace is stripped before, so only a non-number stops the C parse early
+        values[given] = parsed
+        return values
+    try:  # a segment that is not a number: name it
+        texts = _segment_texts(chars, starts, ends)
+        return np.array([float(t or 0) for t in texts], dtype=np.float64)
+    except ValueError as exc:
+        raise AamInputError(source, f"has a branch length that is not a number ({exc})", "fix the Newick file") from exc
+
+
+def _gather(chars: np.ndarray, starts: np.ndarray, ends: np.ndarray, separator: int) -> np.ndarray:
+    """The bytes ``chars[start:end]`` of every segment, each followed by ``separator``, gathered by index."""
     sizes = ends - starts + 1  # + the separator
     offsets = np.cumsum(sizes) - sizes
     index = np.repeat(starts - offsets, sizes) + np.arange(int(sizes.sum()))
-    picked = np.append(chars, np.uint8(0))[np.minimum(index, len(chars))]
-    picked[offsets + sizes - 1] = 0
-    return picked.tobytes().decode("utf-8").split("\x00")[:-1]
+    picked = np.append(chars, np.uint8(separator))[np.minimum(index, len(chars))]
+    picked[offsets + sizes - 1] = separator
+    return picked
+
+
+def _segment_texts(chars: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[str]:
+    """The texts ``chars[start:end]`` (possibly empty), in order, with one C-level split: each
+    segment plus one NUL separator is gathered by index, touching only the bytes kept."""
+    return _gather(chars, starts, ends, 0).tobytes().decode("utf-8").split("\x00")[:-1]
 
 
 def _strip(chars: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
