@@ -33,6 +33,28 @@ def test_shipped_recipes_load_and_give_valid_specs():
     assert load_recipe("standard").finetune.steps(2000, 32) == 1250  # 20 epochs of 2,000 samples
 
 
+def test_small_tables_take_the_recipes_small_table_variant(tmp_path):
+    """Standard recipe: under 500 samples pretraining freezes the nucleotide encoder, drops the
+    masked-nucleotide loss and runs at least 200 steps; from 500 samples on the stage is unchanged.
+    A small_table with unknown fields is refused."""
+    from aam_ds.spec import load_spec
+
+    recipe = load_recipe("standard")
+    small, large = recipe.pretrain.for_table(87), recipe.pretrain.for_table(2537)
+    assert large is recipe.pretrain and small.min_steps == 200 and small.max_steps == large.max_steps
+    assert small.steps(87, 32) == 200 and large.steps(2537, 32) == 397
+    small_spec, large_spec = (load_spec(None, recipe.stage_spec(stage)) for stage in (small, large))
+    assert small_spec.model.freeze_sequence_encoder and small_spec.loss.nucleotide_weight == 0
+    assert not large_spec.model.freeze_sequence_encoder and large_spec.loss.nucleotide_weight > 0
+    assert small_spec.optim.lr == large_spec.optim.lr and small_spec.model.preset == large_spec.model.preset  # merged, not replaced
+    raw = yaml.safe_load((RECIPE_DIR / "standard.yaml").read_text())
+    raw["pretrain"]["small_table"]["lr"] = 0.1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(AamInputError, match="small_table needs"):
+        load_recipe(str(bad))
+
+
 def test_a_bad_recipe_is_refused_with_its_path(tmp_path):
     with pytest.raises(AamInputError, match="no recipe file"):
         load_recipe(str(tmp_path / "none.yaml"))

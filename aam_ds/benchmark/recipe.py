@@ -11,6 +11,10 @@ the installed package's data); ``--budget path/to/recipe.yaml`` reads any file o
       min_steps: 100
       max_steps: 400
       spec: {optim: {lr: 0.002}, ...}      # this stage's run-spec sections, as in a run.yaml
+      small_table:                 # optional: for tables of fewer than `samples` samples, these
+        samples: 500               # fields replace the stage's (epochs, min_steps, max_steps) and
+        min_steps: 200             # these spec sections are merged over its spec
+        spec: {model: {freeze_sequence_encoder: true}}
     finetune:                      # per fold
       from_pretrained: true        # start from the pretrained export (false: from scratch, an ablation)
       epochs: 20
@@ -23,7 +27,7 @@ the installed package's data); ``--budget path/to/recipe.yaml`` reads any file o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,16 @@ class StageBudget:
     spec: dict[str, Any]
     evaluations: int = 1
     from_pretrained: bool = True
+    small_table: dict[str, Any] | None = None  # {samples: N, [epochs, min_steps, max_steps], [spec]}
+
+    def for_table(self, n_samples: int) -> "StageBudget":
+        """The budget for a table of ``n_samples`` samples: this one, or under ``small_table.samples``
+        its small-table variant (the fields it gives replace these, its spec is merged over this spec)."""
+        small = self.small_table
+        if small is None or n_samples >= int(small["samples"]):
+            return self
+        fields = {name: type(getattr(self, name))(small[name]) for name in ("epochs", "min_steps", "max_steps") if name in small}
+        return replace(self, **fields, spec=merged(self.spec, small.get("spec") or {}), small_table=None)
 
     def steps(self, n_samples: int, global_batch: int) -> int:
         """``epochs`` passes over ``n_samples`` in batches of ``global_batch``, within [min_steps, max_steps]."""
@@ -68,7 +82,8 @@ class Recipe:
     def as_dict(self) -> dict[str, Any]:
         """The recipe as recorded in the report."""
         stage = lambda s: {"epochs": s.epochs, "min_steps": s.min_steps, "max_steps": s.max_steps,  # noqa: E731
-                           "evaluations": s.evaluations, "from_pretrained": s.from_pretrained, "spec": s.spec}
+                           "evaluations": s.evaluations, "from_pretrained": s.from_pretrained, "spec": s.spec,
+                           "small_table": s.small_table}
         return {"name": self.name, "description": self.description, "source": self.source, "rf_trees": self.rf_trees,
                 "spec": self.shared, "pretrain": stage(self.pretrain) if self.pretrain else None, "finetune": stage(self.finetune)}
 
@@ -98,8 +113,20 @@ def load_recipe(budget: str) -> Recipe:
 
 
 def _stage(raw: dict[str, Any]) -> StageBudget:
+    small = raw.get("small_table")
+    if small is not None and (not isinstance(small, dict) or "samples" not in small
+                              or set(small) - {"samples", "epochs", "min_steps", "max_steps", "spec"}):
+        raise ValueError("small_table needs `samples` and may give only epochs, min_steps, max_steps and spec")
     return StageBudget(float(raw["epochs"]), int(raw["min_steps"]), int(raw["max_steps"]), dict(raw.get("spec") or {}),
-                       int(raw.get("evaluations", 1)), bool(raw.get("from_pretrained", True)))
+                       int(raw.get("evaluations", 1)), bool(raw.get("from_pretrained", True)), small)
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Nested spec sections ``over`` merged into a copy of ``base`` (``over`` wins)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def flatten(sections: dict[str, Any], prefix: str = "") -> list[str]:

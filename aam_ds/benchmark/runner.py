@@ -255,7 +255,7 @@ def training_batch_cap(n_samples: int, val_fraction: float) -> int:
 def aam_pretrain_spec(inputs: BenchmarkInputs, n_samples: int):
     """Pretraining on every sample (label-free), 5 % of them (at least 6, so that distance r has 15
     pairs on small tables) held out to track distance r."""
-    budget = inputs.recipe.pretrain
+    budget = inputs.recipe.pretrain.for_table(n_samples)
     fixed = [f"tracking.run_dir={inputs.out_dir / 'aam' / 'pretrain'}", "tracking.overwrite=true", "tracking.rich=false",
              f"data.split.val_fraction={max(0.05, min(0.2, 6 / max(n_samples, 1))):.4f}", f"data.split.seed={inputs.seed}", f"schedule.seed={inputs.seed}"]
     return _stage_spec(inputs, fixed, budget, n_samples, evaluations=4)
@@ -272,7 +272,7 @@ def aam_finetune_spec(inputs: BenchmarkInputs, folds_path: Path, n_samples: int,
     (default: the mean part)."""
     from aam_ds.benchmark import report as reporting
 
-    budget = inputs.recipe.finetune
+    budget = inputs.recipe.finetune.for_table(n_samples)
     validation = {"grouped": ["data.split.kind=grouped", f"data.split.group_column={inputs.group_column}"],
                   "stratified": ["data.split.kind=stratified", f"data.split.column={inputs.stratify_column or inputs.target}"]}
     fixed = [f"tracking.run_dir={inputs.out_dir / 'aam' / 'cv'}", "tracking.overwrite=true", "tracking.rich=false",
