@@ -63,6 +63,14 @@ NOT_RUN = {
         "the command on the demo data with a tiny budget (pruning, resuming after a kill, best spec, fine-tuning trials)",
     "torchrun --nproc_per_node 4 -m aam_ds.cli tune --spec run.yaml --space space.yaml --trials 30 --storage sqlite:///tune.db":
         "30 trials: tests/test_tune.py runs a 2-rank trial under torchrun",
+    **dict.fromkeys([
+        "podman run --rm localhost/aam-ds:cpu --help",
+        'podman run --rm -v "$PWD:/data" localhost/aam-ds:cpu predict --model /data/model.pt --table /data/new.biom '
+        "--out /data/predictions.tsv",
+        "podman run --rm --entrypoint bash localhost/aam-ds:cpu -c 'cd /opt/aam-ds/app && deepspeed launch/pretrain.py "
+        "--spec configs/demo.yaml --set tracking.run_dir=$HOME/runs/demo'",
+    ], "needs podman and the image that container/build.sh builds (minutes, not in CI); the script runs --help, the quick "
+       "start under deepspeed and export-onnx inside it (README, 'Container images')"),
 }
 TEMPLATE = "cat > run.yaml <<'EOF'"  # written by lay_out: the README's template, pointed at the demo files, shrunk
 BENCHMARK_SCRIPT = re.compile(r"python (bench/\S+\.py)")  # docs/benchmarks.md: minutes to hours each; --help is checked

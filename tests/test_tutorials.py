@@ -1,32 +1,24 @@
-"""The tutorials of docs/tutorials (jupytext percent scripts) run from top to bottom on a small budget."""
+"""The tutorials of docs/tutorials: jupytext percent scripts, each a page of the site's tutorial list.
+
+The documentation build executes them (myst-nb, on 4 steps each) and renders their outputs; that
+one execution is what CI runs and checks (tests/test_docs_build.py), so they are not run again here.
+"""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import re
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_quickstart_tutorial_runs_and_plots_the_learning_curves(tmp_path):
-    run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "AAM_TUTORIAL_STEPS": "4", "AAM_TUTORIAL_DIR": str(run_dir)}
-    result = subprocess.run([sys.executable, "docs/tutorials/quickstart.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    assert "4 training records, 1 evaluations" in result.stdout
-    for name in ("metrics.jsonl", "model.pt", "learning_curves.png"):
-        assert (run_dir / name).is_file()
-    assert (run_dir / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_tutorials_are_jupytext_percent_scripts_shown_in_the_docs():
+def test_tutorials_are_jupytext_percent_scripts_listed_on_the_tutorials_page():
     page = (ROOT / "docs" / "tutorials.md").read_text()
-    for script in sorted((ROOT / "docs" / "tutorials").glob("*.py")):
+    toctree = re.search(r"```\{toctree\}\n(.*?)```", page, re.S).group(1).split()
+    scripts = sorted((ROOT / "docs" / "tutorials").glob("*.py"))
+    assert len(scripts) >= 3
+    for script in scripts:
         text = script.read_text()
         assert "format_name: percent" in text and text.count("# %% [markdown]") >= 2, script
-        assert f"tutorials/{script.name}" in page, f"{script.name} is not on docs/tutorials.md"
+        assert f"tutorials/{script.stem}" in toctree, f"{script.name} is not in the toctree of docs/tutorials.md"
+    assert "tutorials/multi_gpu" in toctree  # the read-only recipes page (Markdown, not executed)

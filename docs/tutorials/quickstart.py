@@ -15,12 +15,13 @@
 # # Quick start: pretrain on the demo data, then read what the run wrote
 #
 # A jupytext percent script: open it as a notebook (`jupytext --to ipynb quickstart.py`) or run it
-# as a script from the repository root (`python docs/tutorials/quickstart.py`). It pretrains the
+# as a script (`python docs/tutorials/quickstart.py`). It pretrains the
 # tiny model of `configs/demo.yaml` on the embedded demo dataset (300 samples, generated and
 # seeded) and plots the learning curves from the run's `metrics.jsonl`.
 #
 # `AAM_TUTORIAL_STEPS` sets the number of optimiser steps (default 300, a few minutes on a laptop
-# CPU; CI runs 4) and `AAM_TUTORIAL_DIR` the run folder.
+# CPU; CI runs 4) and `AAM_TUTORIAL_DIR` the folder the run folder `tutorial-quickstart/` goes in
+# (default `runs/`).
 
 # %%
 import os
@@ -34,10 +35,12 @@ if "ipykernel" not in sys.modules:
     matplotlib.use("Agg")  # run as a script: figures go to files only
 import matplotlib.pyplot as plt
 
+import aam_ds
 from aam_ds.tracking import read_metrics
 
+os.chdir(Path(aam_ds.__file__).resolve().parents[1])  # the repository root (launch/, configs/)
 STEPS = int(os.environ.get("AAM_TUTORIAL_STEPS", "300"))
-RUN_DIR = Path(os.environ.get("AAM_TUTORIAL_DIR", "runs/tutorial-quickstart"))
+RUN_DIR = (Path(os.environ.get("AAM_TUTORIAL_DIR", "runs")) / "tutorial-quickstart").resolve()
 
 # %% [markdown]
 # ## Pretrain
@@ -53,7 +56,9 @@ command = [
     "--set", f"schedule.log_every={max(1, min(10, STEPS // 4))}", "--set", f"tracking.run_dir={RUN_DIR}",
     "--set", "tracking.rich=false", "--set", "tracking.overwrite=true",
 ]  # fmt: skip
-subprocess.run(command, check=True)
+result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+print("\n".join(line for line in result.stdout.splitlines() if line.startswith(("aam-ds run", "step ", "eval ", "consolidated"))))
+assert result.returncode == 0, result.stdout[-3000:]
 
 # %% [markdown]
 # ## What the run wrote
