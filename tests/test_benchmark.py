@@ -123,7 +123,8 @@ def test_finetune_spec_starts_from_the_export_or_from_scratch(tmp_path):
     model settings from scratch."""
     import dataclasses
 
-    from aam_ds.benchmark.runner import BenchmarkInputs, aam_finetune_spec
+    from aam_ds.benchmark.runner import BenchmarkInputs
+    from aam_ds.benchmark.stages import aam_finetune_spec
 
     recipe = load_recipe("quick")
     folds = tmp_path / "folds.tsv"
@@ -140,7 +141,8 @@ def test_finetune_spec_starts_from_the_export_or_from_scratch(tmp_path):
 def test_finetune_without_evaluations_trains_on_every_training_sample(tmp_path):
     import dataclasses
 
-    from aam_ds.benchmark.runner import BenchmarkInputs, aam_finetune_spec
+    from aam_ds.benchmark.runner import BenchmarkInputs
+    from aam_ds.benchmark.stages import aam_finetune_spec
 
     recipe = load_recipe("quick")
     recipe = dataclasses.replace(recipe, finetune=dataclasses.replace(recipe.finetune, evaluations=0))
@@ -155,7 +157,8 @@ def test_stages_follow_the_recipe_and_a_given_export(tmp_path):
     without pretraining skips the diagnostics too; a from-scratch recipe refuses an export."""
     import dataclasses
 
-    from aam_ds.benchmark.runner import BenchmarkInputs, aam_finetune_spec, check_inputs, stages_of
+    from aam_ds.benchmark.runner import BenchmarkInputs, check_inputs, stages_of
+    from aam_ds.benchmark.stages import aam_finetune_spec
 
     recipe = load_recipe("quick")
     export = tmp_path / "model.pt"
@@ -175,7 +178,8 @@ def test_a_recipe_batch_larger_than_a_small_tables_training_part_shrinks_to_fit(
     """34 samples in 5 folds (27 train, the smallest part 26): the standard recipe's batch of 32 would
     not fill one step; it shrinks to the training part (pretraining: 5 % held out), keeps the epochs
     (more steps), and a batch the user set stays as given (the trainer then names the problem)."""
-    from aam_ds.benchmark.runner import BenchmarkInputs, aam_finetune_spec, aam_pretrain_spec
+    from aam_ds.benchmark.runner import BenchmarkInputs
+    from aam_ds.benchmark.stages import aam_finetune_spec, aam_pretrain_spec
 
     inputs = BenchmarkInputs(table=tmp_path / "t.biom", metadata=tmp_path / "m.tsv", target="BodySite", out_dir=tmp_path,
                              recipe=load_recipe("standard"))

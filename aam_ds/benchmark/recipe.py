@@ -27,7 +27,7 @@ the installed package's data); ``--budget path/to/recipe.yaml`` reads any file o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +81,8 @@ class Recipe:
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as recorded in the report."""
-        stage = lambda s: {"epochs": s.epochs, "min_steps": s.min_steps, "max_steps": s.max_steps,  # noqa: E731
-                           "evaluations": s.evaluations, "from_pretrained": s.from_pretrained, "spec": s.spec,
-                           "small_table": s.small_table}
         return {"name": self.name, "description": self.description, "source": self.source, "rf_trees": self.rf_trees,
-                "spec": self.shared, "pretrain": stage(self.pretrain) if self.pretrain else None, "finetune": stage(self.finetune)}
+                "spec": self.shared, "pretrain": asdict(self.pretrain) if self.pretrain else None, "finetune": asdict(self.finetune)}
 
 
 def load_recipe(budget: str) -> Recipe:

@@ -21,7 +21,6 @@ Everything runs in this process (one rank, CPU or the first GPU).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from aam_ds.benchmark.recipe import Recipe
+from aam_ds.benchmark.stages import aam_finetune_spec, aam_pretrain_spec
 from aam_ds.distances.registry import needs_tree
 from aam_ds.errors import AamInputError
 from aam_ds.tracking import METRICS_FILE
@@ -104,7 +104,7 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     from aam_ds.data.metadata import align_metadata, load_metadata
     from aam_ds.data.table import load_table, without_empty_samples
     from aam_ds.evaluation.cli import infer_task, truth_of
-    from aam_ds.evaluation.folds import draw_folds, read_folds, train_test_pairs, write_folds
+    from aam_ds.evaluation.folds import train_test_pairs, write_folds
 
     check_inputs(inputs)
     start = time.perf_counter()
@@ -116,12 +116,7 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     task = inputs.task or infer_task(metadata, inputs.target)
     truth, class_names = truth_of(metadata, inputs.target, task)
     split = split_of(inputs, task)
-    if inputs.folds_file:
-        held_out, split_text = read_folds(inputs.folds_file, table.sample_ids), f"from {inputs.folds_file}"
-    else:
-        column = {"grouped": inputs.group_column, "stratified": inputs.stratify_column or inputs.target}.get(split)
-        held_out = draw_folds(metadata, inputs.folds, split, inputs.seed, column)
-        split_text = f"{split} {len(held_out)}-fold" + (f" by {column}" if column else "") + f", seed {inputs.seed}"
+    held_out, split_text = held_out_folds(inputs, metadata, table.sample_ids, split)
     folds_path = write_folds(out / "folds.tsv", table.sample_ids, held_out)
     pairs = train_test_pairs(held_out, len(truth))
 
@@ -139,14 +134,12 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     models["AAM"] = cv
     seconds["AAM"] = round(pretrain_s + finetune_s, 1)
     progress.stage("report")
-    report = reporting.write_report(
-        out, models, truth, task, inputs.target, inputs.positive_class, seconds,
-        {"table": str(inputs.table), "metadata": str(inputs.metadata), "tree": _str(inputs.tree), "sequences": _str(inputs.sequences),
-         "pretrained": _str(inputs.pretrained), "samples": len(truth), "asvs": len(table.asv_ids), "split": split_text, "folds": len(held_out),
-         "recipe": inputs.recipe.as_dict(), "pretrain_steps": pretrain_spec.schedule.steps if pretrain_spec else 0, "finetune_steps": finetune_spec.schedule.steps,
-         "overrides": inputs.extra, "diagnostics": diagnostics, "wall_time_s": round(time.perf_counter() - start, 1)},
-        [out / "aam" / "pretrain" / "metrics.jsonl"] + [out / "aam" / "cv" / f"fold{f}" / "metrics.jsonl" for f in range(len(held_out))],
-    )  # fmt: skip
+    facts = {"samples": len(truth), "asvs": len(table.asv_ids), "split": split_text, "folds": len(held_out),
+             "pretrain_steps": pretrain_spec.schedule.steps if pretrain_spec else 0, "finetune_steps": finetune_spec.schedule.steps,
+             "diagnostics": diagnostics, "wall_time_s": round(time.perf_counter() - start, 1)}
+    curves = [out / "aam" / "pretrain" / "metrics.jsonl"] + [out / "aam" / "cv" / f"fold{f}" / "metrics.jsonl" for f in range(len(held_out))]
+    report = reporting.write_report(out, models, truth, task, inputs.target, inputs.positive_class, seconds,
+                                    {**input_facts(inputs), **facts}, curves)
     reporting.track_report(finetune_spec, out, report)
     return report
 
@@ -205,85 +198,25 @@ def _linear(table, inputs: BenchmarkInputs, truth, pairs, class_names):
 
 
 # --------------------------------------------------------------------------------------------
-# AAM stages
+# folds, report facts and the AAM stages
 
 
-def data_overrides(inputs: BenchmarkInputs) -> list[str]:
-    """Run-spec fields both AAM stages share: inputs, distance metric, token cache."""
-    items = [f"data.table={inputs.table}", f"data.max_seq_len={inputs.max_seq_len}",
-             f"data.metric={inputs.metric or ('unweighted' if inputs.tree else 'braycurtis')}"]
-    if inputs.tree:
-        items.append(f"data.tree={inputs.tree}")
-    if inputs.sequences:
-        items.append(f"data.sequences={inputs.sequences}")
-    if inputs.cache_dir:
-        items.append(f"data.cache_dir={inputs.cache_dir}")
-    return items
+def held_out_folds(inputs: BenchmarkInputs, metadata, sample_ids: list[str], split: str) -> tuple[list, str]:
+    """The held-out sample positions of each fold (``--folds-file``, or drawn by the split rule) and
+    the split as the report states it."""
+    from aam_ds.evaluation.folds import draw_folds, read_folds
+
+    if inputs.folds_file:
+        return read_folds(inputs.folds_file, sample_ids), f"from {inputs.folds_file}"
+    column = {"grouped": inputs.group_column, "stratified": inputs.stratify_column or inputs.target}.get(split)
+    held_out = draw_folds(metadata, inputs.folds, split, inputs.seed, column)
+    return held_out, f"{split} {len(held_out)}-fold" + (f" by {column}" if column else "") + f", seed {inputs.seed}"
 
 
-def _stage_spec(inputs: BenchmarkInputs, fixed: list[str], budget, n_samples: int, evaluations: int, smallest: int | None = None):
-    """The stage's run spec; its schedule (steps, warmup, evaluation and log intervals) follows from
-    the budget and the spec's own global batch, except fields the user set with ``--set schedule.*``.
-    ``n_samples``: the samples a run of this stage trains on (before its validation part),
-    ``smallest`` the fewest any of its runs gets (default: ``n_samples``); a recipe's global batch
-    larger than that shrinks to fit (small tables), unless the user set ``parallel.*`` batch sizes."""
-    from aam_ds.spec import ScheduleSpec, load_spec
-
-    items = inputs.recipe.stage_spec(budget) + data_overrides(inputs) + fixed + inputs.extra
-    spec = load_spec(None, items)
-    fits = training_batch_cap(smallest or n_samples, spec.data.split.val_fraction)
-    user_batch = any(item.startswith(("parallel.micro_batch_size", "parallel.global_batch_size")) for item in inputs.extra)
-    if spec.parallel.global_batch_size > fits and not user_batch:
-        plan = spec.parallel.batch_plan()
-        plan = plan.with_micro(max(1, fits // (plan.grad_accum_steps * plan.world_size)), plan.grad_accum_steps)
-        spec = load_spec(None, items + [f"parallel.{name}={size}" for name, size in plan.sizes().items() if name != "grad_accum_steps"])
-    steps = budget.steps(n_samples, spec.parallel.global_batch_size)
-    timing = {"steps": steps, "warmup_steps": max(1, steps // 20), "eval_every": max(1, steps // evaluations),
-              "log_every": max(1, steps // 10)}
-    user_set = {item.split("=", 1)[0].removeprefix("schedule.") for item in inputs.extra if item.startswith("schedule.")}
-    timing = {key: value for key, value in timing.items() if key not in user_set}
-    schedule = ScheduleSpec.model_validate({**spec.schedule.model_dump(), **timing})
-    return spec.model_copy(update={"schedule": schedule})
-
-
-def training_batch_cap(n_samples: int, val_fraction: float) -> int:
-    """The largest global batch sure to fit the training part of ``n_samples`` samples once a
-    validation part of ``val_fraction`` is carved off (rounding per stratum may take a sample more)."""
-    return n_samples if not val_fraction else max(1, math.floor(n_samples * (1 - val_fraction)) - 1)
-
-
-def aam_pretrain_spec(inputs: BenchmarkInputs, n_samples: int):
-    """Pretraining on every sample (label-free), 5 % of them (at least 6, so that distance r has 15
-    pairs on small tables) held out to track distance r."""
-    budget = inputs.recipe.pretrain.for_table(n_samples)
-    fixed = [f"tracking.run_dir={inputs.out_dir / 'aam' / 'pretrain'}", "tracking.overwrite=true", "tracking.rich=false",
-             f"data.split.val_fraction={max(0.05, min(0.2, 6 / max(n_samples, 1))):.4f}", f"data.split.seed={inputs.seed}", f"schedule.seed={inputs.seed}"]
-    return _stage_spec(inputs, fixed, budget, n_samples, evaluations=4)
-
-
-def aam_finetune_spec(inputs: BenchmarkInputs, folds_path: Path, n_samples: int, k: int, task: str, split: str,
-                      export: Path | None = None, smallest_train: int | None = None):
-    """Cross-validated fine-tuning on ``folds_path``, from the pretrained ``export`` (default: the
-    pretraining stage's; unless the recipe's
-    ``finetune.from_pretrained`` is false: then from scratch, the same model settings). With
-    ``finetune.evaluations`` > 0 a validation part is carved from each training part by the split
-    rule and the best evaluation is exported; with 0 every training sample trains and the last
-    step is exported. ``smallest_train``: samples in the smallest training part of the folds
-    (default: the mean part)."""
-    from aam_ds.benchmark import report as reporting
-
-    budget = inputs.recipe.finetune.for_table(n_samples)
-    validation = {"grouped": ["data.split.kind=grouped", f"data.split.group_column={inputs.group_column}"],
-                  "stratified": ["data.split.kind=stratified", f"data.split.column={inputs.stratify_column or inputs.target}"]}
-    fixed = [f"tracking.run_dir={inputs.out_dir / 'aam' / 'cv'}", "tracking.overwrite=true", "tracking.rich=false",
-             f"data.metadata={inputs.metadata}", f"data.targets=[{inputs.target}]", f"data.split.folds_file={folds_path}",
-             f"data.split.seed={inputs.seed}", f"schedule.seed={inputs.seed}", f"loss.task={task}",
-             "loss.pairwise_weight=0", "loss.nucleotide_weight=0",
-             *([f"model.pretrained={export or inputs.out_dir / 'aam' / 'pretrain' / 'model.pt'}"] if budget.from_pretrained else []),
-             *([f"schedule.best_metric={reporting.HEADLINE[task][0]}", *validation.get(split, [])] if budget.evaluations
-               else ["data.split.val_fraction=0"])]  # fmt: skip
-    train_samples = n_samples * (k - 1) / k
-    return _stage_spec(inputs, fixed, budget, int(train_samples), max(budget.evaluations, 1), smallest_train)
+def input_facts(inputs: BenchmarkInputs) -> dict[str, Any]:
+    """What the report records of the inputs: files, the recipe and the user's overrides."""
+    return {"table": str(inputs.table), "metadata": str(inputs.metadata), "tree": _str(inputs.tree), "sequences": _str(inputs.sequences),
+            "pretrained": _str(inputs.pretrained), "recipe": inputs.recipe.as_dict(), "overrides": inputs.extra}
 
 
 def _pretrain(spec):

@@ -114,6 +114,27 @@ def optimizer_step(engine: Any, batches: Iterator, objective: Objective, ctx: Di
     return dict(zip(totals, torch.stack(list(totals.values())).tolist()))
 
 
+def probe_peak(spec: RunSpec, ds_config: dict[str, Any], data: PreparedData, model_factory: Any, objective: Objective,
+               ctx: DistContext, meter: PeakMemory) -> float:
+    """This rank's peak memory (bytes) over 2 real training steps of a fresh engine with the batch
+    layout of ``spec``; infinite when they run out of memory (any other error is raised)."""
+    meter.reset()
+    engine = None
+    try:
+        engine = build_engine(model_factory(), spec, ds_config)
+        _, batches = train_batches(data, spec, ctx, spec.parallel.micro_batch_size)
+        for step in range(2):
+            optimizer_step(engine, batches, objective, ctx, spec, step)
+        return meter.peak_bytes()
+    except Exception as exc:  # only out-of-memory means "does not fit"
+        if not is_out_of_memory(exc):
+            raise
+        return float("inf")
+    finally:
+        del engine
+        gc.collect()
+
+
 def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], plan: BatchPlan, data: PreparedData, model_factory: Any,
                      objective: Objective, ctx: DistContext) -> BatchPlan:
     """``plan`` with the largest micro batch whose real training steps (all active losses, this ZeRO stage)
@@ -131,25 +152,10 @@ def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], plan: BatchPlan, 
     start = time.perf_counter()
 
     def peak_for(micro: int) -> float | None:
-        meter.reset()
-        engine = None
-        try:
-            # no accumulation while probing: each step reaches the optimizer (whose states count), as every
-            # accumulation boundary does
-            probe_spec, probe_config = with_batch_plan(spec, ds_config, plan.with_micro(micro, accumulation=1))
-            engine = build_engine(model_factory(), probe_spec, probe_config)
-            _, batches = train_batches(data, probe_spec, ctx, micro)
-            for step in range(2):
-                optimizer_step(engine, batches, objective, ctx, probe_spec, step)
-            peak = meter.peak_bytes()
-        except Exception as exc:  # only out-of-memory means "does not fit"
-            if not is_out_of_memory(exc):
-                raise
-            peak = float("inf")
-        finally:
-            del engine
-            gc.collect()
-        peak = all_reduce_max(peak, ctx.device)
+        # no accumulation while probing: each step reaches the optimizer (whose states count), as every
+        # accumulation boundary does
+        probe_spec, probe_config = with_batch_plan(spec, ds_config, plan.with_micro(micro, accumulation=1))
+        peak = all_reduce_max(probe_peak(probe_spec, probe_config, data, model_factory, objective, ctx, meter), ctx.device)
         say(f"memory search: micro batch {micro}: " + ("out of memory" if peak == float("inf") else
             f"peak {peak / GIB:.2f} GiB, {'fits' if peak <= budget * GIB else 'too large'}") +
             f" ({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
