@@ -25,7 +25,11 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     """--spec FILE and repeated --set dotted.key=value, shared by every command that reads a spec."""
     parser.add_argument("--spec", type=Path, default=None, help="run spec (YAML, TOML or JSON); default: every field at its default")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a spec field, e.g. --set model.d_model=256 (repeatable)",
     )
 
@@ -93,8 +97,12 @@ def add_spec_command(parser: argparse.ArgumentParser) -> Runner:
     """Add the ``schema`` and ``show`` subcommands of ``aam-ds spec`` to ``parser``; returns the runner."""
     spec_sub = parser.add_subparsers(dest="spec_command", required=True)
     spec_sub.add_parser("schema", help="JSON Schema of the run spec", description="Print the JSON Schema of the run spec.")
-    show = spec_sub.add_parser("show", help="the resolved spec (file + overrides + defaults)", formatter_class=HelpFormatter,
-                               description="Print the resolved run spec: the file, then the overrides, then every default.")
+    show = spec_sub.add_parser(
+        "show",
+        help="the resolved spec (file + overrides + defaults)",
+        formatter_class=HelpFormatter,
+        description="Print the resolved run spec: the file, then the overrides, then every default.",
+    )
     add_spec_arguments(show)
     return cmd_spec
 
@@ -102,8 +110,12 @@ def add_spec_command(parser: argparse.ArgumentParser) -> Runner:
 def add_ds_config_command(parser: argparse.ArgumentParser) -> Runner:
     """Add the options of ``aam-ds ds-config`` to ``parser``; returns the runner."""
     parser.add_argument("--stage", type=int, choices=[0, 1, 2, 3], required=True, help="ZeRO stage")
-    parser.add_argument("--offload", choices=["cpu", "nvme"], default=None,
-                        help="offload the optimizer state (and at stage 3 the parameters); default: none")
+    parser.add_argument(
+        "--offload",
+        choices=["cpu", "nvme"],
+        default=None,
+        help="offload the optimizer state (and at stage 3 the parameters); default: none",
+    )
     parser.add_argument("--nvme-path", type=Path, default=None, help="local NVMe folder, needed with --offload nvme")
     parser.add_argument("--out", type=Path, default=None, help="file to write (default: print)")
     add_spec_arguments(parser)
@@ -123,20 +135,42 @@ def lazy_command(module: str, add_arguments: str, runner: str) -> Callable[[argp
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Runner]]] = {
     "spec": ("print the run spec's JSON Schema or a resolved spec", add_spec_command),
-    "ds-config": ("write a DeepSpeed config: ZeRO, offload, communication, and the batch / optimiser / precision "
-                  "fields the spec sets", add_ds_config_command),
-    "distances": ("full distance matrix (unifrac HDF5 layout) with the torch or ssu engine", lazy_command("aam_ds.distances.cli", "add_arguments", "run")),
-    "predict": ("predict metadata with a fine-tuned model.pt (TSV for `aam-ds evaluate`)", lazy_command("aam_ds.inference.cli", "add_arguments", "run")),
-    "export-onnx": ("export a model.pt to ONNX (sample embedding and task output) for onnxruntime and `aam-ds predict`",
-                    lazy_command("aam_ds.inference.cli", "add_export_arguments", "run_export")),
-    "explain": ("attention maps and per-ASV / per-taxon feature importance of a model.pt (TSV, NPZ, PNG)",
-                lazy_command("aam_ds.explain.cli", "add_arguments", "run")),
-    "evaluate": ("metrics, per-group errors, worst samples and plots for a predictions TSV", lazy_command("aam_ds.evaluation.cli", "add_evaluate_arguments", "run_evaluate")),
-    "rf-baseline": ("scikit-learn random forest on the same folds, side by side", lazy_command("aam_ds.evaluation.cli", "add_rf_arguments", "run_rf_baseline")),
-    "tune": ("hyperparameter search over run-spec fields with Optuna: pruned trials, resumable study, best spec",
-             lazy_command("aam_ds.tune.cli", "add_arguments", "run")),
-    "benchmark": ("random forest, linear model and AAM (pretrain + k-fold fine-tuning) on the same folds: one report",
-                  lazy_command("aam_ds.benchmark.cli", "add_arguments", "run")),
+    "ds-config": (
+        "write a DeepSpeed config: ZeRO, offload, communication, and the batch / optimiser / precision fields the spec sets",
+        add_ds_config_command,
+    ),
+    "distances": (
+        "full distance matrix (unifrac HDF5 layout) with the torch or ssu engine",
+        lazy_command("aam_ds.distances.cli", "add_arguments", "run"),
+    ),
+    "predict": (
+        "predict metadata with a fine-tuned model.pt (TSV for `aam-ds evaluate`)",
+        lazy_command("aam_ds.inference.cli", "add_arguments", "run"),
+    ),
+    "export-onnx": (
+        "export a model.pt to ONNX (sample embedding and task output) for onnxruntime and `aam-ds predict`",
+        lazy_command("aam_ds.inference.cli", "add_export_arguments", "run_export"),
+    ),
+    "explain": (
+        "attention maps and per-ASV / per-taxon feature importance of a model.pt (TSV, NPZ, PNG)",
+        lazy_command("aam_ds.explain.cli", "add_arguments", "run"),
+    ),
+    "evaluate": (
+        "metrics, per-group errors, worst samples and plots for a predictions TSV",
+        lazy_command("aam_ds.evaluation.cli", "add_evaluate_arguments", "run_evaluate"),
+    ),
+    "rf-baseline": (
+        "scikit-learn random forest on the same folds, side by side",
+        lazy_command("aam_ds.evaluation.cli", "add_rf_arguments", "run_rf_baseline"),
+    ),
+    "tune": (
+        "hyperparameter search over run-spec fields with Optuna: pruned trials, resumable study, best spec",
+        lazy_command("aam_ds.tune.cli", "add_arguments", "run"),
+    ),
+    "benchmark": (
+        "random forest, linear model and AAM (pretrain + k-fold fine-tuning) on the same folds: one report",
+        lazy_command("aam_ds.benchmark.cli", "add_arguments", "run"),
+    ),
 }
 
 TRAINING_STAGES = {
@@ -148,7 +182,7 @@ TRAINING_STAGES = {
 TRAINING_EXAMPLES = {
     "pretrain": "aam-ds pretrain --spec run.yaml --set schedule.steps=50",
     "finetune": "aam-ds finetune --spec run.yaml --set model.pretrained=runs/pretrain-latest/model.pt \\\n"
-                "    --set loss.task=regression --set data.targets=[age]",
+    "    --set loss.task=regression --set data.targets=[age]",
     "cv": "aam-ds cv --spec run.yaml --set loss.task=regression --set data.targets=[age] --set data.split.folds=5",
 }
 
@@ -156,10 +190,11 @@ TRAINING_EXAMPLES = {
 def top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The ``aam-ds`` parser without its commands, and the action that adds them."""
     parser = argparse.ArgumentParser(
-        prog="aam-ds", formatter_class=HelpFormatter,
+        prog="aam-ds",
+        formatter_class=HelpFormatter,
         description="Train AAM microbiome transformers with DeepSpeed: spec, data, distances, training, evaluation.",
         epilog="`aam-ds COMMAND --help` describes a command's options.",
-    )  # fmt: skip
+    )
     return parser, parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
 

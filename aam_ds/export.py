@@ -41,8 +41,14 @@ class Export:
 
 def write_export(path: Path, export: Export) -> None:
     """Write the consolidated export by rename (a crash leaves any previous export intact)."""
-    payload = {"format": EXPORT_FORMAT, "state_dict": export.state_dict, "spec": export.spec,
-               "model_args": export.model_args, "targets": export.targets, "step": export.step}
+    payload = {
+        "format": EXPORT_FORMAT,
+        "state_dict": export.state_dict,
+        "spec": export.spec,
+        "model_args": export.model_args,
+        "targets": export.targets,
+        "step": export.step,
+    }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 

@@ -62,9 +62,16 @@ class ModelInputs:
 
 @torch.no_grad()
 def predict_inputs(
-    model: AAMModel, inputs: ModelInputs, target_names: Sequence[str], class_names: Sequence[str] | None = None,
-    passes: int = 1, subset_fraction: float = DEFAULT_SUBSET_FRACTION, seed: int = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device = "cpu", on_batch: Callable[[int], None] | None = None,
+    model: AAMModel,
+    inputs: ModelInputs,
+    target_names: Sequence[str],
+    class_names: Sequence[str] | None = None,
+    passes: int = 1,
+    subset_fraction: float = DEFAULT_SUBSET_FRACTION,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device = "cpu",
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[Predictions]:
     """One :class:`Predictions` per regression target (original units), or one for classification.
 
@@ -77,17 +84,21 @@ def predict_inputs(
     if passes < 1:
         raise AamInputError("--passes", f"must be at least 1, got {passes}", "give a positive number of passes")
     if passes > 1 and not 0.0 < subset_fraction <= 1.0:
-        raise AamInputError("--subset-fraction", f"must be in (0, 1], got {subset_fraction}", "e.g. 0.8 keeps 80% of each sample's ASVs per pass")
+        raise AamInputError(
+            "--subset-fraction", f"must be in (0, 1], got {subset_fraction}", "e.g. 0.8 keeps 80% of each sample's ASVs per pass"
+        )
     if batch_size < 1:
         raise AamInputError("--batch-size", f"must be at least 1, got {batch_size}", "give a positive batch size")
     model = model.to(device).eval()
     if passes == 1:
         outputs = _forward(model, inputs, inputs.rows, batch_size, device, on_batch=on_batch)[None]
     else:
-        outputs = np.stack([
-            _forward(model, inputs, subset_rows(inputs, subset_fraction, seed, p), batch_size, device, on_batch=on_batch)
-            for p in range(passes)
-        ])  # fmt: skip
+        outputs = np.stack(
+            [
+                _forward(model, inputs, subset_rows(inputs, subset_fraction, seed, p), batch_size, device, on_batch=on_batch)
+                for p in range(passes)
+            ]
+        )
     mean = outputs.mean(axis=0)  # [N, T] or [N, C]
     if class_names:
         return [Predictions(target_names[0], list(inputs.sample_ids), probabilities=mean, class_names=tuple(class_names))]
@@ -98,8 +109,15 @@ def predict_inputs(
     ]
 
 
-def _forward(model: AAMModel, inputs: ModelInputs, rows: list[SampleRow], batch_size: int, device: str | torch.device,
-             output: str = "task", on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+def _forward(
+    model: AAMModel,
+    inputs: ModelInputs,
+    rows: list[SampleRow],
+    batch_size: int,
+    device: str | torch.device,
+    output: str = "task",
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
     """``float64 [N, T]`` regression outputs in original units, ``[N, C]`` class probabilities, or
     (``output="sample_embedding"``) the sample embeddings ``[N, D]``."""
     dataset = SampleDataset(rows, inputs.tokens, None, inputs.covariates)
@@ -116,8 +134,9 @@ def _forward(model: AAMModel, inputs: ModelInputs, rows: list[SampleRow], batch_
 
 
 @torch.no_grad()
-def embed_inputs(model: AAMModel, inputs: ModelInputs, batch_size: int = DEFAULT_BATCH_SIZE,
-                 device: str | torch.device = "cpu") -> np.ndarray:
+def embed_inputs(
+    model: AAMModel, inputs: ModelInputs, batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device = "cpu"
+) -> np.ndarray:
     """Sample embeddings ``float64 [N, D]`` of ``inputs`` (any export, pretrained or fine-tuned), in eval mode."""
     return _forward(model.to(device).eval(), inputs, inputs.rows, batch_size, device, output="sample_embedding")
 
@@ -143,12 +162,12 @@ def split_inputs(data: PreparedData, split: str) -> ModelInputs:
     return ModelInputs([data.table.sample_ids[r.sample_index] for r in rows], data.tokens, rows, data.covariates)
 
 
-def predict_split(model: AAMModel, data: PreparedData, split: str, batch_size: int = DEFAULT_BATCH_SIZE,
-                  device: str | torch.device = "cpu") -> list[Predictions]:
+def predict_split(
+    model: AAMModel, data: PreparedData, split: str, batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device = "cpu"
+) -> list[Predictions]:
     """Predictions (one pass, every selected ASV) for ``split`` of the run's data, as ``aam-ds predict``
     would make them from the run's export and table. ``model`` is a plain (unwrapped) AAMModel."""
-    return predict_inputs(model, split_inputs(data, split), data.target_names, data.class_names,
-                          batch_size=batch_size, device=device)
+    return predict_inputs(model, split_inputs(data, split), data.target_names, data.class_names, batch_size=batch_size, device=device)
 
 
 # --------------------------------------------------------------------------------------------

@@ -49,8 +49,7 @@ def generate(folder: Path, n_samples: int, n_tips: int, seed: int = 0) -> tuple[
     rows, cols, vals = [], [], []
     for s in range(n_samples):
         pool = communities[rng.integers(len(communities))]
-        kept = np.unique(np.concatenate([rng.choice(pool, size=rng.integers(60, 201), replace=False),
-                                         rng.integers(0, n_tips, size=5)]))
+        kept = np.unique(np.concatenate([rng.choice(pool, size=rng.integers(60, 201), replace=False), rng.integers(0, n_tips, size=5)]))
         counts = rng.multinomial(1000, rng.dirichlet(np.full(len(kept), 0.3)))
         rows.append(np.full(len(kept), s)), cols.append(kept), vals.append(counts)
     matrix = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_samples, n_tips))
@@ -64,16 +63,38 @@ def generate(folder: Path, n_samples: int, n_tips: int, seed: int = 0) -> tuple[
 
 def run_distances(table: Path, tree: Path, out: Path, threads: int, block_size: int, kill_after: int) -> dict:
     """Run ``aam-ds distances`` as a child; its wall seconds, CPU seconds, peak RSS (GiB) and exit status."""
-    command = [sys.executable, "-m", "aam_ds.cli", "distances", "--table", str(table), "--tree", str(tree),
-               "--metric", "unweighted", "--out", str(out), "--threads", str(threads), "--device", "cpu",
-               "--block-size", str(block_size), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "aam_ds.cli",
+        "distances",
+        "--table",
+        str(table),
+        "--tree",
+        str(tree),
+        "--metric",
+        "unweighted",
+        "--out",
+        str(out),
+        "--threads",
+        str(threads),
+        "--device",
+        "cpu",
+        "--block-size",
+        str(block_size),
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), KILL_AFTER_BLOCKS_ENV: str(kill_after)}
     start = time.perf_counter()
     child = subprocess.Popen(command, env=env)
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
-    return {"wall_s": time.perf_counter() - start, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "peak_rss_gib": usage.ru_maxrss / 2**20, "status": child.returncode}
+    return {
+        "wall_s": time.perf_counter() - start,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_gib": usage.ru_maxrss / 2**20,
+        "status": child.returncode,
+    }
 
 
 def spot_check(table: Path, tree: Path, out: Path, block_size: int, checks: int) -> float:
@@ -114,9 +135,13 @@ def main() -> None:
         out = folder / "unweighted.h5"
         result = run_distances(table, tree, out, args.threads, args.block_size, args.kill_after_blocks)
         n_blocks = len(range(0, args.samples, args.block_size))
-        print(f"aam-ds distances, {args.samples} samples, {n_blocks * (n_blocks + 1) // 2} blocks of {args.block_size}, "
-              f"{args.threads} threads: {result}")
-        print(f"spot-check: max |file - in-memory| over {args.checks} blocks = {spot_check(table, tree, out, args.block_size, args.checks):.3g}")
+        print(
+            f"aam-ds distances, {args.samples} samples, {n_blocks * (n_blocks + 1) // 2} blocks of {args.block_size}, "
+            f"{args.threads} threads: {result}"
+        )
+        print(
+            f"spot-check: max |file - in-memory| over {args.checks} blocks = {spot_check(table, tree, out, args.block_size, args.checks):.3g}"
+        )
 
 
 if __name__ == "__main__":

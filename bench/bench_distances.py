@@ -54,17 +54,35 @@ def full_matrix_times(threads: int, metrics: list[str], folder: Path) -> None:
             for engine in ("ssu", "torch"):
                 out = folder / f"{engine}.h5"
                 start = time.perf_counter()
-                cli.main(["--table", str(SHARED / table), "--tree", str(SHARED / tree), "--metric", metric,
-                          "--engine", engine, "--out", str(out), "--threads", str(threads), "--device", "cpu",
-                          "--no-progress"])
+                cli.main(
+                    [
+                        "--table",
+                        str(SHARED / table),
+                        "--tree",
+                        str(SHARED / tree),
+                        "--metric",
+                        metric,
+                        "--engine",
+                        engine,
+                        "--out",
+                        str(out),
+                        "--threads",
+                        str(threads),
+                        "--device",
+                        "cpu",
+                        "--no-progress",
+                    ]
+                )
                 times[engine] = time.perf_counter() - start
                 outputs[engine] = read_distance_matrix(out)
             (ids, ssu), (torch_ids, ours) = outputs["ssu"], outputs["torch"]
             position = {s: i for i, s in enumerate(torch_ids)}
             rows = [position[s] for s in ids]
             diff = np.abs(ours[np.ix_(rows, rows)] - ssu).max()
-            print(f"{name:<12}{metric:<24}{times['ssu']:>9.2f}{times['torch']:>9.2f}"
-                  f"{times['ssu'] / times['torch']:>9.2f}x{diff:>11.1e}", flush=True)
+            print(
+                f"{name:<12}{metric:<24}{times['ssu']:>9.2f}{times['torch']:>9.2f}{times['ssu'] / times['torch']:>9.2f}x{diff:>11.1e}",
+                flush=True,
+            )
 
 
 def training_step_seconds(step_samples: int, repeats: int, cache_dir: Path) -> tuple[float, object]:
@@ -108,8 +126,10 @@ def batch_seconds(target, n_samples: int, repeats: int) -> float:
 def batch_vs_step(threads: int, step_samples: int, repeats: int, cache_dir: Path) -> None:
     step, prepared = training_step_seconds(step_samples, repeats, cache_dir)
     step_256 = step * BATCH / step_samples
-    print(f"\nOne training step of the default model (preset small, max_asvs 256), {threads} thread(s): "
-          f"{step:.2f} s on {step_samples} samples -> {step_256:.1f} s for {BATCH} samples")
+    print(
+        f"\nOne training step of the default model (preset small, max_asvs 256), {threads} thread(s): "
+        f"{step:.2f} s on {step_samples} samples -> {step_256:.1f} s for {BATCH} samples"
+    )
     print(f"One on-the-fly batch of {BATCH} (fp64, cpu): seconds and fraction of that step (target < 5%)")
     print(f"{'dataset':<12}{'metric':<24}{'batch s':>9}{'of step':>9}")
     for name, (table_name, tree) in DATASETS.items():

@@ -44,13 +44,46 @@ def child_cost(command: list[str], checkout: Path | None) -> tuple[float, float]
 
 def variants(table: Path, tree: Path, metric: str, folder: Path, baseline: Path | None) -> dict[str, tuple[list[str], Path | None]]:
     """Name -> (command, checkout) of every variant measured."""
-    aam = [sys.executable, "-m", "aam_ds.cli", "distances", "--table", str(table), "--tree", str(tree), "--metric", metric,
-           "--out", str(folder / "d.h5"), "--threads", "1", "--no-progress"]
+    aam = [
+        sys.executable,
+        "-m",
+        "aam_ds.cli",
+        "distances",
+        "--table",
+        str(table),
+        "--tree",
+        str(tree),
+        "--metric",
+        metric,
+        "--out",
+        str(folder / "d.h5"),
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     torch_engine = ["--device", "cpu"]
-    out = {"aam-ds": ([*aam, *torch_engine, "--cache-dir", str(folder / "cache")], ROOT),
-           "aam-ds --engine ssu": ([*aam, "--engine", "ssu"], ROOT),
-           "ssu": (["ssu", "-i", str(table), "-t", str(tree), "-m", f"{metric}_fp64", "-o", str(folder / "s.h5"),
-                    "-r", "hdf5_fp64", "--pcoa", "0"], None)}
+    out = {
+        "aam-ds": ([*aam, *torch_engine, "--cache-dir", str(folder / "cache")], ROOT),
+        "aam-ds --engine ssu": ([*aam, "--engine", "ssu"], ROOT),
+        "ssu": (
+            [
+                "ssu",
+                "-i",
+                str(table),
+                "-t",
+                str(tree),
+                "-m",
+                f"{metric}_fp64",
+                "-o",
+                str(folder / "s.h5"),
+                "-r",
+                "hdf5_fp64",
+                "--pcoa",
+                "0",
+            ],
+            None,
+        ),
+    }
     if baseline is not None:
         out["baseline"] = ([*aam, *torch_engine], baseline)
     return out
@@ -74,8 +107,11 @@ def main() -> None:
                 for variant, (command, checkout) in commands.items():
                     runs = [child_cost(command, checkout) for _ in range(args.repeats)]
                     cpu = [round(c, 2) for c, _ in runs]
-                    print(f"{name:<12}{metric:<22}{variant:<22}{statistics.median(cpu):>15.2f}  {str(cpu):<24}"
-                          f"{max(r for _, r in runs):>9.0f}", flush=True)
+                    print(
+                        f"{name:<12}{metric:<22}{variant:<22}{statistics.median(cpu):>15.2f}  {str(cpu):<24}"
+                        f"{max(r for _, r in runs):>9.0f}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -41,12 +41,22 @@ from aam_ds.tracking import read_metrics  # noqa: E402
 def settings_of(stage: int, precision: str, args: argparse.Namespace, run_dir: Path) -> dict[str, object]:
     """The run spec overrides of one configuration (``--set`` entries last, so they win)."""
     settings: dict[str, object] = {
-        "model.preset": args.preset, "data.max_asvs": args.max_asvs, "data.max_seq_len": args.max_seq_len,
-        "data.cache_dir": args.cache_dir or run_dir.parent / "cache", "schedule.steps": args.steps, "schedule.warmup_steps": 1,
-        "schedule.log_every": args.steps // 2, "schedule.eval_every": 10**6, "tracking.run_dir": run_dir,
-        "tracking.rich": "false", "parallel.micro_batch_size": args.micro, "parallel.zero_stage": stage,
-        "parallel.precision": precision, "loss.nucleotide_weight": 1.0, "loss.pairwise_weight": 1.0,
-    }  # fmt: skip
+        "model.preset": args.preset,
+        "data.max_asvs": args.max_asvs,
+        "data.max_seq_len": args.max_seq_len,
+        "data.cache_dir": args.cache_dir or run_dir.parent / "cache",
+        "schedule.steps": args.steps,
+        "schedule.warmup_steps": 1,
+        "schedule.log_every": args.steps // 2,
+        "schedule.eval_every": 10**6,
+        "tracking.run_dir": run_dir,
+        "tracking.rich": "false",
+        "parallel.micro_batch_size": args.micro,
+        "parallel.zero_stage": stage,
+        "parallel.precision": precision,
+        "loss.nucleotide_weight": 1.0,
+        "loss.pairwise_weight": 1.0,
+    }
     settings.update(dict(entry.split("=", 1) for entry in args.set))
     return settings
 
@@ -57,15 +67,21 @@ def run_one(stage: int, ranks: int, precision: str, root: Path, args: argparse.N
     sets = [a for k, v in settings_of(stage, precision, args, run_dir).items() for a in ("--set", f"{k}={v}")]
     script = str(root / "launch" / "pretrain.py")
     bin_dir = Path(sys.executable).parent
-    cmd = ([sys.executable, script] if ranks == 1 else
-           [str(bin_dir / "torchrun"), f"--nproc_per_node={ranks}", f"--master_port={free_port()}", script])
+    cmd = (
+        [sys.executable, script]
+        if ranks == 1
+        else [str(bin_dir / "torchrun"), f"--nproc_per_node={ranks}", f"--master_port={free_port()}", script]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONPATH": str(root)}
     proc = subprocess.run([*cmd, *sets], cwd=root, env=env, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode:
         raise RuntimeError(f"ZeRO-{stage} x {ranks} ({precision}, {root}) failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     last = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"][-1]
-    return {"samples_per_s": last["samples_per_s"], "mfu": last["metrics"].get("mfu", float("nan")),
-            "peak_gib": last["metrics"]["peak_memory_gib"]}
+    return {
+        "samples_per_s": last["samples_per_s"],
+        "mfu": last["metrics"].get("mfu", float("nan")),
+        "peak_gib": last["metrics"]["peak_memory_gib"],
+    }
 
 
 def profile_step(args: argparse.Namespace, work: Path) -> None:
@@ -120,9 +136,12 @@ def main() -> None:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # the peak the runs will see
     name = torch.cuda.get_device_name(0) if on_gpu else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
     peaks = ", ".join(f"{p} {peak_flops(device, p) / 1e9:,.0f} GFLOP/s" for p in args.precision)
-    print(f"device: {name}; measured matmul peak: {peaks}; preset {args.preset}, micro batch {args.micro}/rank, "
-          f"{args.max_asvs} ASVs x {args.max_seq_len} nt, {args.steps} steps, losses pairwise + nucleotide; "
-          f"overrides: {' '.join(args.set) or 'none'}", flush=True)
+    print(
+        f"device: {name}; measured matmul peak: {peaks}; preset {args.preset}, micro batch {args.micro}/rank, "
+        f"{args.max_asvs} ASVs x {args.max_seq_len} nt, {args.steps} steps, losses pairwise + nucleotide; "
+        f"overrides: {' '.join(args.set) or 'none'}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         if args.profile:
             profile_step(args, Path(tmp))
@@ -140,8 +159,11 @@ def main() -> None:
                             results[label].append(run_one(stage, ranks, precision, root, args, run_dir))
                     for label, _ in codes:
                         med = {key: statistics.median(r[key] for r in results[label]) for key in results[label][0]}
-                        print(f"| {label} | {precision} | {stage} | {ranks} | {med['samples_per_s']:.2f} | {med['mfu']:.1%} | "
-                              f"{med['peak_gib']:.3f} |", flush=True)
+                        print(
+                            f"| {label} | {precision} | {stage} | {ranks} | {med['samples_per_s']:.2f} | {med['mfu']:.1%} | "
+                            f"{med['peak_gib']:.3f} |",
+                            flush=True,
+                        )
 
 
 if __name__ == "__main__":

@@ -32,13 +32,49 @@ from aam_ds.io_utils import atomic_path, atomic_write_text
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HUANG = "huang_oral_2550"
 EXPERIMENTS = {
-    "huang-grouped": ["--table", f"{HUANG}/oral_2550.rarefied1000.biom", "--tree", f"{HUANG}/tree.nwk", "--target", "age",
-                      "--split", "grouped", "--group-column", "proxy_subject", "--max-seq-len", "100"],
-    "huang-random": ["--table", f"{HUANG}/oral_2550.rarefied1000.biom", "--tree", f"{HUANG}/tree.nwk", "--target", "age",
-                     "--split", "random", "--max-seq-len", "100"],
-    "cfs-stratified": ["--table", "cfs/table.biom", "--tree", "cfs/tree.nwk", "--metadata", "cfs/metadata.tsv", "--target", "Subject",
-                       "--split", "stratified", "--positive-class", "Patient", "--max-seq-len", "150"],
-}  # fmt: skip
+    "huang-grouped": [
+        "--table",
+        f"{HUANG}/oral_2550.rarefied1000.biom",
+        "--tree",
+        f"{HUANG}/tree.nwk",
+        "--target",
+        "age",
+        "--split",
+        "grouped",
+        "--group-column",
+        "proxy_subject",
+        "--max-seq-len",
+        "100",
+    ],
+    "huang-random": [
+        "--table",
+        f"{HUANG}/oral_2550.rarefied1000.biom",
+        "--tree",
+        f"{HUANG}/tree.nwk",
+        "--target",
+        "age",
+        "--split",
+        "random",
+        "--max-seq-len",
+        "100",
+    ],
+    "cfs-stratified": [
+        "--table",
+        "cfs/table.biom",
+        "--tree",
+        "cfs/tree.nwk",
+        "--metadata",
+        "cfs/metadata.tsv",
+        "--target",
+        "Subject",
+        "--split",
+        "stratified",
+        "--positive-class",
+        "Patient",
+        "--max-seq-len",
+        "150",
+    ],
+}
 
 
 def huang_proxy_groups(sample_ids: Sequence[str], ages: Sequence[float]) -> np.ndarray:
@@ -80,22 +116,47 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     lines = []
     for name in args.experiments:
-        argv_ = [str(args.data_dir / a) if i and EXPERIMENTS[name][i - 1] in ("--table", "--tree", "--metadata") else a
-                 for i, a in enumerate(EXPERIMENTS[name])]  # fmt: skip
+        argv_ = [
+            str(args.data_dir / a) if i and EXPERIMENTS[name][i - 1] in ("--table", "--tree", "--metadata") else a
+            for i, a in enumerate(EXPERIMENTS[name])
+        ]
         if name.startswith("huang"):
             argv_ += ["--metadata", str(huang_metadata(args.data_dir, args.out_dir))]
         out = args.out_dir / name
-        code = aam_ds(["benchmark", *argv_, "--budget", args.budget, "--seed", str(args.seed), "--out-dir", str(out),
-                       "--set", f"data.cache_dir={args.out_dir / 'cache'}", *passed_on])  # fmt: skip
+        code = aam_ds(
+            [
+                "benchmark",
+                *argv_,
+                "--budget",
+                args.budget,
+                "--seed",
+                str(args.seed),
+                "--out-dir",
+                str(out),
+                "--set",
+                f"data.cache_dir={args.out_dir / 'cache'}",
+                *passed_on,
+            ]
+        )
         if code:
             return code
         report = json.loads((out / "report.json").read_text())
         v = report["verdict"]
-        lines.append(f"| {name} | {v['metric']} | {v['aam_value']:.3f} | {report['models']['random forest']['pooled'][v['metric']]:.3f} | "
-                     f"{report['models']['linear (CLR)']['pooled'][v['metric']]:.3f} | "
-                     f"{report['models']['AAM linear probe']['pooled'][v['metric']]:.3f} | {report['wall_time_s']:.0f} s |")
-    table = "\n".join(["| experiment | metric | AAM | random forest | linear (CLR) | AAM linear probe | wall time |",
-                       "|---|---|---:|---:|---:|---:|---:|", *lines]) + "\n"  # fmt: skip
+        lines.append(
+            f"| {name} | {v['metric']} | {v['aam_value']:.3f} | {report['models']['random forest']['pooled'][v['metric']]:.3f} | "
+            f"{report['models']['linear (CLR)']['pooled'][v['metric']]:.3f} | "
+            f"{report['models']['AAM linear probe']['pooled'][v['metric']]:.3f} | {report['wall_time_s']:.0f} s |"
+        )
+    table = (
+        "\n".join(
+            [
+                "| experiment | metric | AAM | random forest | linear (CLR) | AAM linear probe | wall time |",
+                "|---|---|---:|---:|---:|---:|---:|",
+                *lines,
+            ]
+        )
+        + "\n"
+    )
     atomic_write_text(args.out_dir / "summary.md", table)
     print(table)
     return 0

@@ -28,8 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = {"fp32, unpacked": ("fp32", False), "fp32, packed": ("fp32", True), "bf16, unpacked": ("bf16", False),
-            "bf16, packed": ("bf16", True)}
+VARIANTS = {
+    "fp32, unpacked": ("fp32", False),
+    "fp32, packed": ("fp32", True),
+    "bf16, unpacked": ("bf16", False),
+    "bf16, packed": ("bf16", True),
+}
 
 
 def build(name: str, args: argparse.Namespace, work: Path):
@@ -38,9 +42,18 @@ def build(name: str, args: argparse.Namespace, work: Path):
     from aam_ds.spec import load_spec
 
     precision, pack = VARIANTS[name]
-    settings = {"schedule.steps": 10**6, "schedule.log_every": 10**6, "schedule.eval_every": 10**6, "schedule.warmup_steps": 1,
-                "tracking.rich": "false", "tracking.run_dir": work / name.replace(", ", "-"), "parallel.precision": precision,
-                "parallel.micro_batch_size": args.micro, "loss.nucleotide_weight": 1.0, "loss.pairwise_weight": 1.0}
+    settings = {
+        "schedule.steps": 10**6,
+        "schedule.log_every": 10**6,
+        "schedule.eval_every": 10**6,
+        "schedule.warmup_steps": 1,
+        "tracking.rich": "false",
+        "tracking.run_dir": work / name.replace(", ", "-"),
+        "parallel.precision": precision,
+        "parallel.micro_batch_size": args.micro,
+        "loss.nucleotide_weight": 1.0,
+        "loss.pairwise_weight": 1.0,
+    }
     overrides = [f"{k}={v}" for k, v in settings.items()] + args.set
     trainer = Trainer.build(init_distributed(), load_spec(None, overrides), None, False)
     trainer.model.pack_asvs = pack

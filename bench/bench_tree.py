@@ -81,9 +81,11 @@ def main() -> None:
             prune.append(time.process_time() - start)
             del tree
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"read_tree: median {statistics.median(parse):.2f} CPU s {[round(t, 2) for t in parse]}; "
-          f"prune to {args.asvs:,} ASVs x {args.samples:,} samples: median {statistics.median(prune):.2f} CPU s; "
-          f"peak RSS {peak:.2f} GiB")
+    print(
+        f"read_tree: median {statistics.median(parse):.2f} CPU s {[round(t, 2) for t in parse]}; "
+        f"prune to {args.asvs:,} ASVs x {args.samples:,} samples: median {statistics.median(prune):.2f} CPU s; "
+        f"peak RSS {peak:.2f} GiB"
+    )
 
 
 if __name__ == "__main__":

@@ -14,5 +14,6 @@ if [ "$(id -u)" = 0 ]; then  # sshd, pdsh, SLURM and node001/node002 for tests/t
     bash scripts/setup_multinode.sh || echo "note: could not set up the multi-node tests' daemons; they will skip"
 fi
 .venv/bin/ruff check aam_ds tests bench launch  # lint first: a failing lint fails CI in seconds
+.venv/bin/ruff format --check aam_ds tests bench launch  # the formatter's layout (pyproject [tool.ruff.format])
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
 exec .venv/bin/python -m pytest --durations=25 "$@"

@@ -47,8 +47,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     """One line at the top of every run: whether the tests that need the real data can run here."""
     if SHARED_DATA.is_dir():
         return f"real data folder: {SHARED_DATA} (the tests that need it run)"
-    return (f"real data folder: {SHARED_DATA} is absent, so the tests that need it skip "
-            "(CI has it; see README, 'Quick start')")
+    return f"real data folder: {SHARED_DATA} is absent, so the tests that need it skip (CI has it; see README, 'Quick start')"
 
 
 @pytest.fixture(scope="session")
@@ -108,9 +107,24 @@ def mlflow_server(tmp_path_factory):
     uri = f"http://127.0.0.1:{port}"
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:

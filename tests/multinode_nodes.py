@@ -52,9 +52,13 @@ class Nodes:
 
 def _ready() -> str | None:
     """Why this machine cannot host the nodes, or None once it can (installing when root)."""
+
     def missing() -> bool:
-        return not (shutil.which("sshd") or Path("/usr/sbin/sshd").is_file()) or not shutil.which("pdsh") or not all(
-            _resolves(name, address) for name, address in NODES.items())
+        return (
+            not (shutil.which("sshd") or Path("/usr/sbin/sshd").is_file())
+            or not shutil.which("pdsh")
+            or not all(_resolves(name, address) for name, address in NODES.items())
+        )
 
     if missing():
         if os.geteuid() != 0:
@@ -94,15 +98,18 @@ def _write_configs(folder: Path, port: int) -> tuple[Path, Path]:
     shutil.copy(folder / "id_ed25519.pub", folder / "authorized_keys")
     server = folder / "sshd_config"
     server.write_text(
-        f"Port {port}\n" + "".join(f"ListenAddress {address}\n" for address in NODES.values())
+        f"Port {port}\n"
+        + "".join(f"ListenAddress {address}\n" for address in NODES.values())
         + f"HostKey {folder / 'host_key'}\nAuthorizedKeysFile {folder / 'authorized_keys'}\nPidFile {folder / 'sshd.pid'}\n"
         "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "PermitRootLogin prohibit-password\nLogLevel ERROR\n")  # fmt: skip
+        "PermitRootLogin prohibit-password\nLogLevel ERROR\n"
+    )
     client = folder / "ssh_config"
     client.write_text(
         "".join(f"Host {name}\n    HostName {address}\n" for name, address in NODES.items())
         + f"Host *\n    Port {port}\n    IdentityFile {folder / 'id_ed25519'}\n    IdentitiesOnly yes\n    BatchMode yes\n"
-        f"    UserKnownHostsFile {folder / 'known_hosts'}\n    StrictHostKeyChecking accept-new\n    LogLevel ERROR\n")  # fmt: skip
+        f"    UserKnownHostsFile {folder / 'known_hosts'}\n    StrictHostKeyChecking accept-new\n    LogLevel ERROR\n"
+    )
     return server, client
 
 
@@ -116,8 +123,12 @@ def start_nodes(folder: Path) -> Nodes:
     bin_dir.mkdir()
     (bin_dir / "ssh").write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {client} "$@"\n')
     (bin_dir / "ssh").chmod(0o755)
-    sshd = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(server)],
-                            stdout=open(folder / "sshd.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    sshd = subprocess.Popen(
+        [shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(server)],
+        stdout=open(folder / "sshd.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     nodes = Nodes(sshd, bin_dir)
     deadline = time.monotonic() + 30
     while True:

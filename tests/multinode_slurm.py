@@ -55,8 +55,10 @@ class Cluster:
 
 
 def _config(folder: Path, ports: dict[str, int], munge_socket: Path) -> str:
-    nodes = "".join(f"NodeName={name} NodeHostname={os.uname().nodename} NodeAddr={address} Port={ports[name]} CPUs=1 "
-                    "State=UNKNOWN\n" for name, address in NODES.items())
+    nodes = "".join(
+        f"NodeName={name} NodeHostname={os.uname().nodename} NodeAddr={address} Port={ports[name]} CPUs=1 State=UNKNOWN\n"
+        for name, address in NODES.items()
+    )
     return (
         f"ClusterName=aamtest\nSlurmctldHost={os.uname().nodename}(127.0.0.1)\nSlurmctldPort={ports['ctld']}\n"
         f"AuthType=auth/munge\nAuthInfo=socket={munge_socket}\nCredType=cred/munge\nSlurmUser=root\nSlurmdUser=root\n"
@@ -66,7 +68,11 @@ def _config(folder: Path, ports: dict[str, int], munge_socket: Path) -> str:
         "ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nJobAcctGatherType=jobacct_gather/none\n"
         "AccountingStorageType=accounting_storage/none\nSchedulerType=sched/builtin\nSelectType=select/cons_tres\n"
         "SelectTypeParameters=CR_CPU\nReturnToService=2\nMpiDefault=none\nKillWait=5\nMailProg=/bin/true\n"
-        + nodes + "PartitionName=debug Nodes=" + ",".join(NODES) + " Default=YES MaxTime=INFINITE State=UP\n")
+        + nodes
+        + "PartitionName=debug Nodes="
+        + ",".join(NODES)
+        + " Default=YES MaxTime=INFINITE State=UP\n"
+    )
 
 
 def _missing() -> list[str]:
@@ -95,14 +101,29 @@ def start_cluster(folder: Path) -> Cluster:
     cluster = Cluster(folder, {"SLURM_CONF": str(conf)})
     sbin = Path("/usr/sbin")
     commands = [
-        [str(sbin / "munged"), "-F", "--force", f"--socket={munge / 'socket'}", f"--key-file={key}",
-         f"--pid-file={munge / 'pid'}", f"--log-file={munge / 'log'}", f"--seed-file={munge / 'seed'}"],
+        [
+            str(sbin / "munged"),
+            "-F",
+            "--force",
+            f"--socket={munge / 'socket'}",
+            f"--key-file={key}",
+            f"--pid-file={munge / 'pid'}",
+            f"--log-file={munge / 'log'}",
+            f"--seed-file={munge / 'seed'}",
+        ],
         [str(sbin / "slurmctld"), "-D", "-f", str(conf)],
         *([str(sbin / "slurmd"), "-D", "-N", name, "-f", str(conf)] for name in NODES),
-    ]  # fmt: skip
+    ]
     for argv in commands:
-        cluster.daemons.append(subprocess.Popen(argv, env={**os.environ, **cluster.env}, stdout=open(folder / "daemons.log", "a"),
-                                                stderr=subprocess.STDOUT, start_new_session=True))
+        cluster.daemons.append(
+            subprocess.Popen(
+                argv,
+                env={**os.environ, **cluster.env},
+                stdout=open(folder / "daemons.log", "a"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         time.sleep(0.5 if argv[0].endswith("munged") else 0)
     deadline = time.monotonic() + 60
     while True:

@@ -53,7 +53,9 @@ def test_augmentation_is_deterministic_per_seed_epoch_and_sample():
 def test_augmented_batches_do_not_depend_on_the_rank_layout():
     """One process with micro batch 4 sees the same perturbed samples as two ranks with 2 each."""
     rows = [SampleRow(i, np.arange(i % 3, i % 3 + 5), np.arange(1, 6, dtype=np.float32) * (i + 1)) for i in range(12)]
-    dataset = AugmentedDataset(SampleDataset(rows, np.ones((10, 4), dtype=np.uint8)), AugmentSpec(resample_reads=True, asv_dropout=0.2), seed=1)
+    dataset = AugmentedDataset(
+        SampleDataset(rows, np.ones((10, 4), dtype=np.uint8)), AugmentSpec(resample_reads=True, asv_dropout=0.2), seed=1
+    )
 
     def items(micro, world, rank):
         sampler = iter(GlobalBatchSampler(len(rows), micro, world, rank, seed=1, with_epoch=True))

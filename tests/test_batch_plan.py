@@ -17,13 +17,16 @@ from aam_ds.spec import DEFAULT_MICRO_BATCH, BatchPlan, load_spec
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("given, world, expected", [
-    ({}, 1, (DEFAULT_MICRO_BATCH, DEFAULT_MICRO_BATCH, 1)),
-    ({"grad_accum_steps": 3}, 2, (DEFAULT_MICRO_BATCH * 3 * 2, DEFAULT_MICRO_BATCH, 3)),
-    ({"micro_batch_size": 4}, 2, (8, 4, 1)),
-    ({"global_batch_size": 12}, 3, (12, 4, 1)),
-    ({"global_batch_size": 48, "grad_accum_steps": 2}, 3, (48, 8, 2)),
-])
+@pytest.mark.parametrize(
+    "given, world, expected",
+    [
+        ({}, 1, (DEFAULT_MICRO_BATCH, DEFAULT_MICRO_BATCH, 1)),
+        ({"grad_accum_steps": 3}, 2, (DEFAULT_MICRO_BATCH * 3 * 2, DEFAULT_MICRO_BATCH, 3)),
+        ({"micro_batch_size": 4}, 2, (8, 4, 1)),
+        ({"global_batch_size": 12}, 3, (12, 4, 1)),
+        ({"global_batch_size": 48, "grad_accum_steps": 2}, 3, (48, 8, 2)),
+    ],
+)
 def test_the_plan_fills_what_the_spec_leaves_out_and_records_what_it_gave(given, world, expected):
     spec = load_spec(None, [f"parallel.{k}={v}" for k, v in {**given, "world_size": world}.items()])
     plan = spec.parallel.batch_plan()

@@ -73,7 +73,10 @@ def test_a_bad_recipe_is_refused_with_its_path(tmp_path):
 
 def test_flatten_gives_set_overrides():
     assert flatten({"data": {"augment": {"asv_dropout": 0.2}, "targets": ["age"]}, "model": {"preset": "tiny"}}) == [
-        "data.augment.asv_dropout=0.2", "data.targets=[age]", "model.preset=tiny"]
+        "data.augment.asv_dropout=0.2",
+        "data.targets=[age]",
+        "model.preset=tiny",
+    ]
 
 
 def test_linear_baseline_learns_the_demo_age(demo_paths):
@@ -92,11 +95,35 @@ def test_benchmark_quick_end_to_end_on_demo_data(demo_paths, tmp_path):
     out = tmp_path / "bench"
     # as a user runs it: its own process (and its own peak memory), the CLI's exit status
     result = subprocess.run(
-        [sys.executable, "-m", "aam_ds.cli", "benchmark", "--table", str(demo_paths.table), "--tree", str(demo_paths.tree),
-         "--metadata", str(demo_paths.metadata), "--target", "age", "--split", "grouped", "--group-column", "subject",
-         "--budget", "quick", "--out-dir", str(out), "--set", f"data.cache_dir={tmp_path / 'cache'}"],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "aam_ds.cli",
+            "benchmark",
+            "--table",
+            str(demo_paths.table),
+            "--tree",
+            str(demo_paths.tree),
+            "--metadata",
+            str(demo_paths.metadata),
+            "--target",
+            "age",
+            "--split",
+            "grouped",
+            "--group-column",
+            "subject",
+            "--budget",
+            "quick",
+            "--out-dir",
+            str(out),
+            "--set",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "benchmark stage: AAM fine-tuning" in result.stdout and "report.md" in result.stdout
     report = json.loads((out / "report.json").read_text())
@@ -146,8 +173,9 @@ def test_finetune_without_evaluations_trains_on_every_training_sample(tmp_path):
 
     recipe = load_recipe("quick")
     recipe = dataclasses.replace(recipe, finetune=dataclasses.replace(recipe.finetune, evaluations=0))
-    inputs = BenchmarkInputs(table=tmp_path / "t.biom", metadata=tmp_path / "m.tsv", target="age", out_dir=tmp_path, recipe=recipe,
-                             group_column="subject")
+    inputs = BenchmarkInputs(
+        table=tmp_path / "t.biom", metadata=tmp_path / "m.tsv", target="age", out_dir=tmp_path, recipe=recipe, group_column="subject"
+    )
     spec = aam_finetune_spec(inputs, tmp_path / "folds.tsv", 100, 5, "regression", "grouped")
     assert spec.data.split.val_fraction == 0 and spec.schedule.best_metric is None
 
@@ -181,8 +209,9 @@ def test_a_recipe_batch_larger_than_a_small_tables_training_part_shrinks_to_fit(
     from aam_ds.benchmark.runner import BenchmarkInputs
     from aam_ds.benchmark.stages import aam_finetune_spec, aam_pretrain_spec
 
-    inputs = BenchmarkInputs(table=tmp_path / "t.biom", metadata=tmp_path / "m.tsv", target="BodySite", out_dir=tmp_path,
-                             recipe=load_recipe("standard"))
+    inputs = BenchmarkInputs(
+        table=tmp_path / "t.biom", metadata=tmp_path / "m.tsv", target="BodySite", out_dir=tmp_path, recipe=load_recipe("standard")
+    )
     big = aam_finetune_spec(inputs, tmp_path / "folds.tsv", 400, 5, "classification", "stratified", smallest_train=318)
     assert big.parallel.global_batch_size == 32  # large tables keep the recipe's batch
     small = aam_finetune_spec(inputs, tmp_path / "folds.tsv", 34, 5, "classification", "stratified", smallest_train=26)
@@ -193,5 +222,7 @@ def test_a_recipe_batch_larger_than_a_small_tables_training_part_shrinks_to_fit(
     assert pretrain.parallel.global_batch_size == 23  # floor(30 x 0.8) - 1: a validation part of 6 leaves 24
     assert aam_pretrain_spec(inputs, 2000).data.split.val_fraction == 0.05
     given = BenchmarkInputs(**{**inputs.__dict__, "extra": ["parallel.micro_batch_size=32"]})
-    assert aam_finetune_spec(given, tmp_path / "folds.tsv", 34, 5, "classification", "stratified", smallest_train=26
-                             ).parallel.micro_batch_size == 32
+    assert (
+        aam_finetune_spec(given, tmp_path / "folds.tsv", 34, 5, "classification", "stratified", smallest_train=26).parallel.micro_batch_size
+        == 32
+    )

@@ -45,8 +45,10 @@ def shell(command: str) -> subprocess.CompletedProcess:
 
 
 def test_top_level_help_lists_every_command_without_importing_torch():
-    code = ("import sys\nfrom aam_ds.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print('torch imported:', 'torch' in sys.modules, 'deepspeed' in sys.modules)")
+    code = (
+        "import sys\nfrom aam_ds.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch imported:', 'torch' in sys.modules, 'deepspeed' in sys.modules)"
+    )
     result = run([sys.executable, "-c", code])
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith("torch imported: False False")
@@ -151,7 +153,7 @@ def test_gather_with_grad_sums_each_ranks_gradient(tmp_path):
     for rank in range(2):
         result = torch.load(f"{out}.{rank}")
         torch.testing.assert_close(result["gathered"], torch.cat([torch.arange(6.0).reshape(3, 2) + 10 * r for r in range(2)]))
-        torch.testing.assert_close(result["grad"], 2 * weights[3 * rank:3 * rank + 3])
+        torch.testing.assert_close(result["grad"], 2 * weights[3 * rank : 3 * rank + 3])
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,9 +175,30 @@ def readme_command(name: str) -> list[str]:
 def test_readme_cv_line_runs_and_ends_with_one_cross_fold_table(cache, demo, tmp_path):
     """The README's `aam-ds cv` line, on the demo data with a tiny model and 3 steps per fold, in a
     folder whose rf/folds.tsv came from `aam-ds rf-baseline --out-dir rf` (3 grouped folds)."""
-    assert cli_main(["rf-baseline", "--table", str(demo.table), "--metadata", str(demo.metadata), "--target", "age",
-                     "--split", "grouped", "--group-column", "subject", "--folds", "3", "--trees", "10",
-                     "--out-dir", str(tmp_path / "rf")]) == 0  # fmt: skip
+    assert (
+        cli_main(
+            [
+                "rf-baseline",
+                "--table",
+                str(demo.table),
+                "--metadata",
+                str(demo.metadata),
+                "--target",
+                "age",
+                "--split",
+                "grouped",
+                "--group-column",
+                "subject",
+                "--folds",
+                "3",
+                "--trees",
+                "10",
+                "--out-dir",
+                str(tmp_path / "rf"),
+            ]
+        )
+        == 0
+    )
     (tmp_path / "run.yaml").write_text(
         f"data: {{cache_dir: {cache}, max_asvs: 16, max_seq_len: 48}}\nmodel: {{preset: tiny}}\n"
         "schedule: {steps: 3, warmup_steps: 0}\nparallel: {micro_batch_size: 8}\ntracking: {rich: false}\n"
@@ -192,7 +215,7 @@ def test_readme_cv_line_runs_and_ends_with_one_cross_fold_table(cache, demo, tmp
         assert f"aam-ds run {run_dir.name}-fold{fold}: " in out
         assert f"run summary: {run_dir.name}-fold{fold}" in out
     assert out.count("cross-validation of") == 1
-    table = out[out.index("cross-validation of age (regression), 3 folds"):].splitlines()
+    table = out[out.index("cross-validation of age (regression), 3 folds") :].splitlines()
     header = next(line for line in table if line.startswith("┃ fold"))
     assert re.findall(r"\w+", header)[:4] == ["fold", "mae", "rmse", "r2"]
     for row in ("fold 0", "fold 1", "fold 2", "mean ± std", "pooled"):
@@ -214,23 +237,55 @@ def test_pytest_header_says_whether_the_real_data_folder_was_found():
     assert result.returncode == 0, result.stdout[-2000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("real data folder:")]
     shared = ROOT.parent / "shared" / "data"
-    assert lines == [f"real data folder: {shared} " + ("(the tests that need it run)" if shared.is_dir() else
-                     "is absent, so the tests that need it skip (CI has it; see README, 'Quick start')")]
+    assert lines == [
+        f"real data folder: {shared} "
+        + (
+            "(the tests that need it run)"
+            if shared.is_dir()
+            else "is absent, so the tests that need it skip (CI has it; see README, 'Quick start')"
+        )
+    ]
 
 
 def test_run_header_accounts_for_every_sample_and_notices_are_one_line(cache, tmp_path):
     """Issue 16 item 9: the header says the demo data was generated and how many samples were
     loaded, dropped (why) and put in each split; a rarefaction drop is one `aam-ds: notice:` line,
     not a raw UserWarning with its source line."""
-    result = run([sys.executable, str(ROOT / "launch" / "pretrain.py"), "--set", "model.preset=tiny", "--set", "data.max_asvs=16",
-                  "--set", "data.max_seq_len=48", "--set", f"data.cache_dir={cache}", "--set", "data.rarefy_depth=4000",
-                  "--set", "schedule.steps=1", "--set", "schedule.warmup_steps=0", "--set", "tracking.rich=false",
-                  "--set", f"tracking.run_dir={tmp_path / 'run'}", "--set", "parallel.micro_batch_size=4"], cwd=tmp_path)
+    result = run(
+        [
+            sys.executable,
+            str(ROOT / "launch" / "pretrain.py"),
+            "--set",
+            "model.preset=tiny",
+            "--set",
+            "data.max_asvs=16",
+            "--set",
+            "data.max_seq_len=48",
+            "--set",
+            f"data.cache_dir={cache}",
+            "--set",
+            "data.rarefy_depth=4000",
+            "--set",
+            "schedule.steps=1",
+            "--set",
+            "schedule.warmup_steps=0",
+            "--set",
+            "tracking.rich=false",
+            "--set",
+            f"tracking.run_dir={tmp_path / 'run'}",
+            "--set",
+            "parallel.micro_batch_size=4",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     output = result.stdout + result.stderr
     header = next(line for line in output.splitlines() if line.startswith("aam-ds run:"))
-    found = re.search(r"data demo data \(generated, seeded\) .*, samples 300 loaded, (\d+) dropped \(fewer reads than "
-                      r"data.rarefy_depth 4000\); train (\d+) / val (\d+)", header)
+    found = re.search(
+        r"data demo data \(generated, seeded\) .*, samples 300 loaded, (\d+) dropped \(fewer reads than "
+        r"data.rarefy_depth 4000\); train (\d+) / val (\d+)",
+        header,
+    )
     assert found is not None, header
     dropped, train, val = map(int, found.groups())
     assert dropped > 0 and dropped + train + val == 300

@@ -15,8 +15,7 @@ NEWICK = "((A:0.1,B:0.2):0.3,(C:0.4,D:0.5):0.25,E:0.9)root;\n"
 
 @pytest.fixture
 def inputs(tmp_path):
-    (tmp_path / "t.tsv").write_text("#OTU ID\tS1\tS2\tS3\tS4\nA\t3\t0\t1\t2\nB\t0\t4\t1\t0\nC\t1\t1\t0\t0\n"
-                                    "D\t0\t1\t5\t0\nE\t2\t0\t0\t7\n")
+    (tmp_path / "t.tsv").write_text("#OTU ID\tS1\tS2\tS3\tS4\nA\t3\t0\t1\t2\nB\t0\t4\t1\t0\nC\t1\t1\t0\t0\nD\t0\t1\t5\t0\nE\t2\t0\t0\t7\n")
     (tmp_path / "tree.nwk").write_text(NEWICK)
     spec = {"data": {"table": str(tmp_path / "t.tsv"), "tree": str(tmp_path / "tree.nwk"), "metric": "generalized", "alpha": 0.25}}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(spec))
@@ -46,11 +45,31 @@ def test_distances_take_the_runs_data_fields_and_flags_win(inputs, capsys):
 
 
 def test_rf_baseline_takes_the_runs_table_target_and_split(demo, tmp_path, capsys):
-    flags = ["--table", str(demo.table), "--metadata", str(demo.metadata), "--target", "age", "--split", "grouped",
-             "--group-column", "subject", "--folds", "3", "--seed", "4"]
+    flags = [
+        "--table",
+        str(demo.table),
+        "--metadata",
+        str(demo.metadata),
+        "--target",
+        "age",
+        "--split",
+        "grouped",
+        "--group-column",
+        "subject",
+        "--folds",
+        "3",
+        "--seed",
+        "4",
+    ]
     assert cli_main(["rf-baseline", *flags, "--trees", "5", "--out-dir", str(tmp_path / "flags")]) == 0
-    spec = {"data": {"table": str(demo.table), "metadata": str(demo.metadata), "targets": ["age"],
-                     "split": {"kind": "grouped", "group_column": "subject", "folds": 3, "seed": 4}}}
+    spec = {
+        "data": {
+            "table": str(demo.table),
+            "metadata": str(demo.metadata),
+            "targets": ["age"],
+            "split": {"kind": "grouped", "group_column": "subject", "folds": 3, "seed": 4},
+        }
+    }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(spec))
     assert cli_main(["rf-baseline", "--spec", str(tmp_path / "run.yaml"), "--trees", "5", "--out-dir", str(tmp_path / "spec")]) == 0
     assert (tmp_path / "spec" / "folds.tsv").read_text() == (tmp_path / "flags" / "folds.tsv").read_text()

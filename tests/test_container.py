@@ -16,7 +16,7 @@ CONTAINER = ROOT / "container"
 def final_stage() -> str:
     """The Containerfile's text from its last FROM on."""
     text = (CONTAINER / "Containerfile").read_text()
-    return text[text.rindex("\nFROM "):]
+    return text[text.rindex("\nFROM ") :]
 
 
 def normalise(name: str) -> str:
@@ -26,8 +26,11 @@ def normalise(name: str) -> str:
 def test_every_runtime_dependency_is_pinned_for_the_image():
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {normalise(re.match(r"[A-Za-z0-9_.-]+", d).group()) for d in dependencies} - {"torch"}  # torch: the TORCH build argument
-    pinned = {normalise(line.split("==")[0]) for line in (CONTAINER / "constraints.txt").read_text().splitlines()
-              if "==" in line and not line.startswith("#")}
+    pinned = {
+        normalise(line.split("==")[0])
+        for line in (CONTAINER / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
     assert names and not names - pinned, f"not pinned in container/constraints.txt (bash container/build.sh --freeze): {names - pinned}"
     assert re.search(r"ARG TORCH=torch==\d+\.\d+\.\d+\n", (CONTAINER / "Containerfile").read_text())
 

@@ -9,8 +9,21 @@ from aam_ds.data.metadata import align_metadata, categorical_codes, is_numeric_c
 from aam_ds.data.table import load_table
 from aam_ds.errors import AamInputError
 
-ID_HEADERS = ["id", "ID", "sampleid", "sample id", "Sample-ID", "featureid", "feature id", "feature-id",
-              "#SampleID", "#Sample ID", "#OTUID", "#OTU ID", "sample_name"]  # fmt: skip
+ID_HEADERS = [
+    "id",
+    "ID",
+    "sampleid",
+    "sample id",
+    "Sample-ID",
+    "featureid",
+    "feature id",
+    "feature-id",
+    "#SampleID",
+    "#Sample ID",
+    "#OTUID",
+    "#OTU ID",
+    "sample_name",
+]
 
 
 @pytest.mark.parametrize("header", ID_HEADERS)
@@ -29,7 +42,7 @@ def test_types_comments_and_missing_cells(tmp_path):
         "# a comment between rows\n"
         "10317.000003639\t1\t30.5\tgut\t\n"
         "\n"
-        "S2\t2\t\t\"oral, upper\"\tx\n"
+        'S2\t2\t\t"oral, upper"\tx\n'
     )
     frame = load_metadata(path)
     assert list(frame.index) == ["10317.000003639", "S2"]

@@ -13,11 +13,18 @@ from aam_ds.spec import build_spec
 
 
 def test_demo_default_end_to_end(tmp_path):
-    spec = build_spec({
-        "data": {"cache_dir": str(tmp_path / "cache"), "targets": ["age"], "covariates": ["body_site"], "max_asvs": 64,
-                 "split": {"kind": "grouped", "group_column": "subject", "val_fraction": 0.1, "test_fraction": 0.2}},
-        "loss": {"task": "regression"},
-    })  # fmt: skip
+    spec = build_spec(
+        {
+            "data": {
+                "cache_dir": str(tmp_path / "cache"),
+                "targets": ["age"],
+                "covariates": ["body_site"],
+                "max_asvs": 64,
+                "split": {"kind": "grouped", "group_column": "subject", "val_fraction": 0.1, "test_fraction": 0.2},
+            },
+            "loss": {"task": "regression"},
+        }
+    )
     data = prepare_data(spec, tmp_path / "run")
     n, m = data.table.shape
     assert data.tokens.shape == (m, 150) and data.tree is not None and data.tree.is_file()
@@ -33,12 +40,19 @@ def test_demo_default_end_to_end(tmp_path):
 
 
 def test_real_classification_with_rarefaction(shared_data, tmp_path):
-    spec = build_spec({
-        "data": {"table": str(shared_data / "cfs/table.biom"), "metadata": str(shared_data / "cfs/metadata.tsv"),
-                 "targets": ["Subject"], "rarefy_depth": 30000, "cache_dir": str(tmp_path),
-                 "split": {"kind": "stratified", "column": "Subject", "val_fraction": 0.2}},
-        "loss": {"task": "classification"},
-    })  # fmt: skip
+    spec = build_spec(
+        {
+            "data": {
+                "table": str(shared_data / "cfs/table.biom"),
+                "metadata": str(shared_data / "cfs/metadata.tsv"),
+                "targets": ["Subject"],
+                "rarefy_depth": 30000,
+                "cache_dir": str(tmp_path),
+                "split": {"kind": "stratified", "column": "Subject", "val_fraction": 0.2},
+            },
+            "loss": {"task": "classification"},
+        }
+    )
     totals = np.asarray(load_table(shared_data / "cfs/table.biom").counts.sum(axis=1)).ravel()
     with pytest.warns(UserWarning, match=f"drops {(totals < 30000).sum()} of 87"):
         data = prepare_data(spec)
@@ -54,8 +68,17 @@ def test_md5_table_with_fasta_and_drop_asv(tmp_path):
     table.write_text("#OTU ID\tS1\tS2\tS3\nh1\t4\t0\t1\nh2\t0\t3\t2\nh3\t1\t1\t0\n")
     fasta = tmp_path / "rep.fasta"
     fasta.write_text(">h1\nACGTACGT\n>h2\nACGTRCGT\n>h3\nTTTTGGGG\n")
-    spec = build_spec({"data": {"table": str(table), "sequences": str(fasta), "ambiguous_bases": "drop_asv",
-                                "max_seq_len": 10, "cache_dir": str(tmp_path / "c")}})  # fmt: skip
+    spec = build_spec(
+        {
+            "data": {
+                "table": str(table),
+                "sequences": str(fasta),
+                "ambiguous_bases": "drop_asv",
+                "max_seq_len": 10,
+                "cache_dir": str(tmp_path / "c"),
+            }
+        }
+    )
     with pytest.warns(UserWarning, match="dropping 1 ASVs"):
         data = prepare_data(spec)
     assert data.table.asv_ids == ["h1", "h3"] and data.tokens.shape == (2, 10)

@@ -20,7 +20,7 @@ from aam_ds.data.sequences import (
     dropped_rows,
     read_fasta,
     tokenize,
-)  # fmt: skip
+)
 from aam_ds.data.table import load_table
 from aam_ds.errors import AamInputError
 from aam_ds.model.vocabulary import MASK, VOCAB_SIZE
@@ -97,8 +97,11 @@ def test_cache_second_load_is_a_faster_identical_hit(shared_data, tmp_path, monk
 def test_cache_key_covers_inputs_and_survives_corruption(tmp_path):
     seqs = ["ACGTR", "TTGCA"]
     base = cached_tokenize(seqs, 8, "as_n", tmp_path)
-    for other in (cached_tokenize(seqs, 9, "as_n", tmp_path), cached_tokenize(seqs, 8, "drop_asv", tmp_path),
-                  cached_tokenize(seqs[::-1], 8, "as_n", tmp_path)):  # fmt: skip
+    for other in (
+        cached_tokenize(seqs, 9, "as_n", tmp_path),
+        cached_tokenize(seqs, 8, "drop_asv", tmp_path),
+        cached_tokenize(seqs[::-1], 8, "as_n", tmp_path),
+    ):
         assert not other.hit and other.path != base.path
     base.path.write_bytes(b"not an npy file")
     rebuilt = cached_tokenize(seqs, 8, "as_n", tmp_path)

@@ -26,8 +26,23 @@ def _distances(args: list[str], env: dict[str, str]) -> subprocess.CompletedProc
 
 def test_killed_run_continues_and_equals_the_in_memory_matrix(demo_paths, tmp_path):
     out = tmp_path / "unweighted.h5"
-    args = ["--table", str(demo_paths.table), "--tree", str(demo_paths.tree), "--metric", "unweighted",
-            "--out", str(out), "--block-size", "64", "--no-progress", "--threads", "1", "--device", "cpu"]
+    args = [
+        "--table",
+        str(demo_paths.table),
+        "--tree",
+        str(demo_paths.tree),
+        "--metric",
+        "unweighted",
+        "--out",
+        str(out),
+        "--block-size",
+        "64",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", KILL_AFTER_BLOCKS_ENV: "6"}
     killed = _distances(args, env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -51,8 +66,21 @@ def test_killed_run_continues_and_equals_the_in_memory_matrix(demo_paths, tmp_pa
 @pytest.mark.slow  # two fresh interpreters, one importing torch: over 20 s on a loaded 2-core machine
 def test_partial_file_of_other_inputs_is_started_over(demo_paths, tmp_path):
     out = tmp_path / "d.h5"
-    base = ["--table", str(demo_paths.table), "--tree", str(demo_paths.tree), "--out", str(out),
-            "--block-size", "128", "--no-progress", "--threads", "1", "--device", "cpu"]
+    base = [
+        "--table",
+        str(demo_paths.table),
+        "--tree",
+        str(demo_paths.tree),
+        "--out",
+        str(out),
+        "--block-size",
+        "128",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", KILL_AFTER_BLOCKS_ENV: "2"}
     assert _distances([*base, "--metric", "weighted_normalized"], env).returncode == -signal.SIGKILL
     env[KILL_AFTER_BLOCKS_ENV] = "0"

@@ -61,9 +61,7 @@ def toy_table() -> FeatureTable:
     return FeatureTable([f"s{i}" for i in range(7)], ASVS, sp.csr_matrix(counts.astype(np.float64)), "toy")
 
 
-@pytest.mark.parametrize(
-    "metric, alpha", [(m, 0.5) for m in UNIFRAC_METRICS] + [("generalized", 0.0), ("generalized", 1.0)]
-)
+@pytest.mark.parametrize("metric, alpha", [(m, 0.5) for m in UNIFRAC_METRICS] + [("generalized", 0.0), ("generalized", 1.0)])
 def test_unifrac_matches_textbook_definition(toy_table, metric, alpha):
     expected = textbook_unifrac(NEWICK, toy_table.counts.toarray(), ASVS, metric, alpha)
     metric_obj = build_metric(metric, toy_table, parse_newick(NEWICK), alpha=alpha)

@@ -116,8 +116,24 @@ def test_large_datasets_match_unifrac(loaded, oracle, name, metric, dtype):
 def test_our_hdf5_reads_in_unifrac_and_matches(shared_data, tmp_path):
     out = tmp_path / "ours.h5"
     small = shared_data / "small"
-    assert cli.main(["--table", str(small / "crawford.biom"), "--tree", str(small / "crawford.tre"),
-                     "--metric", "weighted_normalized", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "--table",
+                str(small / "crawford.biom"),
+                "--tree",
+                str(small / "crawford.tre"),
+                "--metric",
+                "weighted_normalized",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     read_back = tmp_path / "read.npz"
     subprocess.run([SYSTEM_PYTHON, str(ORACLE), "read-h5", str(out), str(read_back)], check=True, capture_output=True)
     theirs = np.load(read_back)
@@ -130,8 +146,7 @@ def test_our_hdf5_reads_in_unifrac_and_matches(shared_data, tmp_path):
 @pytest.mark.parametrize("metric", ["unweighted", "generalized"])
 def test_ssu_engine_agrees_with_torch_engine_from_qza_inputs(shared_data, tmp_path, make_qza, metric):
     small = shared_data / "small"
-    table_qza = make_qza(tmp_path / "table.qza", "FeatureTable[Frequency]", "feature-table.biom",
-                         (small / "test-small.biom").read_bytes())
+    table_qza = make_qza(tmp_path / "table.qza", "FeatureTable[Frequency]", "feature-table.biom", (small / "test-small.biom").read_bytes())
     tree_qza = make_qza(tmp_path / "tree.qza", "Phylogeny[Rooted]", "tree.nwk", (small / "test-small-tree.nwk").read_bytes())
     common = ["--table", str(table_qza), "--tree", str(tree_qza), "--metric", metric, "--alpha", str(ALPHA), "--no-progress"]
     assert cli.main(common + ["--engine", "ssu", "--out", str(tmp_path / "ssu.tsv"), "--threads", "1"]) == 0

@@ -15,9 +15,11 @@ HEAVY = ("torch", "sklearn", "deepspeed", "pandas")
 
 def _modules_after(argv: list[str]) -> list[str]:
     """Run ``aam-ds`` with ``argv`` in a fresh interpreter; the heavy modules it imported."""
-    code = ("import sys\nfrom aam_ds.cli import main\ntry:\n    code = main(sys.argv[1:])\nexcept SystemExit as exc:\n"
-            "    code = exc.code\nassert code in (0, None), code\n"
-            f"print('heavy:', *[m for m in {HEAVY!r} if m in sys.modules])")
+    code = (
+        "import sys\nfrom aam_ds.cli import main\ntry:\n    code = main(sys.argv[1:])\nexcept SystemExit as exc:\n"
+        "    code = exc.code\nassert code in (0, None), code\n"
+        f"print('heavy:', *[m for m in {HEAVY!r} if m in sys.modules])"
+    )
     result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1].split()
@@ -33,15 +35,40 @@ def test_distances_help_imports_no_heavy_module():
 def test_ssu_engine_imports_no_torch(shared_data, tmp_path):
     small = shared_data / "small"
     out = tmp_path / "d.h5"
-    argv = ["distances", "--engine", "ssu", "--table", str(small / "test-small.biom"), "--tree", str(small / "test-small-tree.nwk"),
-            "--metric", "unweighted", "--out", str(out), "--threads", "1"]
+    argv = [
+        "distances",
+        "--engine",
+        "ssu",
+        "--table",
+        str(small / "test-small.biom"),
+        "--tree",
+        str(small / "test-small-tree.nwk"),
+        "--metric",
+        "unweighted",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
     assert [m for m in _modules_after(argv) if m != "pandas"] == []  # biom, which reads the table, imports pandas
     assert out.is_file()
 
 
 @pytest.mark.slow  # two fresh interpreters, one importing torch: over 20 s on a loaded 2-core machine
 def test_unweighted_on_the_cpu_imports_no_torch_and_other_metrics_do(demo_paths, tmp_path):
-    argv = ["distances", "--table", str(demo_paths.table), "--tree", str(demo_paths.tree), "--device", "cpu",
-            "--threads", "1", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    argv = [
+        "distances",
+        "--table",
+        str(demo_paths.table),
+        "--tree",
+        str(demo_paths.tree),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert [m for m in _modules_after([*argv, "--metric", "unweighted", "--out", str(tmp_path / "u.h5")]) if m != "pandas"] == []
     assert "torch" in _modules_after([*argv, "--metric", "weighted_normalized", "--out", str(tmp_path / "w.h5")])

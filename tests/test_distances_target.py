@@ -21,8 +21,9 @@ def table() -> FeatureTable:
     rng = np.random.default_rng(3)
     counts = rng.poisson(2.0, size=(12, 30)) * (rng.random((12, 30)) < 0.4)
     counts[:, 0] += 1
-    return FeatureTable([f"sample.{i}" for i in range(12)], [f"asv{j}" for j in range(30)],
-                        sp.csr_matrix(counts.astype(np.float64)), "toy.biom")
+    return FeatureTable(
+        [f"sample.{i}" for i in range(12)], [f"asv{j}" for j in range(30)], sp.csr_matrix(counts.astype(np.float64)), "toy.biom"
+    )
 
 
 @pytest.mark.parametrize("suffix", [".h5", ".npy", ".tsv"])

@@ -8,8 +8,13 @@ from aam_ds.distances.tree import read_tree
 
 
 def _same(a, b) -> bool:
-    return (np.array_equal(a.parent, b.parent) and np.array_equal(a.length, b.length)
-            and np.array_equal(a.tip_nodes, b.tip_nodes) and a.tip_names == b.tip_names and a.source == b.source)
+    return (
+        np.array_equal(a.parent, b.parent)
+        and np.array_equal(a.length, b.length)
+        and np.array_equal(a.tip_nodes, b.tip_nodes)
+        and a.tip_names == b.tip_names
+        and a.source == b.source
+    )
 
 
 def test_cached_tree_equals_a_fresh_parse_and_broken_entries_are_replaced(demo_paths, tmp_path):

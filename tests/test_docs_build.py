@@ -28,10 +28,13 @@ def public_modules() -> list[str]:
 def documented_in_aam_ds(cls: type, name: str) -> bool:
     """Whether ``cls`` or an aam_ds class it inherits from gives method ``name`` a docstring."""
     return any(
-        isinstance(vars(base).get(name), (staticmethod, classmethod)) and vars(base)[name].__func__.__doc__
-        or inspect.isfunction(vars(base).get(name)) and vars(base)[name].__doc__
-        for base in cls.__mro__ if base.__module__.startswith("aam_ds")
-    )  # fmt: skip
+        isinstance(vars(base).get(name), (staticmethod, classmethod))
+        and vars(base)[name].__func__.__doc__
+        or inspect.isfunction(vars(base).get(name))
+        and vars(base)[name].__doc__
+        for base in cls.__mro__
+        if base.__module__.startswith("aam_ds")
+    )
 
 
 def undocumented(module_name: str) -> list[str]:
@@ -45,8 +48,11 @@ def undocumented(module_name: str) -> list[str]:
         if (inspect.isfunction(obj) or inspect.isclass(obj)) and not obj.__doc__:
             found.append(f"{module_name}.{name}")
         if inspect.isclass(obj):
-            methods = [m for m, f in vars(obj).items() if not m.startswith("_") and isinstance(f, (staticmethod, classmethod))
-                       or not m.startswith("_") and inspect.isfunction(f)]
+            methods = [
+                m
+                for m, f in vars(obj).items()
+                if not m.startswith("_") and isinstance(f, (staticmethod, classmethod)) or not m.startswith("_") and inspect.isfunction(f)
+            ]
             found += [f"{module_name}.{name}.{m}" for m in methods if not documented_in_aam_ds(obj, m)]
     return found
 
@@ -59,8 +65,10 @@ def test_every_public_function_has_a_docstring():
 
 
 def test_the_docstring_check_sees_a_missing_docstring(tmp_path, monkeypatch):
-    (tmp_path / "aam_ds_probe.py").write_text('"""A module."""\n\n\ndef public(x):\n    return x\n\n\nclass Thing:\n'
-                                             '    """A class."""\n\n    def method(self):\n        return 1\n')
+    (tmp_path / "aam_ds_probe.py").write_text(
+        '"""A module."""\n\n\ndef public(x):\n    return x\n\n\nclass Thing:\n'
+        '    """A class."""\n\n    def method(self):\n        return 1\n'
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert undocumented("aam_ds_probe") == ["aam_ds_probe.public", "aam_ds_probe.Thing.method"]
 
@@ -73,10 +81,23 @@ KERNEL_TRANSPORT_NOTICE = "[IPKernelApp] WARNING | Kernel is running over TCP wi
 def test_sphinx_builds_with_warnings_as_errors_and_executes_the_tutorials(tmp_path):
     """One build: the references, and the tutorials executed once on 4 steps each and rendered with their outputs."""
     site, runs = tmp_path / "html", tmp_path / "runs"
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "AAM_TUTORIAL_STEPS": "4", "AAM_TUTORIAL_DIR": str(runs), "AAM_DOCS_EXECUTE": "cache"}
-    result = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", str(site)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "AAM_TUTORIAL_STEPS": "4",
+        "AAM_TUTORIAL_DIR": str(runs),
+        "AAM_DOCS_EXECUTE": "cache",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", str(site)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     output = "\n".join(line for line in (result.stdout + result.stderr).splitlines() if KERNEL_TRANSPORT_NOTICE not in line)
     assert result.returncode == 0, output[-4000:]
     assert "WARNING" not in output and "ERROR" not in output, output[-4000:]  # docutils' own messages (argparse help) too

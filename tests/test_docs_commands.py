@@ -40,37 +40,35 @@ NOT_RUN = {
     "sbatch launch/slurm_pretrain.sbatch run.yaml ds_configs/zero2.json --resume": "needs SLURM: tests/test_multinode.py "
     "resubmits it after scancel",
     "aam-ds benchmark --table table.qza --tree rooted-tree.qza --sequences rep-seqs.qza --metadata sample-metadata.tsv "
-    "--target body_site --split grouped --group-column host_subject_id --budget standard --out-dir bench-body-site":
-        "an hour at the standard budget: tests/test_benchmark.py runs the command with --budget quick, and "
-        "tests/test_qiime2_hashed_ids.py trains on artifacts with hashed IDs and rep-seqs",
+    "--target body_site --split grouped --group-column host_subject_id --budget standard --out-dir bench-body-site": "an hour at the standard budget: tests/test_benchmark.py runs the command with --budget quick, and "
+    "tests/test_qiime2_hashed_ids.py trains on artifacts with hashed IDs and rep-seqs",
     "aam-ds explain --model runs/mp-body-site/model.pt --table mp-table.biom --sequences rep-seqs.qza --metadata "
     "../shared/data/small/moving_pictures.sample-metadata.tsv --target BodySite --taxonomy "
-    "../shared/data/small/moving_pictures.taxonomy.tsv --out-dir explain-body-site":
-        "needs the moving-pictures tutorial's rep-seqs.qza, which ../shared/data lacks: tests/test_explain.py runs "
-        "`aam-ds explain` on a model fine-tuned on the demo data",
+    "../shared/data/small/moving_pictures.taxonomy.tsv --out-dir explain-body-site": "needs the moving-pictures tutorial's rep-seqs.qza, which ../shared/data lacks: tests/test_explain.py runs "
+    "`aam-ds explain` on a model fine-tuned on the demo data",
     "aam-ds finetune --set data.table=mp-table.biom --set data.sequences=rep-seqs.qza --set "
     "data.metadata=../shared/data/small/moving_pictures.sample-metadata.tsv --set loss.task=classification --set "
     "data.targets=[BodySite] --set model.preset=tiny --set loss.pairwise_weight=0 --set loss.nucleotide_weight=0 --set "
     "data.max_asvs=64 --set data.max_seq_len=120 --set schedule.steps=80 --set data.split.kind=stratified --set "
-    "data.split.column=BodySite --set data.split.val_fraction=0.3 --set tracking.run_dir=runs/mp-body-site":
-        "the fine-tuning behind the explain example above (same reason); tests/test_qiime2_hashed_ids.py trains on "
-        "hashed IDs with rep-seqs",
+    "data.split.column=BodySite --set data.split.val_fraction=0.3 --set tracking.run_dir=runs/mp-body-site": "the fine-tuning behind the explain example above (same reason); tests/test_qiime2_hashed_ids.py trains on "
+    "hashed IDs with rep-seqs",
     "mlflow server --backend-store-uri sqlite:///mlflow.db --port 5000": "a server that runs until stopped: tests start one "
-        "(conftest.py, mlflow_server) for tests/test_tracking_mlflow.py and tests/test_tune.py",
-    "deepspeed launch/pretrain.py --spec run.yaml --ds-config ds_configs/zero2.json --set tracking.mlflow=http://localhost:5000":
-        "needs that server on port 5000: tests/test_tracking_mlflow.py runs a 2-rank pretraining against a real server",
+    "(conftest.py, mlflow_server) for tests/test_tracking_mlflow.py and tests/test_tune.py",
+    "deepspeed launch/pretrain.py --spec run.yaml --ds-config ds_configs/zero2.json --set tracking.mlflow=http://localhost:5000": "needs that server on port 5000: tests/test_tracking_mlflow.py runs a 2-rank pretraining against a real server",
     "aam-ds tune --spec run.yaml --space space.yaml --trials 30 --storage sqlite:///tune.db": "30 trials: tests/test_tune.py runs "
-        "the command on the demo data with a tiny budget (pruning, resuming after a kill, best spec, fine-tuning trials)",
-    "torchrun --nproc_per_node 4 -m aam_ds.cli tune --spec run.yaml --space space.yaml --trials 30 --storage sqlite:///tune.db":
-        "30 trials: tests/test_tune.py runs a 2-rank trial under torchrun",
-    **dict.fromkeys([
-        "podman run --rm localhost/aam-ds:cpu --help",
-        'podman run --rm -v "$PWD:/data" localhost/aam-ds:cpu predict --model /data/model.pt --table /data/new.biom '
-        "--out /data/predictions.tsv",
-        "podman run --rm --entrypoint bash localhost/aam-ds:cpu -c 'cd /opt/aam-ds/app && deepspeed launch/pretrain.py "
-        "--spec configs/demo.yaml --set tracking.run_dir=$HOME/runs/demo'",
-    ], "needs podman and the image that container/build.sh builds (minutes, not in CI); the script runs --help, the quick "
-       "start under deepspeed and export-onnx inside it (README, 'Container images')"),
+    "the command on the demo data with a tiny budget (pruning, resuming after a kill, best spec, fine-tuning trials)",
+    "torchrun --nproc_per_node 4 -m aam_ds.cli tune --spec run.yaml --space space.yaml --trials 30 --storage sqlite:///tune.db": "30 trials: tests/test_tune.py runs a 2-rank trial under torchrun",
+    **dict.fromkeys(
+        [
+            "podman run --rm localhost/aam-ds:cpu --help",
+            'podman run --rm -v "$PWD:/data" localhost/aam-ds:cpu predict --model /data/model.pt --table /data/new.biom '
+            "--out /data/predictions.tsv",
+            "podman run --rm --entrypoint bash localhost/aam-ds:cpu -c 'cd /opt/aam-ds/app && deepspeed launch/pretrain.py "
+            "--spec configs/demo.yaml --set tracking.run_dir=$HOME/runs/demo'",
+        ],
+        "needs podman and the image that container/build.sh builds (minutes, not in CI); the script runs --help, the quick "
+        "start under deepspeed and export-onnx inside it (README, 'Container images')",
+    ),
 }
 TEMPLATE = "cat > run.yaml <<'EOF'"  # written by lay_out: the README's template, pointed at the demo files, shrunk
 BENCHMARK_SCRIPT = re.compile(r"python (bench/\S+\.py)")  # docs/benchmarks.md: minutes to hours each; --help is checked
@@ -122,8 +120,14 @@ def test_every_documented_command_is_run_or_explained():
 def test_benchmark_commands_in_docs_name_real_scripts():
     for name, command in all_commands():
         if (match := BENCHMARK_SCRIPT.search(command)) is not None:
-            result = subprocess.run([sys.executable, match.group(1), "--help"], cwd=ROOT, capture_output=True, text=True,
-                                    timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            result = subprocess.run(
+                [sys.executable, match.group(1), "--help"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
             assert result.returncode == 0, f"{name}: {command}: {result.stderr[-2000:]}"
 
 
@@ -136,8 +140,9 @@ def small_run_yaml() -> dict:
     """The README's run.yaml template pointed at files named as the README names them, at a size
     a 2-core CPU runs in seconds (the template's bf16 stays)."""
     spec = readme_run_yaml()
-    spec["data"].update(table="feature-table.biom", tree="tree.nwk", sequences="rep-seqs.fasta", metadata="sample-metadata.tsv",
-                        max_asvs=16, max_seq_len=48)
+    spec["data"].update(
+        table="feature-table.biom", tree="tree.nwk", sequences="rep-seqs.fasta", metadata="sample-metadata.tsv", max_asvs=16, max_seq_len=48
+    )
     spec["model"]["preset"] = "tiny"
     spec["parallel"].update(global_batch_size=16, micro_batch_size=8)
     spec["schedule"] = {"steps": 4, "warmup_steps": 1}
@@ -166,8 +171,16 @@ def as_run(command: str, folder: Path) -> tuple[list[str], Path]:
     if argv[:2] == ["torchrun", "--nproc_per_node"]:
         argv[2] = "2"
     if argv == ["bash", "scripts/quickstart.sh"]:
-        argv += ["--set", "schedule.steps=3", "--set", "schedule.warmup_steps=1", "--set", "tracking.rich=false",
-                 "--set", f"tracking.run_dir={folder / 'runs' / 'quickstart'}"]
+        argv += [
+            "--set",
+            "schedule.steps=3",
+            "--set",
+            "schedule.warmup_steps=1",
+            "--set",
+            "tracking.rich=false",
+            "--set",
+            f"tracking.run_dir={folder / 'runs' / 'quickstart'}",
+        ]
         return argv, ROOT
     return argv, folder
 

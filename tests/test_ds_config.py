@@ -46,7 +46,9 @@ def test_bucket_sizes_follow_the_model_width():
 
 
 def test_nvme_offload_writes_the_path(tmp_path):
-    spec = load_spec(None, ["parallel.zero_stage=3", "parallel.offload_param=nvme", "parallel.offload_optimizer=nvme", f"parallel.nvme_path={tmp_path}"])
+    spec = load_spec(
+        None, ["parallel.zero_stage=3", "parallel.offload_param=nvme", "parallel.offload_optimizer=nvme", f"parallel.nvme_path={tmp_path}"]
+    )
     zero = build_ds_config(spec)["zero_optimization"]
     assert zero["offload_param"] == {"device": "nvme", "nvme_path": str(tmp_path), "pin_memory": True}
 
@@ -65,8 +67,16 @@ def test_user_file_decides_zero_offload_and_precision(tmp_path):
 
 
 def test_checked_in_file_leaves_batch_optimiser_and_precision_to_the_spec():
-    spec = load_spec(None, ["parallel.global_batch_size=256", "parallel.micro_batch_size=32", "parallel.precision=bf16",
-                            "optim.lr=0.0003", "model.preset=tiny"])
+    spec = load_spec(
+        None,
+        [
+            "parallel.global_batch_size=256",
+            "parallel.micro_batch_size=32",
+            "parallel.precision=bf16",
+            "optim.lr=0.0003",
+            "model.preset=tiny",
+        ],
+    )
     resolved, used = resolve_ds_config(spec, REPO / "ds_configs" / "zero2.json")
     par = resolved.parallel
     assert (par.global_batch_size, par.micro_batch_size, par.grad_accum_steps, par.precision) == (256, 32, 8, "bf16")
@@ -77,8 +87,12 @@ def test_checked_in_file_leaves_batch_optimiser_and_precision_to_the_spec():
 
 def test_generated_file_pins_what_its_spec_sets(tmp_path):
     out = tmp_path / "bf16.json"
-    assert cli_main(["ds-config", "--stage", "2", "--set", "parallel.precision=bf16", "--set", "parallel.micro_batch_size=4",
-                     "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            ["ds-config", "--stage", "2", "--set", "parallel.precision=bf16", "--set", "parallel.micro_batch_size=4", "--out", str(out)]
+        )
+        == 0
+    )
     config = json.loads(out.read_text())
     assert config["bf16"]["enabled"] and config["train_micro_batch_size_per_gpu"] == 4
     assert "optimizer" not in config and "gradient_clipping" not in config
@@ -92,14 +106,19 @@ def test_generated_file_pins_what_its_spec_sets(tmp_path):
 def test_every_disagreement_is_listed_with_both_values(tmp_path):
     config = build_ds_config(load_spec(None))
     path = _write(tmp_path, config)
-    spec = load_spec(None, ["parallel.micro_batch_size=4", "optim.lr=0.01", "optim.grad_clip=0.5", "parallel.precision=bf16", "parallel.zero_stage=1"])
+    spec = load_spec(
+        None, ["parallel.micro_batch_size=4", "optim.lr=0.01", "optim.grad_clip=0.5", "parallel.precision=bf16", "parallel.zero_stage=1"]
+    )
     with pytest.raises(AamInputError) as err:
         resolve_ds_config(spec, path)
     msg = str(err.value)
     assert str(path) in msg
     for field, spec_value, file_value in [
-        ("parallel.micro_batch_size", "4", "8"), ("optim.lr", "0.01", "0.001"), ("optim.grad_clip", "0.5", "1.0"),
-        ("parallel.precision", "'bf16'", "'fp32'"), ("parallel.zero_stage", "1", "2"),
+        ("parallel.micro_batch_size", "4", "8"),
+        ("optim.lr", "0.01", "0.001"),
+        ("optim.grad_clip", "0.5", "1.0"),
+        ("parallel.precision", "'bf16'", "'fp32'"),
+        ("parallel.zero_stage", "1", "2"),
     ]:
         assert f"{field}: spec says {spec_value}, {path} says {file_value}" in msg
 
@@ -113,8 +132,10 @@ def test_file_batch_that_world_size_does_not_divide(tmp_path):
 @pytest.mark.parametrize(
     "config, problem",
     [
-        ({"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}},
-         "'auto' values at train_micro_batch_size_per_gpu, zero_optimization.reduce_bucket_size"),
+        (
+            {"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}},
+            "'auto' values at train_micro_batch_size_per_gpu, zero_optimization.reduce_bucket_size",
+        ),
         ({"bf16": {"enabled": True}, "fp16": {"enabled": True}}, "bf16 and fp16 are both enabled"),
     ],
 )

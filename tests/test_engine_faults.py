@@ -34,12 +34,14 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("aam-cache")
 
 
-def _stage_rank(rank: int, world: int, port: int, argv: list[str], log_dir: str, file_size_limit: int | None,
-                cwds: list[str] | None) -> None:
+def _stage_rank(
+    rank: int, world: int, port: int, argv: list[str], log_dir: str, file_size_limit: int | None, cwds: list[str] | None
+) -> None:
     """One rank of ``aam-ds pretrain``: output to ``<log_dir>/rank<N>.log``; optionally no file may
     grow past ``file_size_limit`` bytes; ``cwds[rank]``: this rank's working folder (as on another node)."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1"
+    )
     if cwds:
         os.chdir(cwds[rank])
     log = open(Path(log_dir) / f"rank{rank}.log", "w", buffering=1)
@@ -53,8 +55,9 @@ def _stage_rank(rank: int, world: int, port: int, argv: list[str], log_dir: str,
     run_stage(pretrain, argv)
 
 
-def pretrain_ranks(log_dir: Path, argv: list[str], file_size_limit: int | None = None,
-                   cwds: list[Path] | None = None, world: int = 2) -> tuple[list[int], list[str]]:
+def pretrain_ranks(
+    log_dir: Path, argv: list[str], file_size_limit: int | None = None, cwds: list[Path] | None = None, world: int = 2
+) -> tuple[list[int], list[str]]:
     """Exit codes and logs of a ``world``-rank ``aam-ds pretrain argv``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     codes = run_ranks(_stage_rank, world, argv, str(log_dir), file_size_limit, cwds and [str(c) for c in cwds], timeout=240)
@@ -129,12 +132,14 @@ def node_folders(tmp_path: Path, rank0_checkpoints: Path | None = None) -> list[
 def test_checkpoint_folders_that_are_not_shared_are_refused_at_the_first_save(tmp_path, cache_dir):
     """Issue 20 item 8: each rank saves into a folder the other does not see; the first save says so
     on every rank instead of leaving a checkpoint that each rank would resume differently."""
-    argv = run_args(tmp_path / "run", cache_dir, **{**SETTINGS, "schedule.steps": 2, "checkpoint.every_steps": 1,
-                                                   "checkpoint.dir": "ckpt"})
+    argv = run_args(tmp_path / "run", cache_dir, **{**SETTINGS, "schedule.steps": 2, "checkpoint.every_steps": 1, "checkpoint.dir": "ckpt"})
     codes, logs = pretrain_ranks(tmp_path / "logs", argv, cwds=node_folders(tmp_path))
     for line in one_error_line_per_rank(codes, logs):
-        assert re.search(r"ckpt: rank 0 does not see the checkpoint files that the other ranks wrote \(\d+ of the files written "
-                         r"into step00000001 are missing here, e\.g\. \S+\)\.", line), line
+        assert re.search(
+            r"ckpt: rank 0 does not see the checkpoint files that the other ranks wrote \(\d+ of the files written "
+            r"into step00000001 are missing here, e\.g\. \S+\)\.",
+            line,
+        ), line
         assert "Fix: checkpoint.dir must be shared by all nodes" in line
     assert not any((tmp_path / f"node{rank}" / "ckpt" / "latest").exists() for rank in (0, 1))
 
@@ -171,14 +176,18 @@ def test_a_resume_on_another_number_of_ranks_restarts_from_the_consolidated_weig
     from aam_ds.spec import RunSpec
 
     run_dir = shutil.copytree(two_step_run, tmp_path / "run")
-    argv = [*run_args(run_dir, cache_dir, **{**SETTINGS, "schedule.steps": 3,
-                                             "checkpoint.on_world_size_change": "restart_from_weights"}), "--resume"]
+    argv = [
+        *run_args(run_dir, cache_dir, **{**SETTINGS, "schedule.steps": 3, "checkpoint.on_world_size_change": "restart_from_weights"}),
+        "--resume",
+    ]
     codes, (log,) = pretrain_ranks(tmp_path / "logs", argv, world=1)
     assert codes == [0], log[-3000:]
     (line,) = [line for line in log.splitlines() if "this run has 1" in line]
-    assert line == (f"aam-ds: notice: checkpoint {run_dir / 'checkpoints' / 'step00000002'} was written by 2 rank(s), this run has "
-                    "1: continuing at step 2 from its consolidated fp32 weights with the optimizer state reset, data at epoch 0 "
-                    "after 16 of its samples (checkpoint.on_world_size_change)")
+    assert line == (
+        f"aam-ds: notice: checkpoint {run_dir / 'checkpoints' / 'step00000002'} was written by 2 rank(s), this run has "
+        "1: continuing at step 2 from its consolidated fp32 weights with the optimizer state reset, data at epoch 0 "
+        "after 16 of its samples (checkpoint.on_world_size_change)"
+    )
     losses = train_losses(run_dir)
     assert sorted(losses) == [1, 2, 3] and ckpt.saved_layout(run_dir / "checkpoints" / "step00000003")["world size"] == 1
 
@@ -223,8 +232,9 @@ def test_a_collective_timeout_names_the_silent_rank_and_the_setting(tmp_path, ca
     log = (log_dir / "rank0.log").read_text()
     assert procs[0].exitcode == 1 and "Traceback" not in log, log[-3000:]
     (line,) = error_lines(log)
-    assert line.startswith("[rank 0] error: a collective operation timed out after parallel.collective_timeout_s=8 s: rank 1 "
-                           "(last step begun: "), line
+    assert line.startswith(
+        "[rank 0] error: a collective operation timed out after parallel.collective_timeout_s=8 s: rank 1 (last step begun: "
+    ), line
     assert "did not answer. Fix: " in line
 
 
@@ -236,4 +246,3 @@ def test_too_little_free_space_for_one_checkpoint_is_refused_before_training(tmp
         check_free_space(tmp_path / "checkpoints", n_params, keep_last=2)
     assert checkpoint_bytes(1000) == 16000
     check_free_space(tmp_path / "checkpoints", 1000, keep_last=2)  # a small model fits
-

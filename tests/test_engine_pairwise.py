@@ -104,8 +104,9 @@ def _train_ranks(engine, rank: int, world: int, accum: int) -> list[tuple[float,
 
 
 def _rank_main(rank: int, world: int, port: int, configs: list[tuple[int, int]], out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1"
+    )
     torch.set_num_threads(1)
     import deepspeed
 

@@ -36,11 +36,20 @@ def cache_dir(tmp_path_factory) -> Path:
 def run_args(run_dir: Path, cache: Path, **overrides) -> list[str]:
     """``--set`` arguments for a small, fast pretraining run on the demo data."""
     settings = {
-        "model.preset": "tiny", "data.max_asvs": 16, "data.max_seq_len": 48, "data.cache_dir": cache,
-        "schedule.steps": 9, "schedule.warmup_steps": 2, "schedule.log_every": 1, "schedule.eval_every": 1000,
-        "tracking.run_dir": run_dir, "tracking.rich": "false", "parallel.micro_batch_size": 4,
-        "parallel.collective_timeout_s": 60, **overrides,
-    }  # fmt: skip
+        "model.preset": "tiny",
+        "data.max_asvs": 16,
+        "data.max_seq_len": 48,
+        "data.cache_dir": cache,
+        "schedule.steps": 9,
+        "schedule.warmup_steps": 2,
+        "schedule.log_every": 1,
+        "schedule.eval_every": 1000,
+        "tracking.run_dir": run_dir,
+        "tracking.rich": "false",
+        "parallel.micro_batch_size": 4,
+        "parallel.collective_timeout_s": 60,
+        **overrides,
+    }
     return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
 
 
@@ -129,8 +138,18 @@ def test_zero3_export_predicts_like_the_trained_engine(tmp_path, cache_dir):
     from aam_ds.spec import RunSpec
 
     run_dir = tmp_path / "run"
-    checked(launch(torchrun(2, *run_args(run_dir, cache_dir, **{"parallel.zero_stage": 3, "schedule.steps": 4,
-                                                               "loss.nucleotide_weight": 0, "data.split.val_fraction": 0.05}))))
+    checked(
+        launch(
+            torchrun(
+                2,
+                *run_args(
+                    run_dir,
+                    cache_dir,
+                    **{"parallel.zero_stage": 3, "schedule.steps": 4, "loss.nucleotide_weight": 0, "data.split.val_fraction": 0.05},
+                ),
+            )
+        )
+    )
     final_eval = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "eval"][-1]["metrics"]
 
     export = load_export(run_dir / "model.pt")
@@ -149,9 +168,26 @@ def test_zero3_export_predicts_like_the_trained_engine(tmp_path, cache_dir):
 
     # fine-tuning starts from that export; its own export carries the target normaliser
     tuned = tmp_path / "tuned"
-    checked(launch([str(BIN / "python"), str(ROOT / "launch" / "finetune.py"), *run_args(tuned, cache_dir, **{
-        "model.pretrained": run_dir / "model.pt", "loss.task": "regression", "data.targets": "[age]",
-        "loss.pairwise_weight": 0, "loss.nucleotide_weight": 0, "schedule.steps": 3})]))
+    checked(
+        launch(
+            [
+                str(BIN / "python"),
+                str(ROOT / "launch" / "finetune.py"),
+                *run_args(
+                    tuned,
+                    cache_dir,
+                    **{
+                        "model.pretrained": run_dir / "model.pt",
+                        "loss.task": "regression",
+                        "data.targets": "[age]",
+                        "loss.pairwise_weight": 0,
+                        "loss.nucleotide_weight": 0,
+                        "schedule.steps": 3,
+                    },
+                ),
+            ]
+        )
+    )
     tuned_export = load_export(tuned / "model.pt")
     metadata = pd.read_csv(demo_data(cache_dir).metadata, sep="\t", comment="#", index_col=0)
     train_ids = (tuned / "splits" / "train.txt").read_text().split()
@@ -167,13 +203,21 @@ def test_two_simulated_nodes_train_as_one_world(tmp_path, cache_dir):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("nodeA slots=1\nnodeB slots=1\n")
     port, run_dir = free_port(), tmp_path / "run"
-    common = [str(BIN / "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--master_addr", "127.0.0.1",
-              "--master_port", str(port)]
+    common = [str(BIN / "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--master_addr", "127.0.0.1", "--master_port", str(port)]
     args = [PRETRAIN, *run_args(run_dir, cache_dir, **{"schedule.steps": 3})]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     logs = [tmp_path / f"node{rank}.log" for rank in (0, 1)]
-    nodes = [subprocess.Popen([*common, "--node_rank", str(rank), *args], cwd=ROOT, env=env, stdout=open(logs[rank], "w"),
-                              stderr=subprocess.STDOUT, start_new_session=True) for rank in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            [*common, "--node_rank", str(rank), *args],
+            cwd=ROOT,
+            env=env,
+            stdout=open(logs[rank], "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for rank in (0, 1)
+    ]
     try:
         for node in nodes:
             node.wait(timeout=240)
@@ -193,8 +237,19 @@ def test_plain_python_with_cpu_offload_and_wandb_offline(tmp_path, cache_dir):
     """One process, no launcher; ZeRO-2 with the optimizer offloaded to CPU (torch AdamW, no
     DeepSpeedCPUAdam build); W&B offline writes its run files under the run folder."""
     run_dir = tmp_path / "run"
-    result = checked(launch([str(BIN / "python"), PRETRAIN, *run_args(run_dir, cache_dir, **{
-        "schedule.steps": 3, "parallel.zero_stage": 2, "parallel.offload_optimizer": "cpu", "tracking.wandb": "offline"})]))
+    result = checked(
+        launch(
+            [
+                str(BIN / "python"),
+                PRETRAIN,
+                *run_args(
+                    run_dir,
+                    cache_dir,
+                    **{"schedule.steps": 3, "parallel.zero_stage": 2, "parallel.offload_optimizer": "cpu", "tracking.wandb": "offline"},
+                ),
+            ]
+        )
+    )
     config = json.loads((run_dir / "ds_config.json").read_text())
     assert config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert sorted(train_losses(run_dir)) == [1, 2, 3]
@@ -211,11 +266,25 @@ def test_memory_budget_picks_the_micro_batch_from_real_steps(tmp_path, cache_dir
     small = ROOT.parent / "shared" / "data" / "small"
     if not (small / "test-small.biom").is_file():
         pytest.skip(f"real data folder {small} is absent")
-    data = {"data.table": small / "test-small.biom", "data.tree": small / "test-small-tree.nwk", "data.max_seq_len": 90,
-            "schedule.steps": 2, "data.split.val_fraction": 0.15}
+    data = {
+        "data.table": small / "test-small.biom",
+        "data.tree": small / "test-small-tree.nwk",
+        "data.max_seq_len": 90,
+        "schedule.steps": 2,
+        "data.split.val_fraction": 0.15,
+    }
     roomy = tmp_path / "roomy"
-    roomy_run = checked(launch([str(BIN / "python"), PRETRAIN, *run_args(roomy, cache_dir, **data, **{"parallel.micro_batch_size": 2,
-                                "parallel.grad_accum_steps": 3}), "--max-memory-gb", "auto"]))  # fmt: skip
+    roomy_run = checked(
+        launch(
+            [
+                str(BIN / "python"),
+                PRETRAIN,
+                *run_args(roomy, cache_dir, **data, **{"parallel.micro_batch_size": 2, "parallel.grad_accum_steps": 3}),
+                "--max-memory-gb",
+                "auto",
+            ]
+        )
+    )
     spec = json.loads((roomy / "spec.json").read_text())
     assert (spec["parallel"]["micro_batch_size"], spec["parallel"]["grad_accum_steps"], spec["parallel"]["global_batch_size"]) == (6, 1, 6)
     assert "memory search: micro batch 6: peak" in roomy_run.stdout
@@ -234,9 +303,23 @@ def test_a_loss_that_stays_non_finite_stops_the_run_with_a_clear_error(tmp_path,
     ``schedule.max_nonfinite_steps`` such steps the run stops (exit 2) naming the step, the loss
     terms and the last checkpoint."""
     run_dir = tmp_path / "nan"
-    result = launch([str(BIN / "python"), PRETRAIN, *run_args(run_dir, cache_dir, **{
-        "optim.lr": 1e12, "schedule.steps": 30, "schedule.warmup_steps": 0, "checkpoint.every_steps": 1,
-        "schedule.max_nonfinite_steps": 2})])  # fmt: skip
+    result = launch(
+        [
+            str(BIN / "python"),
+            PRETRAIN,
+            *run_args(
+                run_dir,
+                cache_dir,
+                **{
+                    "optim.lr": 1e12,
+                    "schedule.steps": 30,
+                    "schedule.warmup_steps": 0,
+                    "checkpoint.every_steps": 1,
+                    "schedule.max_nonfinite_steps": 2,
+                },
+            ),
+        ]
+    )
     assert result.returncode == 2, result.stdout[-3000:]
     message = next(line for line in result.stdout.splitlines() if "schedule.max_nonfinite_steps" in line)
     assert re.search(r"the loss was not finite for 2 consecutive steps, up to step \d+ \(pairwise \S+, nucleotide \S+", message)

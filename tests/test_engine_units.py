@@ -22,8 +22,7 @@ from aam_ds.spec import RunSpec, ScheduleSpec
 
 def _failing_rank(rank: int, world: int, port: int, log_dir: str) -> None:
     """Rank 1 fails before a collective; rank 0 waits in it and must give up within the timeout."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     sys.stderr = open(Path(log_dir) / f"rank{rank}.err", "w", buffering=1)
     from aam_ds.engine.distributed import barrier, init_distributed, report_rank_failure
 
@@ -46,8 +45,9 @@ def test_a_failing_rank_is_named_and_its_peer_does_not_hang(tmp_path):
 
 
 def _checkpoint_rank(rank: int, world: int, port: int, ckpt_dir: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1"
+    )
     import deepspeed
 
     from aam_ds.engine import checkpoint as ckpt
@@ -55,8 +55,12 @@ def _checkpoint_rank(rank: int, world: int, port: int, ckpt_dir: str, out: str) 
 
     init_distributed(timeout_s=60)
     features, points = make_problem()
-    config = {"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2}, "steps_per_print": 10**6,
-              "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
+    config = {
+        "train_micro_batch_size_per_gpu": 4,
+        "zero_optimization": {"stage": 2},
+        "steps_per_print": 10**6,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}},
+    }
 
     def engine():
         model = make_model()
@@ -74,8 +78,16 @@ def _checkpoint_rank(rank: int, world: int, port: int, ckpt_dir: str, out: str) 
     restored = engine()
     state = ckpt.load_checkpoint(restored, Path(ckpt_dir))
     consolidated = ckpt.consolidated_state_dict(trained, Path(ckpt_dir), tags[-1])
-    torch.save({"tags": tags, "state": state, "trained": trained.module.state_dict(),
-                "restored": restored.module.state_dict(), "consolidated": consolidated}, out)
+    torch.save(
+        {
+            "tags": tags,
+            "state": state,
+            "trained": trained.module.state_dict(),
+            "restored": restored.module.state_dict(),
+            "consolidated": consolidated,
+        },
+        out,
+    )
 
 
 @pytest.mark.slow
@@ -180,8 +192,9 @@ def test_peak_rss_sees_a_real_allocation():
 
 
 def _bf16_export_rank(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1"
+    )
     import deepspeed
 
     from aam_ds.engine import checkpoint as ckpt
@@ -190,9 +203,17 @@ def _bf16_export_rank(rank: int, world: int, port: int, out: str) -> None:
     init_distributed(timeout_s=60)
     features, points = make_problem()
     model = make_model()
-    engine = deepspeed.initialize(model=model, model_parameters=model.parameters(), config={
-        "train_micro_batch_size_per_gpu": 8, "bf16": {"enabled": True}, "zero_optimization": {"stage": 0},
-        "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}}, "steps_per_print": 10**6})[0]
+    engine = deepspeed.initialize(
+        model=model,
+        model_parameters=model.parameters(),
+        config={
+            "train_micro_batch_size_per_gpu": 8,
+            "bf16": {"enabled": True},
+            "zero_optimization": {"stage": 0},
+            "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}},
+            "steps_per_print": 10**6,
+        },
+    )[0]
     for step in range(3):
         idx = torch.arange(8 * step, 8 * step + 8)
         engine.backward(pair_mse(engine(features[idx].bfloat16()), torch.cdist(points[idx], points[idx])))
@@ -235,8 +256,9 @@ def test_a_peer_that_closed_its_connection_is_a_lost_peer_not_a_timeout(monkeypa
     from aam_ds.engine import distributed
 
     monkeypatch.setattr(distributed, "_TIMEOUT_S", 8)
-    lost = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:3996. This is typically "
-                        "caused by a remote worker crashing.")
+    lost = RuntimeError(
+        "[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:3996. This is typically caused by a remote worker crashing."
+    )
     assert distributed.is_peer_lost(lost) and distributed.is_peer_failure(lost)
     assert not distributed.is_collective_timeout(lost)
     assert not distributed.is_peer_failure(RuntimeError("unexpected pos 128 vs 64"))

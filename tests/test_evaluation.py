@@ -218,8 +218,23 @@ def test_evaluate_regression_end_to_end(tmp_path):
     pd.DataFrame({"sample-id": ids, "age": age, "site": site}).to_csv(tmp_path / "meta.tsv", sep="\t", index=False)
     write_predictions(tmp_path / "pred.tsv", _regression_predictions(ids, age + offset, std=np.full(40, 0.5)))
 
-    assert _evaluate(["--predictions", str(tmp_path / "pred.tsv"), "--metadata", str(tmp_path / "meta.tsv"),
-                      "--target", "age", "--group-column", "site", "--out-dir", str(tmp_path / "eval")]) == 0  # fmt: skip
+    assert (
+        _evaluate(
+            [
+                "--predictions",
+                str(tmp_path / "pred.tsv"),
+                "--metadata",
+                str(tmp_path / "meta.tsv"),
+                "--target",
+                "age",
+                "--group-column",
+                "site",
+                "--out-dir",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "eval"
     report = json.loads((out / "metrics.json").read_text())
     assert report["task"] == "regression" and report["metrics"]["n"] == 40
@@ -240,8 +255,7 @@ def test_evaluate_classification_end_to_end(tmp_path):
     preds = Predictions("Subject", ids, probabilities=np.stack([1 - prob_patient, prob_patient], 1), class_names=("Control", "Patient"))
     write_predictions(tmp_path / "pred.tsv", preds)
 
-    assert _evaluate(["--predictions", str(tmp_path / "pred.tsv"), "--metadata", str(tmp_path / "meta.tsv"),
-                      "--target", "Subject"]) == 0  # fmt: skip
+    assert _evaluate(["--predictions", str(tmp_path / "pred.tsv"), "--metadata", str(tmp_path / "meta.tsv"), "--target", "Subject"]) == 0
     out = tmp_path / "pred.tsv.eval"
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert metrics["accuracy"] == pytest.approx(9 / 12)  # two controls above 0.5, one patient at 0.35
@@ -254,5 +268,15 @@ def test_evaluate_refuses_a_missing_group_column(tmp_path):
     pd.DataFrame({"sample-id": ["s1", "s2"], "age": [30, 40]}).to_csv(tmp_path / "meta.tsv", sep="\t", index=False)
     write_predictions(tmp_path / "pred.tsv", _regression_predictions(["s1", "s2"], [31.0, 39.0]))
     with pytest.raises(AamInputError, match="--group-column site"):
-        _evaluate(["--predictions", str(tmp_path / "pred.tsv"), "--metadata", str(tmp_path / "meta.tsv"),
-                   "--target", "age", "--group-column", "site"])  # fmt: skip
+        _evaluate(
+            [
+                "--predictions",
+                str(tmp_path / "pred.tsv"),
+                "--metadata",
+                str(tmp_path / "meta.tsv"),
+                "--target",
+                "age",
+                "--group-column",
+                "site",
+            ]
+        )

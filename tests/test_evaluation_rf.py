@@ -98,10 +98,27 @@ def test_class_absent_from_training_rows_gets_probability_zero():
 def test_rf_baseline_moving_pictures_grouped_by_subject(shared_data, tmp_path):
     small = shared_data / "small"
     out = tmp_path / "rf"
-    assert _rf_baseline(["--table", str(small / "moving_pictures.table.biom"),
-                         "--metadata", str(small / "moving_pictures.sample-metadata.tsv"),
-                         "--target", "BodySite", "--folds", "2", "--group-column", "Subject",
-                         "--trees", "25", "--out-dir", str(out)]) == 0  # fmt: skip
+    assert (
+        _rf_baseline(
+            [
+                "--table",
+                str(small / "moving_pictures.table.biom"),
+                "--metadata",
+                str(small / "moving_pictures.sample-metadata.tsv"),
+                "--target",
+                "BodySite",
+                "--folds",
+                "2",
+                "--group-column",
+                "Subject",
+                "--trees",
+                "25",
+                "--out-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metadata = load_metadata(small / "moving_pictures.sample-metadata.tsv")
     folds = pd.read_csv(out / "folds.tsv", sep="\t", index_col="sample_id")["fold"]
     assert len(folds) == 34 and set(folds) == {0, 1}
@@ -126,8 +143,22 @@ def test_rf_baseline_reuses_folds_and_compares(shared_data, tmp_path):
 
     other = read_predictions(tmp_path / "first" / "rf_predictions.tsv", "Subject")
     write_predictions(tmp_path / "other.tsv", other.take(np.arange(40)))  # another model, on part of the samples
-    assert _rf_baseline([*common, "--folds-file", str(tmp_path / "first" / "folds.tsv"), "--seed", "1",
-                         "--compare", str(tmp_path / "other.tsv"), "--out-dir", str(tmp_path / "second")]) == 0  # fmt: skip
+    assert (
+        _rf_baseline(
+            [
+                *common,
+                "--folds-file",
+                str(tmp_path / "first" / "folds.tsv"),
+                "--seed",
+                "1",
+                "--compare",
+                str(tmp_path / "other.tsv"),
+                "--out-dir",
+                str(tmp_path / "second"),
+            ]
+        )
+        == 0
+    )
     second = pd.read_csv(tmp_path / "second" / "folds.tsv", sep="\t", index_col="sample_id")["fold"]
     pd.testing.assert_series_equal(second, folds)
     comparison = pd.read_csv(tmp_path / "second" / "comparison.tsv", sep="\t", index_col="model")
@@ -139,9 +170,27 @@ def test_rf_baseline_huang_proxy_groups_never_leak(shared_data, tmp_path):
     huang_proxy_groups, huang = bench.huang_proxy_groups, shared_data / "huang_oral_2550"
     out = tmp_path / "rf"
     metadata = bench.huang_metadata(shared_data, tmp_path / "metadata")  # with the proxy_subject column
-    assert _rf_baseline(["--table", str(huang / "oral_2550.rarefied1000.biom"), "--metadata", str(metadata),
-                         "--target", "age", "--group-column", "proxy_subject", "--trees", "5", "--max-features", "sqrt",
-                         "--out-dir", str(out)]) == 0  # fmt: skip
+    assert (
+        _rf_baseline(
+            [
+                "--table",
+                str(huang / "oral_2550.rarefied1000.biom"),
+                "--metadata",
+                str(metadata),
+                "--target",
+                "age",
+                "--group-column",
+                "proxy_subject",
+                "--trees",
+                "5",
+                "--max-features",
+                "sqrt",
+                "--out-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     folds = pd.read_csv(out / "folds.tsv", sep="\t", index_col="sample_id")["fold"]
     age = pd.to_numeric(load_metadata(huang / "oral_2550_map.txt").loc[folds.index, "age"])  # undeclared: kept as text
     proxy = pd.Series(huang_proxy_groups(folds.index, age), index=folds.index)
@@ -161,5 +210,16 @@ def test_rf_baseline_huang_proxy_groups_never_leak(shared_data, tmp_path):
 def test_rf_baseline_bad_arguments(shared_data, tmp_path, extra, problem):
     small = shared_data / "small"
     with pytest.raises(AamInputError, match=problem):
-        _rf_baseline(["--table", str(small / "moving_pictures.table.biom"), "--metadata",
-                      str(small / "moving_pictures.sample-metadata.tsv"), "--trees", "5", "--out-dir", str(tmp_path), *extra])  # fmt: skip
+        _rf_baseline(
+            [
+                "--table",
+                str(small / "moving_pictures.table.biom"),
+                "--metadata",
+                str(small / "moving_pictures.sample-metadata.tsv"),
+                "--trees",
+                "5",
+                "--out-dir",
+                str(tmp_path),
+                *extra,
+            ]
+        )

@@ -41,12 +41,25 @@ def age_run(cache, tmp_path_factory) -> Path:
     """Fine-tune a tiny model on age, half the samples held out, every ASV of a sample kept."""
     run_dir = tmp_path_factory.mktemp("age-run")
     settings = {
-        "model.preset": "tiny", "data.max_asvs": 128, "data.max_seq_len": 64, "data.cache_dir": cache,
-        "data.split.val_fraction": 0.5, "schedule.steps": 60, "schedule.warmup_steps": 5, "schedule.log_every": 20,
-        "schedule.eval_every": 1000, "tracking.run_dir": run_dir, "tracking.rich": "false", "parallel.micro_batch_size": 16,
-        "parallel.zero_stage": 0, "loss.pairwise_weight": 0, "loss.nucleotide_weight": 0, "optim.lr": 0.003,
-        "loss.task": "regression", "data.targets": "[age]",
-    }  # fmt: skip
+        "model.preset": "tiny",
+        "data.max_asvs": 128,
+        "data.max_seq_len": 64,
+        "data.cache_dir": cache,
+        "data.split.val_fraction": 0.5,
+        "schedule.steps": 60,
+        "schedule.warmup_steps": 5,
+        "schedule.log_every": 20,
+        "schedule.eval_every": 1000,
+        "tracking.run_dir": run_dir,
+        "tracking.rich": "false",
+        "parallel.micro_batch_size": 16,
+        "parallel.zero_stage": 0,
+        "loss.pairwise_weight": 0,
+        "loss.nucleotide_weight": 0,
+        "optim.lr": 0.003,
+        "loss.task": "regression",
+        "data.targets": "[age]",
+    }
     run([sys.executable, "launch/finetune.py", *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]])
     return run_dir
 
@@ -54,9 +67,36 @@ def age_run(cache, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def explained(age_run, demo, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("explain")
-    printed = run([sys.executable, "-m", "aam_ds.cli", "explain", "--model", str(age_run / "model.pt"), "--table", str(demo.table),
-                   "--metadata", str(demo.metadata), "--target", "age", "--samples", str(age_run / "splits" / "val.txt"),
-                   "--repeats", "2", "--steps", "16", "--show", "2", "--batch-size", "64", "--device", "cpu", "--out-dir", str(out)])
+    printed = run(
+        [
+            sys.executable,
+            "-m",
+            "aam_ds.cli",
+            "explain",
+            "--model",
+            str(age_run / "model.pt"),
+            "--table",
+            str(demo.table),
+            "--metadata",
+            str(demo.metadata),
+            "--target",
+            "age",
+            "--samples",
+            str(age_run / "splits" / "val.txt"),
+            "--repeats",
+            "2",
+            "--steps",
+            "16",
+            "--show",
+            "2",
+            "--batch-size",
+            "64",
+            "--device",
+            "cpu",
+            "--out-dir",
+            str(out),
+        ]
+    )
     assert "explaining" in printed and "wrote the importance of" in printed  # progress bar and summary
     return out
 
@@ -130,8 +170,7 @@ def test_truth_file_matches_the_generated_composition(demo):
     np.testing.assert_allclose(truth.abs().max(), truth.abs().max().clip(lower=1e-3))  # no empty column
     ages = load_metadata(demo.metadata).loc[table.sample_ids, "age"].astype(float).to_numpy()
     present = table.counts.toarray() > 0
-    observed = [spearmanr(present[:, j], ages).statistic if 0 < present[:, j].sum() < len(ages) else 0.0
-                for j in range(len(table.asv_ids))]
+    observed = [spearmanr(present[:, j], ages).statistic if 0 < present[:, j].sum() < len(ages) else 0.0 for j in range(len(table.asv_ids))]
     assert spearmanr(observed, truth.loc[table.asv_ids, "age"]).statistic > 0.5
 
 
@@ -163,15 +202,19 @@ def test_integrated_gradients_add_up_to_the_prediction_minus_the_baselines(age_r
 def untrained_age_export(cache, tmp_path_factory) -> Path:
     from tests.test_predict import write_untrained_export
 
-    return write_untrained_export(tmp_path_factory.mktemp("untrained") / "model.pt", cache,
-                                  **{"loss.task": "regression", "data.targets": "[age]"})
+    return write_untrained_export(
+        tmp_path_factory.mktemp("untrained") / "model.pt", cache, **{"loss.task": "regression", "data.targets": "[age]"}
+    )
 
 
-@pytest.mark.parametrize(("extra", "fragments"), [
-    (["--method", "permutation"], ["--method permutation", "needs the true values", "--metadata"]),
-    (["--target", "bmi"], ["--target bmi", "predicts ['age']"]),
-    (["--samples", "missing.txt"], ["missing.txt", "sample ID file not found"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (["--method", "permutation"], ["--method permutation", "needs the true values", "--metadata"]),
+        (["--target", "bmi"], ["--target bmi", "predicts ['age']"]),
+        (["--samples", "missing.txt"], ["missing.txt", "sample ID file not found"]),
+    ],
+)
 def test_bad_requests_are_one_line_errors(untrained_age_export, demo, tmp_path, capsys, extra, fragments):
     from aam_ds.cli import main
 

@@ -57,7 +57,9 @@ def test_sample_weights_sum_to_one_over_present_asvs_and_padding_is_zero(model_a
         weights = record[layer][0]  # [B, H, A, A]
         assert weights.shape == (3, model.config.n_heads, 6, 6)
         rows = weights.sum(dim=-1)
-        torch.testing.assert_close(rows[present[:, None, :].expand_as(rows)], torch.ones(int(present.sum()) * model.config.n_heads), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            rows[present[:, None, :].expand_as(rows)], torch.ones(int(present.sum()) * model.config.n_heads), atol=1e-6, rtol=0
+        )
         assert (weights.permute(0, 2, 3, 1)[~present] == 0).all()  # padding as query: a row of exact zeros
         assert (weights.permute(0, 3, 1, 2)[~present] == 0).all()  # padding as key: exactly 0
         assert weights.std() > 0.01  # not uniform: the check above is not trivially met

@@ -23,12 +23,25 @@ from aam_ds.tracking import read_metrics
 def spec_for(cache: Path, run_dir: Path, **overrides):
     """A small, fast fine-tuning spec on the demo data (task loss only)."""
     settings = {
-        "model.preset": "tiny", "data.max_asvs": 16, "data.max_seq_len": 48, "data.cache_dir": cache,
-        "schedule.steps": 6, "schedule.warmup_steps": 0, "schedule.log_every": 1, "schedule.eval_every": 1000,
-        "tracking.run_dir": run_dir, "tracking.rich": "false", "parallel.micro_batch_size": 8,
-        "parallel.zero_stage": 0, "loss.pairwise_weight": 0, "loss.nucleotide_weight": 0, "optim.lr": 0.003,
-        "loss.task": "regression", "data.targets": "[age]", **overrides,
-    }  # fmt: skip
+        "model.preset": "tiny",
+        "data.max_asvs": 16,
+        "data.max_seq_len": 48,
+        "data.cache_dir": cache,
+        "schedule.steps": 6,
+        "schedule.warmup_steps": 0,
+        "schedule.log_every": 1,
+        "schedule.eval_every": 1000,
+        "tracking.run_dir": run_dir,
+        "tracking.rich": "false",
+        "parallel.micro_batch_size": 8,
+        "parallel.zero_stage": 0,
+        "loss.pairwise_weight": 0,
+        "loss.nucleotide_weight": 0,
+        "optim.lr": 0.003,
+        "loss.task": "regression",
+        "data.targets": "[age]",
+        **overrides,
+    }
     return load_spec(None, [f"{k}={v}" for k, v in settings.items()])
 
 
@@ -53,9 +66,21 @@ def test_diverging_run_stops_early_and_exports_its_best_evaluation(cache, metada
     """A learning rate far too high makes validation worse; the run stops once patience runs out
     and the export (and its predictions) are those of the best evaluation, not the last step."""
     run_dir = tmp_path / "run"
-    result = trainer.finetune(spec_for(cache, run_dir, **{
-        "optim.lr": 0.3, "optim.grad_clip": 0, "schedule.steps": 40, "schedule.eval_every": 1, "parallel.zero_stage": stage,
-        "schedule.best_metric": "mae", "schedule.early_stopping_patience": 3}))
+    result = trainer.finetune(
+        spec_for(
+            cache,
+            run_dir,
+            **{
+                "optim.lr": 0.3,
+                "optim.grad_clip": 0,
+                "schedule.steps": 40,
+                "schedule.eval_every": 1,
+                "parallel.zero_stage": stage,
+                "schedule.best_metric": "mae",
+                "schedule.early_stopping_patience": 3,
+            },
+        )
+    )
     records = read_metrics(run_dir / "metrics.jsonl")
     evals = {r["step"]: r["metrics"]["mae"] for r in records if r["kind"] == "eval"}
     summary = [r for r in records if r["kind"] == "summary"][-1]["metrics"]
@@ -87,13 +112,27 @@ def test_frozen_pretrained_encoder_with_class_weights_and_covariates(cache, meta
     """From a pretraining export: encoder weights stay those of the export, the task head learns;
     validation reports balanced accuracy and AUC; val predictions carry every class probability."""
     pretrained = tmp_path / "pretrain"
-    trainer.pretrain(spec_for(cache, pretrained, **{"loss.task": "none", "data.targets": "[]", "loss.nucleotide_weight": 1,
-                                                    "schedule.steps": 2}))
+    trainer.pretrain(
+        spec_for(cache, pretrained, **{"loss.task": "none", "data.targets": "[]", "loss.nucleotide_weight": 1, "schedule.steps": 2})
+    )
     run_dir = tmp_path / "tuned"
-    result = trainer.finetune(spec_for(cache, run_dir, **{
-        "model.pretrained": pretrained / "model.pt", "model.freeze_encoder": "true", "loss.task": "classification",
-        "data.targets": "[body_site]", "data.covariates": "[subject]", "loss.class_weights": "true", "optim.lr": 0.01,
-        "schedule.eval_every": 3, "schedule.best_metric": "balanced_accuracy"}))
+    result = trainer.finetune(
+        spec_for(
+            cache,
+            run_dir,
+            **{
+                "model.pretrained": pretrained / "model.pt",
+                "model.freeze_encoder": "true",
+                "loss.task": "classification",
+                "data.targets": "[body_site]",
+                "data.covariates": "[subject]",
+                "loss.class_weights": "true",
+                "optim.lr": 0.01,
+                "schedule.eval_every": 3,
+                "schedule.best_metric": "balanced_accuracy",
+            },
+        )
+    )
     before, after = load_export(pretrained / "model.pt"), load_export(run_dir / "model.pt")
     encoder = [k for k in before.state_dict if not k.startswith(("task_head.", "target_normalizer."))]
     head = [k for k in after.state_dict if k.startswith("task_head.")]
@@ -123,13 +162,16 @@ def test_encoder_learning_rate_scale_moves_the_pretrained_encoder_less(cache, tm
     """``optim.encoder_lr_scale``: the engine's optimizer has the head at optim.lr and the rest at the
     scaled rate (through the schedule), and the encoder moves away from the export less."""
     pretrained = tmp_path / "pretrain"
-    trainer.pretrain(spec_for(cache, pretrained, **{"loss.task": "none", "data.targets": "[]", "loss.nucleotide_weight": 1,
-                                                    "schedule.steps": 2}))
+    trainer.pretrain(
+        spec_for(cache, pretrained, **{"loss.task": "none", "data.targets": "[]", "loss.nucleotide_weight": 1, "schedule.steps": 2})
+    )
     before = load_export(pretrained / "model.pt").state_dict
     moved = {}
     for scale in (1.0, 0.01):
         run_dir = tmp_path / f"scale{scale}"
-        model, *_ = setup.build_model(spec_for(cache, run_dir, **{"model.pretrained": pretrained / "model.pt"}), _data(cache, run_dir), True)
+        model, *_ = setup.build_model(
+            spec_for(cache, run_dir, **{"model.pretrained": pretrained / "model.pt"}), _data(cache, run_dir), True
+        )
         groups = steps.parameter_groups(model, 0.003, scale)
         if scale == 1.0:
             assert all(isinstance(p, torch.nn.Parameter) for p in groups)

@@ -24,9 +24,19 @@ DIST_VARIABLES = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZ
 @pytest.mark.slow
 def test_grouped_cv_predicts_every_sample_once_without_leaking_groups(cache, demo, tmp_path):
     run_dir = tmp_path / "cv"
-    cv = cross_validate(spec_for(cache, run_dir, **{
-        "schedule.steps": 4, "data.split.kind": "grouped", "data.split.group_column": "subject", "data.split.folds": 3,
-        "data.split.val_fraction": 0.2}))
+    cv = cross_validate(
+        spec_for(
+            cache,
+            run_dir,
+            **{
+                "schedule.steps": 4,
+                "data.split.kind": "grouped",
+                "data.split.group_column": "subject",
+                "data.split.folds": 3,
+                "data.split.val_fraction": 0.2,
+            },
+        )
+    )
     metadata = pd.read_csv(demo.metadata, sep="\t", comment="#", index_col=0)
     oof = pd.read_csv(run_dir / OOF_NAME, sep="\t", index_col=0)
     assert sorted(oof.index) == sorted(metadata.index)  # each sample exactly once
@@ -45,9 +55,25 @@ def test_grouped_cv_predicts_every_sample_once_without_leaking_groups(cache, dem
     assert len(cv.fold_metrics) == 3 and cv.pooled["n"] == len(metadata)
 
     out = tmp_path / "rf"
-    code = cli_main(["rf-baseline", "--table", str(demo.table), "--metadata", str(demo.metadata), "--target", "age",
-                     "--folds-file", str(run_dir / "folds.tsv"), "--trees", "20", "--compare", str(run_dir / OOF_NAME),
-                     "--out-dir", str(out)])
+    code = cli_main(
+        [
+            "rf-baseline",
+            "--table",
+            str(demo.table),
+            "--metadata",
+            str(demo.metadata),
+            "--target",
+            "age",
+            "--folds-file",
+            str(run_dir / "folds.tsv"),
+            "--trees",
+            "20",
+            "--compare",
+            str(run_dir / OOF_NAME),
+            "--out-dir",
+            str(out),
+        ]
+    )
     assert code == 0
     comparison = pd.read_csv(out / "comparison.tsv", sep="\t", index_col=0)
     assert "oof_predictions (pooled)" in comparison.index
@@ -58,19 +84,51 @@ def test_grouped_cv_predicts_every_sample_once_without_leaking_groups(cache, dem
 def test_cv_command_uses_the_folds_of_the_random_forest(cache, demo, tmp_path):
     """`aam-ds cv` with data.split.folds_file: the folds are the forest's, fold for fold."""
     rf = tmp_path / "rf"
-    assert cli_main(["rf-baseline", "--table", str(demo.table), "--metadata", str(demo.metadata), "--target", "body_site",
-                     "--folds", "3", "--trees", "20", "--out-dir", str(rf)]) == 0
+    assert (
+        cli_main(
+            [
+                "rf-baseline",
+                "--table",
+                str(demo.table),
+                "--metadata",
+                str(demo.metadata),
+                "--target",
+                "body_site",
+                "--folds",
+                "3",
+                "--trees",
+                "20",
+                "--out-dir",
+                str(rf),
+            ]
+        )
+        == 0
+    )
     run_dir = tmp_path / "cv"
-    settings = {"model.preset": "tiny", "data.max_asvs": 16, "data.max_seq_len": 48, "data.cache_dir": cache,
-                "schedule.steps": 3, "schedule.warmup_steps": 0, "tracking.run_dir": run_dir, "tracking.rich": "false",
-                "parallel.micro_batch_size": 8, "loss.pairwise_weight": 0, "loss.nucleotide_weight": 0,
-                "loss.task": "classification", "data.targets": "[body_site]", "data.split.kind": "stratified",
-                "data.split.column": "body_site", "data.split.folds_file": rf / "folds.tsv"}  # fmt: skip
+    settings = {
+        "model.preset": "tiny",
+        "data.max_asvs": 16,
+        "data.max_seq_len": 48,
+        "data.cache_dir": cache,
+        "schedule.steps": 3,
+        "schedule.warmup_steps": 0,
+        "tracking.run_dir": run_dir,
+        "tracking.rich": "false",
+        "parallel.micro_batch_size": 8,
+        "loss.pairwise_weight": 0,
+        "loss.nucleotide_weight": 0,
+        "loss.task": "classification",
+        "data.targets": "[body_site]",
+        "data.split.kind": "stratified",
+        "data.split.column": "body_site",
+        "data.split.folds_file": rf / "folds.tsv",
+    }
     args = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
     # a fresh single-process world: not the rendezvous variables an in-process run of this session set
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARIABLES} | {"OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "aam_ds.cli", "cv", *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "aam_ds.cli", "cv", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     ours = pd.read_csv(run_dir / "folds.tsv", sep="\t", index_col=0)["fold"]
     theirs = pd.read_csv(rf / "folds.tsv", sep="\t", index_col=0)["fold"]

@@ -31,16 +31,27 @@ def r_squared(predicted: np.ndarray, observed: np.ndarray) -> float:
 def test_short_finetuning_run_beats_the_mean_predictor(tmp_path):
     cache, run_dir = tmp_path / "cache", tmp_path / "run"
     settings = {
-        "model.preset": "tiny", "data.max_asvs": 32, "data.max_seq_len": 64, "data.cache_dir": cache,
-        "schedule.steps": 60, "schedule.warmup_steps": 5, "schedule.log_every": 20, "schedule.eval_every": 1000,
-        "tracking.run_dir": run_dir, "tracking.rich": "false", "parallel.micro_batch_size": 16,
-        "parallel.zero_stage": 0, "loss.pairwise_weight": 0, "loss.nucleotide_weight": 0, "optim.lr": 0.003,
-        "loss.task": "regression", "data.targets": "[age]",
-    }  # fmt: skip
+        "model.preset": "tiny",
+        "data.max_asvs": 32,
+        "data.max_seq_len": 64,
+        "data.cache_dir": cache,
+        "schedule.steps": 60,
+        "schedule.warmup_steps": 5,
+        "schedule.log_every": 20,
+        "schedule.eval_every": 1000,
+        "tracking.run_dir": run_dir,
+        "tracking.rich": "false",
+        "parallel.micro_batch_size": 16,
+        "parallel.zero_stage": 0,
+        "loss.pairwise_weight": 0,
+        "loss.nucleotide_weight": 0,
+        "optim.lr": 0.003,
+        "loss.task": "regression",
+        "data.targets": "[age]",
+    }
     args = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARIABLES} | {"OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "launch/finetune.py", *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300, env=env)
+    result = subprocess.run([sys.executable, "launch/finetune.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
 
     metadata = pd.read_csv(demo_data(cache).metadata, sep="\t", comment="#", index_col=0)

@@ -56,12 +56,22 @@ def test_model_on_cuda_matches_cpu(dtype):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_deepspeed_pretraining_runs_on_the_gpu(tmp_path, precision):
     run_dir = tmp_path / "run"
-    settings = {"model.preset": "tiny", "schedule.steps": 20, "schedule.warmup_steps": 2, "schedule.eval_every": 20,
-                "data.max_asvs": 64, "data.max_seq_len": 64, "data.cache_dir": tmp_path / "cache",
-                "tracking.run_dir": run_dir, "tracking.rich": "false", "parallel.precision": precision}
+    settings = {
+        "model.preset": "tiny",
+        "schedule.steps": 20,
+        "schedule.warmup_steps": 2,
+        "schedule.eval_every": 20,
+        "data.max_asvs": 64,
+        "data.max_seq_len": 64,
+        "data.cache_dir": tmp_path / "cache",
+        "tracking.run_dir": run_dir,
+        "tracking.rich": "false",
+        "parallel.precision": precision,
+    }
     args = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
-    result = subprocess.run([sys.executable, str(ROOT / "launch" / "pretrain.py"), *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "pretrain.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "model.pt").is_file()
     from aam_ds.tracking import read_metrics

@@ -52,8 +52,19 @@ def test_case_15_a_tree_without_lengths_is_refused_by_every_metric_naming_the_fi
     case = shared_cases / "15-tree-without-lengths"
     for metric in UNIFRAC_METRICS:
         with pytest.raises(AamInputError, match="tree_no_lengths.nwk: has no branch of positive length"):
-            distances_cli.main(["--table", str(case / "table.tsv"), "--tree", str(case / "tree_no_lengths.nwk"),
-                                "--metric", metric, "--out", str(tmp_path / "d.h5"), "--no-progress"])  # fmt: skip
+            distances_cli.main(
+                [
+                    "--table",
+                    str(case / "table.tsv"),
+                    "--tree",
+                    str(case / "tree_no_lengths.nwk"),
+                    "--metric",
+                    metric,
+                    "--out",
+                    str(tmp_path / "d.h5"),
+                    "--no-progress",
+                ]
+            )
     spec = build_spec(_case_spec(case, tmp_path))  # pretraining's on-the-fly targets
     with pytest.raises(AamInputError, match="train_tree_no_lengths.nwk: has no branch of positive length"):
         build_distance_target(spec.data, load_table(spec.data.table))
@@ -66,8 +77,20 @@ def test_ssu_engine_refuses_a_tree_without_lengths_naming_the_users_file(tmp_pat
     (tmp_path / "table.tsv").write_text("#OTU ID\tS1\tS2\nA\t1\t0\nB\t0\t2\nC\t3\t1\n")
     (tmp_path / "cladogram.nwk.gz").write_bytes(__import__("gzip").compress(b"((A,B)x,C)root;\n"))
     with pytest.raises(AamInputError) as info:
-        distances_cli.main(["--table", str(tmp_path / "table.tsv"), "--tree", str(tmp_path / "cladogram.nwk.gz"),
-                            "--metric", metric, "--engine", "ssu", "--out", str(tmp_path / "d.h5")])  # fmt: skip
+        distances_cli.main(
+            [
+                "--table",
+                str(tmp_path / "table.tsv"),
+                "--tree",
+                str(tmp_path / "cladogram.nwk.gz"),
+                "--metric",
+                metric,
+                "--engine",
+                "ssu",
+                "--out",
+                str(tmp_path / "d.h5"),
+            ]
+        )
     assert str(tmp_path / "cladogram.nwk.gz") in str(info.value) and "aam-ssu-" not in str(info.value)
 
 
@@ -90,11 +113,19 @@ def test_trees_without_a_positive_branch_are_refused_from_any_container(tmp_path
 
 def _degenerate_table() -> FeatureTable:
     """Samples E1-E3 have no reads, Z1 / Z2 only ASVs below zero-length branches, P1-P3 real branches."""
-    counts = np.array([
-        [0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0],  # E1 E2 E3
-        [0, 0, 4, 0, 0], [0, 0, 1, 2, 0],  # Z1 Z2: C, D: zero length all the way to the root
-        [5, 1, 0, 0, 0], [0, 3, 0, 0, 2], [1, 0, 2, 0, 7],  # P1 P2 P3
-    ], dtype=np.float64)  # fmt: skip
+    counts = np.array(
+        [
+            [0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0],  # E1 E2 E3
+            [0, 0, 4, 0, 0],
+            [0, 0, 1, 2, 0],  # Z1 Z2: C, D: zero length all the way to the root
+            [5, 1, 0, 0, 0],
+            [0, 3, 0, 0, 2],
+            [1, 0, 2, 0, 7],  # P1 P2 P3
+        ],
+        dtype=np.float64,
+    )
     ids = ["E1", "Z1", "E2", "P1", "Z2", "E3", "P2", "P3"]  # empty and degenerate samples spread over blocks
     order = [0, 3, 1, 5, 4, 2, 6, 7]
     return FeatureTable(ids, list("ABCDE"), sp.csr_matrix(counts[order]), "degenerate")
@@ -174,13 +205,28 @@ def test_baseline_evaluation_leaves_out_samples_without_reads(tmp_path):
     rng = np.random.default_rng(0)
     counts = rng.integers(0, 9, size=(4, 12))
     counts[:, [3, 7]] = 0
-    (tmp_path / "t.tsv").write_text("#OTU ID\t" + "\t".join(ids) + "\n" + "".join(
-        f"A{j}\t" + "\t".join(map(str, row)) + "\n" for j, row in enumerate(counts)))  # fmt: skip
+    (tmp_path / "t.tsv").write_text(
+        "#OTU ID\t" + "\t".join(ids) + "\n" + "".join(f"A{j}\t" + "\t".join(map(str, row)) + "\n" for j, row in enumerate(counts))
+    )
     (tmp_path / "m.tsv").write_text("sample-id\tage\n" + "".join(f"{s}\t{20 + i}\n" for i, s in enumerate(ids)))
     parser = argparse.ArgumentParser()
     add_rf_arguments(parser)
-    args = parser.parse_args(["--table", str(tmp_path / "t.tsv"), "--metadata", str(tmp_path / "m.tsv"), "--target", "age",
-                              "--folds", "2", "--trees", "5", "--out-dir", str(tmp_path / "rf")])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "--table",
+            str(tmp_path / "t.tsv"),
+            "--metadata",
+            str(tmp_path / "m.tsv"),
+            "--target",
+            "age",
+            "--folds",
+            "2",
+            "--trees",
+            "5",
+            "--out-dir",
+            str(tmp_path / "rf"),
+        ]
+    )
     status, notices = _catch_notices(lambda: run_rf_baseline(args))
     assert status == 0 and any("2 samples have no reads" in n and "'S3', 'S7'" in n for n in notices)
     folds = (tmp_path / "rf" / "folds.tsv").read_text()
@@ -191,8 +237,17 @@ def test_samples_left_without_reads_by_drop_asv_are_named_and_tokens_stay_aligne
     counts = "#OTU ID\tS1\tS2\tS3\nh1\t4\t0\t1\nh2\t0\t3\t0\nh3\t1\t0\t0\nh4\t0\t0\t5\n"  # S2: only h2 (ambiguous)
     (tmp_path / "t.tsv").write_text(counts)
     (tmp_path / "rep.fasta").write_text(">h1\nACGTACGT\n>h2\nACGTRCGT\n>h3\nTTTTGGGG\n>h4\nCCCCAAAA\n")
-    spec = build_spec({"data": {"table": str(tmp_path / "t.tsv"), "sequences": str(tmp_path / "rep.fasta"), "max_seq_len": 8,
-                                "ambiguous_bases": "drop_asv", "cache_dir": str(tmp_path / "c")}})  # fmt: skip
+    spec = build_spec(
+        {
+            "data": {
+                "table": str(tmp_path / "t.tsv"),
+                "sequences": str(tmp_path / "rep.fasta"),
+                "max_seq_len": 8,
+                "ambiguous_bases": "drop_asv",
+                "cache_dir": str(tmp_path / "c"),
+            }
+        }
+    )
     data, notices = _catch_notices(lambda: prepare_data(spec))
     assert data.table.sample_ids == ["S1", "S3"] and data.table.asv_ids == ["h1", "h3", "h4"]
     assert any("1 samples have no reads" in n and "['S2']" in n for n in notices)
@@ -203,14 +258,16 @@ def test_the_notice_names_a_few_samples_and_the_count(tmp_path):
     ids = [f"S{i}" for i in range(10)]
     counts = np.zeros((10, 2))
     counts[[0, 9], 0] = 3
-    (tmp_path / "t.tsv").write_text("#OTU ID\t" + "\t".join(ids) + "\n" + "".join(
-        f"A{j}\t" + "\t".join(str(int(c)) for c in counts[:, j]) + "\n" for j in range(2)))  # fmt: skip
+    (tmp_path / "t.tsv").write_text(
+        "#OTU ID\t" + "\t".join(ids) + "\n" + "".join(f"A{j}\t" + "\t".join(str(int(c)) for c in counts[:, j]) + "\n" for j in range(2))
+    )
     from aam_ds.data.table import without_empty_samples
 
     table, notices = _catch_notices(lambda: without_empty_samples(load_table(tmp_path / "t.tsv")))
     assert table.sample_ids == ["S0", "S9"] and table.asv_ids == ["A0"]
-    assert notices == [f"{tmp_path / 't.tsv'}: 8 samples have no reads and are left out (nothing to learn from), "
-                       "e.g. ['S1', 'S2', 'S3', 'S4', 'S5']"]  # fmt: skip
+    assert notices == [
+        f"{tmp_path / 't.tsv'}: 8 samples have no reads and are left out (nothing to learn from), e.g. ['S1', 'S2', 'S3', 'S4', 'S5']"
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,14 +312,28 @@ def test_case_11_numeric_looking_ids_stay_as_written(shared_cases):
 def test_strata_covariates_and_classes_keep_text_as_written(tmp_path):
     seqs = ["ACGTACGTAC" * 3, "TTGCAATGCA" * 3, "GGGCCCAAAT" * 3]
     ids = [f"S{i}" for i in range(8)]
-    (tmp_path / "t.tsv").write_text("#OTU ID\t" + "\t".join(ids) + "\n" + "".join(
-        f"{s}\t" + "\t".join(str((i + j) % 4 + 1) for i in range(8)) + "\n" for j, s in enumerate(seqs)))  # fmt: skip
+    (tmp_path / "t.tsv").write_text(
+        "#OTU ID\t"
+        + "\t".join(ids)
+        + "\n"
+        + "".join(f"{s}\t" + "\t".join(str((i + j) % 4 + 1) for i in range(8)) + "\n" for j, s in enumerate(seqs))
+    )
     codes = ["7", "07", "7", "07", "010", "10", "010", "10"]
     (tmp_path / "m.tsv").write_text("sample-id\tcode\tage\n" + "".join(f"{s}\t{c}\t{i}\n" for i, (s, c) in enumerate(zip(ids, codes))))
     base = {"table": str(tmp_path / "t.tsv"), "metadata": str(tmp_path / "m.tsv"), "cache_dir": str(tmp_path / "c")}
-    data = prepare_data(build_spec({"data": {**base, "covariates": ["code"], "targets": ["code"],
-                                             "split": {"kind": "stratified", "column": "code", "val_fraction": 0.5}},
-                                    "loss": {"task": "classification"}}))  # fmt: skip
+    data = prepare_data(
+        build_spec(
+            {
+                "data": {
+                    **base,
+                    "covariates": ["code"],
+                    "targets": ["code"],
+                    "split": {"kind": "stratified", "column": "code", "val_fraction": 0.5},
+                },
+                "loss": {"task": "classification"},
+            }
+        )
+    )
     assert data.class_names == ["010", "07", "10", "7"] and data.covariate_classes == [["010", "07", "10", "7"]]
     assert infer_task(data.metadata, "code") == "regression"  # numbers where numbers are asked for (rf-baseline's guess)
     val = [codes[i] for i in data.splits["val"]]
@@ -271,9 +342,12 @@ def test_strata_covariates_and_classes_keep_text_as_written(tmp_path):
 
 @pytest.mark.parametrize(
     "text, cause",
-    [("sample-id,age,site\nS1,30,gut\n", "comma-separated"), ("sample-id;age\nS1;30\n", "semicolon-separated"),
-     ("# exported\nsample-id age site\nS1 30 gut\n", "space-separated")],
-)  # fmt: skip
+    [
+        ("sample-id,age,site\nS1,30,gut\n", "comma-separated"),
+        ("sample-id;age\nS1;30\n", "semicolon-separated"),
+        ("# exported\nsample-id age site\nS1 30 gut\n", "space-separated"),
+    ],
+)
 def test_metadata_that_is_not_tab_separated_is_refused_saying_so(tmp_path, text, cause):
     (tmp_path / "m.csv").write_text(text)
     with pytest.raises(AamInputError, match=f"m.csv: is {cause}, not tab-separated"):

@@ -56,8 +56,13 @@ READERS: dict[str, tuple[str, Callable[[], str], str | None, Callable, Callable]
     "tree": ("tree.nwk", lambda: NEWICK, "[a Newick comment, e.g. from FastTree]\n", read_tree, _same_tree),
     "fasta": ("seqs.fasta", lambda: FASTA, "# sequences exported by DADA2\n", read_fasta, lambda a, b: a == b),
     "distances": ("dm.tsv", lambda: DISTANCES, "# unweighted UniFrac\n", read_distance_matrix, _same_matrix),
-    "folds": ("folds.tsv", lambda: "sample_id\tfold\nS1\t0\nS2\t1\nS3\t0\n", None, lambda p: read_folds(p, ["S1", "S2", "S3"]),
-              lambda a, b: len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))),
+    "folds": (
+        "folds.tsv",
+        lambda: "sample_id\tfold\nS1\t0\nS2\t1\nS3\t0\n",
+        None,
+        lambda p: read_folds(p, ["S1", "S2", "S3"]),
+        lambda a, b: len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b)),
+    ),
 }
 
 VARIANTS: dict[str, Callable[[str], bytes]] = {
@@ -115,16 +120,30 @@ def _truncated_gzip(text: str) -> bytes:
 
 
 ERRORS = {
-    "truncated-gzip-table": ("table.tsv.gz", lambda: _truncated_gzip(TABLE_TSV * 50), load_table, "gzip-compressed but the compressed data is truncated or corrupt"),
+    "truncated-gzip-table": (
+        "table.tsv.gz",
+        lambda: _truncated_gzip(TABLE_TSV * 50),
+        load_table,
+        "gzip-compressed but the compressed data is truncated or corrupt",
+    ),
     "truncated-gzip-tree": ("tree.nwk.gz", lambda: _truncated_gzip(NEWICK * 50), read_tree, "gzip-compressed but"),
     "zstd-metadata": ("metadata.tsv.zst", lambda: b"\x28\xb5\x2f\xfd" + bytes(20), load_metadata, "zstd-compressed"),
-    "latin1-metadata": ("metadata.tsv", lambda: METADATA.replace("oral cavity", "cavit\xe9 orale").encode("latin-1"), load_metadata,
-                        "not UTF-8 text: byte 0xe9 on line 3"),
+    "latin1-metadata": (
+        "metadata.tsv",
+        lambda: METADATA.replace("oral cavity", "cavit\xe9 orale").encode("latin-1"),
+        load_metadata,
+        "not UTF-8 text: byte 0xe9 on line 3",
+    ),
     "latin1-fasta": ("seqs.fasta", lambda: (">caf\xe9\nACGT\n").encode("latin-1"), read_fasta, "not UTF-8 text: byte 0xe9 on line 1"),
     "csv-table": ("table.csv", lambda: TABLE_TSV.replace("\t", ",").encode(), load_table, "is comma-separated, not tab-separated"),
-    "csv-distances": ("dm.csv", lambda: DISTANCES.replace("\t", ",").encode(), read_distance_matrix, "is comma-separated, not tab-separated"),
+    "csv-distances": (
+        "dm.csv",
+        lambda: DISTANCES.replace("\t", ",").encode(),
+        read_distance_matrix,
+        "is comma-separated, not tab-separated",
+    ),
     "binary-tree": ("tree.nwk", lambda: bytes(range(256)), read_tree, "binary data in no format or compression known here"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", ERRORS)
@@ -144,7 +163,20 @@ def test_ssu_engine_reads_compressed_and_bom_crlf_inputs_as_the_torch_engine(tmp
     (tmp_path / "table.tsv.gz").write_bytes(gzip.compress(TABLE_TSV.encode()))
     (tmp_path / "tree.nwk").write_bytes(b"\xef\xbb\xbf" + NEWICK.replace("C:2", "(C:2,D:1):0.5").replace("\n", "\r\n").encode())
     for engine in ("torch", "ssu"):
-        cli.main(["--table", str(tmp_path / "table.tsv.gz"), "--tree", str(tmp_path / "tree.nwk"), "--metric", "weighted_normalized",
-                  "--engine", engine, "--out", str(tmp_path / f"{engine}.h5"), "--no-progress"])  # fmt: skip
+        cli.main(
+            [
+                "--table",
+                str(tmp_path / "table.tsv.gz"),
+                "--tree",
+                str(tmp_path / "tree.nwk"),
+                "--metric",
+                "weighted_normalized",
+                "--engine",
+                engine,
+                "--out",
+                str(tmp_path / f"{engine}.h5"),
+                "--no-progress",
+            ]
+        )
     ours, theirs = read_distance_matrix(tmp_path / "torch.h5"), read_distance_matrix(tmp_path / "ssu.h5")
     assert ours[0] == theirs[0] and np.allclose(ours[1], theirs[1], atol=1e-12) and ours[1].any()

@@ -118,7 +118,9 @@ def _table_and_tree(draw) -> tuple[FeatureTable, str]:
     newick = subtrees[0] + "root;"
     if not (parse_newick(newick).length[:-1] > 0).any():
         newick = newick.replace("T0:0.0", "T0:1.5", 1) if "T0:0.0" in newick else newick.replace(":0.0", ":1.5", 1)
-    table = FeatureTable([f"S{i}" for i in range(n_samples)], [f"T{j}" for j in range(n_asvs)], sp.csr_matrix(counts.astype(float)), "generated")
+    table = FeatureTable(
+        [f"S{i}" for i in range(n_samples)], [f"T{j}" for j in range(n_asvs)], sp.csr_matrix(counts.astype(float)), "generated"
+    )
     return table, newick
 
 
@@ -134,8 +136,12 @@ def _nothing_to_compare(metric: str, table: FeatureTable, newick: str) -> np.nda
     if metric not in UNIFRAC_METRICS:
         return counts.sum(1) == 0
     tree = skbio.TreeNode.read(io.StringIO(newick), format="newick")
-    depth = np.array([sum(n.length or 0.0 for n in tree.find(a).ancestors() if n.parent is not None) + (tree.find(a).length or 0.0)
-                      for a in table.asv_ids])  # fmt: skip
+    depth = np.array(
+        [
+            sum(n.length or 0.0 for n in tree.find(a).ancestors() if n.parent is not None) + (tree.find(a).length or 0.0)
+            for a in table.asv_ids
+        ]
+    )
     return (counts[:, depth > 0] == 0).all(1)
 
 
@@ -158,8 +164,11 @@ def _scikit_bio(metric: str, table: FeatureTable, newick: str) -> np.ndarray:
         name = "unweighted_unifrac" if metric == "unweighted" else "weighted_unifrac"
         kwargs = {"normalized": True} if metric == "weighted_normalized" else {}
         return beta_diversity(name, counts.astype(int), table.sample_ids, taxa=table.asv_ids, tree=tree, **kwargs).data
-    pair = {"braycurtis": braycurtis, "jaccard": lambda u, v: jaccard(u > 0, v > 0),
-            "aitchison": lambda u, v: euclidean(clr(u + 1.0), clr(v + 1.0))}[metric]  # fmt: skip
+    pair = {
+        "braycurtis": braycurtis,
+        "jaccard": lambda u, v: jaccard(u > 0, v > 0),
+        "aitchison": lambda u, v: euclidean(clr(u + 1.0), clr(v + 1.0)),
+    }[metric]
     return np.array([[pair(u, v) for v in counts] for u in counts])
 
 
@@ -295,9 +304,8 @@ def test_aitchison_of_one_composition_is_zero_not_a_root_of_rounding():
 
 @pytest.mark.parametrize(
     "newick, tips",
-    [("(':':0,b:1);", [":", "b"]), ("(')',',',';'):1;", [")", ",", ";"]), ("('(x':1,'a_b');", ["(x", "a_b"]),
-     ("('''':1,b);", ["'", "b"])],
-)  # fmt: skip
+    [("(':':0,b:1);", [":", "b"]), ("(')',',',';'):1;", [")", ",", ";"]), ("('(x':1,'a_b');", ["(x", "a_b"]), ("('''':1,b);", ["'", "b"])],
+)
 def test_quoted_names_may_hold_newick_punctuation_quotes_and_underscores(newick, tips):
     """Found against scikit-bio, which rejects or misreads these: inside quotes ( ) , : ; are name text,
     '' is one quote and _ stays _ (Newick standard); ours read them so."""

@@ -97,8 +97,10 @@ def test_the_model_scan_catches_the_run_spec_pydantic_and_other_packages(tmp_pat
         "from aam_ds.data.sequences import PAD\n"
     )
     assert model_violations(fake) == [
-        "aam_ds/model/net.py:5 imports aam_ds.spec", "aam_ds/model/net.py:7 imports pydantic",
-        "aam_ds/model/net.py:9 imports aam_ds.errors", "aam_ds/model/net.py:10 imports aam_ds.data.sequences",
+        "aam_ds/model/net.py:5 imports aam_ds.spec",
+        "aam_ds/model/net.py:7 imports pydantic",
+        "aam_ds/model/net.py:9 imports aam_ds.errors",
+        "aam_ds/model/net.py:10 imports aam_ds.data.sequences",
     ]
 
 
@@ -116,7 +118,9 @@ def test_the_import_scan_sees_imports_at_any_depth(tmp_path):
         "class C:\n    def m(self):\n        import aam_ds.inference\n"
     )
     assert violations("engine", fake) == [
-        "aam_ds/engine/nested.py:3 imports aam_ds.inference.predict", "aam_ds/engine/nested.py:5 imports aam_ds.inference",
-        "aam_ds/engine/nested.py:7 imports aam_ds.inference", "aam_ds/engine/nested.py:10 imports aam_ds.inference.cli",
+        "aam_ds/engine/nested.py:3 imports aam_ds.inference.predict",
+        "aam_ds/engine/nested.py:5 imports aam_ds.inference",
+        "aam_ds/engine/nested.py:7 imports aam_ds.inference",
+        "aam_ds/engine/nested.py:10 imports aam_ds.inference.cli",
         "aam_ds/engine/nested.py:13 imports aam_ds.inference",
-    ]  # fmt: skip
+    ]

@@ -39,8 +39,10 @@ def test_an_unknown_metric_gets_the_registrys_choices_everywhere(capsys):
     with pytest.raises(AamInputError) as from_spec:
         load_spec(None, ["data.metric=bogus"])
     assert _quoted(str(from_spec.value)) == list(METRIC_NAMES)
-    for add_arguments, required in ((distances_cli.add_arguments, ["--table", "t", "--out", "o"]),
-                                    (benchmark_cli.add_arguments, ["--table", "t", "--metadata", "m", "--target", "y"])):
+    for add_arguments, required in (
+        (distances_cli.add_arguments, ["--table", "t", "--out", "o"]),
+        (benchmark_cli.add_arguments, ["--table", "t", "--metadata", "m", "--target", "y"]),
+    ):
         parser = argparse.ArgumentParser()
         add_arguments(parser)
         with pytest.raises(SystemExit):
@@ -63,8 +65,9 @@ def test_metric_parameters_share_defaults_and_bounds_between_the_spec_and_the_fl
         with pytest.raises(AamInputError, match=f"data.{name}"):
             load_spec(None, [f"data.{name}={value}"])
         with pytest.raises(AamInputError, match=f"--{name}.*out of range"):
-            distances_cli.main(["--table", str(tmp_path / "absent.biom"), "--metric", "braycurtis", f"--{name}", value,
-                                "--out", str(tmp_path / "d.tsv")])
+            distances_cli.main(
+                ["--table", str(tmp_path / "absent.biom"), "--metric", "braycurtis", f"--{name}", value, "--out", str(tmp_path / "d.tsv")]
+            )
 
 
 @pytest.mark.parametrize("name", METRIC_NAMES)

@@ -89,9 +89,14 @@ def test_an_export_written_before_model_config_loads_into_the_same_model(tmp_pat
 
     spec = tiny(asv_identity_buckets=32, sample_layers=0)
     trained = model(spec, n_targets=1)
-    old_payload = {"format": EXPORT_FORMAT, "state_dict": trained.state_dict(), "spec": {"model": spec.model_dump(mode="json")},
-                   "model_args": {"max_seq_len": SEQ_LEN, "n_targets": 1, "n_classes": 0, "covariate_cardinalities": []},
-                   "targets": None, "step": 3}  # fmt: skip
+    old_payload = {
+        "format": EXPORT_FORMAT,
+        "state_dict": trained.state_dict(),
+        "spec": {"model": spec.model_dump(mode="json")},
+        "model_args": {"max_seq_len": SEQ_LEN, "n_targets": 1, "n_classes": 0, "covariate_cardinalities": []},
+        "targets": None,
+        "step": 3,
+    }
     torch.save(old_payload, tmp_path / "model.pt")
     loaded = build_exported_model(load_export(tmp_path / "model.pt"))
     assert loaded.config == model_config(spec) and loaded.config.sample_layers == 0 and loaded.config.asv_identity_buckets == 32
@@ -131,8 +136,9 @@ def test_output_of_a_sample_does_not_change_when_padding_is_added(chunk):
     padded_t[0, :4], padded_c[0, :4] = tokens[0], counts[0]
     padded_t[1:], padded_c[1:] = others_t, others_c
     wide = AAMModel(m.config, SEQ_LEN + 6).eval()
-    wide.load_state_dict({**m.state_dict(), "position_embedding.weight": torch.cat(
-        [m.position_embedding.weight, torch.zeros(6, m.config.d_model)])})
+    wide.load_state_dict(
+        {**m.state_dict(), "position_embedding.weight": torch.cat([m.position_embedding.weight, torch.zeros(6, m.config.d_model)])}
+    )
     padded_t = torch.cat([padded_t, torch.full((3, 9, 6), PAD)], dim=2)
     padded = sample_outputs(wide, padded_t, padded_c)
     torch.testing.assert_close(padded["sample_embedding"][0], base["sample_embedding"][0], atol=1e-5, rtol=0)
@@ -232,9 +238,7 @@ def test_each_loss_trains_exactly_the_parameters_on_its_path():
         m, "nucleotide_head", "composition_norm", "embedding_projection", "sample_encoder.pool", "task_head"
     )
     out = m(masked, counts, {"task"}, covariates=covariates)
-    assert trained_by(m, regression_loss(out["task"], torch.randn(4, 1))) == everything - prefixed(
-        m, "nucleotide_head", "abundance_head"
-    )
+    assert trained_by(m, regression_loss(out["task"], torch.randn(4, 1))) == everything - prefixed(m, "nucleotide_head", "abundance_head")
     # the abundance embedding is on the pairwise path when the model uses abundances
     m2 = model(tiny(use_abundance=True), n_classes=3).train()
     out = m2(masked, counts, {"sample_embedding", "task"})

@@ -86,8 +86,10 @@ def test_pairwise_loss_can_reach_distances_far_beyond_one():
 
 def test_pairwise_loss_refuses_mismatched_shapes():
     """Internal contract violations: ValueError with its traceback, not a one-line AamInputError."""
-    for embeddings, target, message in ((torch.randn(4, 3), torch.zeros(3, 3), "do not match"),
-                                        (torch.randn(1, 3), torch.zeros(1, 1), "at least 2")):
+    for embeddings, target, message in (
+        (torch.randn(4, 3), torch.zeros(3, 3), "do not match"),
+        (torch.randn(1, 3), torch.zeros(1, 1), "at least 2"),
+    ):
         with pytest.raises(ValueError, match=message) as caught:
             pairwise_distance_loss(embeddings, target)
         assert not isinstance(caught.value, AamInputError)

@@ -53,7 +53,7 @@ def readme_deepspeed_env() -> dict[str, str]:
     """The variables of the README's ``.deepspeed_env`` example, with this machine's values."""
     lines = [line.strip() for line in readme_section("Multi-node")]
     start = lines.index("```text") + 1
-    names = [line.split("=", 1)[0] for line in lines[start:lines.index("```", start)]]
+    names = [line.split("=", 1)[0] for line in lines[start : lines.index("```", start)]]
     assert names == list(THIS_MACHINE), names
     return {name: THIS_MACHINE[name] for name in names}
 
@@ -76,8 +76,7 @@ def job_env(nodes: Nodes) -> dict[str, str]:
     """The launching shell: the venv and the nodes' ssh on PATH, no launch variables, and no
     OMP_NUM_THREADS (the remote ranks must get it from .deepspeed_env)."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and k != "OMP_NUM_THREADS"}
-    return env | {"PATH": f"{nodes.bin_dir}{os.pathsep}{BIN}{os.pathsep}{env['PATH']}", "PYTHONPATH": str(ROOT),
-                  "PYTHONUNBUFFERED": "1"}
+    return env | {"PATH": f"{nodes.bin_dir}{os.pathsep}{BIN}{os.pathsep}{env['PATH']}", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 
 
 def rank_process(nodes: Nodes, rank: int) -> psutil.Process:
@@ -135,8 +134,16 @@ def reference(tmp_path_factory, demo_paths) -> tuple[Path, dict[int, float]]:
     """The cache folder and the losses of the jobs' spec run on one node with two ranks (torchrun)."""
     base = tmp_path_factory.mktemp("single-node")
     job = lay_out_job(base / "job", demo_paths, base / "cache")
-    argv = [str(BIN / "torchrun"), "--nproc_per_node=2", f"--master_port={free_port()}", "launch/pretrain.py", "--spec", "run.yaml",
-            "--ds-config", "ds_configs/zero2.json"]
+    argv = [
+        str(BIN / "torchrun"),
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "launch/pretrain.py",
+        "--spec",
+        "run.yaml",
+        "--ds-config",
+        "ds_configs/zero2.json",
+    ]
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     code, output, _ = run_job(argv, job, env)
     assert code == 0, output[-4000:]
@@ -168,8 +175,10 @@ def test_readme_multinode_command_over_pdsh_ssh_fails_fast_and_resumes(nodes, re
     (job / ".deepspeed_env").write_text("".join(f"{name}={value}\n" for name, value in deepspeed_env.items()))
     env = job_env(nodes)
     command = readme_multinode_command()
-    assert command == ("deepspeed --hostfile hostfile --master_addr node001 --master_port 29500 launch/pretrain.py "
-                       "--spec run.yaml --ds-config ds_configs/zero2.json")
+    assert command == (
+        "deepspeed --hostfile hostfile --master_addr node001 --master_port 29500 launch/pretrain.py "
+        "--spec run.yaml --ds-config ds_configs/zero2.json"
+    )
     with socket.socket() as probe:  # the README's port must be free (as torch's store binds it) for its command to run as written
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", 29500))
@@ -259,8 +268,16 @@ def test_sbatch_script_under_slurm_trains_on_two_nodes_and_resumes_after_scancel
 
 def test_sbatch_script_outside_slurm_says_so(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    result = subprocess.run(["bash", str(ROOT / "launch" / "slurm_pretrain.sbatch"), "run.yaml"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        ["bash", str(ROOT / "launch" / "slurm_pretrain.sbatch"), "run.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2 and not list(tmp_path.iterdir())
-    assert result.stderr.startswith("error: launch/slurm_pretrain.sbatch runs inside a SLURM job (SLURM_JOB_ID / "
-                                    "SLURM_JOB_NODELIST are unset). Fix: submit it with 'sbatch "), result.stderr
+    assert result.stderr.startswith(
+        "error: launch/slurm_pretrain.sbatch runs inside a SLURM job (SLURM_JOB_ID / "
+        "SLURM_JOB_NODELIST are unset). Fix: submit it with 'sbatch "
+    ), result.stderr

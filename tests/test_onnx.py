@@ -38,8 +38,11 @@ def batches(inputs, sizes: list[int]):
     from aam_ds.data.dataset import SampleDataset, collate
     from aam_ds.data.select import SampleRow
 
-    rows = [SampleRow(r.sample_index, r.asv_index[:k], r.counts[:k])
-            for i, r in enumerate(inputs.rows) for k in [1 + (7 * i) % len(r.asv_index)]]
+    rows = [
+        SampleRow(r.sample_index, r.asv_index[:k], r.counts[:k])
+        for i, r in enumerate(inputs.rows)
+        for k in [1 + (7 * i) % len(r.asv_index)]
+    ]
     dataset = SampleDataset(rows, inputs.tokens, None, inputs.covariates)
     start = 0
     for size in sizes:

@@ -26,11 +26,22 @@ FINETUNE = str(ROOT / "launch" / "finetune.py")
 def settings(cache: Path, run_dir: Path, **overrides) -> dict:
     """A small, fast fine-tuning run on the demo data (task loss only)."""
     return {
-        "model.preset": "tiny", "data.max_asvs": 16, "data.max_seq_len": 48, "data.cache_dir": cache,
-        "schedule.steps": 6, "schedule.warmup_steps": 1, "schedule.log_every": 1, "schedule.eval_every": 1000,
-        "tracking.run_dir": run_dir, "tracking.rich": "false", "parallel.micro_batch_size": 8,
-        "loss.pairwise_weight": 0, "loss.nucleotide_weight": 0, "optim.lr": 0.003, **overrides,
-    }  # fmt: skip
+        "model.preset": "tiny",
+        "data.max_asvs": 16,
+        "data.max_seq_len": 48,
+        "data.cache_dir": cache,
+        "schedule.steps": 6,
+        "schedule.warmup_steps": 1,
+        "schedule.log_every": 1,
+        "schedule.eval_every": 1000,
+        "tracking.run_dir": run_dir,
+        "tracking.rich": "false",
+        "parallel.micro_batch_size": 8,
+        "loss.pairwise_weight": 0,
+        "loss.nucleotide_weight": 0,
+        "optim.lr": 0.003,
+        **overrides,
+    }
 
 
 def run(cmd: list[str], timeout: float = 240) -> str:
@@ -105,12 +116,32 @@ def test_classification_round_trip_with_covariates_rarefaction_and_random_select
     from aam_ds.prediction import predict_split
     from aam_ds.spec import RunSpec
 
-    run_dir = finetune(cache, tmp_path / "run", **{
-        "loss.task": "classification", "data.targets": "[body_site]", "data.covariates": "[subject]",
-        "data.rarefy_depth": 2000, "data.rarefy_seed": 3, "data.asv_selection": "random", "data.split.seed": 5})
+    run_dir = finetune(
+        cache,
+        tmp_path / "run",
+        **{
+            "loss.task": "classification",
+            "data.targets": "[body_site]",
+            "data.covariates": "[subject]",
+            "data.rarefy_depth": 2000,
+            "data.rarefy_seed": 3,
+            "data.asv_selection": "random",
+            "data.split.seed": 5,
+        },
+    )
     out = tmp_path / "site.tsv"
-    predict_cli("--model", str(run_dir / "model.pt"), "--table", str(demo.table), "--metadata", str(demo.metadata),
-                "--out", str(out), "--batch-size", "7")
+    predict_cli(
+        "--model",
+        str(run_dir / "model.pt"),
+        "--table",
+        str(demo.table),
+        "--metadata",
+        str(demo.metadata),
+        "--out",
+        str(out),
+        "--batch-size",
+        "7",
+    )
     predictions = read_predictions(out, "body_site", "classification")
     assert predictions.class_names == ("gut", "oral", "skin")
     np.testing.assert_allclose(predictions.probabilities.sum(axis=1), 1.0, atol=1e-6)
@@ -149,8 +180,9 @@ def write_untrained_export(path: Path, cache: Path, finetuning: bool = True, **o
     generator = torch.Generator().manual_seed(0)
     for param in model.parameters():  # random weights large enough that samples get distinct outputs
         param.data.normal_(0.0, 0.2, generator=generator)
-    write_export(path, Export(model.state_dict(), export_spec(spec, model_spec), model_args,
-                              target_description(data, model, finetuning), 0))
+    write_export(
+        path, Export(model.state_dict(), export_spec(spec, model_spec), model_args, target_description(data, model, finetuning), 0)
+    )
     return path
 
 
@@ -163,8 +195,9 @@ def regression_export(cache, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def covariate_export(cache, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("covariate-export")
-    return write_untrained_export(folder / "model.pt", cache, **{
-        "loss.task": "classification", "data.targets": "[body_site]", "data.covariates": "[subject]"})
+    return write_untrained_export(
+        folder / "model.pt", cache, **{"loss.task": "classification", "data.targets": "[body_site]", "data.covariates": "[subject]"}
+    )
 
 
 def write_demo_subset(path: Path, demo_table: Path, rows: list[int]) -> Path:
@@ -311,8 +344,9 @@ def test_refuses_bases_the_models_policy_cannot_read(regression_export, tmp_path
 def test_reads_ambiguity_codes_as_n_when_the_model_was_trained_so(cache, tmp_path):
     from aam_ds.inference.predict import predict_table
 
-    export = write_untrained_export(tmp_path / "model.pt", cache, **{
-        "loss.task": "regression", "data.targets": "[age]", "data.ambiguous_bases": "as_n"})
+    export = write_untrained_export(
+        tmp_path / "model.pt", cache, **{"loss.task": "regression", "data.targets": "[age]", "data.ambiguous_bases": "as_n"}
+    )
     table = write_tsv_table(tmp_path / "a.tsv", ["ACGTACGT", "ACGRACGT"])
     assert np.isfinite(predict_table(export, table)[0].values).all()
 

@@ -55,10 +55,18 @@ def hashed_artifacts(demo_paths, make_qza, tmp_path) -> dict[str, Path]:
 def spec_for(artifacts: dict[str, Path], run_dir: Path, with_sequences: bool = True):
     """A three-step pretraining spec (tiny model) on the hashed artifacts."""
     settings = {
-        "data.table": artifacts["table"], "data.tree": artifacts["tree"], "data.cache_dir": run_dir.parent / "cache",
-        "data.max_asvs": 16, "data.max_seq_len": 48, "model.preset": "tiny", "schedule.steps": 3,
-        "parallel.micro_batch_size": 8, "parallel.zero_stage": 0, "tracking.run_dir": run_dir, "tracking.rich": "false",
-    }  # fmt: skip
+        "data.table": artifacts["table"],
+        "data.tree": artifacts["tree"],
+        "data.cache_dir": run_dir.parent / "cache",
+        "data.max_asvs": 16,
+        "data.max_seq_len": 48,
+        "model.preset": "tiny",
+        "schedule.steps": 3,
+        "parallel.micro_batch_size": 8,
+        "parallel.zero_stage": 0,
+        "tracking.run_dir": run_dir,
+        "tracking.rich": "false",
+    }
     if with_sequences:
         settings["data.sequences"] = artifacts["sequences"]
     return load_spec(None, [f"{k}={v}" for k, v in settings.items()])

@@ -44,8 +44,13 @@ def test_readme_template_pretrains_with_the_readme_command(demo_paths, tmp_path)
     spec = readme_run_yaml()
     assert spec["parallel"] == {"global_batch_size": 256, "micro_batch_size": 32, "precision": "bf16"}
     assert spec["data"]["sequences"] == "rep-seqs.qza"
-    spec["data"].update(table=str(demo_paths.table), tree=str(demo_paths.tree), metadata=str(demo_paths.metadata),
-                        sequences=str(demo_paths.sequences), cache_dir=str(tmp_path / "cache"))
+    spec["data"].update(
+        table=str(demo_paths.table),
+        tree=str(demo_paths.tree),
+        metadata=str(demo_paths.metadata),
+        sequences=str(demo_paths.sequences),
+        cache_dir=str(tmp_path / "cache"),
+    )
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(spec))
     for name in ("launch", "ds_configs"):  # the command's relative paths, as in a checkout
         (tmp_path / name).symlink_to(ROOT / name)

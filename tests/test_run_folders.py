@@ -30,9 +30,18 @@ STEPS = 100  # long enough for the automatic checkpoint interval (max(50, steps 
 
 def settings(cache: Path, **overrides) -> dict:
     """A small, fast pretraining run on the demo data, tracking.run_dir and checkpoint.every_steps left unset."""
-    return {"model.preset": "tiny", "data.max_asvs": 16, "data.max_seq_len": 48, "data.cache_dir": cache,
-            "schedule.log_every": 1, "schedule.eval_every": 1000, "tracking.rich": "false", "parallel.micro_batch_size": 4,
-            "parallel.zero_stage": 0, **overrides}  # fmt: skip
+    return {
+        "model.preset": "tiny",
+        "data.max_asvs": 16,
+        "data.max_seq_len": 48,
+        "data.cache_dir": cache,
+        "schedule.log_every": 1,
+        "schedule.eval_every": 1000,
+        "tracking.rich": "false",
+        "parallel.micro_batch_size": 4,
+        "parallel.zero_stage": 0,
+        **overrides,
+    }
 
 
 def spec_of(cache: Path, **overrides):
@@ -41,8 +50,7 @@ def spec_of(cache: Path, **overrides):
 
 def finetuning(**overrides) -> dict:
     """Overrides that turn the pretraining settings into age regression (task loss only)."""
-    return {"loss.task": "regression", "data.targets": "[age]", "loss.pairwise_weight": 0, "loss.nucleotide_weight": 0,
-            **overrides}  # fmt: skip
+    return {"loss.task": "regression", "data.targets": "[age]", "loss.pairwise_weight": 0, "loss.nucleotide_weight": 0, **overrides}
 
 
 def pretrain_args(cache: Path, *extra: str, **overrides) -> list[str]:
@@ -199,8 +207,10 @@ def test_ctrl_c_saves_a_checkpoint_and_stops_with_one_line(cache, tmp_path, unin
     saved = (run_dir / "checkpoints" / "latest").read_text().strip()
     step = int(saved.removeprefix("step"))
     assert 3 <= step < STEPS
-    assert lines == [f"[rank 0] interrupted: stopped after step {step} with a checkpoint in {Path('runs') / run_dir.resolve().name / 'checkpoints'}; "
-                     f"continue with --resume --set tracking.run_dir={Path('runs') / run_dir.resolve().name}"]
+    assert lines == [
+        f"[rank 0] interrupted: stopped after step {step} with a checkpoint in {Path('runs') / run_dir.resolve().name / 'checkpoints'}; "
+        f"continue with --resume --set tracking.run_dir={Path('runs') / run_dir.resolve().name}"
+    ]
 
     resumed = checked(launch(pretrain_cli(cache, "--resume"), cwd=tmp_path))
     assert f"resumed at step {step}" in resumed.stdout
@@ -211,8 +221,8 @@ def test_ctrl_c_saves_a_checkpoint_and_stops_with_one_line(cache, tmp_path, unin
 def assert_continued(run_dir: Path, checkpoint_step: int) -> None:
     """metrics.jsonl holds one run: the steps before the checkpoint once, then the resumed run's steps after it."""
     steps = [step for kind, step in history(run_dir) if kind == "train"]
-    assert steps.count(1) == 1 and steps[: checkpoint_step] == list(range(1, checkpoint_step + 1))
-    assert steps[-(STEPS - checkpoint_step):] == list(range(checkpoint_step + 1, STEPS + 1))
+    assert steps.count(1) == 1 and steps[:checkpoint_step] == list(range(1, checkpoint_step + 1))
+    assert steps[-(STEPS - checkpoint_step) :] == list(range(checkpoint_step + 1, STEPS + 1))
 
 
 def train_lines(run_dir: Path) -> list[str]:
@@ -225,8 +235,16 @@ def interrupt_when(cmd: list[str], cwd: Path, ready, timeout: float = 240) -> tu
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryFile("w+") as log:
         # as from a terminal: a background job (e.g. CI started with `&`) would hand the run an ignored SIGINT
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         try:
             deadline = time.monotonic() + timeout
             while proc.poll() is None and not ready() and time.monotonic() < deadline:

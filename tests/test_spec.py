@@ -53,7 +53,11 @@ BAD_SPECS = [
     (["nonsense.key=1"], "nonsense", "unknown key"),
     (["parallel.global_batch_size=30", "parallel.micro_batch_size=8"], "global_batch_size=30", "multiple of 8"),
     (["parallel.global_batch_size=10", "parallel.grad_accum_steps=1", "parallel.world_size=4"], "world size 4", "multiple of 4"),
-    (["parallel.global_batch_size=10", "parallel.micro_batch_size=2", "parallel.grad_accum_steps=2"], "global_batch_size=10", "give only two"),
+    (
+        ["parallel.global_batch_size=10", "parallel.micro_batch_size=2", "parallel.grad_accum_steps=2"],
+        "global_batch_size=10",
+        "give only two",
+    ),
     (["parallel.zero_stage=2", "parallel.offload_param=cpu"], "offload_param", "zero_stage=3"),
     (["parallel.zero_stage=3", "parallel.offload_optimizer=nvme"], "nvme_path", "NVMe"),
     (["parallel.micro_batch_size=1"], "micro_batch_size", "pairwise_weight=0"),
@@ -77,8 +81,10 @@ def test_intervals_left_unset_scale_with_the_run_length(steps, warmup, eval_ever
 
 
 def test_intervals_set_by_the_user_are_kept():
-    spec = load_spec(None, ["schedule.steps=10", "schedule.warmup_steps=10", "schedule.eval_every=1000", "schedule.log_every=7",
-                            "checkpoint.every_steps=0"])
+    spec = load_spec(
+        None,
+        ["schedule.steps=10", "schedule.warmup_steps=10", "schedule.eval_every=1000", "schedule.log_every=7", "checkpoint.every_steps=0"],
+    )
     s = spec.schedule
     assert (s.warmup_steps, s.eval_every, s.log_every, spec.checkpoint.every_steps) == (10, 1000, 7, 0)
 
@@ -98,7 +104,11 @@ def test_every_mistake_is_reported_at_once():
 
 @pytest.mark.parametrize(
     "name, text, problem",
-    [("s.yaml", "model: [unclosed", "cannot be parsed"), ("s.ini", "[model]", "unknown spec format"), ("s.yaml", "- a\n- b\n", "not a mapping")],
+    [
+        ("s.yaml", "model: [unclosed", "cannot be parsed"),
+        ("s.ini", "[model]", "unknown spec format"),
+        ("s.yaml", "- a\n- b\n", "not a mapping"),
+    ],
 )
 def test_bad_spec_files(tmp_path, name, text, problem):
     (tmp_path / name).write_text(text)

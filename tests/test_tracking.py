@@ -297,15 +297,20 @@ def test_benchmark_report_is_kept_by_wandb(tmp_path):
 
     out = tmp_path / "bench"
     out.mkdir()
-    report = {"target": "age", "task": "regression", "files": ["predicted_vs_true.png", "report.md", "report.json", "folds.tsv"],
-              "models": {"random forest": {"pooled": {"mae": 6.5, "r2": 0.3}}, "AAM": {"pooled": {"mae": 6.2, "r2": 0.35}}}}
+    report = {
+        "target": "age",
+        "task": "regression",
+        "files": ["predicted_vs_true.png", "report.md", "report.json", "folds.tsv"],
+        "models": {"random forest": {"pooled": {"mae": 6.5, "r2": 0.3}}, "AAM": {"pooled": {"mae": 6.2, "r2": 0.35}}},
+    }
     plot_predicted_vs_true(out / "predicted_vs_true.png", np.arange(4.0), np.arange(4.0), "age")
     for name in ("report.md", "report.json", "folds.tsv", "predictions_AAM.tsv"):
         (out / name).write_text(f"{name}\n")
     track_report(make_spec(wandb="offline"), out, report)
     run_path, records = offline_run(out)
-    assert logged_artifacts(records) == {"bench-report-benchmark": {"predicted_vs_true.png", "report.md", "report.json", "folds.tsv",
-                                                                    "predictions_AAM.tsv"}}
+    assert logged_artifacts(records) == {
+        "bench-report-benchmark": {"predicted_vs_true.png", "report.md", "report.json", "folds.tsv", "predictions_AAM.tsv"}
+    }
     summary = {item_key(i): json.loads(i.value_json) for r in records if r.HasField("summary") for i in r.summary.update}
     assert summary["AAM/mae"] == 6.2 and summary["random forest/r2"] == 0.3
 

@@ -42,8 +42,14 @@ def test_two_rank_run_killed_and_resumed_fills_one_mlflow_run(tmp_path, cache_di
     from mlflow import MlflowClient
 
     run_dir = tmp_path / "run"
-    common = {"tracking.mlflow": mlflow_server, "tracking.project": "aam-ds-test", "checkpoint.every_steps": 3,
-              "schedule.steps": 6, "schedule.eval_every": 3, "parallel.zero_stage": 2}
+    common = {
+        "tracking.mlflow": mlflow_server,
+        "tracking.project": "aam-ds-test",
+        "checkpoint.every_steps": 3,
+        "schedule.steps": 6,
+        "schedule.eval_every": 3,
+        "parallel.zero_stage": 2,
+    }
     latest = run_dir / "checkpoints" / "latest"
     killed = launch(torchrun(2, *run_args(run_dir, cache_dir, **common)), kill_when=latest.is_file)
     assert killed.returncode != 0, "the run finished before it could be killed"
@@ -89,9 +95,23 @@ def test_unreachable_tracking_uri_is_refused_before_any_compute(tmp_path):
     run_dir = tmp_path / "run"
     dead = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    result = subprocess.run([sys.executable, PRETRAIN, "--set", f"tracking.mlflow={dead}", "--set", f"tracking.run_dir={run_dir}",
-                             "--set", "model.preset=tiny"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            PRETRAIN,
+            "--set",
+            f"tracking.mlflow={dead}",
+            "--set",
+            f"tracking.run_dir={run_dir}",
+            "--set",
+            "model.preset=tiny",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"tracking.mlflow={dead}: the MLflow tracking store does not answer" in result.stderr
     assert "Traceback" not in result.stderr

@@ -22,17 +22,18 @@ from aam_ds.spec import build_spec, load_spec
 from aam_ds.tracking import read_metrics
 from aam_ds.tune.space import load_space, set_fields
 
-SPACE = {"loss.nucleotide_weight": {"type": "float", "low": 0.25, "high": 20.0},
-         "optim.lr": {"type": "log", "low": 1.0e-4, "high": 1.0e-2}}
+SPACE = {"loss.nucleotide_weight": {"type": "float", "low": 0.25, "high": 20.0}, "optim.lr": {"type": "log", "low": 1.0e-4, "high": 1.0e-2}}
 
 
 def base_spec(path: Path, cache: Path, **sections) -> Path:
     """A tiny pretraining spec on the demo data: 4 steps, validation every 2."""
-    spec = {"model": {"preset": "tiny"},
-            "data": {"max_asvs": 16, "max_seq_len": 48, "cache_dir": str(cache), "split": {"val_fraction": 0.2}},
-            "schedule": {"steps": 4, "warmup_steps": 0, "log_every": 1, "eval_every": 2},
-            "parallel": {"micro_batch_size": 4, "zero_stage": 0, "collective_timeout_s": 60},
-            "tracking": {"rich": False}}  # fmt: skip
+    spec = {
+        "model": {"preset": "tiny"},
+        "data": {"max_asvs": 16, "max_seq_len": 48, "cache_dir": str(cache), "split": {"val_fraction": 0.2}},
+        "schedule": {"steps": 4, "warmup_steps": 0, "log_every": 1, "eval_every": 2},
+        "parallel": {"micro_batch_size": 4, "zero_stage": 0, "collective_timeout_s": 60},
+        "tracking": {"rich": False},
+    }
     for section, values in sections.items():
         spec[section] = {**spec.get(section, {}), **values}
     path.write_text(yaml.safe_dump(spec))
@@ -45,8 +46,22 @@ def write_space(path: Path, space: dict) -> Path:
 
 
 def tune_args(spec: Path, space: Path, out: Path, trials: int, *extra: str) -> list[str]:
-    return ["tune", "--spec", str(spec), "--space", str(space), "--trials", str(trials), "--storage",
-            f"sqlite:///{out / 'tune.db'}", "--study-name", "demo", "--out-dir", str(out), *extra]
+    return [
+        "tune",
+        "--spec",
+        str(spec),
+        "--space",
+        str(space),
+        "--trials",
+        str(trials),
+        "--storage",
+        f"sqlite:///{out / 'tune.db'}",
+        "--study-name",
+        "demo",
+        "--out-dir",
+        str(out),
+        *extra,
+    ]
 
 
 def states(study) -> dict[int, str]:
@@ -73,8 +88,14 @@ def test_two_rank_trials_pruning_and_resume_after_kill_between_trials(tmp_path, 
     study = optuna.create_study(storage=storage, study_name="demo", direction="minimize")
     for weight in (1.0, 0.25, 20.0):  # trial 2 weighs the masked-nucleotide loss 20x: a clearly worse validation loss
         study.enqueue_trial({"loss.nucleotide_weight": weight, "optim.lr": 1e-3})
-    command = [str(BIN / "torchrun"), "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "aam_ds.cli",
-               *tune_args(spec, space, out, 3, "--startup-trials", "1")]
+    command = [
+        str(BIN / "torchrun"),
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "-m",
+        "aam_ds.cli",
+        *tune_args(spec, space, out, 3, "--startup-trials", "1"),
+    ]
 
     killed = launch(command, timeout=180, kill_when=(out / "trial-1").exists, cwd=tmp_path)
     assert killed.returncode != 0, killed.stdout[-3000:]
@@ -113,10 +134,18 @@ def test_two_rank_trials_pruning_and_resume_after_kill_between_trials(tmp_path, 
 def test_finetuning_trials_optimise_a_task_metric_and_are_tracked(tmp_path, cache, monkeypatch, capsys, mlflow_server):
     monkeypatch.chdir(tmp_path)
     tracking = {"rich": False, "mlflow": mlflow_server, "project": "tune-finetune"}
-    spec = base_spec(tmp_path / "run.yaml", cache, loss={"task": "regression", "pairwise_weight": 0, "nucleotide_weight": 0},
-                     data={"targets": ["age"]}, parallel={"micro_batch_size": 8}, tracking=tracking)
-    space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "log", "low": 1e-3, "high": 3e-2},
-                                                  "model.freeze_encoder": {"type": "categorical", "choices": [True, False]}})
+    spec = base_spec(
+        tmp_path / "run.yaml",
+        cache,
+        loss={"task": "regression", "pairwise_weight": 0, "nucleotide_weight": 0},
+        data={"targets": ["age"]},
+        parallel={"micro_batch_size": 8},
+        tracking=tracking,
+    )
+    space = write_space(
+        tmp_path / "space.yaml",
+        {"optim.lr": {"type": "log", "low": 1e-3, "high": 3e-2}, "model.freeze_encoder": {"type": "categorical", "choices": [True, False]}},
+    )
     saved = dict(os.environ)
     try:
         assert main(tune_args(spec, space, tmp_path / "tune", 2, "--metric", "mae")) == 0
@@ -127,7 +156,9 @@ def test_finetuning_trials_optimise_a_task_metric_and_are_tracked(tmp_path, cach
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'tune' / 'tune.db'}")
     assert study.direction.name == "MINIMIZE" and states(study) == {0: "COMPLETE", 1: "COMPLETE"}
     for trial in study.trials:
-        evals = [r["metrics"]["mae"] for r in read_metrics(tmp_path / "tune" / f"trial-{trial.number}" / "metrics.jsonl") if r["kind"] == "eval"]
+        evals = [
+            r["metrics"]["mae"] for r in read_metrics(tmp_path / "tune" / f"trial-{trial.number}" / "metrics.jsonl") if r["kind"] == "eval"
+        ]
         assert trial.value == evals[-1] and list(trial.intermediate_values.values()) == evals
         assert (tmp_path / "tune" / f"trial-{trial.number}" / "predictions_val.tsv").is_file()
     assert f"best trial {study.best_trial.number}: mae {study.best_value:.6g}" in printed
@@ -142,22 +173,38 @@ def test_finetuning_trials_optimise_a_task_metric_and_are_tracked(tmp_path, cach
         run = runs[f"demo-trial{trial.number}"]
         assert float(run.data.params["optim.lr"]) == trial.params["optim.lr"] and run.info.status == "FINISHED"
         assert {f.path for f in client.list_artifacts(run.info.run_id, "evaluation/val")} == {
-            "evaluation/val/metrics.json", "evaluation/val/pred_vs_true.png", "evaluation/val/residuals.png",
-            "evaluation/val/per_sample.tsv", "evaluation/val/worst_samples.tsv"}
+            "evaluation/val/metrics.json",
+            "evaluation/val/pred_vs_true.png",
+            "evaluation/val/residuals.png",
+            "evaluation/val/per_sample.tsv",
+            "evaluation/val/worst_samples.tsv",
+        }
 
 
 def test_every_kind_of_dimension_draws_values_the_spec_accepts(tmp_path):
-    space = load_space(write_space(tmp_path / "space.yaml", {
-        "optim.lr": {"type": "log", "low": 1e-4, "high": 1e-2}, "optim.weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-        "data.max_asvs": {"type": "int", "low": 8, "high": 64, "step": 8}, "model.preset": {"type": "categorical", "choices": ["tiny", "small"]},
-    }), {})  # fmt: skip
+    space = load_space(
+        write_space(
+            tmp_path / "space.yaml",
+            {
+                "optim.lr": {"type": "log", "low": 1e-4, "high": 1e-2},
+                "optim.weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+                "data.max_asvs": {"type": "int", "low": 8, "high": 64, "step": 8},
+                "model.preset": {"type": "categorical", "choices": ["tiny", "small"]},
+            },
+        ),
+        {},
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     drawn = [space.suggest(study.ask()) for _ in range(30)]
     for values in drawn:
         assert 1e-4 <= values["optim.lr"] <= 1e-2 and 0.0 <= values["optim.weight_decay"] <= 0.1
         assert isinstance(values["data.max_asvs"], int) and values["data.max_asvs"] in range(8, 65, 8)
         spec = build_spec(set_fields({}, values))
-        assert (spec.optim.lr, spec.data.max_asvs, spec.model.preset) == (values["optim.lr"], values["data.max_asvs"], values["model.preset"])
+        assert (spec.optim.lr, spec.data.max_asvs, spec.model.preset) == (
+            values["optim.lr"],
+            values["data.max_asvs"],
+            values["model.preset"],
+        )
     assert {v["model.preset"] for v in drawn} == {"tiny", "small"} and len({v["data.max_asvs"] for v in drawn}) > 3
 
 
@@ -165,10 +212,15 @@ def test_trial_whose_combination_the_spec_refuses_fails_alone(tmp_path, cache, c
     """d_model 96 and n_heads 64 are each valid, together not (96 is not divisible by 64): that trial
     fails before any compute and the study goes on to the next."""
     out = tmp_path / "tune"
-    spec = base_spec(tmp_path / "run.yaml", cache, model={"preset": None, "d_model": 64, "n_heads": 4, "asv_layers": 1,
-                                                          "sample_layers": 1, "ffn_mult": 2})
-    space = write_space(tmp_path / "space.yaml", {"model.d_model": {"type": "categorical", "choices": [64, 96]},
-                                                  "model.n_heads": {"type": "categorical", "choices": [4, 64]}})
+    spec = base_spec(
+        tmp_path / "run.yaml",
+        cache,
+        model={"preset": None, "d_model": 64, "n_heads": 4, "asv_layers": 1, "sample_layers": 1, "ffn_mult": 2},
+    )
+    space = write_space(
+        tmp_path / "space.yaml",
+        {"model.d_model": {"type": "categorical", "choices": [64, 96]}, "model.n_heads": {"type": "categorical", "choices": [4, 64]}},
+    )
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'tune.db'}", study_name="demo")
     study.enqueue_trial({"model.d_model": 96, "model.n_heads": 64})
     saved = dict(os.environ)
@@ -181,18 +233,21 @@ def test_trial_whose_combination_the_spec_refuses_fails_alone(tmp_path, cache, c
     assert "trial 0 failed: trial 0 of study demo: invalid run spec" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"optim.lrr": {"type": "float", "low": 0.1, "high": 0.2}}, r"optim.lrr: not a field of the run spec"),
-    ({"optim": {"type": "float", "low": 0.1, "high": 0.2}}, r"optim: a section, not a field"),
-    ({"optim.lr": {"type": "float", "low": 0.1, "high": 0.01}}, r"optim.lr: invalid range: low=0.1 is not below high=0.01"),
-    ({"optim.lr": {"type": "log", "low": 0.0, "high": 0.01}}, r"optim.lr: invalid range: a log scale needs low > 0"),
-    ({"optim.lr": {"type": "float", "low": -0.1, "high": 0.01}}, r"optim.lr: the run spec refuses -0.1"),
-    ({"model.d_model": {"type": "int", "low": 32, "high": 64.5}}, r"model.d_model: high=64.5 is not an integer"),
-    ({"model.preset": {"type": "categorical", "choices": []}}, r"model.preset: choices must be a non-empty list"),
-    ({"model.preset": {"type": "categorical", "choices": ["tiny", "huge"]}}, r"model.preset: the run spec refuses 'huge'"),
-    ({"optim.lr": {"type": "uniform", "low": 0.1, "high": 0.2}}, r"optim.lr: needs a mapping with type one of"),
-    ({"tracking.run_dir": {"type": "categorical", "choices": ["a"]}}, r"tracking.run_dir: is set by aam-ds tune"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"optim.lrr": {"type": "float", "low": 0.1, "high": 0.2}}, r"optim.lrr: not a field of the run spec"),
+        ({"optim": {"type": "float", "low": 0.1, "high": 0.2}}, r"optim: a section, not a field"),
+        ({"optim.lr": {"type": "float", "low": 0.1, "high": 0.01}}, r"optim.lr: invalid range: low=0.1 is not below high=0.01"),
+        ({"optim.lr": {"type": "log", "low": 0.0, "high": 0.01}}, r"optim.lr: invalid range: a log scale needs low > 0"),
+        ({"optim.lr": {"type": "float", "low": -0.1, "high": 0.01}}, r"optim.lr: the run spec refuses -0.1"),
+        ({"model.d_model": {"type": "int", "low": 32, "high": 64.5}}, r"model.d_model: high=64.5 is not an integer"),
+        ({"model.preset": {"type": "categorical", "choices": []}}, r"model.preset: choices must be a non-empty list"),
+        ({"model.preset": {"type": "categorical", "choices": ["tiny", "huge"]}}, r"model.preset: the run spec refuses 'huge'"),
+        ({"optim.lr": {"type": "uniform", "low": 0.1, "high": 0.2}}, r"optim.lr: needs a mapping with type one of"),
+        ({"tracking.run_dir": {"type": "categorical", "choices": ["a"]}}, r"tracking.run_dir: is set by aam-ds tune"),
+    ],
+)
 def test_bad_search_space_is_refused_naming_the_entry(tmp_path, entry, message):
     with pytest.raises(AamInputError, match=message):
         load_space(write_space(tmp_path / "space.yaml", entry), {})

@@ -81,8 +81,15 @@ class Recipe:
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as recorded in the report."""
-        return {"name": self.name, "description": self.description, "source": self.source, "rf_trees": self.rf_trees,
-                "spec": self.shared, "pretrain": asdict(self.pretrain) if self.pretrain else None, "finetune": asdict(self.finetune)}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "source": self.source,
+            "rf_trees": self.rf_trees,
+            "spec": self.shared,
+            "pretrain": asdict(self.pretrain) if self.pretrain else None,
+            "finetune": asdict(self.finetune),
+        }
 
 
 def load_recipe(budget: str) -> Recipe:
@@ -96,26 +103,42 @@ def load_recipe(budget: str) -> Recipe:
     raw = yaml.safe_load(path.read_text()) or {}
     try:
         recipe = Recipe(
-            name=budget if budget in BUDGETS else path.stem, description=str(raw.get("description", "")),
-            rf_trees=int(raw["baselines"]["rf_trees"]), pretrain=_stage(raw["pretrain"]) if raw["pretrain"] is not None else None,
-            finetune=_stage(raw["finetune"]), source=str(path), shared=dict(raw.get("spec") or {}),
-        )  # fmt: skip
+            name=budget if budget in BUDGETS else path.stem,
+            description=str(raw.get("description", "")),
+            rf_trees=int(raw["baselines"]["rf_trees"]),
+            pretrain=_stage(raw["pretrain"]) if raw["pretrain"] is not None else None,
+            finetune=_stage(raw["finetune"]),
+            source=str(path),
+            shared=dict(raw.get("spec") or {}),
+        )
     except (KeyError, TypeError, ValueError) as exc:
-        raise AamInputError(str(path), f"is not a benchmark recipe ({type(exc).__name__}: {exc})",
-                            f"follow the layout of {RECIPE_DIR / 'standard.yaml'}") from None
+        raise AamInputError(
+            str(path), f"is not a benchmark recipe ({type(exc).__name__}: {exc})", f"follow the layout of {RECIPE_DIR / 'standard.yaml'}"
+        ) from None
     if recipe.pretrain is None and recipe.finetune.from_pretrained:
-        raise AamInputError(str(path), "has no pretrain stage but finetune.from_pretrained is true",
-                            "add a pretrain section, or set finetune.from_pretrained: false")
+        raise AamInputError(
+            str(path),
+            "has no pretrain stage but finetune.from_pretrained is true",
+            "add a pretrain section, or set finetune.from_pretrained: false",
+        )
     return recipe
 
 
 def _stage(raw: dict[str, Any]) -> StageBudget:
     small = raw.get("small_table")
-    if small is not None and (not isinstance(small, dict) or "samples" not in small
-                              or set(small) - {"samples", "epochs", "min_steps", "max_steps", "spec"}):
+    if small is not None and (
+        not isinstance(small, dict) or "samples" not in small or set(small) - {"samples", "epochs", "min_steps", "max_steps", "spec"}
+    ):
         raise ValueError("small_table needs `samples` and may give only epochs, min_steps, max_steps and spec")
-    return StageBudget(float(raw["epochs"]), int(raw["min_steps"]), int(raw["max_steps"]), dict(raw.get("spec") or {}),
-                       int(raw.get("evaluations", 1)), bool(raw.get("from_pretrained", True)), small)
+    return StageBudget(
+        float(raw["epochs"]),
+        int(raw["min_steps"]),
+        int(raw["max_steps"]),
+        dict(raw.get("spec") or {}),
+        int(raw.get("evaluations", 1)),
+        bool(raw.get("from_pretrained", True)),
+        small,
+    )
 
 
 def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

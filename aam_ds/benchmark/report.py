@@ -41,8 +41,16 @@ class StageProgress:
     elapsed time and an ETA. Log lines printed meanwhile scroll above the bar."""
 
     def __init__(self, console: Any, folds: int, stages: Sequence[str] = STAGES):
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
         self.task = self.progress.add_task("starting", total=len(stages) - 1 + folds)
         self.started = False
 
@@ -86,8 +94,11 @@ def model_scores(models: dict[str, CrossValidation], positive_class: str | None)
         take = rows[name]
         predictions, truth, fold_of = cv.predictions.take(take), cv.truth[take], cv.fold_of[take]
         folds = [score(predictions.take(np.flatnonzero(fold_of == f)), truth[fold_of == f], positive_class) for f in np.unique(fold_of)]
-        scores[name] = {"pooled": score(predictions, truth, positive_class), "folds": folds,
-                        "fold_mean_std": {k: list(v) for k, v in fold_spread(folds).items()}}
+        scores[name] = {
+            "pooled": score(predictions, truth, positive_class),
+            "folds": folds,
+            "fold_mean_std": {k: list(v) for k, v in fold_spread(folds).items()},
+        }
     return scores
 
 
@@ -97,19 +108,35 @@ def verdict(scores: dict[str, dict[str, Any]], task: str) -> dict[str, Any]:
     pick = min if mode == "min" else max
     best = pick(BASELINES, key=lambda name: scores[name]["pooled"][metric])
     aam, base = scores["AAM"]["pooled"][metric], scores[best]["pooled"][metric]
-    return {"metric": metric, "best_baseline": best, "best_baseline_value": base, "aam_value": aam,
-            "aam_beats_best_baseline": bool(aam < base if mode == "min" else aam > base)}
+    return {
+        "metric": metric,
+        "best_baseline": best,
+        "best_baseline_value": base,
+        "aam_value": aam,
+        "aam_beats_best_baseline": bool(aam < base if mode == "min" else aam > base),
+    }
 
 
-def write_report(out: Path, models: dict[str, CrossValidation], truth: np.ndarray, task: str, target: str,
-                 positive_class: str | None, seconds: dict[str, float], meta: dict[str, Any],
-                 metrics_files: Sequence[Path]) -> dict[str, Any]:
+def write_report(
+    out: Path,
+    models: dict[str, CrossValidation],
+    truth: np.ndarray,
+    task: str,
+    target: str,
+    positive_class: str | None,
+    seconds: dict[str, float],
+    meta: dict[str, Any],
+    metrics_files: Sequence[Path],
+) -> dict[str, Any]:
     """Write every report file to ``out``; returns the report dict (``report.json``)."""
     for name, cv in models.items():
         write_predictions(out / f"predictions_{name.replace(' ', '_').replace('(', '').replace(')', '')}.tsv", cv.predictions)
     scores = model_scores(models, positive_class)
     report = {"target": target, "task": task, **meta, "seconds": seconds, "models": scores, "verdict": verdict(scores, task)}
-    files = [_plot_predictions(out, models, task, target, positive_class), _plot_learning_curves(out / "learning_curves.png", metrics_files)]
+    files = [
+        _plot_predictions(out, models, task, target, positive_class),
+        _plot_learning_curves(out / "learning_curves.png", metrics_files),
+    ]
     report["files"] = [p.name for p in files if p is not None] + ["report.md", "report.json", "folds.tsv"]
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", markdown(report))
@@ -130,30 +157,47 @@ def track_report(spec: Any, out: Path, report: dict[str, Any]) -> None:
     with FanOutLogger(services) as log:
         log.start(run, 0, {"stage": "benchmark report", "target": report["target"], "task": report["task"]})
         log.log_artifacts([out / name for name in report["files"]] + sorted(out.glob("predictions_*.tsv")), "benchmark")
-        log.finish({f"{model}/{metric}": value for model, scores in report["models"].items()
-                    for metric, value in scores["pooled"].items() if isinstance(value, (int, float))})
+        log.finish(
+            {
+                f"{model}/{metric}": value
+                for model, scores in report["models"].items()
+                for metric, value in scores["pooled"].items()
+                if isinstance(value, (int, float))
+            }
+        )
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: the comparison table, the verdict, diagnostics and the recipe."""
     task, metrics = report["task"], (("mae", "rmse", "r2") if report["task"] == "regression" else ("accuracy", "balanced_accuracy", "auc"))
     v = report["verdict"]
-    lines = [f"# Benchmark: {report['target']} ({task})", "",
-             f"{report['samples']} samples, {report['asvs']} ASVs; folds: {report['split']}; recipe `{report['recipe']['name']}` "
-             f"({report['recipe']['description']}); AAM steps: pretraining {report['pretrain_steps']}, fine-tuning {report['finetune_steps']} per fold; "
-             f"wall time {report['wall_time_s']:.0f} s.", "",
-             "| model | " + " | ".join(f"{m} (pooled)" for m in metrics) + f" | {v['metric']} fold mean ± std | seconds |",
-             "|---|" + "---:|" * (len(metrics) + 2)]  # fmt: skip
+    lines = [
+        f"# Benchmark: {report['target']} ({task})",
+        "",
+        f"{report['samples']} samples, {report['asvs']} ASVs; folds: {report['split']}; recipe `{report['recipe']['name']}` "
+        f"({report['recipe']['description']}); AAM steps: pretraining {report['pretrain_steps']}, fine-tuning {report['finetune_steps']} per fold; "
+        f"wall time {report['wall_time_s']:.0f} s.",
+        "",
+        "| model | " + " | ".join(f"{m} (pooled)" for m in metrics) + f" | {v['metric']} fold mean ± std | seconds |",
+        "|---|" + "---:|" * (len(metrics) + 2),
+    ]
     for name, s in report["models"].items():
         mean, std = s["fold_mean_std"][v["metric"]]
         cells = " | ".join(f"{s['pooled'][m]:.3f}" for m in metrics)
         lines.append(f"| {name} | {cells} | {mean:.3f} ± {std:.3f} | {report['seconds'].get(name, '')} |")
-    lines += ["", f"Best classical baseline on {v['metric']}: **{v['best_baseline']}** ({v['best_baseline_value']:.3f}); "
-              f"AAM {v['aam_value']:.3f}: **{'AAM wins' if v['aam_beats_best_baseline'] else 'AAM loses'}**.", ""]
+    lines += [
+        "",
+        f"Best classical baseline on {v['metric']}: **{v['best_baseline']}** ({v['best_baseline_value']:.3f}); "
+        f"AAM {v['aam_value']:.3f}: **{'AAM wins' if v['aam_beats_best_baseline'] else 'AAM loses'}**.",
+        "",
+    ]
     diag = report.get("diagnostics", {})
     if diag:
-        lines.append("Diagnostics of the pretrained model (held-out samples): " + ", ".join(f"{k} {val:.3f}" for k, val in diag.items()) +
-                     " (asv_cosine: mean pairwise cosine similarity of ASV vectors; near 1 = collapsed).")  # fmt: skip
+        lines.append(
+            "Diagnostics of the pretrained model (held-out samples): "
+            + ", ".join(f"{k} {val:.3f}" for k, val in diag.items())
+            + " (asv_cosine: mean pairwise cosine similarity of ASV vectors; near 1 = collapsed)."
+        )
     lines += ["", "Recipe:", "", "```json", json.dumps(report["recipe"], indent=1), "```", ""]
     return "\n".join(lines)
 

@@ -82,15 +82,24 @@ def split_of(inputs: BenchmarkInputs, task: str) -> str:
 
 def check_inputs(inputs: BenchmarkInputs) -> None:
     """Refuse (AamInputError) missing input files and contradictory options before any work starts."""
-    for flag, path in (("--table", inputs.table), ("--metadata", inputs.metadata), ("--tree", inputs.tree),
-                       ("--sequences", inputs.sequences), ("--folds-file", inputs.folds_file), ("--pretrained", inputs.pretrained)):
+    for flag, path in (
+        ("--table", inputs.table),
+        ("--metadata", inputs.metadata),
+        ("--tree", inputs.tree),
+        ("--sequences", inputs.sequences),
+        ("--folds-file", inputs.folds_file),
+        ("--pretrained", inputs.pretrained),
+    ):
         if path is not None and not Path(path).exists():
             raise AamInputError(f"{flag} {path}", "file not found", "check the path")
     if inputs.split == "grouped" and not inputs.group_column:
         raise AamInputError("--split grouped", "no group column given", "add --group-column COLUMN (e.g. host_subject_id)")
     if inputs.pretrained is not None and not inputs.recipe.finetune.from_pretrained:
-        raise AamInputError(f"--pretrained {inputs.pretrained}", f"recipe {inputs.recipe.name} fine-tunes from scratch",
-                            "drop --pretrained, or use a recipe with finetune.from_pretrained: true")
+        raise AamInputError(
+            f"--pretrained {inputs.pretrained}",
+            f"recipe {inputs.recipe.name} fine-tunes from scratch",
+            "drop --pretrained, or use a recipe with finetune.from_pretrained: true",
+        )
     if inputs.tree is None and needs_tree(inputs.metric, "--metric"):
         raise AamInputError(f"--metric {inputs.metric}", "UniFrac needs a phylogeny", "give --tree rooted-tree.qza, or --metric braycurtis")
 
@@ -126,26 +135,39 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
     progress.stage("linear model (CLR)")
     models["linear (CLR)"], seconds["linear (CLR)"] = _timed(lambda: _linear(table, inputs, truth, pairs, class_names))
 
-    pretrain_spec, pretrain_s, diagnostics, export = _pretrained_model(inputs, table.sample_ids, truth, pairs, class_names, task,
-                                                                       models, progress)
-    finetune_spec = aam_finetune_spec(inputs, folds_path, len(truth), len(held_out), task, split, export,
-                                      smallest_train=len(truth) - max(len(fold) for fold in held_out))
+    pretrain_spec, pretrain_s, diagnostics, export = _pretrained_model(
+        inputs, table.sample_ids, truth, pairs, class_names, task, models, progress
+    )
+    finetune_spec = aam_finetune_spec(
+        inputs, folds_path, len(truth), len(held_out), task, split, export, smallest_train=len(truth) - max(len(fold) for fold in held_out)
+    )
     cv, finetune_s = _timed(lambda: _cross_validate(finetune_spec, progress))
     models["AAM"] = cv
     seconds["AAM"] = round(pretrain_s + finetune_s, 1)
     progress.stage("report")
-    facts = {"samples": len(truth), "asvs": len(table.asv_ids), "split": split_text, "folds": len(held_out),
-             "pretrain_steps": pretrain_spec.schedule.steps if pretrain_spec else 0, "finetune_steps": finetune_spec.schedule.steps,
-             "diagnostics": diagnostics, "wall_time_s": round(time.perf_counter() - start, 1)}
-    curves = [out / "aam" / "pretrain" / "metrics.jsonl"] + [out / "aam" / "cv" / f"fold{f}" / "metrics.jsonl" for f in range(len(held_out))]
-    report = reporting.write_report(out, models, truth, task, inputs.target, inputs.positive_class, seconds,
-                                    {**input_facts(inputs), **facts}, curves)
+    facts = {
+        "samples": len(truth),
+        "asvs": len(table.asv_ids),
+        "split": split_text,
+        "folds": len(held_out),
+        "pretrain_steps": pretrain_spec.schedule.steps if pretrain_spec else 0,
+        "finetune_steps": finetune_spec.schedule.steps,
+        "diagnostics": diagnostics,
+        "wall_time_s": round(time.perf_counter() - start, 1),
+    }
+    curves = [out / "aam" / "pretrain" / "metrics.jsonl"] + [
+        out / "aam" / "cv" / f"fold{f}" / "metrics.jsonl" for f in range(len(held_out))
+    ]
+    report = reporting.write_report(
+        out, models, truth, task, inputs.target, inputs.positive_class, seconds, {**input_facts(inputs), **facts}, curves
+    )
     reporting.track_report(finetune_spec, out, report)
     return report
 
 
-def _pretrained_model(inputs: BenchmarkInputs, sample_ids, truth, pairs, class_names, task: str, models: dict[str, Any],
-                      progress: Any) -> tuple[Any, float, dict[str, float], Path | None]:
+def _pretrained_model(
+    inputs: BenchmarkInputs, sample_ids, truth, pairs, class_names, task: str, models: dict[str, Any], progress: Any
+) -> tuple[Any, float, dict[str, float], Path | None]:
     """The pretraining stage (or the ``--pretrained`` export) and its diagnostics: the linear probe
     (added to ``models``) and the held-out distance r and ASV-vector cosines. Returns the pretraining
     spec (None when skipped), its seconds, the diagnostics and the export to fine-tune from."""
@@ -160,7 +182,9 @@ def _pretrained_model(inputs: BenchmarkInputs, sample_ids, truth, pairs, class_n
     if export is not None:
         progress.stage("AAM diagnostics")
         models["AAM linear probe"] = linear_probe(export, inputs, sample_ids, truth, pairs, class_names, task)
-        diagnostics = {k: v for k, v in diagnostics.items() if k in ("asv_cosine", "asv_cosine_sequence", "asv_cosine_pooled", "distance_r")}
+        diagnostics = {
+            k: v for k, v in diagnostics.items() if k in ("asv_cosine", "asv_cosine_sequence", "asv_cosine_pooled", "distance_r")
+        }
     return pretrain_spec, pretrain_s, diagnostics, export
 
 
@@ -187,8 +211,17 @@ def _timed(fn) -> tuple[Any, float]:
 def _random_forest(table, inputs: BenchmarkInputs, truth, pairs, class_names, task):
     from aam_ds.evaluation.rf_baseline import cross_validate_rf
 
-    return cross_validate_rf(table, inputs.target, truth, pairs, class_names, inputs.recipe.rf_trees, inputs.seed, n_jobs=-1,
-                             positive_class=inputs.positive_class)  # fmt: skip
+    return cross_validate_rf(
+        table,
+        inputs.target,
+        truth,
+        pairs,
+        class_names,
+        inputs.recipe.rf_trees,
+        inputs.seed,
+        n_jobs=-1,
+        positive_class=inputs.positive_class,
+    )
 
 
 def _linear(table, inputs: BenchmarkInputs, truth, pairs, class_names):
@@ -215,8 +248,15 @@ def held_out_folds(inputs: BenchmarkInputs, metadata, sample_ids: list[str], spl
 
 def input_facts(inputs: BenchmarkInputs) -> dict[str, Any]:
     """What the report records of the inputs: files, the recipe and the user's overrides."""
-    return {"table": str(inputs.table), "metadata": str(inputs.metadata), "tree": _str(inputs.tree), "sequences": _str(inputs.sequences),
-            "pretrained": _str(inputs.pretrained), "recipe": inputs.recipe.as_dict(), "overrides": inputs.extra}
+    return {
+        "table": str(inputs.table),
+        "metadata": str(inputs.metadata),
+        "tree": _str(inputs.tree),
+        "sequences": _str(inputs.sequences),
+        "pretrained": _str(inputs.pretrained),
+        "recipe": inputs.recipe.as_dict(),
+        "overrides": inputs.extra,
+    }
 
 
 def _pretrain(spec):
@@ -248,5 +288,14 @@ def linear_probe(export_path: Path, inputs: BenchmarkInputs, sample_ids: list[st
     features = np.zeros((len(sample_ids), embeddings.shape[1]))
     present = [i for i, s in enumerate(sample_ids) if s in row_of]
     features[present] = embeddings[[row_of[sample_ids[i]] for i in present]]
-    return cross_validate_estimator(features, lambda: linear_model(task, inputs.seed), sample_ids, inputs.target, truth, pairs,
-                                    class_names, inputs.positive_class, "linear probe on frozen AAM embeddings (out of fold)")
+    return cross_validate_estimator(
+        features,
+        lambda: linear_model(task, inputs.seed),
+        sample_ids,
+        inputs.target,
+        truth,
+        pairs,
+        class_names,
+        inputs.positive_class,
+        "linear probe on frozen AAM embeddings (out of fold)",
+    )

@@ -14,8 +14,11 @@ if TYPE_CHECKING:
 
 def data_overrides(inputs: BenchmarkInputs) -> list[str]:
     """Run-spec fields both AAM stages share: inputs, distance metric, token cache."""
-    items = [f"data.table={inputs.table}", f"data.max_seq_len={inputs.max_seq_len}",
-             f"data.metric={inputs.metric or ('unweighted' if inputs.tree else 'braycurtis')}"]
+    items = [
+        f"data.table={inputs.table}",
+        f"data.max_seq_len={inputs.max_seq_len}",
+        f"data.metric={inputs.metric or ('unweighted' if inputs.tree else 'braycurtis')}",
+    ]
     if inputs.tree:
         items.append(f"data.tree={inputs.tree}")
     if inputs.sequences:
@@ -42,8 +45,12 @@ def _stage_spec(inputs: BenchmarkInputs, fixed: list[str], budget, n_samples: in
         plan = plan.with_micro(max(1, fits // (plan.grad_accum_steps * plan.world_size)), plan.grad_accum_steps)
         spec = load_spec(None, items + [f"parallel.{name}={size}" for name, size in plan.sizes().items() if name != "grad_accum_steps"])
     steps = budget.steps(n_samples, spec.parallel.global_batch_size)
-    timing = {"steps": steps, "warmup_steps": max(1, steps // 20), "eval_every": max(1, steps // evaluations),
-              "log_every": max(1, steps // 10)}
+    timing = {
+        "steps": steps,
+        "warmup_steps": max(1, steps // 20),
+        "eval_every": max(1, steps // evaluations),
+        "log_every": max(1, steps // 10),
+    }
     user_set = {item.split("=", 1)[0].removeprefix("schedule.") for item in inputs.extra if item.startswith("schedule.")}
     timing = {key: value for key, value in timing.items() if key not in user_set}
     schedule = ScheduleSpec.model_validate({**spec.schedule.model_dump(), **timing})
@@ -60,13 +67,27 @@ def aam_pretrain_spec(inputs: BenchmarkInputs, n_samples: int):
     """Pretraining on every sample (label-free), 5 % of them (at least 6, so that distance r has 15
     pairs on small tables) held out to track distance r."""
     budget = inputs.recipe.pretrain.for_table(n_samples)
-    fixed = [f"tracking.run_dir={inputs.out_dir / 'aam' / 'pretrain'}", "tracking.overwrite=true", "tracking.rich=false",
-             f"data.split.val_fraction={max(0.05, min(0.2, 6 / max(n_samples, 1))):.4f}", f"data.split.seed={inputs.seed}", f"schedule.seed={inputs.seed}"]
+    fixed = [
+        f"tracking.run_dir={inputs.out_dir / 'aam' / 'pretrain'}",
+        "tracking.overwrite=true",
+        "tracking.rich=false",
+        f"data.split.val_fraction={max(0.05, min(0.2, 6 / max(n_samples, 1))):.4f}",
+        f"data.split.seed={inputs.seed}",
+        f"schedule.seed={inputs.seed}",
+    ]
     return _stage_spec(inputs, fixed, budget, n_samples, evaluations=4)
 
 
-def aam_finetune_spec(inputs: BenchmarkInputs, folds_path: Path, n_samples: int, k: int, task: str, split: str,
-                      export: Path | None = None, smallest_train: int | None = None):
+def aam_finetune_spec(
+    inputs: BenchmarkInputs,
+    folds_path: Path,
+    n_samples: int,
+    k: int,
+    task: str,
+    split: str,
+    export: Path | None = None,
+    smallest_train: int | None = None,
+):
     """Cross-validated fine-tuning on ``folds_path``, from the pretrained ``export`` (default: the
     pretraining stage's; unless the recipe's
     ``finetune.from_pretrained`` is false: then from scratch, the same model settings). With
@@ -77,14 +98,28 @@ def aam_finetune_spec(inputs: BenchmarkInputs, folds_path: Path, n_samples: int,
     from aam_ds.benchmark import report as reporting
 
     budget = inputs.recipe.finetune.for_table(n_samples)
-    validation = {"grouped": ["data.split.kind=grouped", f"data.split.group_column={inputs.group_column}"],
-                  "stratified": ["data.split.kind=stratified", f"data.split.column={inputs.stratify_column or inputs.target}"]}
-    fixed = [f"tracking.run_dir={inputs.out_dir / 'aam' / 'cv'}", "tracking.overwrite=true", "tracking.rich=false",
-             f"data.metadata={inputs.metadata}", f"data.targets=[{inputs.target}]", f"data.split.folds_file={folds_path}",
-             f"data.split.seed={inputs.seed}", f"schedule.seed={inputs.seed}", f"loss.task={task}",
-             "loss.pairwise_weight=0", "loss.nucleotide_weight=0",
-             *([f"model.pretrained={export or inputs.out_dir / 'aam' / 'pretrain' / 'model.pt'}"] if budget.from_pretrained else []),
-             *([f"schedule.best_metric={reporting.HEADLINE[task][0]}", *validation.get(split, [])] if budget.evaluations
-               else ["data.split.val_fraction=0"])]  # fmt: skip
+    validation = {
+        "grouped": ["data.split.kind=grouped", f"data.split.group_column={inputs.group_column}"],
+        "stratified": ["data.split.kind=stratified", f"data.split.column={inputs.stratify_column or inputs.target}"],
+    }
+    fixed = [
+        f"tracking.run_dir={inputs.out_dir / 'aam' / 'cv'}",
+        "tracking.overwrite=true",
+        "tracking.rich=false",
+        f"data.metadata={inputs.metadata}",
+        f"data.targets=[{inputs.target}]",
+        f"data.split.folds_file={folds_path}",
+        f"data.split.seed={inputs.seed}",
+        f"schedule.seed={inputs.seed}",
+        f"loss.task={task}",
+        "loss.pairwise_weight=0",
+        "loss.nucleotide_weight=0",
+        *([f"model.pretrained={export or inputs.out_dir / 'aam' / 'pretrain' / 'model.pt'}"] if budget.from_pretrained else []),
+        *(
+            [f"schedule.best_metric={reporting.HEADLINE[task][0]}", *validation.get(split, [])]
+            if budget.evaluations
+            else ["data.split.val_fraction=0"]
+        ),
+    ]
     train_samples = n_samples * (k - 1) / k
     return _stage_spec(inputs, fixed, budget, int(train_samples), max(budget.evaluations, 1), smallest_train)

@@ -1,2 +1,1 @@
 """Input data: feature tables, sequences, metadata, tokens, ASV selection, splits and datasets."""
-

@@ -47,12 +47,15 @@ def decompress(raw: bytes, source: str) -> bytes:
             return raw
         name, fn = found
         if fn is None:
-            raise AamInputError(source, f"is {name}-compressed, which aam-ds does not read", "decompress it first (or recompress it with gzip)")
+            raise AamInputError(
+                source, f"is {name}-compressed, which aam-ds does not read", "decompress it first (or recompress it with gzip)"
+            )
         try:
             raw = fn(raw)
         except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as exc:
             raise AamInputError(
-                source, f"is {name}-compressed but the compressed data is truncated or corrupt ({exc})",
+                source,
+                f"is {name}-compressed but the compressed data is truncated or corrupt ({exc})",
                 "re-download or re-compress the file (`gzip -t FILE` tests a gzip file)",
             ) from exc
     return raw
@@ -90,8 +93,10 @@ def decode_text(raw: bytes, source: str, what: str = "text") -> str:
     else:
         if b"\x00" in raw[:4096]:
             raise AamInputError(
-                source, f"is binary data in no format or compression known here, not {what} (it starts with {raw[:8]!r}); "
-                "the file may be corrupt, truncated or of another kind", f"give {what}: re-export or re-download it",
+                source,
+                f"is binary data in no format or compression known here, not {what} (it starts with {raw[:8]!r}); "
+                "the file may be corrupt, truncated or of another kind",
+                f"give {what}: re-export or re-download it",
             )
         try:
             text = raw.decode("utf-8-sig")

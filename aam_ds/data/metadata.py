@@ -23,10 +23,20 @@ from aam_ds.errors import AamInputError, notice
 ID_HEADERS = frozenset(
     h.lower()
     for h in (
-        "id", "sampleid", "sample id", "sample-id", "featureid", "feature id", "feature-id",
-        "#SampleID", "#Sample ID", "#OTUID", "#OTU ID", "sample_name",
+        "id",
+        "sampleid",
+        "sample id",
+        "sample-id",
+        "featureid",
+        "feature id",
+        "feature-id",
+        "#SampleID",
+        "#Sample ID",
+        "#OTUID",
+        "#OTU ID",
+        "sample_name",
     )
-)  # fmt: skip
+)
 MISSING_CLASS = "<missing>"
 
 
@@ -87,14 +97,14 @@ def _header_row(rows: list[list[str]], path: Path) -> int:
         first = next((r for r in rows if not r[0].startswith("#") or r[0].lower() in ID_HEADERS), rows[0] if rows else [""])
         if len(first) == 1 and delimiter_problem(first[0]):
             raise AamInputError(
-                str(path), f"is {delimiter_problem(first[0])}, not tab-separated (its header line {first[0][:60]!r} has no tab)",
+                str(path),
+                f"is {delimiter_problem(first[0])}, not tab-separated (its header line {first[0][:60]!r} has no tab)",
                 "save it as tab-separated text (QIIME 2 metadata is a TSV; in a spreadsheet: 'Text (tab-delimited)')",
             )
         raise AamInputError(
             str(path),
             f"no recognised ID column header (the first column is headed {first[0][:60]!r})",
-            "name the first column 'sample-id' (QIIME 2 also accepts id, sampleid, sample id, feature-id, "
-            "#SampleID, #OTUID, sample_name)",
+            "name the first column 'sample-id' (QIIME 2 also accepts id, sampleid, sample id, feature-id, #SampleID, #OTUID, sample_name)",
         )
     return header_at
 
@@ -137,9 +147,7 @@ def _check_unique(values: Sequence[str], path: Path, what: str, fix: str) -> Non
         raise AamInputError(str(path), f"repeated {what}s: {sorted(set(dups))[:5]}", fix)
 
 
-def align_metadata(
-    metadata: pd.DataFrame, sample_ids: Sequence[str], table_source: str, drop_missing: bool = False
-) -> pd.DataFrame:
+def align_metadata(metadata: pd.DataFrame, sample_ids: Sequence[str], table_source: str, drop_missing: bool = False) -> pd.DataFrame:
     """Metadata rows in the order of ``sample_ids``.
 
     A table sample without a metadata row is an error, or (``drop_missing``) is left out with a
@@ -198,9 +206,7 @@ def numeric_targets(metadata: pd.DataFrame, columns: Sequence[str], field: str =
     return out
 
 
-def categorical_codes(
-    metadata: pd.DataFrame, column: str, field: str, allow_missing: bool = False
-) -> tuple[np.ndarray, list[str]]:
+def categorical_codes(metadata: pd.DataFrame, column: str, field: str, allow_missing: bool = False) -> tuple[np.ndarray, list[str]]:
     """``(codes int64 [N], class names)`` of a categorical column; classes sorted by name.
 
     Values are the text as written (``07`` and ``7`` are two classes); a column declared numeric

@@ -110,14 +110,23 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
     if run_dir is not None:
         save_splits(run_dir, splits, table.sample_ids)
     return PreparedData(
-        table=table, tokens=tokens, rows=rows, metadata=metadata,
-        target_names=target_columns, targets=targets, class_names=class_names,
-        covariate_names=list(data.covariates), covariates=covariates, covariate_classes=covariate_classes,
-        splits=splits, tree=Path(tree) if tree else None,
+        table=table,
+        tokens=tokens,
+        rows=rows,
+        metadata=metadata,
+        target_names=target_columns,
+        targets=targets,
+        class_names=class_names,
+        covariate_names=list(data.covariates),
+        covariates=covariates,
+        covariate_classes=covariate_classes,
+        splits=splits,
+        tree=Path(tree) if tree else None,
         token_cache_hit=samples.token_cache_hit,
         origin=str(table_path) if data.table else f"demo data (generated, seeded) {table_path}",
-        samples_loaded=samples_loaded, drops=samples.drops,
-    )  # fmt: skip
+        samples_loaded=samples_loaded,
+        drops=samples.drops,
+    )
 
 
 def _with_metadata(
@@ -129,7 +138,8 @@ def _with_metadata(
     if metadata_path is None:
         if has_targets or data.covariates or data.split.kind != "random":
             raise AamInputError(
-                "data.metadata", "targets, covariates and stratified / grouped splits need sample metadata",
+                "data.metadata",
+                "targets, covariates and stratified / grouped splits need sample metadata",
                 "set data.metadata to a QIIME 2 metadata TSV",
             )
         return table, None
@@ -148,21 +158,15 @@ def _covariates(columns: list[str], metadata: pd.DataFrame | None) -> tuple[np.n
     return np.stack([codes for codes, _ in coded], axis=1), [classes for _, classes in coded]
 
 
-def _targets(
-    columns: list[str], task: str, metadata: pd.DataFrame | None
-) -> tuple[np.ndarray | None, list[str] | None]:
+def _targets(columns: list[str], task: str, metadata: pd.DataFrame | None) -> tuple[np.ndarray | None, list[str] | None]:
     """Regression targets ``float32 [N, T]``, or classification codes ``int64 [N]`` with class names."""
     if not columns:
         return None, None
     if task != "classification":
         return numeric_targets(metadata, columns), None
     if len(columns) != 1:
-        raise AamInputError(
-            "data.targets", f"classification predicts one column, got {columns}", "give a single target column"
-        )
+        raise AamInputError("data.targets", f"classification predicts one column, got {columns}", "give a single target column")
     codes, classes = categorical_codes(metadata, columns[0], "data.targets")
     if len(classes) < 2:
-        raise AamInputError(
-            f"data.targets={columns[0]!r}", f"has a single class {classes}", "classification needs at least two classes"
-        )
+        raise AamInputError(f"data.targets={columns[0]!r}", f"has a single class {classes}", "classification needs at least two classes")
     return codes, classes

@@ -49,8 +49,14 @@ class PreprocessedSamples:
     drops: dict[str, int] = field(default_factory=dict)
 
 
-def preprocess_samples(table: FeatureTable, data: DataSpec, sequences: str | Path | None, tokens_of: TokensOf,
-                       sample_filter: SampleFilter | None = None, empty_reason: str = "nothing to learn from") -> PreprocessedSamples:
+def preprocess_samples(
+    table: FeatureTable,
+    data: DataSpec,
+    sequences: str | Path | None,
+    tokens_of: TokensOf,
+    sample_filter: SampleFilter | None = None,
+    empty_reason: str = "nothing to learn from",
+) -> PreprocessedSamples:
     """Preprocess ``table`` with the data settings ``data`` (the module docstring gives the order).
 
     ``sequences``: a FASTA / .qza of the ASVs, or None when the observation IDs are sequences.

@@ -18,7 +18,8 @@ def rarefy(table: FeatureTable, depth: int, seed: int = 0) -> FeatureTable:
     counts = table.counts
     if not np.array_equal(counts.data, np.round(counts.data)):
         raise AamInputError(
-            table.source, "rarefaction needs integer read counts but the table has fractional values",
+            table.source,
+            "rarefaction needs integer read counts but the table has fractional values",
             "give raw counts or unset data.rarefy_depth",
         )
     totals = np.asarray(counts.sum(axis=1)).ravel()
@@ -41,8 +42,6 @@ def rarefy(table: FeatureTable, depth: int, seed: int = 0) -> FeatureTable:
         indices.append(counts.indices[start:end][nonzero])
         data.append(drawn[nonzero].astype(np.float64))
         indptr.append(indptr[-1] + int(nonzero.sum()))
-    rarefied = sp.csr_matrix(
-        (np.concatenate(data), np.concatenate(indices), np.asarray(indptr)), shape=(len(keep), counts.shape[1])
-    )
+    rarefied = sp.csr_matrix((np.concatenate(data), np.concatenate(indices), np.asarray(indptr)), shape=(len(keep), counts.shape[1]))
     kept = FeatureTable([table.sample_ids[i] for i in keep], table.asv_ids, rarefied, table.source)
     return kept.drop_empty_asvs()

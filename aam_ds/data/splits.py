@@ -70,7 +70,8 @@ def split_samples(n_samples: int, split: SplitSpec, metadata: pd.DataFrame | Non
     splits = {name: np.flatnonzero(assignment == code) for code, name in enumerate(SPLIT_NAMES)}
     if len(splits["train"]) == 0:
         raise AamInputError(
-            "data.split", f"no samples are left for training ({n_samples} samples, {split.kind} split)",
+            "data.split",
+            f"no samples are left for training ({n_samples} samples, {split.kind} split)",
             "lower data.split.val_fraction / test_fraction or use more samples (or groups)",
         )
     return splits
@@ -93,9 +94,7 @@ def _grouped_assignment(groups: np.ndarray, fractions: dict[str, float], rng: np
     return assignment
 
 
-def kfold_splits(
-    n_samples: int, k: int, kind: SplitKind = "random", seed: int = 0, labels: np.ndarray | None = None
-) -> list[np.ndarray]:
+def kfold_splits(n_samples: int, k: int, kind: SplitKind = "random", seed: int = 0, labels: np.ndarray | None = None) -> list[np.ndarray]:
     """Held-out row indices (sorted ``int64``) of each of ``k`` folds; together they cover every row once.
 
     ``labels`` (from :func:`split_labels`) are classes for ``stratified`` and groups for ``grouped``;

@@ -53,8 +53,9 @@ class DemoPaths:
 def demo_paths(out_dir: str | Path) -> DemoPaths:
     """Paths of the demo files (table, tree, metadata, sequences, truth) in ``out_dir``."""
     out_dir = Path(out_dir)
-    return DemoPaths(out_dir / "table.biom", out_dir / "tree.nwk", out_dir / "metadata.tsv", out_dir / "sequences.fasta",
-                     out_dir / "truth.tsv")
+    return DemoPaths(
+        out_dir / "table.biom", out_dir / "tree.nwk", out_dir / "metadata.tsv", out_dir / "sequences.fasta", out_dir / "truth.tsv"
+    )
 
 
 def generate_demo(out_dir: str | Path, seed: int = 0) -> DemoPaths:
@@ -158,7 +159,12 @@ def _brownian_traits(parent: np.ndarray, length: np.ndarray, n_traits: int, rng:
 
 
 def _sample_counts(
-    parent: np.ndarray, length: np.ndarray, n_tips: int, age: np.ndarray, site: np.ndarray, subject: np.ndarray,
+    parent: np.ndarray,
+    length: np.ndarray,
+    n_tips: int,
+    age: np.ndarray,
+    site: np.ndarray,
+    subject: np.ndarray,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Read counts ``int64 [S, n_tips]`` (each sample keeps its 40-120 most favoured ASVs, 2k-8k reads)

@@ -108,9 +108,7 @@ def validate_table(table: FeatureTable) -> FeatureTable:
     for kind, ids in (("sample", table.sample_ids), ("ASV", table.asv_ids)):
         dups = [i for i, c in Counter(ids).items() if c > 1]
         if dups:
-            raise AamInputError(
-                src, f"duplicate {kind} IDs: {_preview(dups)}", f"make every {kind} ID unique (merge or rename them)"
-            )
+            raise AamInputError(src, f"duplicate {kind} IDs: {_preview(dups)}", f"make every {kind} ID unique (merge or rename them)")
     if table.counts.shape[0] == 0 or table.counts.shape[1] == 0:
         raise AamInputError(
             src, f"table is empty ({table.counts.shape[0]} samples x {table.counts.shape[1]} ASVs)", "give a table with counts"
@@ -198,7 +196,8 @@ def _from_tsv(text: str, path: Path) -> FeatureTable:
     rows = [ln.split("\t") for ln in lines[header_at + 1 :]] if lines else []
     if lines and rows and delimiter_problem(lines[header_at]):
         raise AamInputError(
-            str(path), f"is {delimiter_problem(lines[header_at])}, not tab-separated (its header line has no tab)",
+            str(path),
+            f"is {delimiter_problem(lines[header_at])}, not tab-separated (its header line has no tab)",
             "save the table tab-separated (`biom convert --to-tsv`), or convert it to BIOM HDF5",
         )
     if not lines or not rows or len(lines[header_at].split("\t")) < 2:

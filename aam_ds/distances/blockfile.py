@@ -34,7 +34,11 @@ def partial_path(path: str | Path) -> Path:
 
 
 def write_blockwise_h5(
-    metric: AnyMetric, path: str | Path, fingerprint: str, block_size: int = 1024, progress: bool = True,
+    metric: AnyMetric,
+    path: str | Path,
+    fingerprint: str,
+    block_size: int = 1024,
+    progress: bool = True,
 ) -> tuple[int, int]:
     """Write all pairwise distances of ``metric`` to the unifrac HDF5 file ``path``, block by block.
 
@@ -90,8 +94,12 @@ def _open_partial(tmp: Path, ids: list[str], fingerprint: str, block_size: int, 
     if tmp.is_file():
         try:
             f = h5py.File(tmp, "r+")
-            same = (f.attrs.get("fingerprint") == fingerprint and int(f.attrs.get("block_size", -1)) == block_size
-                    and f["blocks_done"].shape == (n_blocks,) and f["matrix"].shape == (len(ids), len(ids)))
+            same = (
+                f.attrs.get("fingerprint") == fingerprint
+                and int(f.attrs.get("block_size", -1)) == block_size
+                and f["blocks_done"].shape == (n_blocks,)
+                and f["matrix"].shape == (len(ids), len(ids))
+            )
             if same:
                 return f
             f.close()

@@ -25,9 +25,14 @@ from aam_ds.spec.flags import add_spec_arguments, fill_from_spec, spec_flag_help
 GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
 
 # flag dest -> (run-spec field, default without a spec)
-SPEC_FIELDS = {"table": ("data.table", None), "tree": ("data.tree", None), "metric": ("data.metric", DEFAULT_METRIC),
-               **{name: (f"data.{name}", p.default) for name, p in PARAMETERS.items()},
-               "drop_missing_tips": ("data.drop_missing_tips", False), "cache_dir": ("data.cache_dir", "~/.cache/aam-ds")}
+SPEC_FIELDS = {
+    "table": ("data.table", None),
+    "tree": ("data.tree", None),
+    "metric": ("data.metric", DEFAULT_METRIC),
+    **{name: (f"data.{name}", p.default) for name, p in PARAMETERS.items()},
+    "drop_missing_tips": ("data.drop_missing_tips", False),
+    "cache_dir": ("data.cache_dir", "~/.cache/aam-ds"),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,17 +41,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tree", help=spec_flag_help("rooted Newick or Phylogeny[Rooted] .qza (UniFrac metrics)", "data.tree"))
     parser.add_argument("--metric", choices=METRIC_NAMES, help=spec_flag_help("distance between samples", "data.metric", DEFAULT_METRIC))
     for parameter in PARAMETERS.values():
-        parser.add_argument(f"--{parameter.name}", type=float,
-                            help=spec_flag_help(parameter.description, f"data.{parameter.name}", parameter.default))
+        parser.add_argument(
+            f"--{parameter.name}", type=float, help=spec_flag_help(parameter.description, f"data.{parameter.name}", parameter.default)
+        )
     parser.add_argument("--out", required=True, help="output: .h5 (unifrac layout), .npy (+ .ids.txt) or .tsv")
     parser.add_argument("--engine", choices=("torch", "ssu"), default="torch", help="ours, or biocore's ssu binary")
     parser.add_argument("--dtype", choices=("fp64", "fp32"), default="fp64", help="precision of the torch engine")
-    parser.add_argument("--device", default="auto", help="torch device; auto = cuda when available, else cpu (where unweighted UniFrac runs without torch)")
+    parser.add_argument(
+        "--device", default="auto", help="torch device; auto = cuda when available, else cpu (where unweighted UniFrac runs without torch)"
+    )
     parser.add_argument("--block-size", type=int, default=1024, help="samples per block of the torch engine")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch, numpy's BLAS and ssu's OMP_NUM_THREADS)")
-    parser.add_argument("--drop-missing-tips", action="store_true", default=None,
-                        help=spec_flag_help("drop ASVs absent from the tree (warns)", "data.drop_missing_tips"))
-    parser.add_argument("--cache-dir", help=spec_flag_help("where parsed trees are cached (by content hash)", "data.cache_dir", "~/.cache/aam-ds"))
+    parser.add_argument(
+        "--drop-missing-tips",
+        action="store_true",
+        default=None,
+        help=spec_flag_help("drop ASVs absent from the tree (warns)", "data.drop_missing_tips"),
+    )
+    parser.add_argument(
+        "--cache-dir", help=spec_flag_help("where parsed trees are cached (by content hash)", "data.cache_dir", "~/.cache/aam-ds")
+    )
     add_spec_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -70,8 +84,13 @@ def run(args: argparse.Namespace) -> int:
         from aam_ds.distances.ssu import ssu_full_matrix  # no torch
 
         ids, matrix = ssu_full_matrix(
-            args.table, args.tree, args.metric, alpha=args.alpha, dtype=args.dtype,
-            threads=args.threads, drop_missing_tips=args.drop_missing_tips,
+            args.table,
+            args.tree,
+            args.metric,
+            alpha=args.alpha,
+            dtype=args.dtype,
+            threads=args.threads,
+            drop_missing_tips=args.drop_missing_tips,
         )
         write_distance_matrix(args.out, ids, matrix)
     else:
@@ -119,8 +138,14 @@ def _torch_metric(args: argparse.Namespace, table, tree):
         torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     return build_metric(
-        args.metric, table, tree, alpha=args.alpha, pseudocount=args.pseudocount,
-        drop_missing_tips=args.drop_missing_tips, device=device, dtype=DTYPES[args.dtype],
+        args.metric,
+        table,
+        tree,
+        alpha=args.alpha,
+        pseudocount=args.pseudocount,
+        drop_missing_tips=args.drop_missing_tips,
+        device=device,
+        dtype=DTYPES[args.dtype],
     )
 
 

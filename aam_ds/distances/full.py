@@ -36,8 +36,13 @@ def pair_block(metric: AnyMetric, i: int, j: int, block_size: int) -> np.ndarray
 def block_progress(name: str, enabled: bool) -> Progress:
     """A Rich progress bar over blocks: ``<metric> distances [bar] done/total blocks, elapsed, ETA``."""
     return Progress(
-        TextColumn(f"{name} distances"), BarColumn(), TextColumn("{task.completed}/{task.total} blocks"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled,
+        TextColumn(f"{name} distances"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} blocks"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not enabled,
     )
 
 

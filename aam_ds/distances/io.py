@@ -85,7 +85,9 @@ def read_distance_matrix(path: str | Path) -> tuple[list[str], np.ndarray]:
     except (OSError, ValueError, KeyError) as exc:
         if isinstance(exc, AamInputError):
             raise
-        raise AamInputError(str(path), f"cannot be read as a distance matrix ({exc})", "give a unifrac .h5, .npy + .ids.txt or square TSV") from exc
+        raise AamInputError(
+            str(path), f"cannot be read as a distance matrix ({exc})", "give a unifrac .h5, .npy + .ids.txt or square TSV"
+        ) from exc
     _check(path, ids, matrix)
     return ids, matrix
 
@@ -93,7 +95,9 @@ def read_distance_matrix(path: str | Path) -> tuple[list[str], np.ndarray]:
 def _read_h5(file: Path | io.BytesIO, path: Path) -> tuple[list[str], np.ndarray]:
     with h5py.File(file, "r") as f:
         if "order" not in f or "matrix" not in f:
-            raise AamInputError(str(path), "HDF5 file lacks the 'order' and 'matrix' datasets", "give a file written by unifrac/ssu or aam-ds distances")
+            raise AamInputError(
+                str(path), "HDF5 file lacks the 'order' and 'matrix' datasets", "give a file written by unifrac/ssu or aam-ds distances"
+            )
         ids = [i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in f["order"][:]]
         return ids, np.asarray(f["matrix"][:], dtype=np.float64)
 
@@ -101,7 +105,9 @@ def _read_h5(file: Path | io.BytesIO, path: Path) -> tuple[list[str], np.ndarray
 def _read_ids(path: Path) -> list[str]:
     id_file = ids_path(path)
     if not id_file.is_file():
-        raise AamInputError(str(path), f"has no sample-ID list {id_file.name} beside it", "write the sample IDs, one per line, to " + str(id_file))
+        raise AamInputError(
+            str(path), f"has no sample-ID list {id_file.name} beside it", "write the sample IDs, one per line, to " + str(id_file)
+        )
     return [line.strip() for line in read_input_text(id_file, "a list of sample IDs").split("\n") if line.strip()]
 
 
@@ -112,7 +118,9 @@ def _read_tsv(text: str, path: Path) -> tuple[list[str], np.ndarray]:
     while lines and lines[0].startswith("#"):  # leading comment lines
         lines.pop(0)
     if lines and delimiter_problem(lines[0]):
-        raise AamInputError(str(path), f"is {delimiter_problem(lines[0])}, not tab-separated (its header line has no tab)", "write it tab-separated")
+        raise AamInputError(
+            str(path), f"is {delimiter_problem(lines[0])}, not tab-separated (its header line has no tab)", "write it tab-separated"
+        )
     frame = pd.read_csv(io.StringIO("\n".join(lines)), sep="\t", index_col=0, dtype=str, keep_default_na=False)
     frame.index, frame.columns = frame.index.astype(str), frame.columns.astype(str)
     if list(frame.index) != list(frame.columns):
@@ -122,11 +130,15 @@ def _read_tsv(text: str, path: Path) -> tuple[list[str], np.ndarray]:
 
 def _check(path: Path, ids: list[str], matrix: np.ndarray) -> None:
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(ids):
-        raise AamInputError(str(path), f"matrix of shape {matrix.shape} does not match its {len(ids)} IDs", "give a square N x N matrix with N IDs")
+        raise AamInputError(
+            str(path), f"matrix of shape {matrix.shape} does not match its {len(ids)} IDs", "give a square N x N matrix with N IDs"
+        )
     if len(set(ids)) != len(ids):
         raise AamInputError(str(path), "has duplicated sample IDs", "make the IDs unique")
     if not np.isfinite(matrix).all() or (matrix < 0).any():
         raise AamInputError(str(path), "has negative or non-finite distances", "recompute the matrix")
     scale = max(1.0, float(np.abs(matrix).max(initial=0)))
     if np.abs(matrix - matrix.T).max(initial=0) > 1e-6 * scale or np.abs(np.diag(matrix)).max(initial=0) > 1e-6 * scale:
-        raise AamInputError(str(path), "is not symmetric with a zero diagonal", "give a distance matrix, not similarities or a non-square table")
+        raise AamInputError(
+            str(path), "is not symmetric with a zero diagonal", "give a distance matrix, not similarities or a non-square table"
+        )

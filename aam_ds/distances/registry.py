@@ -104,8 +104,12 @@ def check_parameter(name: str, value: float, source: str) -> float:
         the value lies outside the bounds (naming ``source`` and the allowed range).
     """
     bounds = PARAMETERS[name].bounds
-    tests = {"ge": value >= bounds.get("ge", value), "gt": "gt" not in bounds or value > bounds["gt"],
-             "le": value <= bounds.get("le", value), "lt": "lt" not in bounds or value < bounds["lt"]}
+    tests = {
+        "ge": value >= bounds.get("ge", value),
+        "gt": "gt" not in bounds or value > bounds["gt"],
+        "le": value <= bounds.get("le", value),
+        "lt": "lt" not in bounds or value < bounds["lt"],
+    }
     if not all(tests.values()):
         symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
         allowed = " and ".join(f"{symbols[k]} {v}" for k, v in bounds.items())

@@ -40,7 +40,8 @@ def ssu_full_matrix(
     ssu = shutil.which("ssu")
     if ssu is None:
         raise AamInputError(
-            "--engine ssu", "the `ssu` binary is not on PATH",
+            "--engine ssu",
+            "the `ssu` binary is not on PATH",
             "install biocore's UniFrac (`apt install unifrac-tools` or `conda install -c bioconda unifrac-binaries`) "
             "or use the default --engine torch",
         )
@@ -53,14 +54,29 @@ def ssu_full_matrix(
         tmp = Path(tmp)
         table_file, tree_file = _ssu_inputs(Path(table_path), Path(tree_path), tmp, drop_missing_tips)
         out = tmp / "ssu.h5"
-        command = [ssu, "-i", str(table_file), "-t", str(tree_file), "-m", f"{metric}_{dtype}", "-o", str(out),
-                   "-r", f"hdf5_{dtype}", "--pcoa", "0"]
+        command = [
+            ssu,
+            "-i",
+            str(table_file),
+            "-t",
+            str(tree_file),
+            "-m",
+            f"{metric}_{dtype}",
+            "-o",
+            str(out),
+            "-r",
+            f"hdf5_{dtype}",
+            "--pcoa",
+            "0",
+        ]
         if metric == "generalized":
             command += ["-a", str(alpha)]
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0 or not out.is_file():
             stderr = done.stderr.strip()[-500:].replace(str(table_file), str(table_path)).replace(str(tree_file), str(tree_path))
-            raise AamInputError(f"ssu on {table_path} and {tree_path}", f"failed (exit {done.returncode}): {stderr}", "check the table and tree inputs")
+            raise AamInputError(
+                f"ssu on {table_path} and {tree_path}", f"failed (exit {done.returncode}): {stderr}", "check the table and tree inputs"
+            )
         return read_distance_matrix(out)
 
 

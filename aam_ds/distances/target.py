@@ -57,8 +57,7 @@ class PrecomputedTarget(DistanceTarget):
                 str(path),
                 f"covers {len(sample_ids) - len(missing)} of the table's {len(sample_ids)} samples; "
                 f"{len(missing)} are missing, e.g. {missing[:5]}",
-                "recompute the matrix for this table (`aam-ds distances --table ... --out ...`) "
-                "or set data.distances: on-the-fly",
+                "recompute the matrix for this table (`aam-ds distances --table ... --out ...`) or set data.distances: on-the-fly",
             )
         rows = np.array([position[s] for s in sample_ids], dtype=np.int64)
         return cls(matrix[np.ix_(rows, rows)], str(path))
@@ -76,12 +75,19 @@ def build_distance_target(data: DataSpec, table: FeatureTable, device: torch.dev
     if get_metric(data.metric).needs_tree:
         if data.tree is None:
             raise AamInputError(
-                "data.tree", f"data.metric={data.metric} (UniFrac) needs a phylogeny",
+                "data.tree",
+                f"data.metric={data.metric} (UniFrac) needs a phylogeny",
                 "set data.tree to a rooted Newick or Phylogeny[Rooted] .qza, or choose braycurtis / jaccard / aitchison",
             )
         tree = read_tree(data.tree, data.cache_dir)
     metric = build_metric(
-        data.metric, table, tree, alpha=data.alpha, pseudocount=data.pseudocount,
-        drop_missing_tips=data.drop_missing_tips, device=device, dtype=torch.float64,
+        data.metric,
+        table,
+        tree,
+        alpha=data.alpha,
+        pseudocount=data.pseudocount,
+        drop_missing_tips=data.drop_missing_tips,
+        device=device,
+        dtype=torch.float64,
     )
     return OnTheFlyTarget(metric)

@@ -82,7 +82,9 @@ class CpuMetric:
         return d
 
 
-def cpu_metric(name: str, sample_ids: list[str], rows: sp.csr_matrix, weight: np.ndarray, dtype: type | str = np.float64) -> CpuMetric | None:
+def cpu_metric(
+    name: str, sample_ids: list[str], rows: sp.csr_matrix, weight: np.ndarray, dtype: type | str = np.float64
+) -> CpuMetric | None:
     """Metric ``name``'s CPU kernel (registry ``cpu_kernel``) bound to ``rows`` ``[N, K]`` and ``weight [K]``,
     or None when it has none."""
     entry = get_metric(name)
@@ -96,8 +98,9 @@ def cpu_metric(name: str, sample_ids: list[str], rows: sp.csr_matrix, weight: np
     return CpuMetric(name, list(sample_ids), rows, np.asarray(weight, dtype=dtype), kernel)
 
 
-def build_cpu_metric(name: str, table: FeatureTable, tree: Tree | None, drop_missing_tips: bool = False,
-                     dtype: type | str = np.float64) -> CpuMetric | None:
+def build_cpu_metric(
+    name: str, table: FeatureTable, tree: Tree | None, drop_missing_tips: bool = False, dtype: type | str = np.float64
+) -> CpuMetric | None:
     """:func:`cpu_metric` on the table's branch proportions (a UniFrac metric with a CPU kernel), or None."""
     entry = get_metric(name)
     if entry.cpu_kernel is None or entry.rows != "branches" or tree is None:

@@ -34,8 +34,16 @@ class GlobalBatchSampler(Sampler[list[int]]):
     """Yields this rank's micro-batches (lists of dataset positions, or of ``(position, epoch)`` with
     ``with_epoch``) forever, from ``start``."""
 
-    def __init__(self, n_samples: int, micro_batch: int, world_size: int, rank: int, seed: int,
-                 start: DataPosition = DataPosition(), with_epoch: bool = False):
+    def __init__(
+        self,
+        n_samples: int,
+        micro_batch: int,
+        world_size: int,
+        rank: int,
+        seed: int,
+        start: DataPosition = DataPosition(),
+        with_epoch: bool = False,
+    ):
         self.global_micro = micro_batch * world_size
         if n_samples < self.global_micro:
             raise AamInputError(
@@ -69,8 +77,11 @@ class GlobalBatchSampler(Sampler[list[int]]):
         epoch, sample = self.start
         while True:
             order = self.epoch_order(epoch)
-            for start in range(sample + self.rank * self.micro_batch, self.n_samples - self.global_micro + 1 + self.rank * self.micro_batch,
-                               self.global_micro):
+            for start in range(
+                sample + self.rank * self.micro_batch,
+                self.n_samples - self.global_micro + 1 + self.rank * self.micro_batch,
+                self.global_micro,
+            ):
                 positions = order[start : start + self.micro_batch].tolist()
                 yield [(p, epoch) for p in positions] if self.with_epoch else positions
             epoch, sample = epoch + 1, 0

@@ -51,8 +51,9 @@ class BestTracker:
     def update(self, step: int, metrics: dict[str, float]) -> bool:
         """Record an evaluation; True when it is the best so far (NaN never is)."""
         if self.metric not in metrics:
-            raise AamInputError("schedule.best_metric", f"'{self.metric}' is not a validation metric of this run",
-                                f"choose one of {sorted(metrics)}")
+            raise AamInputError(
+                "schedule.best_metric", f"'{self.metric}' is not a validation metric of this run", f"choose one of {sorted(metrics)}"
+            )
         value = metrics[self.metric]
         better = not math.isnan(value) and (math.isnan(self.value) or (value > self.value if self.maximize else value < self.value))
         if better:
@@ -73,4 +74,9 @@ class BestTracker:
         """Restore the best value, step, metrics and patience count saved in a checkpoint's client state."""
         saved = client_state.get("best")
         if saved:
-            self.value, self.step, self.metrics, self.evals_since_best = saved["value"], saved["step"], saved["metrics"], saved["evals_since_best"]
+            self.value, self.step, self.metrics, self.evals_since_best = (
+                saved["value"],
+                saved["step"],
+                saved["metrics"],
+                saved["evals_since_best"],
+            )

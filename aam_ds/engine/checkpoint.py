@@ -58,10 +58,16 @@ def checkpoint_layout(spec: RunSpec, world_size: int) -> dict[str, Any]:
     """What a checkpoint can only be resumed with: the world size, ZeRO stage, offload, precision,
     batch layout and model shape (``layout.json`` in each tag folder)."""
     par, model = spec.parallel, spec.model
-    return {"world size": world_size, "parallel.zero_stage": par.zero_stage, "parallel.offload_optimizer": par.offload_optimizer,
-            "parallel.offload_param": par.offload_param, "parallel.precision": par.precision,
-            "parallel.global_batch_size": par.global_batch_size, "parallel.micro_batch_size": par.micro_batch_size,
-            **{f"model.{name}": getattr(model, name) for name in SHAPE_FIELDS}}  # fmt: skip
+    return {
+        "world size": world_size,
+        "parallel.zero_stage": par.zero_stage,
+        "parallel.offload_optimizer": par.offload_optimizer,
+        "parallel.offload_param": par.offload_param,
+        "parallel.precision": par.precision,
+        "parallel.global_batch_size": par.global_batch_size,
+        "parallel.micro_batch_size": par.micro_batch_size,
+        **{f"model.{name}": getattr(model, name) for name in SHAPE_FIELDS},
+    }
 
 
 def saved_layout(tag_dir: Path) -> dict[str, Any]:
@@ -75,12 +81,16 @@ def check_layout(tag_dir: Path, layout: dict[str, Any], weights_only: bool = Fal
     AamInputError listing every difference); checkpoints without ``layout.json`` are not checked.
     ``weights_only``: only the model shape must match (a restart from the checkpoint's weights)."""
     saved = saved_layout(tag_dir)
-    changed = [f"{name} {saved[name]} -> {value}" for name, value in layout.items()
-               if name in saved and saved[name] != value and (name.startswith("model.") or not weights_only)]
+    changed = [
+        f"{name} {saved[name]} -> {value}"
+        for name, value in layout.items()
+        if name in saved and saved[name] != value and (name.startswith("model.") or not weights_only)
+    ]
     if changed:
         world_changed = not weights_only and saved.get("world size", layout["world size"]) != layout["world size"]
         raise AamInputError(
-            str(tag_dir), f"was written with another layout than this run's ({'; '.join(changed)})",
+            str(tag_dir),
+            f"was written with another layout than this run's ({'; '.join(changed)})",
             "resume with the settings it was written with, or start a new run from the consolidated export "
             "(--set model.pretrained=<run>/model.pt, optimizer state reset)"
             + ("; or continue from its weights with --set checkpoint.on_world_size_change=restart_from_weights" if world_changed else ""),
@@ -99,8 +109,9 @@ def checkpoint_weights(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
     return dict(get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag))
 
 
-def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep_last: int,
-                    layout: dict[str, Any] | None = None) -> str:
+def save_checkpoint(
+    engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], keep_last: int, layout: dict[str, Any] | None = None
+) -> str:
     """Save on every rank (DeepSpeed's save is collective), then point ``latest`` at it; returns the tag.
 
     Rank 0 writes ``layout`` (:func:`checkpoint_layout`) and a manifest of every file's size and
@@ -114,7 +125,10 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[s
     tag, previous = step_tag(step), latest_tag(ckpt_dir)
     need = checkpoint_size(ckpt_dir / previous) if previous else checkpoint_bytes(engine_parameters(engine))
     fix = "free disk space, or set checkpoint.dir to a larger file system; " + (
-        f"the previous checkpoint {ckpt_dir / previous} is kept: continue from it with --resume" if previous else "no earlier checkpoint exists")
+        f"the previous checkpoint {ckpt_dir / previous} is kept: continue from it with --resume"
+        if previous
+        else "no earlier checkpoint exists"
+    )
 
     def publish() -> None:  # rank 0, once every rank's files are written
         if layout is not None:
@@ -123,8 +137,13 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, client_state: dict[s
         atomic_write_text(ckpt_dir / LATEST, tag + "\n")
 
     try:
-        written_on_every_rank(lambda: engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={**client_state, "step": step},
-                                                             save_latest=False), ckpt_dir / tag, need, fix, collective=True)
+        written_on_every_rank(
+            lambda: engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={**client_state, "step": step}, save_latest=False),
+            ckpt_dir / tag,
+            need,
+            fix,
+            collective=True,
+        )
         require_shared(ckpt_dir, all_gather_objects(unseen_peer_files(ckpt_dir / tag)))
         written_on_every_rank(publish if process_rank() == 0 else lambda: None, ckpt_dir / tag, need, fix, collective=False)
     except AamInputError:
@@ -182,8 +201,11 @@ def resumable_tag(ckpt_dir: Path) -> str:
     ckpt_dir = Path(ckpt_dir)
     latest = latest_tag(ckpt_dir)
     if latest is None:
-        raise AamInputError(str(ckpt_dir), "holds no checkpoint to resume from",
-                            "run without --resume (checkpoint.resume), or point tracking.run_dir / checkpoint.dir at the run to continue")
+        raise AamInputError(
+            str(ckpt_dir),
+            "holds no checkpoint to resume from",
+            "run without --resume (checkpoint.resume), or point tracking.run_dir / checkpoint.dir at the run to continue",
+        )
     problem = _damage_cached(ckpt_dir / latest)
     if problem is None:
         return latest
@@ -195,8 +217,11 @@ def resumable_tag(ckpt_dir: Path) -> str:
                 _ANNOUNCED.add(message)
                 notice(message)
             return tag
-    raise AamInputError(str(ckpt_dir / latest), f"is damaged ({problem}) and no older complete checkpoint is left",
-                        "start the run again, or from its last export with --set model.pretrained=<run>/model.pt")
+    raise AamInputError(
+        str(ckpt_dir / latest),
+        f"is damaged ({problem}) and no older complete checkpoint is left",
+        "start the run again, or from its last export with --set model.pretrained=<run>/model.pt",
+    )
 
 
 def agreed_resume_tag(ckpt_dir: Path) -> str:
@@ -243,9 +268,12 @@ def require_shared(ckpt_dir: Path, problems: list[str | None], what: str = "") -
     failed = [(rank, problem) for rank, problem in enumerate(problems) if problem]
     if failed:
         rank, problem = failed[0]
-        raise AamInputError(str(ckpt_dir), f"rank {rank} does not see {what or 'the checkpoint files that the other ranks wrote'} ({problem})",
-                            "checkpoint.dir must be shared by all nodes: set it (or tracking.run_dir) to a folder on a file "
-                            "system that every node mounts at the same path")
+        raise AamInputError(
+            str(ckpt_dir),
+            f"rank {rank} does not see {what or 'the checkpoint files that the other ranks wrote'} ({problem})",
+            "checkpoint.dir must be shared by all nodes: set it (or tracking.run_dir) to a folder on a file "
+            "system that every node mounts at the same path",
+        )
 
 
 _ANNOUNCED: set[str] = set()
@@ -305,8 +333,9 @@ def _zero0_master_weights(engine: Any) -> dict[str, torch.Tensor]:
     training, where the weights are their own masters."""
     optimizer = engine.optimizer
     if hasattr(optimizer, "fp32_groups_flat"):
-        groups = [torch._utils._unflatten_dense_tensors(flat, params)
-                  for params, flat in zip(optimizer.fp16_groups, optimizer.fp32_groups_flat)]
+        groups = [
+            torch._utils._unflatten_dense_tensors(flat, params) for params, flat in zip(optimizer.fp16_groups, optimizer.fp32_groups_flat)
+        ]
     elif hasattr(optimizer, "fp32_groups") and hasattr(optimizer, "fp16_groups"):
         groups = optimizer.fp32_groups
     else:

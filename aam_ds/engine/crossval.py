@@ -44,8 +44,9 @@ OOF_NAME = "oof_predictions.tsv"
 METRICS_NAME = "cv_metrics.json"
 
 
-def cross_validate(spec: RunSpec, ds_config_path: Path | None = None,
-                   on_fold: Callable[[int], None] | None = None) -> CrossValidation | None:
+def cross_validate(
+    spec: RunSpec, ds_config_path: Path | None = None, on_fold: Callable[[int], None] | None = None
+) -> CrossValidation | None:
     """Fine-tune once per fold; the out-of-fold predictions and their metrics on rank 0 (None elsewhere).
 
     ``on_fold(f)`` is called before fold ``f`` starts (e.g. to advance a progress display)."""
@@ -53,10 +54,13 @@ def cross_validate(spec: RunSpec, ds_config_path: Path | None = None,
     return _cross_validate(ctx, spec, ds_config_path, on_fold)
 
 
-def _cross_validate(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None,
-                    on_fold: Callable[[int], None] | None = None) -> CrossValidation | None:
+def _cross_validate(
+    ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, on_fold: Callable[[int], None] | None = None
+) -> CrossValidation | None:
     if spec.loss.task == "none":
-        raise AamInputError("loss.task", "cross-validation fine-tunes a task", "set loss.task=regression or classification and data.targets")
+        raise AamInputError(
+            "loss.task", "cross-validation fine-tunes a task", "set loss.task=regression or classification and data.targets"
+        )
     spec = claim_run_dir(spec, "cv", ctx, checkpointed=False)
     run_dir = spec.tracking.run_dir
     data = main_first(ctx, lambda _: prepare_data(spec))  # rank 0 fills the token cache first
@@ -74,10 +78,18 @@ def _cross_validate(ctx: DistContext, spec: RunSpec, ds_config_path: Path | None
     cv = pooled_predictions(data, held_out, [run_dir / f"fold{f}" / "predictions_test.tsv" for f in range(len(held_out))])
     write_predictions(run_dir / OOF_NAME, cv.predictions)
     folds_from = str(spec.data.split.folds_file or f"{spec.data.split.kind} k-fold, seed {spec.data.split.seed}")
-    atomic_write_json(run_dir / METRICS_NAME, {
-        "target": data.target_names[0], "task": spec.loss.task, "folds": len(held_out), "pooled": cv.pooled,
-        "fold_metrics": cv.fold_metrics, "fold_mean_std": fold_spread(cv.fold_metrics), "folds_from": folds_from,
-    })  # fmt: skip
+    atomic_write_json(
+        run_dir / METRICS_NAME,
+        {
+            "target": data.target_names[0],
+            "task": spec.loss.task,
+            "folds": len(held_out),
+            "pooled": cv.pooled,
+            "fold_metrics": cv.fold_metrics,
+            "fold_mean_std": fold_spread(cv.fold_metrics),
+            "folds_from": folds_from,
+        },
+    )
     print_cross_validation(cv, spec.loss.task, data.target_names[0], folds_from, run_dir)
     return cv
 
@@ -88,8 +100,13 @@ def print_cross_validation(cv: CrossValidation, task: str, target: str, folds_fr
     console = wide_console()
     title = f"cross-validation of {target} ({task}), {len(cv.fold_metrics)} folds"
     console.print(metrics_table(cv.table_rows(), task, title, first_column="fold"))
-    console.print(f"folds: {folds_from}\nwrote {run_dir}/folds.tsv, {OOF_NAME} (for aam-ds evaluate), {METRICS_NAME}; "
-                  f"each fold's run in {run_dir}/fold<f>/", markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"folds: {folds_from}\nwrote {run_dir}/folds.tsv, {OOF_NAME} (for aam-ds evaluate), {METRICS_NAME}; "
+        f"each fold's run in {run_dir}/fold<f>/",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def fold_rows(split: SplitSpec, data: PreparedData) -> list[np.ndarray]:
@@ -117,15 +134,20 @@ def fold_spec(spec: RunSpec, fold: int) -> RunSpec:
     cross-validation is resumed, a fold that left a checkpoint resumes it and any other fold
     starts afresh, replacing what an interrupted start of it left behind."""
     name = f"fold{fold}"
-    tracking = spec.tracking.model_copy(update={"run_dir": spec.tracking.run_dir / name,
-                                                "name": f"{spec.tracking.name or spec.tracking.run_dir.name}-{name}"})
+    tracking = spec.tracking.model_copy(
+        update={"run_dir": spec.tracking.run_dir / name, "name": f"{spec.tracking.name or spec.tracking.run_dir.name}-{name}"}
+    )
     checkpoint = spec.checkpoint.model_copy(update={"dir": spec.checkpoint.dir / name if spec.checkpoint.dir else None})
     run = spec.model_copy(update={"tracking": tracking, "checkpoint": checkpoint})
     if not spec.checkpoint.resume:
         return run
     started = latest_tag(run.checkpoint_dir()) is not None
-    return run.model_copy(update={"tracking": tracking.model_copy(update={"overwrite": not started}),
-                                  "checkpoint": checkpoint.model_copy(update={"resume": started})})
+    return run.model_copy(
+        update={
+            "tracking": tracking.model_copy(update={"overwrite": not started}),
+            "checkpoint": checkpoint.model_copy(update={"resume": started}),
+        }
+    )
 
 
 def pooled_predictions(data: PreparedData, held_out: list[np.ndarray], fold_files: list[Path]) -> CrossValidation:
@@ -145,8 +167,9 @@ def pooled_predictions(data: PreparedData, held_out: list[np.ndarray], fold_file
             values[at] = fold.values
         else:
             probabilities[at] = fold.probabilities[:, [fold.class_names.index(c) for c in data.class_names]]
-    predictions = Predictions(target, list(ids), values=values, probabilities=probabilities,
-                              class_names=tuple(data.class_names or ()), source="AAM (out of fold)")
+    predictions = Predictions(
+        target, list(ids), values=values, probabilities=probabilities, class_names=tuple(data.class_names or ()), source="AAM (out of fold)"
+    )
     truth = data.targets[:, 0].astype(np.float64) if task == "regression" else np.asarray(data.class_names, dtype=object)[data.targets]
     fold_metrics = [score(predictions.take(rows), truth[rows]) for rows in held_out]
     return CrossValidation(predictions, truth, fold_of_samples(held_out, n), fold_metrics, score(predictions, truth))

@@ -48,11 +48,16 @@ def check_free_space(ckpt_dir: Path, n_params: int, keep_last: int) -> None:
     ones and the one being written)."""
     need, free = checkpoint_bytes(n_params), free_bytes(ckpt_dir)
     if free < need:
-        raise AamInputError(str(ckpt_dir), f"has {size_text(free)} free, and a checkpoint of this model needs about {size_text(need)}",
-                            "free disk space, or set checkpoint.dir to a larger file system")
+        raise AamInputError(
+            str(ckpt_dir),
+            f"has {size_text(free)} free, and a checkpoint of this model needs about {size_text(need)}",
+            "free disk space, or set checkpoint.dir to a larger file system",
+        )
     if free < need * (keep_last + 1):
-        notice(f"{ckpt_dir} has {size_text(free)} free; checkpoint.keep_last={keep_last} checkpoints and the one being "
-               f"written need about {size_text(need * (keep_last + 1))}")
+        notice(
+            f"{ckpt_dir} has {size_text(free)} free; checkpoint.keep_last={keep_last} checkpoints and the one being "
+            f"written need about {size_text(need * (keep_last + 1))}"
+        )
 
 
 def written_on_every_rank(write: Callable[[], Any], tag_dir: Path, need: int, fix: str, collective: bool) -> None:
@@ -76,8 +81,12 @@ def written_on_every_rank(write: Callable[[], Any], tag_dir: Path, need: int, fi
     failed = [(rank, text) for rank, text in enumerate(causes) if text]
     if failed:
         rank, text = (process_rank(), cause) if cause else failed[0]  # this rank's own cause first
-        raise AamInputError(str(tag_dir), f"could not be written (rank {rank}: {text}); {size_text(free_bytes(tag_dir))} "
-                            f"free there, a checkpoint needs about {size_text(need)}", fix)
+        raise AamInputError(
+            str(tag_dir),
+            f"could not be written (rank {rank}: {text}); {size_text(free_bytes(tag_dir))} "
+            f"free there, a checkpoint needs about {size_text(need)}",
+            fix,
+        )
 
 
 def save_error_text(exc: BaseException) -> str:

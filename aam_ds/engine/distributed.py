@@ -55,7 +55,8 @@ def single_process_env() -> None:
         missing = [name for name in LAUNCH_VARS if name not in os.environ]
         if missing:
             raise AamInputError(
-                "environment", f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} unset",
+                "environment",
+                f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} unset",
                 "start multi-process runs with `deepspeed` or `torchrun`, which set all launch variables",
             )
     os.environ.setdefault("RANK", "0")
@@ -202,14 +203,20 @@ def is_peer_failure(exc: BaseException) -> bool:
 
 def collective_timeout_text() -> str:
     """After a timeout: which ranks did not answer (:func:`silent_ranks_text`)."""
-    return silent_ranks_text(f"a collective operation timed out after parallel.collective_timeout_s={_TIMEOUT_S} s",
-                             "they waited in different collectives", "or raise parallel.collective_timeout_s if it is only slow")
+    return silent_ranks_text(
+        f"a collective operation timed out after parallel.collective_timeout_s={_TIMEOUT_S} s",
+        "they waited in different collectives",
+        "or raise parallel.collective_timeout_s if it is only slow",
+    )
 
 
 def peer_lost_text() -> str:
     """After a peer closed its connection: which ranks are gone (:func:`silent_ranks_text`)."""
-    return silent_ranks_text("a collective operation lost its connection to another rank",
-                             "a connection between nodes broke", "check the network between the nodes")
+    return silent_ranks_text(
+        "a collective operation lost its connection to another rank",
+        "a connection between nodes broke",
+        "check the network between the nodes",
+    )
 
 
 def silent_ranks_text(head: str, all_answered: str, other_fix: str) -> str:
@@ -217,21 +224,27 @@ def silent_ranks_text(head: str, all_answered: str, other_fix: str) -> str:
     store, waits ``PEER_WAIT_S`` for the others, and names those that did not (the silent ones:
     stopped, killed or stuck elsewhere) with the last step they began and their node;
     ``all_answered``: the likely cause when every rank answered; ``other_fix``: the last remedy."""
-    fix = (". Fix: look at the named rank's log and machine (a crash, out of memory, a slow file system, a stopped process), "
-           f"{other_fix}")
+    fix = f". Fix: look at the named rank's log and machine (a crash, out of memory, a slow file system, a stopped process), {other_fix}"
     try:
         store = _store(PEER_WAIT_S)
         store.set(TIMED_OUT_KEY.format(dist.get_rank()), "1")
         time.sleep(PEER_WAIT_S)
         silent = [rank for rank in range(dist.get_world_size()) if not store.check([TIMED_OUT_KEY.format(rank)])]
-        found = {(rank, key): store.get(key.format(rank)).decode() for rank in silent for key in (PROGRESS_KEY, NODE_KEY)
-                 if store.check([key.format(rank)])}
+        found = {
+            (rank, key): store.get(key.format(rank)).decode()
+            for rank in silent
+            for key in (PROGRESS_KEY, NODE_KEY)
+            if store.check([key.format(rank)])
+        }
     except Exception:  # the store lives in rank 0: it is the silent one
         return f"{head}: rank 0 (which holds the rendezvous store) did not answer{fix}"
     if not silent:
         return f"{head} on every rank: {all_answered}{fix}"
-    named = ", ".join(f"rank {rank} (last step begun: {found.get((rank, PROGRESS_KEY), 'none')}"
-                      + (f"; on {found[rank, NODE_KEY]})" if (rank, NODE_KEY) in found else ")") for rank in silent)
+    named = ", ".join(
+        f"rank {rank} (last step begun: {found.get((rank, PROGRESS_KEY), 'none')}"
+        + (f"; on {found[rank, NODE_KEY]})" if (rank, NODE_KEY) in found else ")")
+        for rank in silent
+    )
     return f"{head}: {named} did not answer{fix}"
 
 

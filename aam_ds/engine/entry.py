@@ -24,20 +24,37 @@ def parse_args(argv: Sequence[str] | None, description: str, prog: str | None = 
 def add_stage_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options of a training stage (``--spec``, ``--set``, ``--ds-config``, ...) to ``parser``; returns it."""
     parser.add_argument("--spec", type=Path, help="run spec (YAML, TOML or JSON); default: the built-in demo run")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a spec field, e.g. --set model.d_model=256 (repeatable)")
-    parser.add_argument("--ds-config", type=Path, help="DeepSpeed JSON; decides ZeRO, offload, precision (must agree with the spec); "
-                        "default: generated from the spec")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from <checkpoint dir>/latest (without tracking.run_dir: the run runs/<stage>-latest links to)")
-    parser.add_argument("--max-memory-gb", default=None, metavar="GIB|auto",
-                        help="pick the largest micro batch whose real steps fit this per-rank budget (sets parallel.max_memory_gb)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field, e.g. --set model.d_model=256 (repeatable)",
+    )
+    parser.add_argument(
+        "--ds-config",
+        type=Path,
+        help="DeepSpeed JSON; decides ZeRO, offload, precision (must agree with the spec); default: generated from the spec",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from <checkpoint dir>/latest (without tracking.run_dir: the run runs/<stage>-latest links to)",
+    )
+    parser.add_argument(
+        "--max-memory-gb",
+        default=None,
+        metavar="GIB|auto",
+        help="pick the largest micro batch whose real steps fit this per-rank budget (sets parallel.max_memory_gb)",
+    )
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
     return parser
 
 
-def run_stage(stage: Callable[[RunSpec, Path | None], object], argv: Sequence[str] | None = None, description: str = "",
-              prog: str | None = None) -> None:
+def run_stage(
+    stage: Callable[[RunSpec, Path | None], object], argv: Sequence[str] | None = None, description: str = "", prog: str | None = None
+) -> None:
     """Parse arguments, run ``stage(spec, ds_config_path)`` on this rank, and exit the process.
 
     Any failure, from parsing the spec to the last step, is printed once with this rank's number:

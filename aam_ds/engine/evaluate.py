@@ -27,8 +27,9 @@ EVAL_MASK_SEED = 12345
 
 
 @torch.no_grad()
-def evaluate(model: Any, dataset: Any, objective: Objective, ctx: DistContext, micro_batch: int
-             ) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray] | None]:
+def evaluate(
+    model: Any, dataset: Any, objective: Objective, ctx: DistContext, micro_batch: int
+) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray] | None]:
     """Metrics over ``dataset`` (same dict on every rank) and, when the pairwise loss is on, the
     (predicted, true) distances of all evaluated pairs i<j (``float [P]`` each)."""
     if len(dataset) < (2 if "sample_embedding" in objective.want else 1):
@@ -62,14 +63,22 @@ def evaluate(model: Any, dataset: Any, objective: Objective, ctx: DistContext, m
         metrics.update(pairwise)
         metrics.update(asv_similarity(_unwrap(model), dataset))
     if task_out:
-        metrics.update(task_metrics(model, objective, gather_no_grad(torch.cat(task_out))[keep], gather_no_grad(torch.cat(task_true))[keep]))
+        metrics.update(
+            task_metrics(model, objective, gather_no_grad(torch.cat(task_out))[keep], gather_no_grad(torch.cat(task_true))[keep])
+        )
     metrics["loss"] = objective.weighted_total(metrics)
     model.train(was_training)
     return metrics, scatter
 
 
-def add_batch_sums(sums: dict[str, float], objective: Objective, out: dict[str, torch.Tensor], labels: torch.Tensor | None,
-                   batch: dict[str, torch.Tensor], valid: torch.Tensor) -> None:
+def add_batch_sums(
+    sums: dict[str, float],
+    objective: Objective,
+    out: dict[str, torch.Tensor],
+    labels: torch.Tensor | None,
+    batch: dict[str, torch.Tensor],
+    valid: torch.Tensor,
+) -> None:
     """Add one micro-batch's sample count and, times that count, the objective's per-sample loss
     terms (:meth:`Objective.reconstruction_terms`) and the masked-nucleotide accuracy to ``sums``;
     ``valid`` (``bool [B]``) marks the rows that are not padding repeats."""
@@ -138,8 +147,11 @@ def asv_similarity(model: Any, dataset: Any, max_asvs: int = 256) -> dict[str, f
         return {}
     device = next(model.parameters()).device
     vectors = model.asv_vectors(torch.stack(list(distinct.values())[:max_asvs]).long().to(device))
-    return {"asv_cosine": mean_pairwise_cosine(vectors["combined"]), "asv_cosine_sequence": mean_pairwise_cosine(vectors["sequence"]),
-            "asv_cosine_pooled": mean_pairwise_cosine(vectors["pooled"])}
+    return {
+        "asv_cosine": mean_pairwise_cosine(vectors["combined"]),
+        "asv_cosine_sequence": mean_pairwise_cosine(vectors["sequence"]),
+        "asv_cosine_pooled": mean_pairwise_cosine(vectors["pooled"]),
+    }
 
 
 def mean_pairwise_cosine(vectors: torch.Tensor) -> float:

@@ -103,8 +103,9 @@ def _sample_flops(model: torch.nn.Module, asvs_per_sample: torch.Tensor, want: s
     if "abundance" in want:
         total += 2 * d * slots
     if "task" in want and model.task_head is not None:
-        total += samples * sum(2 * layer.in_features * layer.out_features
-                               for layer in model.task_head.mlp if isinstance(layer, torch.nn.Linear))
+        total += samples * sum(
+            2 * layer.in_features * layer.out_features for layer in model.task_head.mlp if isinstance(layer, torch.nn.Linear)
+        )
     return total
 
 

@@ -36,8 +36,9 @@ class StateBytes:
     offloaded: float
 
 
-def model_state_bytes(n_params: int, world_size: int, stage: int, precision: str,
-                      offload_optimizer: bool = False, offload_param: bool = False) -> StateBytes:
+def model_state_bytes(
+    n_params: int, world_size: int, stage: int, precision: str, offload_optimizer: bool = False, offload_param: bool = False
+) -> StateBytes:
     """Bytes per parameter of weights, gradients and optimiser state on the device and offloaded, for a ZeRO ``stage`` over ``world_size`` ranks (mixed precision: 2 + 2 + 12, fp32: 4 + 4 + 8)."""
     weights, grads, optim = (4, 4, 8) if precision == "fp32" else (2, 2, 12)
     shard = 1.0 / world_size
@@ -53,13 +54,13 @@ def model_state_bytes(n_params: int, world_size: int, stage: int, precision: str
     return StateBytes(n_params * sum(on_device.values()), n_params * offloaded)
 
 
-def estimate_table(n_params: int, world_size: int, precision: str, chosen_stage: int,
-                   offload_optimizer: bool, offload_param: bool) -> str:
+def estimate_table(n_params: int, world_size: int, precision: str, chosen_stage: int, offload_optimizer: bool, offload_param: bool) -> str:
     """Printable per-stage estimate for this model and world size; the chosen stage is marked."""
     lines = [f"model states per rank, {n_params:,} parameters, {world_size} rank(s), {precision} (activations extra):"]
     for stage in range(4):
-        est = model_state_bytes(n_params, world_size, stage, precision,
-                                offload_optimizer and stage == chosen_stage, offload_param and stage == chosen_stage)
+        est = model_state_bytes(
+            n_params, world_size, stage, precision, offload_optimizer and stage == chosen_stage, offload_param and stage == chosen_stage
+        )
         mark = "  <- this run" if stage == chosen_stage else ""
         extra = f" + {est.offloaded / GIB:.3f} GiB offloaded to host" if est.offloaded else ""
         lines.append(f"  ZeRO-{stage}: {est.device / GIB:.3f} GiB{extra}{mark}")
@@ -134,8 +135,9 @@ def with_batch_plan(spec: RunSpec, ds_config: dict[str, Any], plan: BatchPlan) -
     return spec.model_copy(update={"parallel": par}), config
 
 
-def search_micro_batch(peak_for: Callable[[int], float | None], budget_bytes: float, candidates: list[int],
-                       out_of_time: Callable[[], bool] = lambda: False) -> int:
+def search_micro_batch(
+    peak_for: Callable[[int], float | None], budget_bytes: float, candidates: list[int], out_of_time: Callable[[], bool] = lambda: False
+) -> int:
     """Largest of ``candidates`` (ascending) whose measured peak stays within ``budget_bytes``.
 
     ``peak_for(m)`` runs real training steps with micro batch ``m`` and returns the peak bytes, or

@@ -69,15 +69,19 @@ class Objective:
         out, labels = self.forward(model, batch, generator)
         parts: dict[str, tuple[float, torch.Tensor]] = {}
         if "sample_embedding" in self.want:
-            parts["pairwise"] = (self.loss.pairwise_weight, gathered_pairwise_loss(
-                out["sample_embedding"], batch["sample_index"], self.distance_target.batch, losses.pairwise_distance_loss
-            ))  # fmt: skip
+            parts["pairwise"] = (
+                self.loss.pairwise_weight,
+                gathered_pairwise_loss(
+                    out["sample_embedding"], batch["sample_index"], self.distance_target.batch, losses.pairwise_distance_loss
+                ),
+            )
         parts.update(self.sample_parts(model, out, batch, labels))
         total = sum(weight * value for weight, value in parts.values())
         return {"loss": total, **{name: value.detach() for name, (_, value) in parts.items()}}
 
-    def forward(self, model: Any, batch: dict[str, torch.Tensor], generator: torch.Generator
-                ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    def forward(
+        self, model: Any, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """The model's outputs for ``batch`` (nucleotides masked with ``generator`` when that loss is on)
         and the masked positions' true tokens (``int64 [B, A, L]``, or None without masking)."""
         tokens, labels, asv_ids = batch["tokens"], None, None
@@ -90,15 +94,20 @@ class Objective:
     def weights(self) -> dict[str, float]:
         """Each loss's weight in the total, by the name its term carries (``pairwise``, ``nucleotide``, ``abundance``, ``task``)."""
         loss = self.loss
-        return {"pairwise": loss.pairwise_weight, "nucleotide": loss.nucleotide_weight, "abundance": loss.abundance_weight,
-                "task": loss.task_weight}
+        return {
+            "pairwise": loss.pairwise_weight,
+            "nucleotide": loss.nucleotide_weight,
+            "abundance": loss.abundance_weight,
+            "task": loss.task_weight,
+        }
 
     def weighted_total(self, terms: dict[str, float]) -> float:
         """The weighted sum of the loss terms present in ``terms`` (e.g. evaluation's means over a split)."""
         return sum(weight * terms[name] for name, weight in self.weights.items() if name in terms)
 
-    def sample_parts(self, model: Any, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
-                     labels: torch.Tensor | None) -> dict[str, tuple[float, torch.Tensor]]:
+    def sample_parts(
+        self, model: Any, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], labels: torch.Tensor | None
+    ) -> dict[str, tuple[float, torch.Tensor]]:
         """The per-sample loss terms of this micro-batch, ``name -> (weight, scalar)``: masked
         nucleotides, abundance, task (every active one but the pairwise loss)."""
         parts = {name: (self.weights[name], value) for name, value in self.reconstruction_terms(out, batch, labels).items()}
@@ -106,8 +115,9 @@ class Objective:
             parts["task"] = (self.loss.task_weight, self.task_loss(model, out["task"], batch["targets"]))
         return parts
 
-    def reconstruction_terms(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
-                             labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def reconstruction_terms(
+        self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], labels: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         """The unweighted masked-nucleotide (when ``labels`` is given) and abundance (when the model
         gave it) losses of these samples, each a scalar mean over them."""
         terms = {}

@@ -115,8 +115,9 @@ def gradient_cache_step(
     with torch.no_grad(), buffers_kept(engine.module):
         first = [forward(micro) for micro in range(accum)]
     sizes = [len(embedding) for embedding, *_ in first]
-    pairwise, grad = pairwise_loss_and_grad(torch.cat([e.float() for e, *_ in first]), torch.cat([i for _, i, *_ in first]),
-                                            target_distances, pair_loss)
+    pairwise, grad = pairwise_loss_and_grad(
+        torch.cat([e.float() for e, *_ in first]), torch.cat([i for _, i, *_ in first]), target_distances, pair_loss
+    )
     scale = pairwise_weight * accum * process_world_size()
     totals = {"loss": pairwise_weight * pairwise, "pairwise": pairwise}
     for micro, cached in enumerate(grad.split(sizes)):
@@ -129,8 +130,9 @@ def gradient_cache_step(
     return totals
 
 
-def pairwise_loss_and_grad(embedding: torch.Tensor, sample_index: torch.Tensor, target_distances: Callable[[torch.Tensor], torch.Tensor],
-                           pair_loss: PairLoss) -> tuple[float, torch.Tensor]:
+def pairwise_loss_and_grad(
+    embedding: torch.Tensor, sample_index: torch.Tensor, target_distances: Callable[[torch.Tensor], torch.Tensor], pair_loss: PairLoss
+) -> tuple[float, torch.Tensor]:
     """The pairwise loss over the embeddings ``[n, D]`` of every rank (all-gathered, no autograd to
     the model) and its gradient ``[n, D]`` with respect to this rank's rows; every rank must call it
     with the same ``n``."""

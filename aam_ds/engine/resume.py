@@ -21,8 +21,9 @@ from aam_ds.spec import RunSpec
 DATA_POSITION = "data_position"  # the checkpoint's client-state key: [epoch, samples of its permutation used]
 
 
-def resume_point(spec: RunSpec, ckpt_dir: Path, ctx: DistContext, model: AAMModel,
-                 n_train: int) -> tuple[str | None, tuple[int, DataPosition] | None]:
+def resume_point(
+    spec: RunSpec, ckpt_dir: Path, ctx: DistContext, model: AAMModel, n_train: int
+) -> tuple[str | None, tuple[int, DataPosition] | None]:
     """Where a resumed run continues (every rank): ``(tag, None)``, the checkpoint every rank agreed
     on (its layout checked), or with ``checkpoint.on_world_size_change=restart_from_weights`` and a
     checkpoint of another world size ``(None, (its step, its data position))`` after loading its
@@ -38,13 +39,18 @@ def resume_point(spec: RunSpec, ckpt_dir: Path, ctx: DistContext, model: AAMMode
     missing, unexpected = model.load_state_dict(ckpt.checkpoint_weights(ckpt_dir, tag), strict=False)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     if unexpected or trainable & set(missing):
-        raise AamInputError(str(ckpt_dir / tag), f"holds weights that do not fit the model ({(unexpected + missing)[:5]})",
-                            "resume with the model settings it was written with")
+        raise AamInputError(
+            str(ckpt_dir / tag),
+            f"holds weights that do not fit the model ({(unexpected + missing)[:5]})",
+            "resume with the model settings it was written with",
+        )
     step = int(tag.removeprefix("step"))
     position = saved_data_position(ckpt_dir / tag, step, saved_world, n_train)
-    notice(f"checkpoint {ckpt_dir / tag} was written by {saved_world} rank(s), this run has {ctx.world_size}: continuing at "
-           f"step {step} from its consolidated fp32 weights with the optimizer state reset, data at epoch {position.epoch} after {position.sample} of its samples "
-           "(checkpoint.on_world_size_change)")
+    notice(
+        f"checkpoint {ckpt_dir / tag} was written by {saved_world} rank(s), this run has {ctx.world_size}: continuing at "
+        f"step {step} from its consolidated fp32 weights with the optimizer state reset, data at epoch {position.epoch} after {position.sample} of its samples "
+        "(checkpoint.on_world_size_change)"
+    )
     return None, (step, position)
 
 

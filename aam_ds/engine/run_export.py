@@ -34,8 +34,9 @@ def export_spec(spec: RunSpec, model_spec: ModelSpec) -> dict[str, Any]:
     return {**spec.model_dump(mode="json"), "model": model_spec.model_dump(mode="json")}
 
 
-def write_split_predictions(export: Export, data: PreparedData, run_dir: Path, batch_size: int,
-                            device: torch.device) -> dict[str, list[Predictions]]:
+def write_split_predictions(
+    export: Export, data: PreparedData, run_dir: Path, batch_size: int, device: torch.device
+) -> dict[str, list[Predictions]]:
     """``<run_dir>/predictions_<split>.tsv`` for val and test, from the consolidated weights: the
     same code path as ``aam-ds predict``, so a later predict on the export reproduces them.
     Returns split -> one Predictions per target."""
@@ -48,8 +49,9 @@ def write_split_predictions(export: Export, data: PreparedData, run_dir: Path, b
     return written
 
 
-def run_files(run_dir: Path, data: PreparedData, predictions: dict[str, list[Predictions]],
-              scatter: tuple[np.ndarray, np.ndarray] | None) -> dict[str, list[Path]]:
+def run_files(
+    run_dir: Path, data: PreparedData, predictions: dict[str, list[Predictions]], scatter: tuple[np.ndarray, np.ndarray] | None
+) -> dict[str, list[Path]]:
     """What a tracking service keeps of a finished run, by folder of its file tree: ``""`` the spec,
     DeepSpeed config, export and split predictions; ``evaluation/...`` reports written now under
     ``<run_dir>/evaluation``: pretraining's predicted vs true distances of the last validation
@@ -63,13 +65,19 @@ def run_files(run_dir: Path, data: PreparedData, predictions: dict[str, list[Pre
     if scatter is not None and len(scatter[0]):
         predicted, true = (np.ravel(a) for a in scatter)
         keep = np.random.default_rng(0).permutation(len(true))[:MAX_SCATTER_POINTS]
-        files[EVALUATION_DIR] = [plot_predicted_vs_true(out / "distance_scatter.png", true[keep], predicted[keep], "distance",
-                                                        title=f"last validation, {len(true)} sample pairs")]
+        files[EVALUATION_DIR] = [
+            plot_predicted_vs_true(
+                out / "distance_scatter.png", true[keep], predicted[keep], "distance", title=f"last validation, {len(true)} sample pairs"
+            )
+        ]
     for split, per_target in predictions.items():
         rows = data.splits[split]
         for index, prediction in enumerate(per_target):
-            truth = (data.targets[rows, index] if prediction.task == "regression"
-                     else np.asarray(data.class_names, dtype=object)[data.targets[rows]])
+            truth = (
+                data.targets[rows, index]
+                if prediction.task == "regression"
+                else np.asarray(data.class_names, dtype=object)[data.targets[rows]]
+            )
             folder = f"{EVALUATION_DIR}/{split}" + (f"-{prediction.target}" if len(per_target) > 1 else "")
             report = write_evaluation(run_dir / folder, prediction, truth)
             files[folder] = [run_dir / folder / "metrics.json", *map(Path, report["files"].values())]

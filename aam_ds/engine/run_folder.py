@@ -33,8 +33,18 @@ HISTORY = (METRICS_FILE, EXPORT_NAME, "checkpoints", "folds.tsv", "fold[0-9]*")
 # Everything a run writes there (removed by tracking.overwrite): the above, the trainer's spec,
 # DeepSpeed config, split lists and split predictions, W&B's files, the MLflow run ID, evaluation reports
 # written for the trackers, cross-validation's results.
-OUTPUTS = HISTORY + ("spec.json", "ds_config.json", "splits", "predictions_*.tsv", "wandb", "wandb_run_id", "mlflow_run_id",
-                     "evaluation", "oof_predictions.tsv", "cv_metrics.json")
+OUTPUTS = HISTORY + (
+    "spec.json",
+    "ds_config.json",
+    "splits",
+    "predictions_*.tsv",
+    "wandb",
+    "wandb_run_id",
+    "mlflow_run_id",
+    "evaluation",
+    "oof_predictions.tsv",
+    "cv_metrics.json",
+)
 
 
 def claim_run_dir(spec: RunSpec, stage: str, ctx: DistContext, checkpointed: bool = True) -> RunSpec:
@@ -91,12 +101,18 @@ def check_writable(run_dir: Path, ckpt_dir: Path) -> None:
     a file name the run will write that is taken by a folder (e.g. ``model.pt/``)."""
     for folder in (run_dir, ckpt_dir if ckpt_dir.exists() else ckpt_dir.parent):
         if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
-            raise AamInputError(str(folder), "is not writable by this process", "choose another tracking.run_dir "
-                                "(or checkpoint.dir), or fix its permissions")
+            raise AamInputError(
+                str(folder),
+                "is not writable by this process",
+                "choose another tracking.run_dir (or checkpoint.dir), or fix its permissions",
+            )
     for name in (METRICS_FILE, EXPORT_NAME, "spec.json", "ds_config.json"):
         if (run_dir / name).is_dir():
-            raise AamInputError(str(run_dir / name), "is a folder, but the run writes a file of that name",
-                                "remove or rename it, or choose another tracking.run_dir")
+            raise AamInputError(
+                str(run_dir / name),
+                "is a folder, but the run writes a file of that name",
+                "remove or rename it, or choose another tracking.run_dir",
+            )
 
 
 def with_run_dir(spec: RunSpec, run_dir: Path) -> RunSpec:
@@ -120,8 +136,11 @@ def latest_run_dir(stage: str) -> Path:
     """The folder ``runs/<stage>-latest`` links to (a resumed run with no tracking.run_dir continues it)."""
     link = latest_link(stage)
     if not link.is_symlink():
-        raise AamInputError(str(link), f"not found: there is no previous {stage} run to resume",
-                            "run without --resume, or set tracking.run_dir to the folder of the run to continue")
+        raise AamInputError(
+            str(link),
+            f"not found: there is no previous {stage} run to resume",
+            "run without --resume, or set tracking.run_dir to the folder of the run to continue",
+        )
     return link.parent / os.readlink(link)
 
 
@@ -159,7 +178,8 @@ def in_use_error(run_dir: Path, history: list[Path]) -> AamInputError:
     """The AamInputError for a run folder that holds a previous run's files (``history``), naming the ways out."""
     shown = ", ".join(str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path) for path in history)
     return AamInputError(
-        str(run_dir), f"already holds a previous run ({shown})",
+        str(run_dir),
+        f"already holds a previous run ({shown})",
         "continue it with --resume (checkpoint.resume: true), choose another tracking.run_dir (unset: a new "
         "runs/<stage>-<time> folder), or set tracking.overwrite: true to delete its outputs first",
     )

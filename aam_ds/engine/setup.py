@@ -22,10 +22,15 @@ from aam_ds.model.aam import AAMModel
 from aam_ds.spec import BatchPlan, ModelSpec, RunSpec
 
 # model fields a fine-tuning run takes from its own spec (the rest of the architecture comes from the export)
-RUN_TIME_MODEL_FIELDS = ("dropout", "asv_chunk_size", "activation_checkpointing", "pretrained", "freeze_encoder",
-                         "freeze_sequence_encoder", "asv_identity_dropout")
-
-
+RUN_TIME_MODEL_FIELDS = (
+    "dropout",
+    "asv_chunk_size",
+    "activation_checkpointing",
+    "pretrained",
+    "freeze_encoder",
+    "freeze_sequence_encoder",
+    "asv_identity_dropout",
+)
 
 
 def check_world_size(spec: RunSpec, world_size: int) -> BatchPlan:
@@ -59,14 +64,21 @@ def build_model(spec: RunSpec, data: PreparedData, finetuning: bool) -> tuple[AA
     check_loss_compatible(spec.model, spec.loss)
     n_targets = len(data.target_names) if finetuning and spec.loss.task == "regression" else 0
     n_classes = len(data.class_names or []) if finetuning and spec.loss.task == "classification" else 0
-    args = {"max_seq_len": data.max_seq_len, "n_targets": n_targets, "n_classes": n_classes,
-            "covariate_cardinalities": [len(c) for c in data.covariate_classes] if finetuning else []}
+    args = {
+        "max_seq_len": data.max_seq_len,
+        "n_targets": n_targets,
+        "n_classes": n_classes,
+        "covariate_cardinalities": [len(c) for c in data.covariate_classes] if finetuning else [],
+    }
     model_spec = spec.model
     export = load_export(spec.model.pretrained) if spec.model.pretrained else None
     if export is not None:
         if export.model_args["max_seq_len"] < data.max_seq_len:
-            raise AamInputError(str(spec.model.pretrained), f"built for {export.model_args['max_seq_len']} nucleotides, data has {data.max_seq_len}",
-                                f"set data.max_seq_len={export.model_args['max_seq_len']}")
+            raise AamInputError(
+                str(spec.model.pretrained),
+                f"built for {export.model_args['max_seq_len']} nucleotides, data has {data.max_seq_len}",
+                f"set data.max_seq_len={export.model_args['max_seq_len']}",
+            )
         args["max_seq_len"] = export.model_args["max_seq_len"]
         keep = {k: getattr(spec.model, k) for k in RUN_TIME_MODEL_FIELDS}
         model_spec = type(spec.model).model_validate({**export.spec["model"], **keep})
@@ -76,7 +88,9 @@ def build_model(spec: RunSpec, data: PreparedData, finetuning: bool) -> tuple[AA
         missing, unexpected = model.load_state_dict(export.state_dict, strict=False)
         foreign = unexpected + [k for k in missing if not k.startswith(("task_head.", "target_normalizer."))]
         if foreign:
-            raise AamInputError(str(spec.model.pretrained), f"weights do not fit the model ({foreign[:5]})", "fine-tune with the export's model settings")
+            raise AamInputError(
+                str(spec.model.pretrained), f"weights do not fit the model ({foreign[:5]})", "fine-tune with the export's model settings"
+            )
     if export is not None and (spec.model.freeze_encoder or spec.model.freeze_sequence_encoder):
         model.asv_standardizer.fixed = True  # the pretrained sequence path stays as exported, statistics included
     model.mark_asvs_seen(torch.as_tensor(data.tokens[training_asvs(data)]))

@@ -75,16 +75,18 @@ def seed_micro_step(seed: int, micro_step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(value)
 
 
-def train_batches(data: PreparedData, spec: RunSpec, ctx: DistContext, micro: int,
-                  start: DataPosition = DataPosition()) -> tuple[GlobalBatchSampler, Iterator[dict[str, torch.Tensor]]]:
+def train_batches(
+    data: PreparedData, spec: RunSpec, ctx: DistContext, micro: int, start: DataPosition = DataPosition()
+) -> tuple[GlobalBatchSampler, Iterator[dict[str, torch.Tensor]]]:
     """This rank's sampler and iterator over its training micro-batches from ``start`` (augmented
     when the spec asks); ``sampler.position_after(k)`` is the stream's place after ``k`` micro-steps."""
     dataset, augment = data.dataset("train"), spec.data.augment
     sampler = GlobalBatchSampler(len(dataset), micro, ctx.world_size, ctx.rank, spec.schedule.seed, start, augment.active)
     if augment.active:
         dataset = AugmentedDataset(dataset, augment, spec.schedule.seed)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=spec.data.num_workers,
-                        pin_memory=ctx.device.type == "cuda")
+    loader = DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=spec.data.num_workers, pin_memory=ctx.device.type == "cuda"
+    )
     return sampler, iter(loader)
 
 
@@ -102,8 +104,13 @@ def optimizer_step(engine: Any, batches: Iterator, objective: Objective, ctx: Di
 
     if accum > 1 and "sample_embedding" in objective.want:
         return gradient_cache_step(
-            engine, accum, lambda micro: objective.cached_pairwise_forward(engine, micro_batches[micro], generator(micro)),
-            objective.loss.pairwise_weight, objective.distance_target.batch, losses.pairwise_distance_loss)
+            engine,
+            accum,
+            lambda micro: objective.cached_pairwise_forward(engine, micro_batches[micro], generator(micro)),
+            objective.loss.pairwise_weight,
+            objective.distance_target.batch,
+            losses.pairwise_distance_loss,
+        )
     totals: dict[str, torch.Tensor] = {}
     for micro, batch in enumerate(micro_batches):
         parts = objective(engine, batch, generator(micro))
@@ -114,8 +121,15 @@ def optimizer_step(engine: Any, batches: Iterator, objective: Objective, ctx: Di
     return dict(zip(totals, torch.stack(list(totals.values())).tolist()))
 
 
-def probe_peak(spec: RunSpec, ds_config: dict[str, Any], data: PreparedData, model_factory: Any, objective: Objective,
-               ctx: DistContext, meter: PeakMemory) -> float:
+def probe_peak(
+    spec: RunSpec,
+    ds_config: dict[str, Any],
+    data: PreparedData,
+    model_factory: Any,
+    objective: Objective,
+    ctx: DistContext,
+    meter: PeakMemory,
+) -> float:
     """This rank's peak memory (bytes) over 2 real training steps of a fresh engine with the batch
     layout of ``spec``; infinite when they run out of memory (any other error is raised)."""
     meter.reset()
@@ -135,8 +149,15 @@ def probe_peak(spec: RunSpec, ds_config: dict[str, Any], data: PreparedData, mod
         gc.collect()
 
 
-def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], plan: BatchPlan, data: PreparedData, model_factory: Any,
-                     objective: Objective, ctx: DistContext) -> BatchPlan:
+def find_micro_batch(
+    spec: RunSpec,
+    ds_config: dict[str, Any],
+    plan: BatchPlan,
+    data: PreparedData,
+    model_factory: Any,
+    objective: Objective,
+    ctx: DistContext,
+) -> BatchPlan:
     """``plan`` with the largest micro batch whose real training steps (all active losses, this ZeRO stage)
     stay under ``parallel.max_memory_gb`` per rank, among those that keep the global batch (micro x
     accumulation x ranks); every rank agrees on the worst rank's peak. Rank 0 prints each probe; the
@@ -147,8 +168,11 @@ def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], plan: BatchPlan, 
     lower = 2 if spec.loss.pairwise_weight > 0 else 1  # the pairwise loss needs pairs on every rank
     budget = memory_budget_gib(spec.parallel.max_memory_gb, ctx.device, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))
     candidates = micro_batch_candidates(per_rank, lower)
-    say(f"memory search: largest micro batch among {candidates} (global batch {plan.global_batch_size} kept) "
-        f"within {budget:.2f} GiB per rank, 2 real steps each, at most {MEMORY_SEARCH_CAP_S:.0f} s", flush=True)
+    say(
+        f"memory search: largest micro batch among {candidates} (global batch {plan.global_batch_size} kept) "
+        f"within {budget:.2f} GiB per rank, 2 real steps each, at most {MEMORY_SEARCH_CAP_S:.0f} s",
+        flush=True,
+    )
     start = time.perf_counter()
 
     def peak_for(micro: int) -> float | None:
@@ -156,9 +180,12 @@ def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], plan: BatchPlan, 
         # accumulation boundary does
         probe_spec, probe_config = with_batch_plan(spec, ds_config, plan.with_micro(micro, accumulation=1))
         peak = all_reduce_max(probe_peak(probe_spec, probe_config, data, model_factory, objective, ctx, meter), ctx.device)
-        say(f"memory search: micro batch {micro}: " + ("out of memory" if peak == float("inf") else
-            f"peak {peak / GIB:.2f} GiB, {'fits' if peak <= budget * GIB else 'too large'}") +
-            f" ({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+        say(
+            f"memory search: micro batch {micro}: "
+            + ("out of memory" if peak == float("inf") else f"peak {peak / GIB:.2f} GiB, {'fits' if peak <= budget * GIB else 'too large'}")
+            + f" ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
         return None if peak == float("inf") else peak
 
     def out_of_time() -> bool:
@@ -166,8 +193,15 @@ def find_micro_batch(spec: RunSpec, ds_config: dict[str, Any], plan: BatchPlan, 
 
     micro = search_micro_batch(peak_for, budget * GIB, candidates, out_of_time)
     if micro == 0:
-        raise AamInputError("parallel.max_memory_gb", f"even a micro batch of {lower} needs more than {budget:.2f} GiB per rank",
-                            "raise the budget, use a higher ZeRO stage or offload, or a smaller model")
-    say(f"memory search: micro batch {micro} x accumulation {per_rank // micro} ({time.perf_counter() - start:.0f} s"
-        + (", time cap reached" if out_of_time() else "") + ")", flush=True)
+        raise AamInputError(
+            "parallel.max_memory_gb",
+            f"even a micro batch of {lower} needs more than {budget:.2f} GiB per rank",
+            "raise the budget, use a higher ZeRO stage or offload, or a smaller model",
+        )
+    say(
+        f"memory search: micro batch {micro} x accumulation {per_rank // micro} ({time.perf_counter() - start:.0f} s"
+        + (", time cap reached" if out_of_time() else "")
+        + ")",
+        flush=True,
+    )
     return plan.with_micro(micro)

@@ -86,8 +86,9 @@ def pretrain(spec: RunSpec, ds_config_path: Path | None = None, on_evaluate: Eva
     return train(spec, ds_config_path, finetuning=False, on_evaluate=on_evaluate)
 
 
-def finetune(spec: RunSpec, ds_config_path: Path | None = None, data: PreparedData | None = None,
-             on_evaluate: EvalCallback | None = None) -> RunResult:
+def finetune(
+    spec: RunSpec, ds_config_path: Path | None = None, data: PreparedData | None = None, on_evaluate: EvalCallback | None = None
+) -> RunResult:
     """Fine-tune the task head (from ``model.pretrained`` when set); writes ``<run_dir>/model.pt``.
 
     ``data``: already prepared data whose ``splits`` replace the spec's split (cross-validation
@@ -98,8 +99,9 @@ def finetune(spec: RunSpec, ds_config_path: Path | None = None, data: PreparedDa
     return train(spec, ds_config_path, finetuning=True, data=data, on_evaluate=on_evaluate)
 
 
-def train(spec: RunSpec, ds_config_path: Path | None, finetuning: bool, data: PreparedData | None = None,
-          on_evaluate: EvalCallback | None = None) -> RunResult:
+def train(
+    spec: RunSpec, ds_config_path: Path | None, finetuning: bool, data: PreparedData | None = None, on_evaluate: EvalCallback | None = None
+) -> RunResult:
     """Build a :class:`Trainer` for this rank (``finetuning``: task head) and run it."""
     ctx = init_distributed(spec.parallel.collective_timeout_s)
     trainer = Trainer.build(ctx, spec, ds_config_path, finetuning, data)
@@ -120,9 +122,22 @@ class Trainer:
     checkpoint, or the checkpoint and :class:`RunInterrupted` after a Ctrl-C on any rank).
     """
 
-    def __init__(self, ctx: DistContext, spec: RunSpec, ds_config: dict[str, Any], plan: BatchPlan, finetuning: bool, data: PreparedData,
-                 model: AAMModel, model_args: dict[str, Any], model_spec: ModelSpec, objective: Objective, n_params: int,
-                 resume_tag: str | None = None, restart: tuple[int, DataPosition] | None = None):
+    def __init__(
+        self,
+        ctx: DistContext,
+        spec: RunSpec,
+        ds_config: dict[str, Any],
+        plan: BatchPlan,
+        finetuning: bool,
+        data: PreparedData,
+        model: AAMModel,
+        model_args: dict[str, Any],
+        model_spec: ModelSpec,
+        objective: Objective,
+        n_params: int,
+        resume_tag: str | None = None,
+        restart: tuple[int, DataPosition] | None = None,
+    ):
         """Builds the engine, the best-model tracker and the batch stream, resuming from checkpoint
         ``resume_tag`` (the one every rank agreed on) when given, or at ``restart`` (a step and the
         data position) with the model's weights as they are and a fresh optimizer (see
@@ -136,13 +151,18 @@ class Trainer:
         self.best = BestTracker.from_spec(spec)
         self.val = data.dataset("val") if len(data.splits.get("val", [])) else None
         if self.best is not None and self.val is None:
-            raise AamInputError("schedule.best_metric", "selecting the best model needs a validation split, and it is empty",
-                                "set data.split.val_fraction > 0, or unset schedule.best_metric")
+            raise AamInputError(
+                "schedule.best_metric",
+                "selecting the best model needs a validation split, and it is empty",
+                "set data.split.val_fraction > 0, or unset schedule.best_metric",
+            )
         start = DataPosition()
         if resume_tag is not None:
             state = ckpt.load_checkpoint(self.engine, self.ckpt_dir, resume_tag)
             self.start_step = state["step"]
-            start = data_position(state, self.start_step * plan.grad_accum_steps, len(data.splits["train"]), plan.micro_batch_size * plan.world_size)
+            start = data_position(
+                state, self.start_step * plan.grad_accum_steps, len(data.splits["train"]), plan.micro_batch_size * plan.world_size
+            )
             if self.best is not None:
                 self.best.restore(state)
         elif restart is not None:
@@ -163,8 +183,9 @@ class Trainer:
         self.scatter: Any = None  # the last validation's (predicted, true) distances, for the tracked plot
 
     @classmethod
-    def build(cls, ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetuning: bool,
-              data: PreparedData | None = None) -> Trainer:
+    def build(
+        cls, ctx: DistContext, spec: RunSpec, ds_config_path: Path | None, finetuning: bool, data: PreparedData | None = None
+    ) -> Trainer:
         """Spec reconciled with the DeepSpeed file -> run folder -> data -> model -> optional micro-batch
         search -> resume layout check -> free disk space check -> spec.json / ds_config.json -> engine and resume (:meth:`__init__`)."""
         spec, ds_config = resolve_ds_config(spec, ds_config_path)
@@ -180,7 +201,9 @@ class Trainer:
             plan = find_micro_batch(spec, ds_config, plan, data, lambda: build_model(spec, data, finetuning)[0], objective, ctx)
             spec, ds_config = with_batch_plan(spec, ds_config, plan)
         # before anything is written: a refused resume leaves the run as it was
-        resume_tag, restart = resume_point(spec, ckpt_dir, ctx, model, len(data.splits["train"])) if spec.checkpoint.resume else (None, None)
+        resume_tag, restart = (
+            resume_point(spec, ckpt_dir, ctx, model, len(data.splits["train"])) if spec.checkpoint.resume else (None, None)
+        )
         n_params = sum(p.numel() for p in model.parameters())  # before the engine: ZeRO-3 partitions the parameters
         check_free_space(ckpt_dir, n_params, spec.checkpoint.keep_last)
         if ctx.is_main:
@@ -192,12 +215,30 @@ class Trainer:
         """Steps from the resumed step to ``schedule.steps`` (or an early stop), then :meth:`finish`."""
         sched, par, ctx = self.spec.schedule, self.spec.parallel, self.ctx
         with make_logger(self.spec, ctx.rank, self.run_dir) as self.log:
-            self.log.start(self.spec, sched.steps, {
-                "world size": ctx.world_size, "parameters": parameter_text(self.model), "micro batch": self.plan.micro_batch_size,
-                "stage": "finetune" if self.finetuning else "pretrain", "run folder": str(self.run_dir),
-                "data": self.data.origin, "samples": self.data.sample_accounting(), "resumed at step": self.start_step})
-            self.log.print(estimate_table(self.n_params, ctx.world_size, par.precision, par.zero_stage,
-                                          par.offload_optimizer != "none", par.offload_param != "none"))
+            self.log.start(
+                self.spec,
+                sched.steps,
+                {
+                    "world size": ctx.world_size,
+                    "parameters": parameter_text(self.model),
+                    "micro batch": self.plan.micro_batch_size,
+                    "stage": "finetune" if self.finetuning else "pretrain",
+                    "run folder": str(self.run_dir),
+                    "data": self.data.origin,
+                    "samples": self.data.sample_accounting(),
+                    "resumed at step": self.start_step,
+                },
+            )
+            self.log.print(
+                estimate_table(
+                    self.n_params,
+                    ctx.world_size,
+                    par.precision,
+                    par.zero_stage,
+                    par.offload_optimizer != "none",
+                    par.offload_param != "none",
+                )
+            )
             self.window_start, self.window = time.perf_counter(), 0
             with stop_requests() as self.ctrl_c:
                 for step in range(self.start_step, sched.steps):
@@ -256,8 +297,10 @@ class Trainer:
             save_best(self.engine, self.ckpt_dir, step)
         if best is not None and step < self.spec.schedule.steps and all_reduce_max(float(best.exhausted), self.ctx.device) > 0:
             result.stopped_early = True
-            self.log.print(f"early stopping at step {step}: val {best.metric} has not improved on step {best.step}'s "
-                           f"{best.value:.4g} for {best.evals_since_best} evaluations")
+            self.log.print(
+                f"early stopping at step {step}: val {best.metric} has not improved on step {best.step}'s "
+                f"{best.value:.4g} for {best.evals_since_best} evaluations"
+            )
             return True
         return False
 
@@ -267,8 +310,10 @@ class Trainer:
         last, every = self.spec.schedule.steps, self.spec.checkpoint.every_steps
         if self.stop_requested and step < last:  # after the last step the run finishes instead
             self.save(step)
-            raise RunInterrupted(f"stopped after step {step} with a checkpoint in {self.ckpt_dir}; continue with "
-                                 f"--resume --set tracking.run_dir={self.run_dir}")
+            raise RunInterrupted(
+                f"stopped after step {step} with a checkpoint in {self.ckpt_dir}; continue with "
+                f"--resume --set tracking.run_dir={self.run_dir}"
+            )
         if every and step % every == 0 and step != last:
             self.save(step)
 
@@ -292,12 +337,20 @@ class Trainer:
         state_dict = ckpt.consolidated_state_dict(self.engine, self.ckpt_dir, tag)
         result.export_path = self.run_dir / EXPORT_NAME
         if self.ctx.is_main:
-            export = Export(state_dict, export_spec(self.spec, self.model_spec), self.model_args,
-                            target_description(self.data, self.model, self.finetuning), export_step)
+            export = Export(
+                state_dict,
+                export_spec(self.spec, self.model_spec),
+                self.model_args,
+                target_description(self.data, self.model, self.finetuning),
+                export_step,
+            )
             write_export(result.export_path, export)
             self.log.print(f"consolidated model (step {export_step}) written to {result.export_path}")
-            predictions = write_split_predictions(export, self.data, self.run_dir, self.plan.micro_batch_size,
-                                                  self.ctx.device) if self.finetuning else {}
+            predictions = (
+                write_split_predictions(export, self.data, self.run_dir, self.plan.micro_batch_size, self.ctx.device)
+                if self.finetuning
+                else {}
+            )
             if self.log.keeps_files:  # W&B / MLflow: the run's files and evaluation reports
                 for folder, paths in run_files(self.run_dir, self.data, predictions, self.scatter).items():
                     self.log.log_artifacts(paths, folder)
@@ -315,23 +368,28 @@ def nonfinite_loss_error(step: int, count: int, metrics: dict[str, float], ckpt_
     terms = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items() if name != "loss")
     last = ckpt.latest_tag(ckpt_dir)
     return AamInputError(
-        "schedule.max_nonfinite_steps", f"the loss was not finite for {count} consecutive steps, up to step {step} ({terms})",
+        "schedule.max_nonfinite_steps",
+        f"the loss was not finite for {count} consecutive steps, up to step {step} ({terms})",
         "lower optim.lr (or raise schedule.warmup_steps), check the data for extreme values, or use fp32/bf16 instead of "
         "fp16; " + (f"the last checkpoint is {ckpt_dir / last}" if last else "no checkpoint was written before it"),
     )
 
 
-def save_progress(engine: Any, spec: RunSpec, ckpt_dir: Path, step: int, best: BestTracker | None, world_size: int,
-                  position: DataPosition) -> str:
+def save_progress(
+    engine: Any, spec: RunSpec, ckpt_dir: Path, step: int, best: BestTracker | None, world_size: int, position: DataPosition
+) -> str:
     """A resumable checkpoint of ``step`` (collective), with the best-model tracker's state and the
     data position in samples; returns its tag."""
     state = {**(best.state() if best else {}), DATA_POSITION: list(position)}
-    return ckpt.save_checkpoint(engine, ckpt_dir, step, state, spec.checkpoint.keep_last,
-                                ckpt.checkpoint_layout(spec, world_size))
+    return ckpt.save_checkpoint(engine, ckpt_dir, step, state, spec.checkpoint.keep_last, ckpt.checkpoint_layout(spec, world_size))
 
 
 def save_best(engine: Any, ckpt_dir: Path, step: int) -> None:
     """Overwrite ``<ckpt_dir>/best`` with the current state (collective: every rank writes its shard)."""
-    written_on_every_rank(lambda: engine.save_checkpoint(str(ckpt_dir), tag=BEST_TAG, client_state={"step": step}, save_latest=False),
-                          ckpt_dir / BEST_TAG, checkpoint_bytes(engine_parameters(engine)),
-                          "free disk space, or set checkpoint.dir to a larger file system", collective=True)
+    written_on_every_rank(
+        lambda: engine.save_checkpoint(str(ckpt_dir), tag=BEST_TAG, client_state={"step": step}, save_latest=False),
+        ckpt_dir / BEST_TAG,
+        checkpoint_bytes(engine_parameters(engine)),
+        "free disk space, or set checkpoint.dir to a larger file system",
+        collective=True,
+    )

@@ -12,10 +12,17 @@ from aam_ds.errors import AamInputError
 from aam_ds.spec.flags import SPLIT_KINDS, TASKS, add_spec_arguments, fill_from_spec, spec_flag_help
 
 # rf-baseline flag dest -> (run-spec field, default without a spec); --target is data.targets' only column
-RF_SPEC_FIELDS = {"table": ("data.table", None), "metadata": ("data.metadata", None), "task": ("loss.task", None),
-                  "folds": ("data.split.folds", 5), "split": ("data.split.kind", None),
-                  "group_column": ("data.split.group_column", None), "stratify_column": ("data.split.column", None),
-                  "folds_file": ("data.split.folds_file", None), "seed": ("data.split.seed", 0)}
+RF_SPEC_FIELDS = {
+    "table": ("data.table", None),
+    "metadata": ("data.metadata", None),
+    "task": ("loss.task", None),
+    "folds": ("data.split.folds", 5),
+    "split": ("data.split.kind", None),
+    "group_column": ("data.split.group_column", None),
+    "stratify_column": ("data.split.column", None),
+    "folds_file": ("data.split.folds_file", None),
+    "seed": ("data.split.seed", 0),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -24,7 +31,9 @@ RF_SPEC_FIELDS = {"table": ("data.table", None), "metadata": ("data.metadata", N
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``aam-ds evaluate`` to ``parser``."""
-    parser.add_argument("--predictions", type=Path, required=True, help="predictions TSV (sample_id, <target>[, <target>_std | prob_<class>...])")
+    parser.add_argument(
+        "--predictions", type=Path, required=True, help="predictions TSV (sample_id, <target>[, <target>_std | prob_<class>...])"
+    )
     parser.add_argument("--metadata", type=Path, required=True, help="QIIME 2 metadata TSV holding the true values")
     parser.add_argument("--target", required=True, help="metadata column that was predicted")
     parser.add_argument("--task", choices=TASKS, default=None, help="default: classification when the file has prob_<class> columns")
@@ -47,9 +56,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     groups = _group_series(rows, args.group_column)
     out_dir = args.out_dir or args.predictions.with_name(args.predictions.name + ".eval")
     report = write_evaluation(
-        out_dir, kept, truth, groups, args.worst, args.positive_class,
+        out_dir,
+        kept,
+        truth,
+        groups,
+        args.worst,
+        args.positive_class,
         extra={"metadata": str(args.metadata), "samples_without_metadata": len(predictions.sample_ids) - len(kept.sample_ids)},
-    )  # fmt: skip
+    )
     console = wide_console()
     console.print(metrics_table({args.predictions.name: report["metrics"]}, kept.task, f"{args.target} ({kept.task})"))
     dropped = report["samples_without_metadata"]
@@ -64,9 +78,10 @@ def _group_series(rows: pd.DataFrame, column: str | None) -> pd.Series | None:
         return None
     if column not in rows.columns:
         raise AamInputError(
-            f"--group-column {column}", f"no such column in {rows.attrs.get('source', 'the metadata')}",
+            f"--group-column {column}",
+            f"no such column in {rows.attrs.get('source', 'the metadata')}",
             f"name an existing metadata column (e.g. {list(rows.columns)[:8]})",
-        )  # fmt: skip
+        )
     return rows[column].fillna("<missing>").astype(str).rename(column)
 
 
@@ -81,18 +96,33 @@ def add_rf_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help=spec_flag_help("metadata column to predict", "data.targets (one column)"))
     parser.add_argument("--task", choices=TASKS, help=spec_flag_help("default: regression for a numeric column", "loss.task"))
     parser.add_argument("--folds", type=int, help=spec_flag_help("number of cross-validation folds", "data.split.folds", 5))
-    parser.add_argument("--split", choices=SPLIT_KINDS, help=spec_flag_help(
-        "default: grouped with a group option, else stratified (classification) or random", "data.split.kind"))
-    parser.add_argument("--group-column", help=spec_flag_help("metadata column whose groups never straddle folds", "data.split.group_column"))
-    parser.add_argument("--stratify-column", help=spec_flag_help("stratified folds: column to balance (default: the target)", "data.split.column"))
-    parser.add_argument("--folds-file", type=Path, help=spec_flag_help("reuse the folds of an earlier run (folds.tsv)", "data.split.folds_file"))
+    parser.add_argument(
+        "--split",
+        choices=SPLIT_KINDS,
+        help=spec_flag_help("default: grouped with a group option, else stratified (classification) or random", "data.split.kind"),
+    )
+    parser.add_argument(
+        "--group-column", help=spec_flag_help("metadata column whose groups never straddle folds", "data.split.group_column")
+    )
+    parser.add_argument(
+        "--stratify-column", help=spec_flag_help("stratified folds: column to balance (default: the target)", "data.split.column")
+    )
+    parser.add_argument(
+        "--folds-file", type=Path, help=spec_flag_help("reuse the folds of an earlier run (folds.tsv)", "data.split.folds_file")
+    )
     parser.add_argument("--seed", type=int, help=spec_flag_help("seeds the folds and the forest", "data.split.seed", 0))
     parser.add_argument("--trees", type=int, default=500, help="trees of the forest")
     parser.add_argument("--n-jobs", type=int, default=1, help="cores for the forest (-1 = all)")
     parser.add_argument("--max-features", default=None, help="features per split: sqrt, log2 or a fraction (default: scikit-learn's)")
     parser.add_argument("--positive-class", default=None, help="binary AUC / F1 class (default: the second class name)")
-    parser.add_argument("--compare", type=Path, action="append", default=[], metavar="P.tsv",
-                        help="another model's out-of-fold predictions of the same samples (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="P.tsv",
+        help="another model's out-of-fold predictions of the same samples (repeatable)",
+    )
     parser.add_argument("--out-dir", type=Path, default=Path("rf_baseline"), help="report folder (predictions, folds.tsv, metrics)")
     add_spec_arguments(parser)
 
@@ -103,8 +133,11 @@ def _rf_flags_from_spec(args: argparse.Namespace) -> None:
     args.task = None if args.task == "none" else args.task
     if args.target is None and len(spec.data.targets) == 1:
         args.target = spec.data.targets[0]
-    for flag, value, field in (("--table", args.table, "data.table"), ("--metadata", args.metadata, "data.metadata"),
-                               ("--target", args.target, "data.targets (one column)")):
+    for flag, value, field in (
+        ("--table", args.table, "data.table"),
+        ("--metadata", args.metadata, "data.metadata"),
+        ("--target", args.target, "data.targets (one column)"),
+    ):
         if value is None:
             raise AamInputError(flag, "not given", f"pass {flag}, or --spec with {field} set")
 
@@ -130,15 +163,28 @@ def run_rf_baseline(args: argparse.Namespace) -> int:
         split = args.split or ("grouped" if args.group_column else "stratified" if task == "classification" else "random")
         held_out = _draw_folds(metadata, split, args)
     cv = cross_validate_rf(
-        table, args.target, truth, train_test_pairs(held_out, len(truth)), class_names,
-        args.trees, args.seed, args.n_jobs, _max_features(args.max_features), args.positive_class,
-    )  # fmt: skip
+        table,
+        args.target,
+        truth,
+        train_test_pairs(held_out, len(truth)),
+        class_names,
+        args.trees,
+        args.seed,
+        args.n_jobs,
+        _max_features(args.max_features),
+        args.positive_class,
+    )
     out = args.out_dir
     write_predictions(out / "rf_predictions.tsv", cv.predictions)
     write_folds(out / "folds.tsv", table.sample_ids, held_out)
     settings = {k: str(v) for k, v in vars(args).items() if k not in ("func", "compare")}
-    write_evaluation(out, cv.predictions, truth, extra={"fold_metrics": cv.fold_metrics, "split": split, "settings": settings},
-                     positive_class=args.positive_class)  # fmt: skip
+    write_evaluation(
+        out,
+        cv.predictions,
+        truth,
+        extra={"fold_metrics": cv.fold_metrics, "split": split, "settings": settings},
+        positive_class=args.positive_class,
+    )
     console = wide_console()
     title = f"random forest, {args.target} ({task}), {len(held_out)} folds {split}, {args.trees} trees"
     console.print(metrics_table(cv.table_rows(), task, title, first_column="fold"))
@@ -155,9 +201,10 @@ def infer_task(metadata: pd.DataFrame, target: str) -> str:
     """Regression for a numeric metadata column, classification otherwise."""
     if target not in metadata.columns:
         raise AamInputError(
-            f"--target {target}", f"no such column in {metadata.attrs.get('source', 'the metadata')}",
+            f"--target {target}",
+            f"no such column in {metadata.attrs.get('source', 'the metadata')}",
             f"name an existing metadata column (e.g. {list(metadata.columns)[:8]})",
-        )  # fmt: skip
+        )
     from aam_ds.data.metadata import is_numeric_column
 
     return "regression" if is_numeric_column(metadata[target]) else "classification"

@@ -77,7 +77,12 @@ def cross_validate_estimator(
             probabilities[test] = 0.0
             probabilities[np.ix_(test, [column_of[c] for c in model.classes_])] = model.predict_proba(features[test])
     predictions = Predictions(
-        target, list(sample_ids), values=values, probabilities=probabilities, class_names=tuple(class_names), source=source,
-    )  # fmt: skip
+        target,
+        list(sample_ids),
+        values=values,
+        probabilities=probabilities,
+        class_names=tuple(class_names),
+        source=source,
+    )
     fold_metrics = [score(predictions.take(test), truth[test], positive_class) for _, test in folds]
     return CrossValidation(predictions, truth, fold_of, fold_metrics, score(predictions, truth, positive_class))

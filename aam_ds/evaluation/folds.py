@@ -79,9 +79,10 @@ def read_folds(path: str | Path, sample_ids: Sequence[str]) -> list[np.ndarray]:
     missing = [s for s in sample_ids if s not in fold_by_id]
     if missing:
         raise AamInputError(
-            str(path), f"{len(missing)} of {len(sample_ids)} samples have no fold, e.g. {missing[:5]}",
+            str(path),
+            f"{len(missing)} of {len(sample_ids)} samples have no fold, e.g. {missing[:5]}",
             "write the folds file for this table (same samples), or drop those samples from the table",
-        )  # fmt: skip
+        )
     fold_of = np.array([fold_by_id[s] for s in sample_ids], dtype=np.int64)
     k = int(fold_of.max()) + 1
     folds = [np.flatnonzero(fold_of == f) for f in range(k)]

@@ -53,6 +53,13 @@ def cross_validate_linear(
     :func:`aam_ds.evaluation.cross_validation.cross_validate_estimator`)."""
     task = "classification" if class_names else "regression"
     return cross_validate_estimator(
-        clr(table), lambda: linear_model(task, seed), table.sample_ids, target, truth, folds, class_names,
-        positive_class, "linear model on CLR (out of fold)",
-    )  # fmt: skip
+        clr(table),
+        lambda: linear_model(task, seed),
+        table.sample_ids,
+        target,
+        truth,
+        folds,
+        class_names,
+        positive_class,
+        "linear model on CLR (out of fold)",
+    )

@@ -108,20 +108,24 @@ def per_group_table(scored: pd.DataFrame, group_column: str) -> pd.DataFrame:
     """
     grouped = scored.groupby(group_column, dropna=False, sort=True)
     if "abs_error" in scored.columns:
-        table = pd.DataFrame({
-            "n": grouped.size(),
-            "mae": grouped["abs_error"].mean(),
-            "rmse": grouped["residual"].apply(lambda r: float(np.sqrt(np.mean(np.square(r))))),
-            "bias": grouped["residual"].mean(),
-            "mean_true": grouped["true"].mean(),
-        })  # fmt: skip
+        table = pd.DataFrame(
+            {
+                "n": grouped.size(),
+                "mae": grouped["abs_error"].mean(),
+                "rmse": grouped["residual"].apply(lambda r: float(np.sqrt(np.mean(np.square(r))))),
+                "bias": grouped["residual"].mean(),
+                "mean_true": grouped["true"].mean(),
+            }
+        )
         worst_first = "mae"
     else:
-        table = pd.DataFrame({
-            "n": grouped.size(),
-            "accuracy": grouped["correct"].mean(),
-            "mean_prob_true": grouped["prob_true"].mean(),
-        })  # fmt: skip
+        table = pd.DataFrame(
+            {
+                "n": grouped.size(),
+                "accuracy": grouped["correct"].mean(),
+                "mean_prob_true": grouped["prob_true"].mean(),
+            }
+        )
         worst_first = "accuracy"
     return table.sort_values(worst_first, ascending=worst_first == "accuracy", kind="stable")
 

@@ -52,7 +52,9 @@ def plot_residuals(path: str | Path, y_true: np.ndarray, y_pred: np.ndarray, tar
     return save_figure(fig, path)
 
 
-def plot_confusion_matrix(path: str | Path, y_true: Sequence[str], y_pred: Sequence[str], class_names: Sequence[str], title: str = "") -> Path:
+def plot_confusion_matrix(
+    path: str | Path, y_true: Sequence[str], y_pred: Sequence[str], class_names: Sequence[str], title: str = ""
+) -> Path:
     """Counts of (true class, predicted class), rows = truth, columns = prediction."""
     index = {c: i for i, c in enumerate(class_names)}
     counts = np.zeros((len(class_names), len(class_names)), dtype=np.int64)

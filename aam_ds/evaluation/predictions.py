@@ -53,9 +53,14 @@ class Predictions:
         rows = np.asarray(rows, dtype=np.int64)
         pick = lambda a: None if a is None else a[rows]  # noqa: E731
         return Predictions(
-            self.target, [self.sample_ids[i] for i in rows], pick(self.values), pick(self.std),
-            pick(self.probabilities), self.class_names, self.source,
-        )  # fmt: skip
+            self.target,
+            [self.sample_ids[i] for i in rows],
+            pick(self.values),
+            pick(self.std),
+            pick(self.probabilities),
+            self.class_names,
+            self.source,
+        )
 
 
 def write_predictions(path: str | Path, predictions: Predictions) -> None:
@@ -88,9 +93,10 @@ def read_predictions(path: str | Path, target: str, task: str | None = None) -> 
     for column in (SAMPLE_ID, target):
         if column not in frame.columns:
             raise AamInputError(
-                source, f"no column {column!r} (columns: {list(frame.columns)[:10]})",
+                source,
+                f"no column {column!r} (columns: {list(frame.columns)[:10]})",
                 f"the file needs '{SAMPLE_ID}' and the predicted target's column; check --target",
-            )  # fmt: skip
+            )
     ids = frame[SAMPLE_ID].tolist()
     repeated = frame[SAMPLE_ID][frame[SAMPLE_ID].duplicated()].tolist()
     if repeated:
@@ -99,10 +105,11 @@ def read_predictions(path: str | Path, target: str, task: str | None = None) -> 
     found = "classification" if prob_columns else "regression"
     if task is not None and task != found:
         raise AamInputError(
-            source, f"--task {task} but the file holds {found} predictions "
+            source,
+            f"--task {task} but the file holds {found} predictions "
             f"({'prob_<class> columns' if prob_columns else f'no prob_<class> columns, only {target!r}'})",
             "pass the matching --task (or leave it out to infer it)",
-        )  # fmt: skip
+        )
     if found == "classification":
         probabilities = _finite(frame, prob_columns, source)
         names = tuple(c.removeprefix(PROB_PREFIX) for c in prob_columns)
@@ -118,5 +125,7 @@ def _finite(frame: pd.DataFrame, columns: list[str], source: str) -> np.ndarray:
     bad_rows, bad_cols = np.nonzero(~np.isfinite(values))
     if len(bad_rows):
         examples = [f"{frame[SAMPLE_ID].iloc[r]}:{columns[c]}" for r, c in zip(bad_rows[:5], bad_cols[:5])]
-        raise AamInputError(source, f"{len(bad_rows)} missing or non-numeric predictions, e.g. {examples}", "write a finite number in every prediction cell")
+        raise AamInputError(
+            source, f"{len(bad_rows)} missing or non-numeric predictions, e.g. {examples}", "write a finite number in every prediction cell"
+        )
     return values

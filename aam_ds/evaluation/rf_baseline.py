@@ -51,9 +51,16 @@ def cross_validate_rf(
     see :func:`aam_ds.evaluation.cross_validation.cross_validate_estimator` for ``truth``, ``class_names`` and ``folds``."""
     task = "classification" if class_names else "regression"
     return cross_validate_estimator(
-        relative_abundance(table), lambda: random_forest(task, trees, seed, n_jobs, max_features), table.sample_ids,
-        target, truth, folds, class_names, positive_class, "random forest (out of fold)",
-    )  # fmt: skip
+        relative_abundance(table),
+        lambda: random_forest(task, trees, seed, n_jobs, max_features),
+        table.sample_ids,
+        target,
+        truth,
+        folds,
+        class_names,
+        positive_class,
+        "random forest (out of fold)",
+    )
 
 
 def comparison_rows(
@@ -70,9 +77,10 @@ def comparison_rows(
         common = shared & set(other.sample_ids)
         if not common:
             raise AamInputError(
-                other.source, f"no sample in common with the {reference_name} predictions ({len(row_of)} samples)",
+                other.source,
+                f"no sample in common with the {reference_name} predictions ({len(row_of)} samples)",
                 "compare out-of-fold predictions of the same samples (same table)",
-            )  # fmt: skip
+            )
         shared = common
     rows_cv = np.array(sorted(row_of[s] for s in shared), dtype=np.int64)
     ids = [cv.predictions.sample_ids[i] for i in rows_cv]
@@ -84,9 +92,6 @@ def comparison_rows(
     pooled, spread = {}, {}
     for name, predictions in models.items():
         pooled[f"{name} (pooled)"] = score(predictions, truth, positive_class)
-        per_fold = [
-            score(predictions.take(np.flatnonzero(fold_of == f)), truth[fold_of == f], positive_class)
-            for f in np.unique(fold_of)
-        ]
+        per_fold = [score(predictions.take(np.flatnonzero(fold_of == f)), truth[fold_of == f], positive_class) for f in np.unique(fold_of)]
         spread[f"{name} (fold mean ± std)"] = fold_spread(per_fold)
     return {**pooled, **spread}

@@ -44,8 +44,11 @@ def explain_data(inputs: ModelInputs, sample_ids: Sequence[str] | None = None, s
     if sample_ids is not None:
         missing = [s for s in sample_ids if s not in by_id]
         if missing:
-            raise AamInputError(source, f"{len(missing)} sample IDs are not in the table (after preprocessing), e.g. {missing[:5]}",
-                                "list IDs spelled as in the table, one per line")
+            raise AamInputError(
+                source,
+                f"{len(missing)} sample IDs are not in the table (after preprocessing), e.g. {missing[:5]}",
+                "list IDs spelled as in the table, one per line",
+            )
     order = [by_id[s] for s in sample_ids] if sample_ids is not None else list(range(len(inputs.sample_ids)))
     if not order:
         raise AamInputError(source, "no samples to explain", "give at least one sample")

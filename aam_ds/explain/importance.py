@@ -68,8 +68,9 @@ class Score:
     high: np.ndarray | None = None
 
 
-def integrated_gradients(forward: SampleForward, target: Target, steps: int = 32, on_samples: Progress = None,
-                         baseline: str = "mean") -> np.ndarray:
+def integrated_gradients(
+    forward: SampleForward, target: Target, steps: int = 32, on_samples: Progress = None, baseline: str = "mean"
+) -> np.ndarray:
     """Attributions ``float64 [N, K]`` of every (sample, ASV) pair (0 where the ASV is absent); see the module docstring."""
     from captum.attr import IntegratedGradients
 
@@ -90,8 +91,14 @@ def integrated_gradients(forward: SampleForward, target: Target, steps: int = 32
         extra = (batch.counts,) + ((batch.covariates,) if batch.covariates is not None else ())
         with torch.enable_grad():
             base = torch.zeros_like(x) if reference is None else reference.expand_as(x) * (batch.slots >= 0)[..., None]
-            attr = method.attribute(x, baselines=base, target=_ig_target(forward, target, batch, x, rows),
-                                    additional_forward_args=extra, n_steps=steps, internal_batch_size=forward.batch_size * 4)
+            attr = method.attribute(
+                x,
+                baselines=base,
+                target=_ig_target(forward, target, batch, x, rows),
+                additional_forward_args=extra,
+                n_steps=steps,
+                internal_batch_size=forward.batch_size * 4,
+            )
         per_slot = attr.sum(-1).detach().double().cpu().numpy()
         slots = batch.slots.cpu().numpy()
         b, a = np.nonzero(slots >= 0)
@@ -128,8 +135,7 @@ def mean_absolute(attributions: np.ndarray) -> Score:
     return Score(np.abs(attributions).mean(axis=0))
 
 
-def permutation_importance(forward: SampleForward, target: Target, repeats: int = 5, seed: int = 0,
-                           on_asv: Progress = None) -> Score:
+def permutation_importance(forward: SampleForward, target: Target, repeats: int = 5, seed: int = 0, on_asv: Progress = None) -> Score:
     """Metric increase when each ASV's counts are permuted across samples, mean and 95 % t-interval over ``repeats``."""
     if repeats < 1:
         raise AamInputError("--repeats", f"must be at least 1, got {repeats}", "give a positive number of permutations")
@@ -154,8 +160,11 @@ def removal_importance(forward: SampleForward, target: Target, on_asv: Progress 
 def require_values(target: Target, method: str) -> None:
     """Refuse (AamInputError) a metric-based method without the true values of the explained samples."""
     if target.values is None:
-        raise AamInputError(f"--method {method}", "needs the true values of the explained samples",
-                            f"add --metadata FILE --target {target.name}, or choose --method integrated_gradients attention")
+        raise AamInputError(
+            f"--method {method}",
+            "needs the true values of the explained samples",
+            f"add --metadata FILE --target {target.name}, or choose --method integrated_gradients attention",
+        )
 
 
 def _baseline(forward: SampleForward, target: Target, method: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -164,8 +173,15 @@ def _baseline(forward: SampleForward, target: Target, method: str) -> tuple[np.n
     return forward.data.counts, predictions, target.metric(predictions)
 
 
-def _scenario_metrics(forward: SampleForward, target: Target, counts: np.ndarray, base_predictions: np.ndarray,
-                      scenarios: list[tuple[int, np.ndarray]], on_asv: Progress, per_asv: int) -> np.ndarray:
+def _scenario_metrics(
+    forward: SampleForward,
+    target: Target,
+    counts: np.ndarray,
+    base_predictions: np.ndarray,
+    scenarios: list[tuple[int, np.ndarray]],
+    on_asv: Progress,
+    per_asv: int,
+) -> np.ndarray:
     """The metric ``[S]`` of each scenario ``(column, values)``: ``counts`` with that column replaced.
     Only samples whose count changes are predicted again, those of several scenarios in one pass."""
     metrics = np.zeros(len(scenarios))

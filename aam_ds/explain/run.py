@@ -57,9 +57,14 @@ class ExplainOptions:
     device: str = "cpu"
 
 
-def explain_table(model: str | Path, table: str | Path, out_dir: str | Path, options: ExplainOptions,
-                  sequences: str | Path | None = None,
-                  progress: Callable[[int], Callable[[int], None]] | None = None) -> pd.DataFrame:
+def explain_table(
+    model: str | Path,
+    table: str | Path,
+    out_dir: str | Path,
+    options: ExplainOptions,
+    sequences: str | Path | None = None,
+    progress: Callable[[int], Callable[[int], None]] | None = None,
+) -> pd.DataFrame:
     """Explain ``model`` (a ``model.pt``) on ``table``; write the files of the module docstring and
     return the per-ASV importance table. Raises AamInputError for unknown methods or targets,
     permutation / removal without true values, and whatever ``aam-ds predict`` refuses."""
@@ -90,7 +95,9 @@ def _sample_ids(path: Path | None) -> list[str] | None:
     if path is None:
         return None
     if not Path(path).is_file():
-        raise AamInputError(str(path), "sample ID file not found", "give a text file with one sample ID per line (e.g. <run_dir>/splits/val.txt)")
+        raise AamInputError(
+            str(path), "sample ID file not found", "give a text file with one sample ID per line (e.g. <run_dir>/splits/val.txt)"
+        )
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
 
@@ -112,8 +119,11 @@ def resolve_target(export: Export, options: ExplainOptions, sample_ids: list[str
     codes, found = categorical_codes(frame, name, "--target")
     unknown = [c for c in found if c not in target.classes]
     if unknown:
-        raise AamInputError(f"{options.metadata} column {name!r}", f"classes {unknown[:5]} were not seen in training ({list(target.classes)})",
-                            "explain only samples of the training classes (--samples)")
+        raise AamInputError(
+            f"{options.metadata} column {name!r}",
+            f"classes {unknown[:5]} were not seen in training ({list(target.classes)})",
+            "explain only samples of the training classes (--samples)",
+        )
     target.values = np.array([target.classes.index(c) for c in found], dtype=np.int64)[codes]
     return target
 
@@ -125,8 +135,9 @@ def check_methods(methods: tuple[str, ...], target: imp.Target | None) -> None:
             imp.require_values(target, method)
 
 
-def importance_scores(forward: SampleForward, target: imp.Target | None, maps, options: ExplainOptions,
-                      advance: Callable[[int], None] | None) -> dict[str, imp.Score]:
+def importance_scores(
+    forward: SampleForward, target: imp.Target | None, maps, options: ExplainOptions, advance: Callable[[int], None] | None
+) -> dict[str, imp.Score]:
     """Each requested method's per-ASV :class:`Score`."""
     scores: dict[str, imp.Score] = {}
     for method in options.methods:
@@ -144,8 +155,10 @@ def importance_scores(forward: SampleForward, target: imp.Target | None, maps, o
 def importance_table(data: ExplainData, scores: dict[str, imp.Score], taxa: list[str] | None) -> pd.DataFrame:
     """The per-ASV table of the module docstring (rows in descending order of the first method's score)."""
     relative = data.counts / data.counts.sum(axis=1, keepdims=True)
-    table = pd.DataFrame({"n_samples": (data.counts > 0).sum(axis=0), "mean_relative_abundance": relative.mean(axis=0)},
-                         index=pd.Index(data.asv_ids, name="asv_id"))
+    table = pd.DataFrame(
+        {"n_samples": (data.counts > 0).sum(axis=0), "mean_relative_abundance": relative.mean(axis=0)},
+        index=pd.Index(data.asv_ids, name="asv_id"),
+    )
     if taxa is not None:
         table.insert(0, "taxon", taxa)
     for method, score in scores.items():
@@ -156,8 +169,9 @@ def importance_table(data: ExplainData, scores: dict[str, imp.Score], taxa: list
     return table.sort_values(next(iter(scores)), ascending=False) if scores else table
 
 
-def write_importance(out_dir: Path, data: ExplainData, scores: dict[str, imp.Score], taxonomy: pd.Series | None,
-                     level: int, target: imp.Target | None) -> pd.DataFrame:
+def write_importance(
+    out_dir: Path, data: ExplainData, scores: dict[str, imp.Score], taxonomy: pd.Series | None, level: int, target: imp.Target | None
+) -> pd.DataFrame:
     """Write importance.tsv and the top-ASV / top-taxon plots from per-ASV ``scores`` (by taxon at ``level`` with a taxonomy); returns the table."""
     taxa = taxa_of(data.asv_ids, taxonomy, level) if taxonomy is not None else None
     table = importance_table(data, scores, taxa)
@@ -174,8 +188,13 @@ def write_importance(out_dir: Path, data: ExplainData, scores: dict[str, imp.Sco
             by_taxon[f"{method}_rank"] = by_taxon[method].rank(ascending=False, method="min").astype(int)
         by_taxon = by_taxon.sort_values(methods[0], ascending=False)
         _write_tsv(by_taxon, out_dir / "importance_by_taxon.tsv")
-        plots.plot_top_features(out_dir / "top_taxa.png", by_taxon.assign(label=[short_taxon(t) for t in by_taxon.index]),
-                                methods, "label", f"top taxa for {what} (ASV scores summed per taxon)")
+        plots.plot_top_features(
+            out_dir / "top_taxa.png",
+            by_taxon.assign(label=[short_taxon(t) for t in by_taxon.index]),
+            methods,
+            "label",
+            f"top taxa for {what} (ASV scores summed per taxon)",
+        )
     return table
 
 
@@ -193,9 +212,15 @@ def write_attention(out_dir: Path, forward: SampleForward, maps, show: int) -> N
     """``attention_asv.tsv``, and for the first ``show`` samples the NPZ arrays and the three plots."""
     data = forward.data
     present = np.maximum((data.counts > 0).sum(axis=0), 1)
-    frame = pd.DataFrame({"n_samples": (data.counts > 0).sum(axis=0), "mean_pool": maps.pool.sum(axis=0) / present,
-                          "mean_pool_weighted": maps.pool_weighted.sum(axis=0) / present,
-                          "mean_received": maps.received.sum(axis=0) / present}, index=pd.Index(data.asv_ids, name="asv_id"))
+    frame = pd.DataFrame(
+        {
+            "n_samples": (data.counts > 0).sum(axis=0),
+            "mean_pool": maps.pool.sum(axis=0) / present,
+            "mean_pool_weighted": maps.pool_weighted.sum(axis=0) / present,
+            "mean_received": maps.received.sum(axis=0) / present,
+        },
+        index=pd.Index(data.asv_ids, name="asv_id"),
+    )
     _write_tsv(frame.sort_values("mean_pool", ascending=False), out_dir / "attention_asv.tsv")
     arrays: dict[str, np.ndarray] = {}
     for i, sample in enumerate(data.sample_ids[: max(show, 0)]):
@@ -210,14 +235,29 @@ def _plot_sample(out_dir: Path, forward: SampleForward, row: int, sample: str) -
     labels = [data.asv_ids[c][:10] for c in found["columns"]]
     if len(found["layers"]):
         plots.plot_sample_attention(out_dir / f"attention_{row}.png", found["layers"], labels, f"sample {sample}: ASV-to-ASV attention")
-    plots.plot_pool_weights(out_dir / f"pool_{row}.png", found["pool"], found["pool_weighted"], labels,
-                            f"sample {sample}: attention pooling into the sample embedding")
+    plots.plot_pool_weights(
+        out_dir / f"pool_{row}.png",
+        found["pool"],
+        found["pool_weighted"],
+        labels,
+        f"sample {sample}: attention pooling into the sample embedding",
+    )
     top = int(found["columns"][np.argmax(found["pool"])])
     tokens = torch.from_numpy(data.tokens[[top]].astype(np.int64)).to(forward.device)
     nucleotides = nucleotide_attention(forward.model, tokens)
     sequence = "".join("-ACGTN"[t] for t in data.tokens[top] if t != PAD)
-    plots.plot_nucleotide_attention(out_dir / f"nucleotides_{row}.png", nucleotides.layers[:, 0], nucleotides.pool[0], sequence,
-                                    f"sample {sample}: nucleotide attention within its top-pooled ASV {data.asv_ids[top][:16]}")
-    return {f"{sample}/asv_ids": np.array([data.asv_ids[c] for c in found["columns"]]), f"{sample}/layers": found["layers"],
-            f"{sample}/pool": found["pool"], f"{sample}/pool_weighted": found["pool_weighted"],
-            f"{sample}/nucleotide_layers": nucleotides.layers[:, 0], f"{sample}/nucleotide_pool": nucleotides.pool[0]}
+    plots.plot_nucleotide_attention(
+        out_dir / f"nucleotides_{row}.png",
+        nucleotides.layers[:, 0],
+        nucleotides.pool[0],
+        sequence,
+        f"sample {sample}: nucleotide attention within its top-pooled ASV {data.asv_ids[top][:16]}",
+    )
+    return {
+        f"{sample}/asv_ids": np.array([data.asv_ids[c] for c in found["columns"]]),
+        f"{sample}/layers": found["layers"],
+        f"{sample}/pool": found["pool"],
+        f"{sample}/pool_weighted": found["pool_weighted"],
+        f"{sample}/nucleotide_layers": nucleotides.layers[:, 0],
+        f"{sample}/nucleotide_pool": nucleotides.pool[0],
+    }

@@ -25,8 +25,11 @@ def load_taxonomy(path: str | Path) -> pd.Series:
     frame = frame[~frame.iloc[:, 0].astype(str).str.startswith("#")]  # a '#q2:types' row
     id_column = next((c for c in frame.columns if c.lower() in ("feature id", "featureid", "feature-id", "id")), None)
     if id_column is None or "Taxon" not in frame.columns:
-        raise AamInputError(str(path), f"has columns {list(frame.columns)[:5]}, not 'Feature ID' and 'Taxon'",
-                            "give a QIIME 2 taxonomy TSV (`qiime tools export --input-path taxonomy.qza`)")
+        raise AamInputError(
+            str(path),
+            f"has columns {list(frame.columns)[:5]}, not 'Feature ID' and 'Taxon'",
+            "give a QIIME 2 taxonomy TSV (`qiime tools export --input-path taxonomy.qza`)",
+        )
     return frame.set_index(id_column)["Taxon"].fillna(UNASSIGNED).astype(str)
 
 

@@ -16,30 +16,54 @@ from aam_ds.errors import AamInputError
 from aam_ds.spec.flags import add_spec_arguments, fill_from_spec, spec_flag_help
 
 # flag dest -> (run-spec field, default without a spec)
-SPEC_FIELDS = {"table": ("data.table", None), "sequences": ("data.sequences", None), "metadata": ("data.metadata", None),
-               "run_dir": ("tracking.run_dir", None)}
+SPEC_FIELDS = {
+    "table": ("data.table", None),
+    "sequences": ("data.sequences", None),
+    "metadata": ("data.metadata", None),
+    "run_dir": ("tracking.run_dir", None),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``aam-ds predict`` to ``parser``."""
-    parser.add_argument("--model", type=Path, default=None, help=spec_flag_help(
-        "consolidated export of a fine-tuning run (<run_dir>/model.pt), or its ONNX export (.onnx, run with onnxruntime on the CPU)",
-        "<tracking.run_dir>/model.pt"))
-    parser.add_argument("--table", type=Path, default=None, help=spec_flag_help("BIOM table or FeatureTable[Frequency] .qza to predict",
-                                                                              "data.table"))
-    parser.add_argument("--sequences", type=Path, default=None, help=spec_flag_help(
-        "FASTA or FeatureData[Sequence] .qza keyed by the table's IDs (needed when the IDs are not DNA)", "data.sequences"))
-    parser.add_argument("--metadata", type=Path, default=None,
-                        help=spec_flag_help("QIIME 2 metadata TSV (needed only when the model has covariates)", "data.metadata"))
-    parser.add_argument("--passes", type=int, default=1,
-                        help="passes over random ASV subsets; > 1 reports the mean and, for regression, <target>_std")
-    parser.add_argument("--subset-fraction", type=float, default=None,
-                        help="share of each sample's ASVs kept per pass when --passes > 1 (default 0.8)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help=spec_flag_help(
+            "consolidated export of a fine-tuning run (<run_dir>/model.pt), or its ONNX export (.onnx, run with onnxruntime on the CPU)",
+            "<tracking.run_dir>/model.pt",
+        ),
+    )
+    parser.add_argument(
+        "--table", type=Path, default=None, help=spec_flag_help("BIOM table or FeatureTable[Frequency] .qza to predict", "data.table")
+    )
+    parser.add_argument(
+        "--sequences",
+        type=Path,
+        default=None,
+        help=spec_flag_help(
+            "FASTA or FeatureData[Sequence] .qza keyed by the table's IDs (needed when the IDs are not DNA)", "data.sequences"
+        ),
+    )
+    parser.add_argument(
+        "--metadata",
+        type=Path,
+        default=None,
+        help=spec_flag_help("QIIME 2 metadata TSV (needed only when the model has covariates)", "data.metadata"),
+    )
+    parser.add_argument(
+        "--passes", type=int, default=1, help="passes over random ASV subsets; > 1 reports the mean and, for regression, <target>_std"
+    )
+    parser.add_argument(
+        "--subset-fraction", type=float, default=None, help="share of each sample's ASVs kept per pass when --passes > 1 (default 0.8)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the ASV subsets")
     parser.add_argument("--batch-size", type=int, default=None, help="samples per forward pass (default 32)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="predictions TSV; with several regression targets, <stem>.<target>.tsv per target")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="predictions TSV; with several regression targets, <stem>.<target>.tsv per target"
+    )
     add_spec_arguments(parser)
     parser.set_defaults(run_dir=None)
 
@@ -80,11 +104,17 @@ def run(args: argparse.Namespace) -> int:
         raise AamInputError("--device cuda", "no CUDA device is visible to this process", "use --device cpu or run on a GPU node")
     with count_progress("predicting") as progress:
         predictions = predict_table(
-            args.model, args.table, args.sequences, args.metadata, passes=args.passes,
+            args.model,
+            args.table,
+            args.sequences,
+            args.metadata,
+            passes=args.passes,
             subset_fraction=DEFAULT_SUBSET_FRACTION if args.subset_fraction is None else args.subset_fraction,
-            seed=args.seed, batch_size=DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size, device=device,
+            seed=args.seed,
+            batch_size=DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size,
+            device=device,
             progress=progress,
-        )  # fmt: skip
+        )
     for path, prediction in zip(write_prediction_files(args.out, predictions), predictions):
         print(f"wrote {len(prediction.sample_ids)} {prediction.task} predictions of {prediction.target!r} to {path}")
     return 0

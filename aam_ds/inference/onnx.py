@@ -77,8 +77,14 @@ def onnx_metadata(export: Export) -> dict[str, str]:
     normalizer = None
     if "target_normalizer.mean" in export.state_dict:
         normalizer = {key: export.state_dict[f"target_normalizer.{key}"].double().tolist() for key in ("mean", "std")}
-    return {"aam_ds.format": ONNX_FORMAT, "aam_ds.spec": json.dumps(export.spec), "aam_ds.model_args": json.dumps(export.model_args),
-            "aam_ds.targets": json.dumps(export.targets), "aam_ds.normalizer": json.dumps(normalizer), "aam_ds.step": str(export.step)}
+    return {
+        "aam_ds.format": ONNX_FORMAT,
+        "aam_ds.spec": json.dumps(export.spec),
+        "aam_ds.model_args": json.dumps(export.model_args),
+        "aam_ds.targets": json.dumps(export.targets),
+        "aam_ds.normalizer": json.dumps(normalizer),
+        "aam_ds.step": str(export.step),
+    }
 
 
 def export_onnx(model_path: str | Path, out: str | Path, opset: int = OPSET) -> Path:
@@ -97,9 +103,15 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = OPSET) -> 
     samples, asvs = torch.export.Dim("batch"), torch.export.Dim("asvs")
     axes = {"tokens": {0: samples, 1: asvs}, "counts": {0: samples, 1: asvs}, "covariates": {0: samples}}
     program = torch.onnx.export(
-        _Outputs(model, outputs).eval(), tuple(batch[name] for name in names), dynamo=True, opset_version=opset, input_names=names,
-        output_names=list(outputs), dynamic_shapes={name: axes[name] for name in names}, verbose=False,
-    )  # fmt: skip
+        _Outputs(model, outputs).eval(),
+        tuple(batch[name] for name in names),
+        dynamo=True,
+        opset_version=opset,
+        input_names=names,
+        output_names=list(outputs),
+        dynamic_shapes={name: axes[name] for name in names},
+        verbose=False,
+    )
     program.model.metadata_props.update(onnx_metadata(export))
     out = Path(out)
     with atomic_path(out) as tmp:
@@ -130,10 +142,18 @@ class OnnxModel:
             raise AamInputError(str(path), f"cannot be read as an ONNX model ({exc})", "re-export it with `aam-ds export-onnx`") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("aam_ds.format") != ONNX_FORMAT:
-            raise AamInputError(str(path), "is not an aam-ds ONNX export (no aam_ds.format in its metadata)",
-                                "export the model.pt with `aam-ds export-onnx`")
-        self.description = Export({}, json.loads(meta["aam_ds.spec"]), json.loads(meta["aam_ds.model_args"]),
-                                  json.loads(meta["aam_ds.targets"]), int(meta["aam_ds.step"]))
+            raise AamInputError(
+                str(path),
+                "is not an aam-ds ONNX export (no aam_ds.format in its metadata)",
+                "export the model.pt with `aam-ds export-onnx`",
+            )
+        self.description = Export(
+            {},
+            json.loads(meta["aam_ds.spec"]),
+            json.loads(meta["aam_ds.model_args"]),
+            json.loads(meta["aam_ds.targets"]),
+            int(meta["aam_ds.step"]),
+        )
         normalizer = json.loads(meta["aam_ds.normalizer"])
         self.target_normalizer = None
         if normalizer is not None:
@@ -146,16 +166,20 @@ class OnnxModel:
     def to(self, device: str | torch.device) -> "OnnxModel":
         """Refuses any device but the CPU (the session runs on onnxruntime's CPU provider)."""
         if torch.device(device).type != "cpu":
-            raise AamInputError("--device", f"an ONNX model runs on the CPU through onnxruntime, not on {device}",
-                                "use --device cpu, or predict with the model.pt on the GPU")
+            raise AamInputError(
+                "--device",
+                f"an ONNX model runs on the CPU through onnxruntime, not on {device}",
+                "use --device cpu, or predict with the model.pt on the GPU",
+            )
         return self
 
     def eval(self) -> "OnnxModel":
         """Returns self (the graph has no training mode)."""
         return self
 
-    def __call__(self, tokens: torch.Tensor, counts: torch.Tensor, want: set[str] | frozenset[str],
-                 covariates: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, tokens: torch.Tensor, counts: torch.Tensor, want: set[str] | frozenset[str], covariates: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """The outputs named in ``want`` (float32 tensors, see the module docstring) of one collated batch."""
         names = sorted(want)
         unknown = set(names) - set(self.output_names)

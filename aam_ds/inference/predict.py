@@ -48,9 +48,15 @@ from aam_ds.spec import DataSpec
 
 
 def predict_table(
-    export: Export | str | Path, table: str | Path, sequences: str | Path | None = None, metadata: str | Path | None = None,
-    passes: int = 1, subset_fraction: float = DEFAULT_SUBSET_FRACTION, seed: int = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device = "cpu",
+    export: Export | str | Path,
+    table: str | Path,
+    sequences: str | Path | None = None,
+    metadata: str | Path | None = None,
+    passes: int = 1,
+    subset_fraction: float = DEFAULT_SUBSET_FRACTION,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device = "cpu",
     progress: Callable[[int], Callable[[int], None]] | None = None,
 ) -> list[Predictions]:
     """Predict every (kept) sample of ``table`` with a fine-tuned export (a model.pt or model.onnx path,
@@ -66,8 +72,9 @@ def predict_table(
     description = task_description(export, source)
     inputs = prepare_inputs(export, table, sequences, metadata)
     on_batch = progress(passes * len(inputs.sample_ids)) if progress is not None else None
-    return predict_inputs(model, inputs, description["target_names"], description["class_names"],
-                          passes, subset_fraction, seed, batch_size, device, on_batch)
+    return predict_inputs(
+        model, inputs, description["target_names"], description["class_names"], passes, subset_fraction, seed, batch_size, device, on_batch
+    )
 
 
 def load_predictor(model: Export | str | Path) -> tuple[Export, AAMModel | OnnxModel]:
@@ -88,15 +95,17 @@ def task_description(export: Export, source: str) -> dict:
     has_head = export.model_args.get("n_targets", 0) or export.model_args.get("n_classes", 0)
     if export.targets is None or not has_head:
         raise AamInputError(
-            source, "is a pretraining export: it has no task head, so it cannot predict metadata",
+            source,
+            "is a pretraining export: it has no task head, so it cannot predict metadata",
             "fine-tune it first (`aam-ds finetune --set model.pretrained=<this file> --set loss.task=... "
             "--set data.targets=[...]`) and predict with that run's model.pt",
-        )  # fmt: skip
+        )
     return export.targets
 
 
-def prepare_inputs(export: Export, table: str | Path, sequences: str | Path | None = None,
-                   metadata: str | Path | None = None) -> ModelInputs:
+def prepare_inputs(
+    export: Export, table: str | Path, sequences: str | Path | None = None, metadata: str | Path | None = None
+) -> ModelInputs:
     """Preprocess ``table`` with the export's data settings through
     :func:`aam_ds.data.preprocess.preprocess_samples`, training's own preprocessing (see the module
     docstring), then code its covariates in the training classes."""
@@ -105,8 +114,9 @@ def prepare_inputs(export: Export, table: str | Path, sequences: str | Path | No
     def readable(seqs: list[str], ids: list[str], source: str) -> tuple[np.ndarray, bool]:
         return readable_tokens(seqs, ids, data, source), False
 
-    samples = preprocess_samples(load_table(table), data, sequences, readable,
-                                 empty_reason="nothing to predict from; they get no prediction")
+    samples = preprocess_samples(
+        load_table(table), data, sequences, readable, empty_reason="nothing to predict from; they get no prediction"
+    )
     feature_table, covariates = samples.table, None
     if export.targets and export.targets["covariate_names"]:
         covariates = covariate_codes(feature_table.sample_ids, feature_table.source, metadata, export.targets)
@@ -127,7 +137,7 @@ def readable_tokens(seqs: list[str], ids: list[str], data: DataSpec, source: str
             "which this model cannot read: it was trained with data.ambiguous_bases=error",
             "remove those ASVs from the table (`qiime feature-table filter-features`), or fine-tune a model with "
             "data.ambiguous_bases=as_n or drop_asv",
-        )  # fmt: skip
+        )
     return tokens
 
 
@@ -136,17 +146,19 @@ def covariate_codes(sample_ids: list[str], table_source: str, metadata: str | Pa
     names, classes = targets["covariate_names"], targets["covariate_classes"]
     if metadata is None:
         raise AamInputError(
-            "--metadata", f"the model uses the covariates {names}, which come from sample metadata",
+            "--metadata",
+            f"the model uses the covariates {names}, which come from sample metadata",
             f"pass --metadata with a QIIME 2 metadata TSV holding the columns {names} for every sample of {table_source}",
-        )  # fmt: skip
+        )
     frame = load_metadata(metadata)
     missing = [s for s in sample_ids if s not in frame.index]
     if missing:
         raise AamInputError(
-            str(metadata), f"{len(missing)} of the {len(sample_ids)} samples of {table_source} have no metadata row, "
+            str(metadata),
+            f"{len(missing)} of the {len(sample_ids)} samples of {table_source} have no metadata row, "
             f"e.g. {missing[:5]}; the model's covariates {names} need one for every sample",
             "add rows for those samples (IDs spelled exactly as in the table) or filter them out of the table",
-        )  # fmt: skip
+        )
     frame = align_metadata(frame, sample_ids, table_source)
     columns = []
     for name, known in zip(names, classes):
@@ -159,6 +171,6 @@ def covariate_codes(sample_ids: list[str], table_source: str, metadata: str | Pa
                 f"{metadata} column {name!r}",
                 f"values {unknown[:5]} (samples {examples}) were not seen in training, whose categories are {known}",
                 "map them to a training category, or predict only samples with known categories",
-            )  # fmt: skip
+            )
         columns.append(np.asarray([lookup[c] for c in found], dtype=np.int64)[codes])
     return np.stack(columns, axis=1)

@@ -1,2 +1,1 @@
 """The AAM model: encoders, heads, losses, masking and target normalisation."""
-

@@ -79,9 +79,7 @@ class AAMModel(nn.Module):
         self._frozen_vectors: dict[bytes, torch.Tensor] = {}  # see _encode_frozen
         self.pack_asvs = True  # encode each distinct ASV of a batch once (exact; aam_ds.model.packing)
         # ASV vectors of one sample -> sample embedding
-        self.abundance_embedding = (
-            nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d)) if config.use_abundance else None
-        )
+        self.abundance_embedding = nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d)) if config.use_abundance else None
         self.sample_encoder = Encoder(config, config.sample_layers)
         self.composition_norm = nn.LayerNorm(d)
         self.embedding_projection = nn.Linear(d, d)
@@ -113,7 +111,7 @@ class AAMModel(nn.Module):
         the transformer's 0.02 they form a chain with gain ~0.16 per layer that shrinks both the
         sample-to-sample signal and the gradient reaching the encoder."""
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=module.in_features ** -0.5)
+            nn.init.normal_(module.weight, mean=0.0, std=module.in_features**-0.5)
 
     # ---------------------------------------------------------------------------------------
     # ASV encoder
@@ -235,9 +233,7 @@ class AAMModel(nn.Module):
         rows = present.reshape(-1).nonzero().squeeze(1)  # flat indices of present ASVs
         out: dict[str, torch.Tensor] = {}
 
-        asv_vectors, token_states = self._encode_asvs(
-            tokens.reshape(b * a, seq_len)[rows], keep_states="nucleotide_logits" in want
-        )
+        asv_vectors, token_states = self._encode_asvs(tokens.reshape(b * a, seq_len)[rows], keep_states="nucleotide_logits" in want)
         if token_states is not None:
             logits = self.nucleotide_head(token_states)
             out["nucleotide_logits"] = scatter_rows(logits, rows, b * a).view(b, a, seq_len, VOCAB_SIZE)
@@ -265,8 +261,9 @@ class AAMModel(nn.Module):
             x = x + sinusoidal_positions(x.shape[1], self.config.d_model, x.device).to(x.dtype)
         return x
 
-    def sample_outputs(self, x: torch.Tensor, counts: torch.Tensor, want: set[str] | frozenset[str],
-                       covariates: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def sample_outputs(
+        self, x: torch.Tensor, counts: torch.Tensor, want: set[str] | frozenset[str], covariates: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """The sample encoder's outputs named in ``want`` (``sample_embedding``, ``abundance``, ``task``)
         from its inputs ``x [B, A, D]`` (:meth:`sample_inputs`) and the counts ``[B, A]``."""
         present = counts > 0
@@ -304,11 +301,12 @@ class AAMModel(nn.Module):
         if "task" in want and self.task_head is None:
             raise ValueError("AAMModel.forward: 'task' requested but the model has no task head (build it with n_targets or n_classes)")
         if tokens.dim() != 3 or counts.shape != tokens.shape[:2]:
-            raise ValueError(f"AAMModel.forward: tokens {tuple(tokens.shape)} and counts {tuple(counts.shape)} do not match "
-                             "(tokens [B, A, L], counts [B, A])")
+            raise ValueError(
+                f"AAMModel.forward: tokens {tuple(tokens.shape)} and counts {tuple(counts.shape)} do not match "
+                "(tokens [B, A, L], counts [B, A])"
+            )
         if tokens.shape[2] > self.max_seq_len:
-            raise ValueError(f"AAMModel.forward: ASVs have {tokens.shape[2]} positions but the model was built for "
-                             f"{self.max_seq_len}")
+            raise ValueError(f"AAMModel.forward: ASVs have {tokens.shape[2]} positions but the model was built for {self.max_seq_len}")
         if "task" in want:
             self.task_head.check_covariates(covariates, tokens.shape[0])
 

@@ -124,9 +124,7 @@ class Encoder(nn.Module):
     def __init__(self, config: ModelConfig, n_layers: int):
         super().__init__()
         self.checkpointing = config.activation_checkpointing
-        self.blocks = nn.ModuleList(
-            Block(config.d_model, config.n_heads, config.ffn_mult, config.dropout) for _ in range(n_layers)
-        )
+        self.blocks = nn.ModuleList(Block(config.d_model, config.n_heads, config.ffn_mult, config.dropout) for _ in range(n_layers))
         self.ln_out = nn.LayerNorm(config.d_model)
         self.pool = AttentionPool(config.d_model)
 

@@ -38,8 +38,10 @@ def pairwise_distance_loss(embeddings: torch.Tensor, target: torch.Tensor) -> to
     """
     b = embeddings.shape[0]
     if embeddings.dim() != 2 or tuple(target.shape) != (b, b):
-        raise ValueError(f"pairwise_distance_loss: embeddings {tuple(embeddings.shape)} and target {tuple(target.shape)} do not "
-                         "match (embeddings [B, D], target [B, B])")
+        raise ValueError(
+            f"pairwise_distance_loss: embeddings {tuple(embeddings.shape)} and target {tuple(target.shape)} do not "
+            "match (embeddings [B, D], target [B, B])"
+        )
     if b < 2:
         raise ValueError(f"pairwise_distance_loss: a batch of {b} sample has no pairs (at least 2 needed)")
     i, j = torch.triu_indices(b, b, offset=1, device=embeddings.device)
@@ -52,9 +54,7 @@ def masked_nucleotide_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.
 
     A batch without any masked position gives 0 (with a gradient path), not NaN.
     """
-    total = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (labels != IGNORE_INDEX).sum().clamp_min(1)
 
 
@@ -72,9 +72,7 @@ def abundance_loss(predicted: torch.Tensor, counts: torch.Tensor) -> torch.Tenso
     return (squared * present).sum() / present.sum().clamp_min(1)
 
 
-def regression_loss(
-    predicted: torch.Tensor, target: torch.Tensor, kind: Literal["huber", "mse", "mae"] = "huber"
-) -> torch.Tensor:
+def regression_loss(predicted: torch.Tensor, target: torch.Tensor, kind: Literal["huber", "mse", "mae"] = "huber") -> torch.Tensor:
     """``predicted`` and ``target`` ``[B, T]`` in normalised units; Huber uses delta 1 (one std)."""
     predicted, target = predicted.float(), target.float().reshape(predicted.shape)
     if kind == "huber":
@@ -86,9 +84,7 @@ def regression_loss(
     raise ValueError(f"unknown regression loss {kind!r}")
 
 
-def classification_loss(
-    logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None
-) -> torch.Tensor:
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of ``logits [B, K]`` against ``labels int64 [B]``, optionally class-weighted ``[K]``."""
     weight = None if class_weights is None else class_weights.to(logits.device, torch.float32)
     return F.cross_entropy(logits.float(), labels.reshape(-1), weight=weight)

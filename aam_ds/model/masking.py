@@ -16,9 +16,7 @@ from aam_ds.model.vocabulary import MASK, A, T
 IGNORE_INDEX = -100
 
 
-def mask_nucleotides(
-    tokens: torch.Tensor, mask_fraction: float, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_nucleotides(tokens: torch.Tensor, mask_fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """tokens ``int64 [...]`` -> (masked tokens ``[...]``, labels ``[...]`` with ``IGNORE_INDEX`` where unmasked).
 
     Random numbers come from ``generator`` (on its own device) so runs are reproducible.

@@ -31,7 +31,9 @@ class TargetNormalizer(nn.Module):
         if targets.dim() == 1:
             targets = targets[:, None]
         if targets.dim() != 2 or targets.shape[1] != self.mean.numel():
-            raise ValueError(f"{source}: expected [N, {self.mean.numel()}] targets (one column per regression target), got {tuple(targets.shape)}")
+            raise ValueError(
+                f"{source}: expected [N, {self.mean.numel()}] targets (one column per regression target), got {tuple(targets.shape)}"
+            )
         if targets.shape[0] == 0:
             raise ValueError(f"{source}: no training samples to fit the target normaliser on")
         if not torch.isfinite(targets).all():

@@ -27,7 +27,25 @@ from aam_ds.spec.sections import (
 )
 
 __all__ = [
-    "DEFAULT_MICRO_BATCH", "MODEL_PRESETS", "AugmentSpec", "BatchPlan", "CheckpointSpec", "DataSpec", "LossSpec", "ModelSpec", "OptimSpec", "ParallelSpec",
-    "RunSpec", "ScheduleSpec", "SplitSpec", "TrackingSpec", "apply_overrides", "build_spec", "format_validation_error",
-    "load_spec", "read_spec_file", "scaled_default", "spec_schema",
+    "DEFAULT_MICRO_BATCH",
+    "MODEL_PRESETS",
+    "AugmentSpec",
+    "BatchPlan",
+    "CheckpointSpec",
+    "DataSpec",
+    "LossSpec",
+    "ModelSpec",
+    "OptimSpec",
+    "ParallelSpec",
+    "RunSpec",
+    "ScheduleSpec",
+    "SplitSpec",
+    "TrackingSpec",
+    "apply_overrides",
+    "build_spec",
+    "format_validation_error",
+    "load_spec",
+    "read_spec_file",
+    "scaled_default",
+    "spec_schema",
 ]

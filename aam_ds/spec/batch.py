@@ -33,8 +33,9 @@ class BatchPlan:
             raise ValueError(f"inconsistent batch plan {self}")
 
     @classmethod
-    def resolve(cls, global_batch_size: int | None, micro_batch_size: int | None, grad_accum_steps: int | None,
-                world_size: int) -> "BatchPlan":
+    def resolve(
+        cls, global_batch_size: int | None, micro_batch_size: int | None, grad_accum_steps: int | None, world_size: int
+    ) -> "BatchPlan":
         """The plan from the sizes a spec gives (None: not given) and the world size.
 
         Raises
@@ -71,8 +72,9 @@ class BatchPlan:
         return {name: getattr(self, name) for name in BATCH_FIELDS}
 
     @classmethod
-    def launched(cls, global_batch_size: int, micro_batch_size: int, grad_accum_steps: int, pinned: int | None,
-                 world_size: int) -> "BatchPlan":
+    def launched(
+        cls, global_batch_size: int, micro_batch_size: int, grad_accum_steps: int, pinned: int | None, world_size: int
+    ) -> "BatchPlan":
         """The plan of a resolved spec's sizes on the ``world_size`` ranks a launch got (``pinned``:
         ``parallel.world_size`` as given, or None).
 

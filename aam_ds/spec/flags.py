@@ -24,8 +24,14 @@ TASKS: tuple[str, ...] = tuple(t for t in get_args(LossSpec.model_fields["task"]
 def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     """``--spec FILE`` and repeatable ``--set KEY=VALUE`` (dest ``overrides``), as for ``aam-ds pretrain``."""
     parser.add_argument("--spec", type=Path, default=None, help="run spec (YAML / TOML / JSON) whose fields fill the flags not given")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="run-spec override, e.g. --set data.metric=jaccard (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run-spec override, e.g. --set data.metric=jaccard (repeatable)",
+    )
 
 
 def spec_flag_help(text: str, field: str, default: Any = None) -> str:

@@ -50,8 +50,9 @@ class RunSpec(_Section):
     @model_validator(mode="after")
     def _resolve_checkpointing(self) -> "RunSpec":
         if self.checkpoint.resume and self.tracking.overwrite:
-            raise ValueError("checkpoint.resume (--resume) continues the run folder's outputs and tracking.overwrite "
-                             "deletes them: set only one")
+            raise ValueError(
+                "checkpoint.resume (--resume) continues the run folder's outputs and tracking.overwrite deletes them: set only one"
+            )
         if self.checkpoint.every_steps is None:
             self.checkpoint.every_steps = max(50, self.schedule.steps // 10)
         return self

@@ -33,7 +33,9 @@ class SplitSpec(_Section):
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     seed: int = 0
     folds: int = Field(5, ge=2, description="`aam-ds cv`: number of cross-validation folds drawn by kind / column / group_column")
-    folds_file: Path | None = Field(None, description="`aam-ds cv`: folds.tsv (sample_id, fold) to use instead, e.g. from `aam-ds rf-baseline`")
+    folds_file: Path | None = Field(
+        None, description="`aam-ds cv`: folds.tsv (sample_id, fold) to use instead, e.g. from `aam-ds rf-baseline`"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "SplitSpec":
@@ -66,10 +68,13 @@ def _metric_parameter(name: str) -> Any:
 class DataSpec(_Section):
     """Inputs and preprocessing. With no table given the embedded demo dataset is generated."""
 
-    table: Path | None = Field(None, description="BIOM (HDF5 v2.1 or TSV) or QIIME 2 FeatureTable[Frequency] .qza; none = embedded demo data")
+    table: Path | None = Field(
+        None, description="BIOM (HDF5 v2.1 or TSV) or QIIME 2 FeatureTable[Frequency] .qza; none = embedded demo data"
+    )
     tree: Path | None = Field(None, description="rooted Newick or QIIME 2 Phylogeny[Rooted] .qza (needed for UniFrac)")
     sequences: Path | None = Field(
-        None, description="FASTA or FeatureData[Sequence] .qza (e.g. rep-seqs.qza), needed when feature IDs are MD5 "
+        None,
+        description="FASTA or FeatureData[Sequence] .qza (e.g. rep-seqs.qza), needed when feature IDs are MD5 "
         "hashes; none = the IDs are the sequences",
     )
     metadata: Path | None = Field(None, description="QIIME 2 metadata TSV")
@@ -118,8 +123,9 @@ class ModelSpec(_Section):
     n_heads: int = Field(0, ge=0)
     asv_layers: int = Field(0, ge=0, description="transformer layers over the nucleotides of one ASV")
     sample_layers: int = Field(
-        0, ge=0, description="transformer layers over the ASVs of one sample; 0 = a deep set (pooling without "
-        "attention between ASVs)",
+        0,
+        ge=0,
+        description="transformer layers over the ASVs of one sample; 0 = a deep set (pooling without attention between ASVs)",
     )
     ffn_mult: int = Field(0, ge=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -128,19 +134,23 @@ class ModelSpec(_Section):
     asv_chunk_size: int = Field(0, ge=0, description="ASVs encoded per chunk to bound memory; 0 = all at once")
     activation_checkpointing: bool = False
     asv_identity_buckets: int = Field(
-        65536, ge=0,
+        65536,
+        ge=0,
         description="learned per-ASV vectors added to the sequence encoder's, looked up by a hash of the ASV's "
         "nucleotides into this many buckets (ASVs unseen in training use the sequence encoder alone); 0 = off",
     )
     asv_identity_dropout: float = Field(
-        0.1, ge=0.0, lt=1.0,
+        0.1,
+        ge=0.0,
+        lt=1.0,
         description="training: drop each ASV's learned vector with this probability, so the sequence encoder also "
         "learns to place ASVs (it is what serves ASVs unseen in training)",
     )
     pretrained: Path | None = Field(None, description="consolidated export to start from (fine-tuning)")
     freeze_encoder: bool = Field(False, description="fine-tuning: train the task head only")
     freeze_sequence_encoder: bool = Field(
-        False, description="fine-tuning: keep the nucleotide encoder fixed and run it without gradients (about 3x "
+        False,
+        description="fine-tuning: keep the nucleotide encoder fixed and run it without gradients (about 3x "
         "cheaper); the ASV vectors, sample encoder and task head still train",
     )
 
@@ -199,7 +209,10 @@ class OptimSpec(_Section):
         "torch", description="torch AdamW (no compile step) or DeepSpeed's fused / CPU Adam (JIT-built, faster)"
     )
     encoder_lr_scale: float = Field(
-        1.0, gt=0.0, le=1.0, description="fine-tuning: learning rate of everything but the task head as a fraction of "
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="fine-tuning: learning rate of everything but the task head as a fraction of "
         "optim.lr (discriminative fine-tuning, Howard & Ruder 2018), so the pretrained encoder changes less than the new head",
     )
 
@@ -220,23 +233,30 @@ class ScheduleSpec(_Section):
     warmup_steps: int | None = Field(None, ge=0, description="linear warmup steps; none = min(20, steps // 10)")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of optim.lr")
     eval_every: int | None = Field(None, gt=0, description="validate every N steps and at the end; none = min(50, steps // 4), at least 1")
-    log_every: int | None = Field(None, gt=0, description="report training every N steps and at the end; none = min(10, steps // 20), at least 1")
+    log_every: int | None = Field(
+        None, gt=0, description="report training every N steps and at the end; none = min(10, steps // 20), at least 1"
+    )
     seed: int = 0
     best_metric: str | None = Field(
-        None, description="validation metric that selects the exported model, e.g. loss, mae, accuracy, balanced_accuracy, auc; none = the last step"
+        None,
+        description="validation metric that selects the exported model, e.g. loss, mae, accuracy, balanced_accuracy, auc; none = the last step",
     )
     best_mode: Literal["auto", "min", "max"] = Field("auto", description="auto: max for accuracy / auc / r2 / *_r metrics, else min")
     early_stopping_patience: int = Field(0, ge=0, description="stop after this many evaluations without a better best_metric; 0 = never")
     max_nonfinite_steps: int = Field(
-        3, ge=0, description="stop with an error after this many consecutive steps whose loss is NaN or infinite "
+        3,
+        ge=0,
+        description="stop with an error after this many consecutive steps whose loss is NaN or infinite "
         "(their updates are worthless); 0 = never",
     )
 
     @model_validator(mode="after")
     def _check(self) -> "ScheduleSpec":
         if self.warmup_steps is not None and self.warmup_steps > self.steps:
-            raise ValueError(f"schedule.warmup_steps={self.warmup_steps} exceeds schedule.steps={self.steps}; "
-                             "lower it, or leave it unset to warm up for min(20, steps // 10) steps")
+            raise ValueError(
+                f"schedule.warmup_steps={self.warmup_steps} exceeds schedule.steps={self.steps}; "
+                "lower it, or leave it unset to warm up for min(20, steps // 10) steps"
+            )
         if self.early_stopping_patience and not self.best_metric:
             raise ValueError("schedule.early_stopping_patience needs schedule.best_metric (the validation metric to watch)")
         if self.warmup_steps is None:
@@ -318,19 +338,20 @@ class TrackingSpec(_Section):
     """Tracking: run folder (and overwriting it), W&B, MLflow, run names, the rich console."""
 
     run_dir: Path | None = Field(
-        None, description="metrics.jsonl, splits, spec, checkpoints and the export land here; none = a new "
+        None,
+        description="metrics.jsonl, splits, spec, checkpoints and the export land here; none = a new "
         "runs/<stage>-<YYYYmmdd-HHMMSS> (stage: pretrain, finetune, cv) that runs/<stage>-latest links to, "
         "or with checkpoint.resume the run runs/<stage>-latest links to",
     )
     overwrite: bool = Field(
-        False, description="delete a previous run's outputs in run_dir (and its checkpoints) first; without it a used "
+        False,
+        description="delete a previous run's outputs in run_dir (and its checkpoints) first; without it a used "
         "run_dir is refused unless checkpoint.resume continues it",
     )
-    wandb: Literal["online", "offline", "disabled"] = Field(
-        "disabled", description="W&B mode on rank 0; $WANDB_MODE overrides"
-    )
+    wandb: Literal["online", "offline", "disabled"] = Field("disabled", description="W&B mode on rank 0; $WANDB_MODE overrides")
     mlflow: str = Field(
-        "disabled", description="MLflow on rank 0: disabled, local (the store runs/mlflow.db beside the run folders) or a "
+        "disabled",
+        description="MLflow on rank 0: disabled, local (the store runs/mlflow.db beside the run folders) or a "
         "tracking URI (http://host:5000, sqlite:///mlflow.db, databricks); checked before any compute",
     )
     project: str = Field("aam-ds", description="W&B project and MLflow experiment")
@@ -348,6 +369,7 @@ class CheckpointSpec(_Section):
     keep_last: int = Field(2, gt=0)
     resume: bool = Field(False, description="continue from <dir>/latest (an error when there is none)")
     on_world_size_change: Literal["error", "restart_from_weights"] = Field(
-        "error", description="a resume with another number of ranks: refuse it (error), or continue at the checkpoint's step "
-        "from its consolidated fp32 weights with the optimizer state reset (restart_from_weights)"
+        "error",
+        description="a resume with another number of ranks: refuse it (error), or continue at the checkpoint's step "
+        "from its consolidated fp32 weights with the optimizer state reset (restart_from_weights)",
     )

@@ -1,11 +1,11 @@
 """Progress and tracking: rank 0 logs to metrics.jsonl, W&B, MLflow and a Rich console; other ranks log nothing.
 
-    with make_logger(spec, rank, run_dir) as log:
-        log.start(spec, total_steps, {"world size": world})
-        log.log_train(step, epoch, {"loss": 0.7, "pairwise": 0.4}, samples_per_s, lr)
-        log.log_eval(step, {"loss": 0.6}, distance_scatter=(predicted, true))
-        log.log_artifacts([run_dir / "spec.json", run_dir / "model.pt"])   # W&B and MLflow keep copies
-        log.finish({"final loss": 0.6})
+with make_logger(spec, rank, run_dir) as log:
+    log.start(spec, total_steps, {"world size": world})
+    log.log_train(step, epoch, {"loss": 0.7, "pairwise": 0.4}, samples_per_s, lr)
+    log.log_eval(step, {"loss": 0.6}, distance_scatter=(predicted, true))
+    log.log_artifacts([run_dir / "spec.json", run_dir / "model.pt"])   # W&B and MLflow keep copies
+    log.finish({"final loss": 0.6})
 """
 
 from __future__ import annotations
@@ -21,8 +21,17 @@ from aam_ds.tracking.jsonl import JsonlLogger, read_metrics
 from aam_ds.tracking.mlflow_logger import MlflowLogger, check_mlflow, resolve_mlflow_uri
 from aam_ds.tracking.wandb_logger import WandbLogger, resolve_wandb_mode
 
-__all__ = ["DistanceScatter", "FanOutLogger", "NullLogger", "RunLogger", "check_tracking", "make_logger", "read_metrics",
-           "resolve_wandb_mode", "tracking_services"]
+__all__ = [
+    "DistanceScatter",
+    "FanOutLogger",
+    "NullLogger",
+    "RunLogger",
+    "check_tracking",
+    "make_logger",
+    "read_metrics",
+    "resolve_wandb_mode",
+    "tracking_services",
+]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -34,11 +43,13 @@ def make_logger(spec: RunSpec, rank: int, run_dir: Path, console: Console | None
     """
     if rank != 0:
         return NullLogger()
-    return FanOutLogger([
-        ConsoleLogger(console, bar=spec.tracking.rich),  # first: its bar stops before W&B prints its farewell
-        JsonlLogger(Path(run_dir) / METRICS_FILE),
-        *tracking_services(spec, run_dir),
-    ])
+    return FanOutLogger(
+        [
+            ConsoleLogger(console, bar=spec.tracking.rich),  # first: its bar stops before W&B prints its farewell
+            JsonlLogger(Path(run_dir) / METRICS_FILE),
+            *tracking_services(spec, run_dir),
+        ]
+    )
 
 
 def tracking_services(spec: RunSpec, run_dir: Path) -> list[RunLogger]:

@@ -26,9 +26,7 @@ class RunLogger:
     def start(self, spec: RunSpec, total_steps: int, extra: dict[str, Any] | None = None) -> None:
         """Begin the run. ``extra``: run facts not in the spec (world size, parameter count, ...)."""
 
-    def log_train(
-        self, step: int, epoch: int, metrics: dict[str, float], samples_per_s: float, lr: float
-    ) -> None:
+    def log_train(self, step: int, epoch: int, metrics: dict[str, float], samples_per_s: float, lr: float) -> None:
         """One training report. ``metrics``: loss name -> value; ``samples_per_s`` over all ranks."""
 
     def log_eval(self, step: int, metrics: dict[str, float], distance_scatter: DistanceScatter | None = None) -> None:
@@ -72,9 +70,7 @@ class FanOutLogger(RunLogger):
         for backend in self.backends:
             backend.start(spec, total_steps, extra)
 
-    def log_train(
-        self, step: int, epoch: int, metrics: dict[str, float], samples_per_s: float, lr: float
-    ) -> None:
+    def log_train(self, step: int, epoch: int, metrics: dict[str, float], samples_per_s: float, lr: float) -> None:
         for backend in self.backends:
             backend.log_train(step, epoch, metrics, samples_per_s, lr)
 

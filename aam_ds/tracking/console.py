@@ -21,8 +21,16 @@ if TYPE_CHECKING:
 def count_progress(description: str, unit: str = "samples") -> Iterator[Callable[[int], Callable[[int], None]]]:
     """A Rich progress bar on stderr for work counted in items (a live bar on a terminal, the final
     state in a log file). Yields ``start(total)``, which shows the bar and returns ``advance(n)``."""
-    progress = Progress(TextColumn(description), BarColumn(bar_width=24), MofNCompleteColumn(), TextColumn(unit),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True))
+    progress = Progress(
+        TextColumn(description),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
 
     def start(total: int) -> Callable[[int], None]:
         task = progress.add_task(description, total=total)
@@ -81,20 +89,18 @@ class ConsoleLogger(RunLogger):
         self.print(f"aam-ds run{self._label(' ')}: " + ", ".join(f"{key} {value}" for key, value in facts.items()))
         if self.bar:
             self._progress = Progress(
-                TextColumn("step"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("step"),
+                BarColumn(bar_width=24),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
                 TextColumn("{task.fields[stats]}", table_column=Column(overflow="fold")),  # wraps, never cut
                 console=self.console,
             )
             self._task = self._progress.add_task("train", total=total_steps, stats="")
             self._progress.start()
 
-    def log_train(
-        self, step: int, epoch: int, metrics: dict[str, float], samples_per_s: float, lr: float
-    ) -> None:
-        stats = (
-            f"epoch {epoch} | {samples_per_s:.1f} samples/s | {format_metrics(metrics)} | lr {lr:.2e} "
-            f"| ETA {self._rate.eta(step)}"
-        )
+    def log_train(self, step: int, epoch: int, metrics: dict[str, float], samples_per_s: float, lr: float) -> None:
+        stats = f"epoch {epoch} | {samples_per_s:.1f} samples/s | {format_metrics(metrics)} | lr {lr:.2e} | ETA {self._rate.eta(step)}"
         if self._progress is not None:
             self._progress.update(self._task, completed=step, stats=stats)
         else:

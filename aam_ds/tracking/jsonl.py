@@ -51,12 +51,9 @@ class JsonlLogger(RunLogger):
         self._file.write(json.dumps({**record, "time": time.time()}) + "\n")
         self._file.flush()
 
-    def log_train(
-        self, step: int, epoch: int, metrics: dict[str, float], samples_per_s: float, lr: float
-    ) -> None:
+    def log_train(self, step: int, epoch: int, metrics: dict[str, float], samples_per_s: float, lr: float) -> None:
         self._write(
-            dict(kind="train", step=int(step), epoch=int(epoch), samples_per_s=float(samples_per_s), lr=float(lr),
-                 metrics=_floats(metrics))
+            dict(kind="train", step=int(step), epoch=int(epoch), samples_per_s=float(samples_per_s), lr=float(lr), metrics=_floats(metrics))
         )
 
     def log_eval(self, step: int, metrics: dict[str, float], distance_scatter: DistanceScatter | None = None) -> None:

@@ -78,9 +78,11 @@ def check_mlflow(setting: str) -> None:
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:  # MLflow raises MlflowException, requests' errors or ValueError by URI scheme
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AamInputError(f"tracking.mlflow={setting}", f"the MLflow tracking store does not answer ({reason[:300]})",
-                            "start the server (e.g. `mlflow server --port 5000`), correct the URI, or set "
-                            "tracking.mlflow=disabled") from None
+        raise AamInputError(
+            f"tracking.mlflow={setting}",
+            f"the MLflow tracking store does not answer ({reason[:300]})",
+            "start the server (e.g. `mlflow server --port 5000`), correct the URI, or set tracking.mlflow=disabled",
+        ) from None
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -119,12 +121,14 @@ class MlflowLogger(RunLogger):
         id_file = self.run_dir / ID_FILE
         logged = self._resumed_run(id_file) if spec.checkpoint.resume and id_file.is_file() else None
         if logged is None:
-            run = self._client.create_run(self._experiment_id(spec.tracking.project),
-                                          run_name=spec.tracking.name or self.run_dir.name)
+            run = self._client.create_run(self._experiment_id(spec.tracking.project), run_name=spec.tracking.name or self.run_dir.name)
             self.run_id, logged = run.info.run_id, {}
         atomic_write_text(id_file, self.run_id + "\n")
-        tags = {"aam_ds.run_dir": str(self.run_dir), "aam_ds.total_steps": str(total_steps),
-                **{f"aam_ds.{key}": str(value) for key, value in (extra or {}).items()}}
+        tags = {
+            "aam_ds.run_dir": str(self.run_dir),
+            "aam_ds.total_steps": str(total_steps),
+            **{f"aam_ds.{key}": str(value) for key, value in (extra or {}).items()},
+        }
         params = flatten(spec.model_dump(mode="json"))
         # MLflow params are write-once: a resumed run logs the fields it lacks and records changed values as tags
         tags.update({f"aam_ds.resumed_with.{k}": v for k, v in params.items() if k in logged and logged[k] != v})
@@ -149,8 +153,13 @@ class MlflowLogger(RunLogger):
         location = str((LOCAL_ROOT / "mlartifacts").resolve()) if self.uri == resolve_mlflow_uri("local") else None
         return self._client.create_experiment(name, artifact_location=location)
 
-    def _batch(self, metrics: dict[str, float] | None = None, step: int = 0, params: dict[str, str] | None = None,
-               tags: dict[str, str] | None = None) -> None:
+    def _batch(
+        self,
+        metrics: dict[str, float] | None = None,
+        step: int = 0,
+        params: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
@@ -158,8 +167,13 @@ class MlflowLogger(RunLogger):
         param_rows = [Param(mlflow_key(key), value) for key, value in (params or {}).items()]
         tag_rows = [RunTag(mlflow_key(key), value) for key, value in (tags or {}).items()]
         for start in range(0, max(len(metric_rows), len(param_rows), len(tag_rows)), BATCH):
-            self._call("log_batch", self.run_id, metrics=metric_rows[start : start + BATCH],
-                       params=param_rows[start : start + BATCH], tags=tag_rows[start : start + BATCH])
+            self._call(
+                "log_batch",
+                self.run_id,
+                metrics=metric_rows[start : start + BATCH],
+                params=param_rows[start : start + BATCH],
+                tags=tag_rows[start : start + BATCH],
+            )
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
         if self._client is None or self.run_id is None:
@@ -167,8 +181,10 @@ class MlflowLogger(RunLogger):
         try:
             getattr(self._client, method)(*args, **kwargs)
         except Exception as exc:  # the service failed: keep training, stop talking to it
-            notice(f"MLflow ({self.uri}) failed in {method}: {str(exc).strip()[:300]}; the run goes on without MLflow "
-                   f"(metrics.jsonl has every record)")
+            notice(
+                f"MLflow ({self.uri}) failed in {method}: {str(exc).strip()[:300]}; the run goes on without MLflow "
+                f"(metrics.jsonl has every record)"
+            )
             self._client = None
 
     def log_train(self, step: int, epoch: int, metrics: dict[str, float], samples_per_s: float, lr: float) -> None:

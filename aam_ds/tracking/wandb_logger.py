@@ -63,9 +63,7 @@ class WandbLogger(RunLogger):
         )
         atomic_write_text(id_file, self._run.id + "\n")
 
-    def log_train(
-        self, step: int, epoch: int, metrics: dict[str, float], samples_per_s: float, lr: float
-    ) -> None:
+    def log_train(self, step: int, epoch: int, metrics: dict[str, float], samples_per_s: float, lr: float) -> None:
         row = {f"train/{name}": float(value) for name, value in metrics.items()}
         row.update({"train/epoch": epoch, "train/samples_per_s": float(samples_per_s), "train/lr": float(lr)})
         self._run.log(row, step=step)

@@ -21,21 +21,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``aam-ds tune`` to ``parser`` (its epilog is the worked example)."""
     parser.epilog = EXAMPLE
     parser.add_argument("--spec", type=Path, default=None, help="base run spec (YAML, TOML or JSON); default: the demo run")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a base spec field, e.g. --set schedule.steps=200 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base spec field, e.g. --set schedule.steps=200 (repeatable)",
+    )
     parser.add_argument("--space", type=Path, required=True, help="search space YAML: spec field -> {type: float|int|log|categorical, ...}")
     parser.add_argument("--trials", type=int, required=True, help="finished trials the study should hold (a resumed study runs the rest)")
     parser.add_argument("--storage", default=None, help="Optuna storage URL, e.g. sqlite:///tune.db (default: sqlite:///<out-dir>/tune.db)")
     parser.add_argument("--study-name", default=None, help="study name in the storage (default: the spec file's name, or 'aam-ds')")
-    parser.add_argument("--out-dir", type=Path, default=None,
-                        help="trial run folders trial-<n>, best_spec.yaml, trials.tsv, plots (default: runs/tune-<study name>)")
-    parser.add_argument("--stage", choices=("pretrain", "finetune"), default=None,
-                        help="what each trial trains (default: finetune when the spec sets loss.task, else pretrain)")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="trial run folders trial-<n>, best_spec.yaml, trials.tsv, plots (default: runs/tune-<study name>)",
+    )
+    parser.add_argument(
+        "--stage",
+        choices=("pretrain", "finetune"),
+        default=None,
+        help="what each trial trains (default: finetune when the spec sets loss.task, else pretrain)",
+    )
     parser.add_argument("--metric", default=None, help="validation metric to optimise (default: schedule.best_metric, else loss)")
-    parser.add_argument("--direction", choices=("minimize", "maximize"), default=None,
-                        help="default: maximize accuracies, AUC, R2 and the metrics ending in _r, minimize the rest")
-    parser.add_argument("--pruner", choices=("median", "none"), default="median",
-                        help="median: stop a trial whose validation metric is worse than the median of earlier trials at the same step")
+    parser.add_argument(
+        "--direction",
+        choices=("minimize", "maximize"),
+        default=None,
+        help="default: maximize accuracies, AUC, R2 and the metrics ending in _r, minimize the rest",
+    )
+    parser.add_argument(
+        "--pruner",
+        choices=("median", "none"),
+        default="median",
+        help="median: stop a trial whose validation metric is worse than the median of earlier trials at the same step",
+    )
     parser.add_argument("--startup-trials", type=int, default=2, help="trials that run in full before pruning starts (default: 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
     parser.add_argument("--ds-config", type=Path, default=None, help="DeepSpeed JSON for every trial (default: generated from the spec)")
@@ -55,11 +77,18 @@ def run(args: argparse.Namespace) -> int:
     out_dir = args.out_dir or Path("runs") / f"tune-{name}"
     metric = args.metric or spec.schedule.best_metric or "loss"
     options = TuneOptions(
-        trials=args.trials, storage=args.storage or f"sqlite:///{(out_dir / 'tune.db').resolve()}", study_name=name,
-        out_dir=out_dir, stage=args.stage or ("finetune" if spec.loss.task != "none" else "pretrain"), metric=metric,
-        direction=args.direction or default_direction(metric), pruner=args.pruner, startup_trials=args.startup_trials,
-        seed=args.seed, ds_config=args.ds_config,
-    )  # fmt: skip
+        trials=args.trials,
+        storage=args.storage or f"sqlite:///{(out_dir / 'tune.db').resolve()}",
+        study_name=name,
+        out_dir=out_dir,
+        stage=args.stage or ("finetune" if spec.loss.task != "none" else "pretrain"),
+        metric=metric,
+        direction=args.direction or default_direction(metric),
+        pruner=args.pruner,
+        startup_trials=args.startup_trials,
+        seed=args.seed,
+        ds_config=args.ds_config,
+    )
     summary = run_study(base, space, options)
     if summary is not None:
         print_summary(summary, options)

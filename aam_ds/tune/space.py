@@ -26,8 +26,12 @@ from aam_ds.errors import AamInputError
 from aam_ds.spec import RunSpec, build_spec
 
 KINDS = ("float", "int", "log", "categorical")
-KEYS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
-        "log": {"type", "low", "high"}, "categorical": {"type", "choices"}}
+KEYS = {
+    "float": {"type", "low", "high", "log", "step"},
+    "int": {"type", "low", "high", "log", "step"},
+    "log": {"type", "low", "high"},
+    "categorical": {"type", "choices"},
+}
 SET_BY_TUNE = ("tracking.run_dir", "tracking.name", "tracking.overwrite", "checkpoint.resume", "checkpoint.dir")
 EXAMPLE = "e.g. optim.lr: {type: log, low: 1.0e-4, high: 1.0e-2}"
 
@@ -153,7 +157,10 @@ def load_space(path: Path, base: dict[str, Any]) -> SearchSpace:
             try:
                 build_spec(set_fields(base, {dimension.field: value}), f"{path}: {field}={value!r}")
             except AamInputError as exc:
-                raise AamInputError(f"{path}: {field}", f"the run spec refuses {value!r}: {exc.problem}",
-                                    "keep the range within the values the field accepts") from None
+                raise AamInputError(
+                    f"{path}: {field}",
+                    f"the run spec refuses {value!r}: {exc.problem}",
+                    "keep the range within the values the field accepts",
+                ) from None
         dimensions.append(dimension)
     return SearchSpace(tuple(dimensions), str(path))

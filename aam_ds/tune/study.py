@@ -82,8 +82,11 @@ def check_options(base: RunSpec, options: TuneOptions) -> None:
     if options.trials < 1:
         raise AamInputError(f"--trials {options.trials}", "needs at least one trial", "give --trials 1 or more")
     if base.data.split.val_fraction <= 0:
-        raise AamInputError("data.split.val_fraction", "tuning selects on the validation metric, and there is no validation split",
-                            "set data.split.val_fraction > 0 (e.g. 0.2)")
+        raise AamInputError(
+            "data.split.val_fraction",
+            "tuning selects on the validation metric, and there is no validation split",
+            "set data.split.val_fraction > 0 (e.g. 0.2)",
+        )
 
 
 def open_study(options: TuneOptions) -> Any:
@@ -92,17 +95,31 @@ def open_study(options: TuneOptions) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # aam-ds prints one line per trial
     options.out_dir.mkdir(parents=True, exist_ok=True)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=options.startup_trials) if options.pruner == "median" else optuna.pruners.NopPruner()
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=options.startup_trials) if options.pruner == "median" else optuna.pruners.NopPruner()
+    )
     try:
-        study = optuna.create_study(storage=options.storage, study_name=options.study_name, direction=options.direction,
-                                    sampler=optuna.samplers.TPESampler(seed=options.seed), pruner=pruner, load_if_exists=True)
+        study = optuna.create_study(
+            storage=options.storage,
+            study_name=options.study_name,
+            direction=options.direction,
+            sampler=optuna.samplers.TPESampler(seed=options.seed),
+            pruner=pruner,
+            load_if_exists=True,
+        )
     except Exception as exc:  # optuna's and SQLAlchemy's errors: a bad URL, an unwritable or foreign database
-        raise AamInputError(f"--storage {options.storage}", f"the study cannot be opened ({str(exc).splitlines()[0][:300]})",
-                            "give an SQLAlchemy URL such as sqlite:///tune.db in a writable folder") from None
+        raise AamInputError(
+            f"--storage {options.storage}",
+            f"the study cannot be opened ({str(exc).splitlines()[0][:300]})",
+            "give an SQLAlchemy URL such as sqlite:///tune.db in a writable folder",
+        ) from None
     stored = study.direction.name.lower()
     if stored != options.direction:
-        raise AamInputError(f"--study-name {options.study_name}", f"the stored study {stored}s, this command would {options.direction[:-1]}",
-                            "use the same --metric / --direction as when the study was created, or a new --study-name")
+        raise AamInputError(
+            f"--study-name {options.study_name}",
+            f"the stored study {stored}s, this command would {options.direction[:-1]}",
+            "use the same --metric / --direction as when the study was created, or a new --study-name",
+        )
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
@@ -122,8 +139,13 @@ def finished_trials(study: Any) -> int:
 
 def trial_spec(base: dict[str, Any], params: dict[str, Any], options: TuneOptions, number: int) -> RunSpec:
     """The trial's run spec: the base with its parameters, its own run folder ``<out_dir>/trial-<n>``."""
-    run = {"tracking.run_dir": str(options.out_dir / f"trial-{number}"), "tracking.name": f"{options.study_name}-trial{number}",
-           "tracking.overwrite": False, "checkpoint.resume": False, "checkpoint.dir": None}
+    run = {
+        "tracking.run_dir": str(options.out_dir / f"trial-{number}"),
+        "tracking.name": f"{options.study_name}-trial{number}",
+        "tracking.overwrite": False,
+        "checkpoint.resume": False,
+        "checkpoint.dir": None,
+    }
     return build_spec(set_fields(base, {**params, **run}), f"trial {number} of study {options.study_name}")
 
 
@@ -175,8 +197,11 @@ def run_trial(base: dict[str, Any], options: TuneOptions, ctx: DistContext, tria
         spec = trial_spec(base, params, options, number)
         value = stage(spec, options.ds_config, on_evaluate=report).eval_metrics.get(options.metric)
         if value is None or not math.isfinite(value):
-            raise AamInputError(f"--metric {options.metric}", f"trial {number} ended without a finite value of it ({value})",
-                                "evaluate at least once (schedule.eval_every) and pick a metric the run reports")
+            raise AamInputError(
+                f"--metric {options.metric}",
+                f"trial {number} ended without a finite value of it ({value})",
+                "evaluate at least once (schedule.eval_every) and pick a metric the run reports",
+            )
         state, outcome = optuna.trial.TrialState.COMPLETE, f"completed: {options.metric} {value:.6g}"
     except optuna.TrialPruned:
         state, outcome = optuna.trial.TrialState.PRUNED, f"pruned at step {report.pruned_at}"
@@ -235,8 +260,11 @@ def summarize(study: Any, base: dict[str, Any], options: TuneOptions) -> TuneSum
         return TuneSummary(counts, None, None, {}, files)
     best = study.best_trial
     best_spec = set_fields(base, best.params)
-    atomic_write_text(out / "best_spec.yaml", f"# best trial {best.number} of study {options.study_name}: {options.metric} "
-                      f"{best.value:.6g}\n" + yaml.safe_dump(best_spec, sort_keys=False))
+    atomic_write_text(
+        out / "best_spec.yaml",
+        f"# best trial {best.number} of study {options.study_name}: {options.metric} "
+        f"{best.value:.6g}\n" + yaml.safe_dump(best_spec, sort_keys=False),
+    )
     files += [out / "best_spec.yaml", *write_plots(study, out, len(completed))]
     return TuneSummary(counts, best.number, best.value, dict(best.params), files)
 

@@ -55,7 +55,7 @@ command = [
     "--set", f"schedule.steps={STEPS}", "--set", f"schedule.warmup_steps={min(10, STEPS // 2)}",
     "--set", f"schedule.log_every={max(1, min(10, STEPS // 4))}", "--set", f"tracking.run_dir={RUN_DIR}",
     "--set", "tracking.rich=false", "--set", "tracking.overwrite=true",
-]  # fmt: skip
+]
 result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 print("\n".join(line for line in result.stdout.splitlines() if line.startswith(("aam-ds run", "step ", "eval ", "consolidated"))))
 assert result.returncode == 0, result.stdout[-3000:]
