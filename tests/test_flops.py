@@ -60,6 +60,20 @@ def test_model_flops_leave_out_padding(demo_train):
     assert padded.executed > plain.executed >= plain.model
 
 
+def test_a_memoised_frozen_encoder_counts_only_the_sample_encoder(demo_train):
+    """With ``model.freeze_sequence_encoder`` and no nucleotide output, each ASV's vector comes from
+    the memo after its first step: the count of a later step matches torch's counter of that step."""
+    spec, dataset = demo_train
+    want = frozenset({"sample_embedding"})
+    model = AAMModel(model_config(spec.model.model_copy(update={"freeze_sequence_encoder": True})), max_seq_len=100)
+    batch = collate([dataset[i] for i in range(8)])
+    model(batch["tokens"], batch["counts"], want)  # fills the memo
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(batch["tokens"], batch["counts"], want)["sample_embedding"].square().sum().backward()
+    counted, analytic = counter.get_total_flops(), training_flops(model, batch, want).executed
+    assert counted > 0 and abs(analytic - counted) / counted < 0.10, (analytic, counted)
+
+
 def test_device_peak_is_measured_once_then_kept_at_the_highest_rate_seen(tmp_path, monkeypatch):
     monkeypatch.setenv("AAM_DS_PEAK_CACHE", str(tmp_path / "peak.json"))
     cpu = torch.device("cpu")

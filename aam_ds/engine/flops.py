@@ -83,6 +83,8 @@ def forward_flops(model: torch.nn.Module, tokens: torch.Tensor, counts: torch.Te
     n_encoded = len(distinct) if packs else len(present_tokens)
     model_flops = encoder_flops(d, f, spec.asv_layers, asv_lengths)
     executed = encoder_flops(d, f, spec.asv_layers, torch.full((n_encoded,), seq_len))
+    if spec.freeze_sequence_encoder and "nucleotide_logits" not in want:  # memoised: each ASV encoded once per run, not per step
+        model_flops = executed = 0.0
     if "nucleotide_logits" in want:  # the head reads every copy's token states
         model_flops += 2 * d * VOCAB_SIZE * float((present_tokens != PAD).sum())
         executed += 2 * d * VOCAB_SIZE * len(present_tokens) * seq_len
