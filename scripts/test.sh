@@ -16,4 +16,6 @@ fi
 .venv/bin/ruff check aam_ds tests bench launch  # lint first: a failing lint fails CI in seconds
 .venv/bin/ruff format --check aam_ds tests bench launch  # the formatter's layout (pyproject [tool.ruff.format])
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
-exec .venv/bin/python -m pytest --durations=25 "$@"
+# two worker processes (pytest-xdist), each test file on one worker (its module fixtures built once):
+# most tests wait on subprocesses or run one thread, so two workers use both cores
+exec .venv/bin/python -m pytest -n 2 --dist loadfile --durations=25 "$@"
