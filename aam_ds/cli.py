@@ -15,23 +15,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from aam_ds.cli_args import add_spec_arguments
 from aam_ds.errors import AamInputError, show_notices_as_lines
 from aam_ds.help_format import HelpFormatter
 
 Runner = Callable[[argparse.Namespace], int]
-
-
-def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
-    """--spec FILE and repeated --set dotted.key=value, shared by every command that reads a spec."""
-    parser.add_argument("--spec", type=Path, default=None, help="run spec (YAML, TOML or JSON); default: every field at its default")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec field, e.g. --set model.d_model=256 (repeatable)",
-    )
 
 
 def spec_from_args(args: argparse.Namespace):

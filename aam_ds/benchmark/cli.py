@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from aam_ds.benchmark.recipe import BUDGETS
+from aam_ds.cli_args import add_set_argument
 from aam_ds.distances.registry import METRIC_NAMES
 from aam_ds.spec.flags import SPLIT_KINDS, TASKS
 
@@ -67,14 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a pretrained export (model.pt of a pretraining run on this table) to fine-tune instead of "
         "pretraining anew; the recipe's pretrain stage is skipped",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="run-spec override for both AAM stages, e.g. --set data.cache_dir=/scratch/cache (repeatable)",
-    )
+    add_set_argument(parser, "run-spec override for both AAM stages, e.g. --set data.cache_dir=/scratch/cache (repeatable)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmark"), help="report folder (default: ./benchmark)")
 
 

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+from aam_ds.cli_args import add_spec_arguments
 from aam_ds.errors import AamInputError, show_notices_as_lines
 from aam_ds.help_format import HelpFormatter
 from aam_ds.spec import RunSpec, load_spec
@@ -23,15 +24,7 @@ def parse_args(argv: Sequence[str] | None, description: str, prog: str | None = 
 
 def add_stage_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options of a training stage (``--spec``, ``--set``, ``--ds-config``, ...) to ``parser``; returns it."""
-    parser.add_argument("--spec", type=Path, help="run spec (YAML, TOML or JSON); default: the built-in demo run")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec field, e.g. --set model.d_model=256 (repeatable)",
-    )
+    add_spec_arguments(parser, "run spec (YAML, TOML or JSON); default: the built-in demo run")
     parser.add_argument(
         "--ds-config",
         type=Path,

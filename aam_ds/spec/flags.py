@@ -10,9 +10,9 @@ else the flag's own default (the spec field's default where the two mean the sam
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any, get_args
 
+from aam_ds import cli_args
 from aam_ds.spec.files import load_spec
 from aam_ds.spec.run import RunSpec
 from aam_ds.spec.sections import LossSpec, SplitSpec
@@ -22,15 +22,12 @@ TASKS: tuple[str, ...] = tuple(t for t in get_args(LossSpec.model_fields["task"]
 
 
 def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--spec FILE`` and repeatable ``--set KEY=VALUE`` (dest ``overrides``), as for ``aam-ds pretrain``."""
-    parser.add_argument("--spec", type=Path, default=None, help="run spec (YAML / TOML / JSON) whose fields fill the flags not given")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="run-spec override, e.g. --set data.metric=jaccard (repeatable)",
+    """``--spec FILE`` and repeatable ``--set KEY=VALUE`` (dest ``overrides``) for a command whose own
+    flags the spec fills (:func:`fill_from_spec`)."""
+    cli_args.add_spec_arguments(
+        parser,
+        "run spec (YAML / TOML / JSON) whose fields fill the flags not given",
+        "run-spec override, e.g. --set data.metric=jaccard (repeatable)",
     )
 
 

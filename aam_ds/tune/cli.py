@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aam_ds.cli_args import add_spec_arguments
+
 EXAMPLE = """example (search space: one line per spec field):
   cat > space.yaml <<'EOF'
   optim.lr: {type: log, low: 1.0e-4, high: 1.0e-2}
@@ -20,14 +22,10 @@ Run the same command again after a kill: finished trials are kept, the study con
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``aam-ds tune`` to ``parser`` (its epilog is the worked example)."""
     parser.epilog = EXAMPLE
-    parser.add_argument("--spec", type=Path, default=None, help="base run spec (YAML, TOML or JSON); default: the demo run")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a base spec field, e.g. --set schedule.steps=200 (repeatable)",
+    add_spec_arguments(
+        parser,
+        "base run spec (YAML, TOML or JSON); default: the demo run",
+        "override a base spec field, e.g. --set schedule.steps=200 (repeatable)",
     )
     parser.add_argument("--space", type=Path, required=True, help="search space YAML: spec field -> {type: float|int|log|categorical, ...}")
     parser.add_argument("--trials", type=int, required=True, help="finished trials the study should hold (a resumed study runs the rest)")
