@@ -12,7 +12,7 @@ from aam_ds.engine.setup import build_objective
 from aam_ds.engine.steps import seed_micro_step
 from aam_ds.export import model_config
 from aam_ds.model.aam import AAMModel
-from aam_ds.model.packing import distinct_rows, mask_distinct_asvs
+from aam_ds.model.packing import distinct_rows
 from aam_ds.spec import build_spec
 
 
@@ -51,13 +51,3 @@ def test_packing_does_not_change_the_loss_or_gradients_of_a_fixed_batch(demo, ca
     for name, grad in unpacked_grads.items():
         if grad.norm() > 0.01 * largest:
             assert (packed_grads[name] - grad).norm() < 1e-3 * grad.norm(), name
-
-
-def test_copies_of_an_asv_are_masked_alike_and_distinct_asvs_independently():
-    gen = torch.Generator().manual_seed(0)
-    asvs = torch.randint(1, 5, (3, 60))  # three distinct ASVs of A/C/G/T tokens
-    tokens = torch.stack([asvs[[0, 1, 2]], asvs[[2, 0, 1]]])  # two samples holding the same ASVs
-    masked, labels = mask_distinct_asvs(tokens, 0.3, gen)
-    torch.testing.assert_close(masked[1], masked[0][[2, 0, 1]])
-    torch.testing.assert_close(labels[1], labels[0][[2, 0, 1]])
-    assert not torch.equal(masked[0] != tokens[0], (masked[0] != tokens[0])[[1, 2, 0]])  # not one mask for all

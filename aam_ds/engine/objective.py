@@ -18,7 +18,7 @@ from aam_ds.engine.pairwise import MicroOutputs, gathered_pairwise_loss
 from aam_ds.errors import AamInputError
 from aam_ds.model import losses
 from aam_ds.model.blocks import asv_hash_buckets
-from aam_ds.model.packing import mask_distinct_asvs
+from aam_ds.model.masking import mask_nucleotides
 from aam_ds.spec import LossSpec, ModelSpec
 
 
@@ -87,7 +87,7 @@ class Objective:
         tokens, labels, asv_ids = batch["tokens"], None, None
         if "nucleotide_logits" in self.want:
             asv_ids = unmasked_asv_ids(model, tokens)
-            tokens, labels = mask_distinct_asvs(tokens, self.loss.mask_fraction, generator)  # packing still applies
+            tokens, labels = mask_nucleotides(tokens, self.loss.mask_fraction, generator)  # per copy (aam_ds.model.packing)
         return model(tokens, batch["counts"], self.want, batch.get("covariates"), asv_ids), labels
 
     @property
