@@ -30,6 +30,17 @@ class DataPosition(NamedTuple):
     sample: int = 0
 
 
+def advance(position: DataPosition, micro_steps: int, n_samples: int, global_micro: int) -> DataPosition:
+    """Where the stream of ``n_samples`` per epoch, cut into global micro-batches of ``global_micro``
+    samples (each epoch's remainder dropped), stands ``micro_steps`` micro-steps after ``position``."""
+    epoch, sample = position
+    first = (n_samples - sample) // global_micro  # micro-steps left in the start epoch
+    if micro_steps < first:
+        return DataPosition(epoch, sample + micro_steps * global_micro)
+    epochs, steps = divmod(micro_steps - first, max(1, n_samples // global_micro))
+    return DataPosition(epoch + 1 + epochs, steps * global_micro)
+
+
 class GlobalBatchSampler(Sampler[list[int]]):
     """Yields this rank's micro-batches (lists of dataset positions, or of ``(position, epoch)`` with
     ``with_epoch``) forever, from ``start``."""
@@ -66,12 +77,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     def position_after(self, micro_steps: int) -> DataPosition:
         """Where the stream stands after ``micro_steps`` micro-steps from :attr:`start`."""
-        epoch, sample = self.start
-        first = (self.n_samples - sample) // self.global_micro  # micro-steps left in the start epoch
-        if micro_steps < first:
-            return DataPosition(epoch, sample + micro_steps * self.global_micro)
-        epochs, steps = divmod(micro_steps - first, self.micro_steps_per_epoch)
-        return DataPosition(epoch + 1 + epochs, steps * self.global_micro)
+        return advance(self.start, micro_steps, self.n_samples, self.global_micro)
 
     def __iter__(self) -> Iterator[list[int]]:
         epoch, sample = self.start

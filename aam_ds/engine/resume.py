@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from aam_ds.engine import checkpoint as ckpt
-from aam_ds.engine.batches import DataPosition
+from aam_ds.engine.batches import DataPosition, advance
 from aam_ds.engine.distributed import DistContext
 from aam_ds.errors import AamInputError, notice
 from aam_ds.model.aam import AAMModel
@@ -60,8 +60,7 @@ def data_position(state: dict[str, Any], micro_steps: int, n_samples: int, globa
     (the layout that wrote them)."""
     if DATA_POSITION in state:
         return DataPosition(*state[DATA_POSITION])
-    epoch, step = divmod(micro_steps, max(1, n_samples // global_micro))
-    return DataPosition(epoch, step * global_micro)
+    return advance(DataPosition(), micro_steps, n_samples, global_micro)
 
 
 def saved_data_position(tag_dir: Path, step: int, saved_world: int, n_samples: int) -> DataPosition:
