@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -41,6 +43,18 @@ def _no_leaked_launch_environment():
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture
+def documented_master_port():
+    """DeepSpeed's default rendezvous port (29500), held by this test alone for its duration.
+
+    A test that runs a documented ``deepspeed ...`` command as written rendezvouses on 29500. Under
+    pytest-xdist two such tests in two workers would collide (EADDRINUSE), so they take turns on an
+    exclusive lock on a file in the temporary folder, which every worker of the run shares."""
+    with open(Path(tempfile.gettempdir()) / "aam-ds-tests-port-29500.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield 29500
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -193,7 +193,7 @@ def digest(path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_readme_walkthrough_runs_as_written_and_keeps_every_model(demo_paths, tmp_path):
+def test_readme_walkthrough_runs_as_written_and_keeps_every_model(demo_paths, tmp_path, documented_master_port):
     lay_out(tmp_path, demo_paths)
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARIABLES}
     env |= {"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

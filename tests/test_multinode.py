@@ -167,7 +167,7 @@ def kept_step(job: Path) -> int:
 
 
 @pytest.mark.slow
-def test_readme_multinode_command_over_pdsh_ssh_fails_fast_and_resumes(nodes, reference, demo_paths, tmp_path):
+def test_readme_multinode_command_over_pdsh_ssh_fails_fast_and_resumes(nodes, reference, demo_paths, tmp_path, documented_master_port):
     cache, expected = reference
     job = lay_out_job(tmp_path / "job", demo_paths, cache)
     (job / "hostfile").write_text("node001 slots=1\nnode002 slots=1\n")
@@ -181,7 +181,7 @@ def test_readme_multinode_command_over_pdsh_ssh_fails_fast_and_resumes(nodes, re
     )
     with socket.socket() as probe:  # the README's port must be free (as torch's store binds it) for its command to run as written
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(("127.0.0.1", 29500))
+        probe.bind(("127.0.0.1", documented_master_port))
 
     # the README command; after its first checkpoint, rank 1 (on node002) is killed
     latest = job / "runs" / "job" / "checkpoints" / "latest"

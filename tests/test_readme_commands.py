@@ -40,7 +40,7 @@ def readme_pretrain_command() -> list[str]:
     return shlex.split(line)
 
 
-def test_readme_template_pretrains_with_the_readme_command(demo_paths, tmp_path):
+def test_readme_template_pretrains_with_the_readme_command(demo_paths, tmp_path, documented_master_port):
     spec = readme_run_yaml()
     assert spec["parallel"] == {"global_batch_size": 256, "micro_batch_size": 32, "precision": "bf16"}
     assert spec["data"]["sequences"] == "rep-seqs.qza"
