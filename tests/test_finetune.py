@@ -188,3 +188,49 @@ def _data(cache: Path, run_dir: Path):
     from aam_ds.data.prepare import prepare_data
 
     return prepare_data(spec_for(cache, run_dir))
+
+
+@pytest.mark.parametrize(("task", "target"), [("regression", "age"), ("classification", "body_site")])
+def test_a_linear_probe_head_starts_as_the_probe_of_the_training_embeddings(cache, tmp_path, task, target):
+    """LP-FT (``model.task_head_init=linear_probe``): before its first step, the fine-tuning model
+    predicts on the training split what the project's linear model (standardise + ridge / balanced
+    logistic regression, penalty by inner CV) predicts when fitted on the pretrained export's
+    embeddings of that split; and the run then trains from there."""
+    from aam_ds.engine.distributed import init_distributed
+    from aam_ds.evaluation.linear_baseline import linear_model
+    from aam_ds.export import build_exported_model
+    from aam_ds.prediction import embed_inputs, predict_split, split_inputs
+
+    pretrained = tmp_path / "pretrain"
+    trainer.pretrain(
+        spec_for(cache, pretrained, **{"loss.task": "none", "data.targets": "[]", "loss.pairwise_weight": 1, "schedule.steps": 3})
+    )
+    settings = {
+        "model.pretrained": pretrained / "model.pt",
+        "model.task_head": "linear",
+        "model.task_head_init": "linear_probe",
+        "model.freeze_sequence_encoder": "true",
+        "loss.task": task,
+        "loss.class_weights": "true",
+        "data.targets": f"[{target}]",
+    }
+    run = trainer.Trainer.build(init_distributed(), spec_for(cache, tmp_path / "run", **settings), None, True)
+    assert run.head_note.startswith("task head initialised as the linear probe")
+    data, rows = run.data, run.data.splits["train"]
+    embeddings = embed_inputs(build_exported_model(load_export(pretrained / "model.pt")), split_inputs(data, "train"))
+    probe = linear_model(task, 0)
+    [started] = predict_split(run.model, data, "train")
+    if task == "regression":
+        probe.fit(embeddings, data.targets[rows, 0])
+        np.testing.assert_allclose(started.values, probe.predict(embeddings), rtol=1e-4, atol=1e-3)
+    else:
+        probe.set_params(logisticregressioncv__class_weight="balanced").fit(embeddings, data.targets[rows])
+        assert len(probe.classes_) == len(data.class_names) > 2
+        np.testing.assert_allclose(started.probabilities, probe.predict_proba(embeddings), atol=1e-4)
+    result = run.run()
+    assert np.isfinite(result.train_losses).all() and (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_a_linear_probe_start_needs_a_linear_head(cache, tmp_path):
+    with pytest.raises(Exception, match="model.task_head=linear"):
+        spec_for(cache, tmp_path, **{"model.task_head_init": "linear_probe"})
