@@ -234,3 +234,22 @@ def test_a_linear_probe_head_starts_as_the_probe_of_the_training_embeddings(cach
 def test_a_linear_probe_start_needs_a_linear_head(cache, tmp_path):
     with pytest.raises(Exception, match="model.task_head=linear"):
         spec_for(cache, tmp_path, **{"model.task_head_init": "linear_probe"})
+
+
+@pytest.mark.parametrize("classes", [(0, 1), (0, 2), (0, 1, 3)])
+def test_probe_logits_give_the_probes_probabilities_for_two_or_more_classes(classes):
+    """``class_logits``: the softmax of the head's logits is sklearn's predict_proba, for a binary probe
+    (one sklearn logit), a multinomial one, and classes of the head absent from the fit (logit far below)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from aam_ds.engine.head_init import class_logits
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 5))
+    labels = np.asarray(classes)[rng.integers(len(classes), size=120)]
+    fitted = LogisticRegression().fit(x + labels[:, None] * 0.5, labels)
+    weight, bias = class_logits(fitted, n_classes=4)
+    probabilities = torch.softmax(torch.as_tensor(x @ weight.T + bias), dim=1).numpy()
+    np.testing.assert_allclose(probabilities[:, fitted.classes_], fitted.predict_proba(x), atol=1e-4)
+    absent = sorted(set(range(4)) - set(classes))
+    assert probabilities[:, absent].max() < 1e-3
