@@ -33,6 +33,29 @@ def test_shipped_recipes_load_and_give_valid_specs():
     assert load_recipe("standard").finetune.steps(2000, 32) == 1250  # 20 epochs of 2,000 samples
 
 
+def test_the_wheel_carries_the_budget_recipes(tmp_path):
+    """An installed package (a wheel, the container) finds ``--budget standard``: the recipes are
+    package data, and ``configs/benchmark`` of the repository is the same folder."""
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    root, source = Path(__file__).resolve().parents[1], tmp_path / "source"  # a copy: setuptools writes build/ beside pyproject.toml
+    shutil.copytree(root / "aam_ds", source / "aam_ds", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PIP_CACHE_DIR": str(tmp_path / "pip-cache")},
+    )
+    [wheel] = tmp_path.glob("aam_ds-*.whl")
+    shipped = {Path(name).name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("aam_ds/benchmark/recipes/")}
+    assert shipped == {f"{budget}.yaml" for budget in BUDGETS}
+    assert (root / "configs" / "benchmark").resolve() == RECIPE_DIR
+
+
 def test_small_tables_take_the_recipes_small_table_variant(tmp_path):
     """Standard recipe: under 500 samples pretraining freezes the nucleotide encoder, drops the
     masked-nucleotide loss and runs at least 200 steps; from 500 samples on the stage is unchanged.

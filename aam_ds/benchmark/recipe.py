@@ -1,7 +1,8 @@
 """Benchmark recipes: the training budget of ``aam-ds benchmark``, read from readable YAML files.
 
-``--budget quick|standard|full`` picks ``configs/benchmark/<budget>.yaml`` of the repository (or of
-the installed package's data); ``--budget path/to/recipe.yaml`` reads any file of the same shape::
+``--budget quick|standard|full`` picks ``aam_ds/benchmark/recipes/<budget>.yaml``, package data that an
+installed package (a wheel, the container) carries too; ``configs/benchmark`` of the repository links
+to that folder. ``--budget path/to/recipe.yaml`` reads any file of the same shape::
 
     description: one line
     baselines: {rf_trees: 500}
@@ -36,7 +37,7 @@ import yaml
 from aam_ds.errors import AamInputError
 
 BUDGETS = ("quick", "standard", "full")
-RECIPE_DIR = Path(__file__).resolve().parents[2] / "configs" / "benchmark"
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"  # package data (pyproject: tool.setuptools.package-data)
 
 
 @dataclass(frozen=True)
