@@ -215,7 +215,7 @@ def test_a_linear_probe_head_starts_as_the_probe_of_the_training_embeddings(cach
         "data.targets": f"[{target}]",
     }
     run = trainer.Trainer.build(init_distributed(), spec_for(cache, tmp_path / "run", **settings), None, True)
-    assert run.head_note.startswith("task head initialised as the linear probe")
+    assert run.head_note.startswith("the linear probe of")
     data, rows = run.data, run.data.splits["train"]
     embeddings = embed_inputs(build_exported_model(load_export(pretrained / "model.pt")), split_inputs(data, "train"))
     probe = linear_model(task, 0)

@@ -54,7 +54,7 @@ def init_head_from_probe(model: AAMModel, data: PreparedData, task: str, class_w
     Returns
     -------
     str
-        One line for the run log: the samples fitted and the penalty chosen.
+        For the run header ("task head: ..."): the samples fitted and the penalty chosen.
 
     Raises
     ------
@@ -92,7 +92,7 @@ def init_head_from_probe(model: AAMModel, data: PreparedData, task: str, class_w
         head.weight.zero_()  # covariate embeddings (after the sample embedding) start without effect
         head.weight[:, : weight.shape[1]] = torch.as_tensor(weight, dtype=head.weight.dtype)
         head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
-    return f"task head initialised as the linear probe of {len(rows):,} training samples' pretrained embeddings ({penalty})"
+    return f"the linear probe of {len(rows):,} training samples' pretrained embeddings ({penalty})"
 
 
 def class_logits(estimator, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
