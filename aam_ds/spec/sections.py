@@ -201,6 +201,13 @@ class LossSpec(_Section):
     task_weight: float = Field(1.0, ge=0.0)
     regression_loss: Literal["huber", "mse", "mae"] = "huber"
     class_weights: bool = Field(False, description="weight classes by inverse training frequency")
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="classification: cross-entropy against targets that give this much probability mass evenly to all "
+        "classes (Szegedy et al. 2016), which bounds the logits of a model fine-tuned on few samples",
+    )
 
 
 # --------------------------------------------------------------------------------------------
