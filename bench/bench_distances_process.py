@@ -9,17 +9,23 @@ CPU seconds (user + system, from ``wait4``), median of ``--repeats``, and its pe
 - ``ssu``: the ``ssu`` binary alone;
 - ``baseline``: ``aam-ds`` of another checkout (``--baseline /path/to/checkout``), for before / after.
 
+After each metric the matrices of ``aam-ds`` and ``ssu`` are compared: "max diff vs ssu" is the largest
+``|ours - ssu|`` over the whole matrix (both fp64), computed in a spawned process: a child's peak RSS starts
+from its parent's at the fork, so this process stays small.
+
     python bench/bench_distances_process.py --baseline ../main --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +48,17 @@ def child_cost(command: list[str], checkout: Path | None) -> tuple[float, float]
     return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
+def max_difference(ours: Path, theirs: Path) -> float:
+    """Largest ``|ours - theirs|`` between two distance matrix files, matched by sample ID."""
+    from aam_ds.distances.io import read_distance_matrix
+
+    ids, matrix = read_distance_matrix(ours)
+    their_ids, their_matrix = read_distance_matrix(theirs)
+    position = {s: i for i, s in enumerate(ids)}
+    rows = [position[s] for s in their_ids]
+    return float(abs(matrix[rows][:, rows] - their_matrix).max())
+
+
 def variants(table: Path, tree: Path, metric: str, folder: Path, baseline: Path | None) -> dict[str, tuple[list[str], Path | None]]:
     """Name -> (command, checkout) of every variant measured."""
     aam = [
@@ -55,16 +72,14 @@ def variants(table: Path, tree: Path, metric: str, folder: Path, baseline: Path 
         str(tree),
         "--metric",
         metric,
-        "--out",
-        str(folder / "d.h5"),
         "--threads",
         "1",
         "--no-progress",
     ]
     torch_engine = ["--device", "cpu"]
     out = {
-        "aam-ds": ([*aam, *torch_engine, "--cache-dir", str(folder / "cache")], ROOT),
-        "aam-ds --engine ssu": ([*aam, "--engine", "ssu"], ROOT),
+        "aam-ds": ([*aam, *torch_engine, "--cache-dir", str(folder / "cache"), "--out", str(folder / "ours.h5")], ROOT),
+        "aam-ds --engine ssu": ([*aam, "--engine", "ssu", "--out", str(folder / "via-ssu.h5")], ROOT),
         "ssu": (
             [
                 "ssu",
@@ -85,7 +100,7 @@ def variants(table: Path, tree: Path, metric: str, folder: Path, baseline: Path 
         ),
     }
     if baseline is not None:
-        out["baseline"] = ([*aam, *torch_engine], baseline)
+        out["baseline"] = ([*aam, *torch_engine, "--out", str(folder / "baseline.h5")], baseline)
     return out
 
 
@@ -112,6 +127,9 @@ def main() -> None:
                         f"{max(r for _, r in runs):>9.0f}",
                         flush=True,
                     )
+                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    diff = pool.submit(max_difference, folder / "ours.h5", folder / "s.h5").result()
+                print(f"{name:<12}{metric:<22}max diff vs ssu: {diff:.1e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""``aam-ds distances`` pays only for what it uses: its help, ``--engine ssu`` and unweighted UniFrac on the
-CPU import no torch, scikit-learn or DeepSpeed (seen from ``sys.modules`` of a fresh interpreter, after the
-command ran); a metric without a CPU kernel does import torch."""
+"""``aam-ds distances`` pays only for what it uses: its help, ``--engine ssu`` and unweighted and weighted UniFrac
+on the CPU import no torch, scikit-learn or DeepSpeed (seen from ``sys.modules`` of a fresh interpreter, after
+the command ran); a metric without a CPU kernel (generalised UniFrac) does import torch."""
 
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ def test_ssu_engine_imports_no_torch(shared_data, tmp_path):
     assert out.is_file()
 
 
-@pytest.mark.slow  # two fresh interpreters, one importing torch: over 20 s on a loaded 2-core machine
-def test_unweighted_on_the_cpu_imports_no_torch_and_other_metrics_do(demo_paths, tmp_path):
+@pytest.mark.slow  # three fresh interpreters, one importing torch: over 20 s on a loaded 2-core machine
+def test_unweighted_and_weighted_on_the_cpu_import_no_torch_and_generalized_does(demo_paths, tmp_path):
     argv = [
         "distances",
         "--table",
@@ -70,5 +70,8 @@ def test_unweighted_on_the_cpu_imports_no_torch_and_other_metrics_do(demo_paths,
         "--cache-dir",
         str(tmp_path / "cache"),
     ]
-    assert [m for m in _modules_after([*argv, "--metric", "unweighted", "--out", str(tmp_path / "u.h5")]) if m != "pandas"] == []
-    assert "torch" in _modules_after([*argv, "--metric", "weighted_normalized", "--out", str(tmp_path / "w.h5")])
+    for metric in ("unweighted", "weighted_normalized"):
+        out = tmp_path / f"{metric}.h5"
+        assert [m for m in _modules_after([*argv, "--metric", metric, "--out", str(out)]) if m != "pandas"] == []
+        assert out.is_file()
+    assert "torch" in _modules_after([*argv, "--metric", "generalized", "--out", str(tmp_path / "g.h5")])

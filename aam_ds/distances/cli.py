@@ -48,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=("torch", "ssu"), default="torch", help="ours, or biocore's ssu binary")
     parser.add_argument("--dtype", choices=("fp64", "fp32"), default="fp64", help="precision of the torch engine")
     parser.add_argument(
-        "--device", default="auto", help="torch device; auto = cuda when available, else cpu (where unweighted UniFrac runs without torch)"
+        "--device",
+        default="auto",
+        help="torch device; auto = cuda when available, else cpu (where unweighted and weighted UniFrac run without torch)",
     )
     parser.add_argument("--block-size", type=int, default=1024, help="samples per block of the torch engine")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch, numpy's BLAS and ssu's OMP_NUM_THREADS)")

@@ -63,8 +63,20 @@ REGISTRY: dict[str, Metric] = {
     m.name: m
     for m in (
         Metric("unweighted", "unifrac.unweighted", "branches", "unweighted UniFrac", cpu_kernel="unifrac_cpu.unweighted"),
-        Metric("weighted_normalized", "unifrac.weighted_normalized", "branches", "weighted UniFrac, normalised"),
-        Metric("weighted_unnormalized", "unifrac.weighted_unnormalized", "branches", "weighted UniFrac, unnormalised"),
+        Metric(
+            "weighted_normalized",
+            "unifrac.weighted_normalized",
+            "branches",
+            "weighted UniFrac, normalised",
+            cpu_kernel="unifrac_cpu.weighted_normalized",
+        ),
+        Metric(
+            "weighted_unnormalized",
+            "unifrac.weighted_unnormalized",
+            "branches",
+            "weighted UniFrac, unnormalised",
+            cpu_kernel="unifrac_cpu.weighted_unnormalized",
+        ),
         Metric("generalized", "unifrac.generalized", "branches", "generalised UniFrac (Chen et al. 2012)", ("alpha",)),
         Metric("braycurtis", "ecological.braycurtis", "counts", "Bray-Curtis"),
         Metric("jaccard", "ecological.jaccard", "counts", "Jaccard (presence / absence)"),

@@ -1,12 +1,18 @@
-"""Unweighted UniFrac on the CPU straight from the per-sample sparse rows, never densifying a block.
+"""UniFrac on the CPU straight from the per-sample sparse rows (branch proportions), in numpy and scipy.
 
-Per-sample presence is the sparsity pattern of the branch proportions (zeros are not stored). The
-shared length of two samples, ``sum l [a > 0][b > 0]``, splits by branch: branches held by more than
-5 % of the block's rows (near the root) go through one dense matrix product (numpy's BLAS) over just
-those columns; the others (tips and twigs: most branches, few non-zeros each) through a scipy sparse
-product that touches only the pairs of samples sharing them. On Huang oral (2,537 samples)
-the full matrix takes 0.7 CPU s this way against 2.7 s for the densified kernel
+Unweighted: per-sample presence is the sparsity pattern of the branch proportions (zeros are not
+stored). The shared length of two samples, ``sum l [a > 0][b > 0]``, splits by branch: branches held by
+more than 5 % of the block's rows (near the root) go through one dense matrix product (numpy's BLAS)
+over just those columns; the others (tips and twigs: most branches, few non-zeros each) through a
+scipy sparse product that touches only the pairs of samples sharing them. On Huang oral (2,537
+samples) the full matrix takes 0.7 CPU s this way against 2.7 s for the densified kernel
 (:func:`aam_ds.distances.unifrac.unweighted`, used on GPUs), equal to 2e-14.
+
+Weighted: ``sum l |a - b| = sum l a + sum l b - 2 sum l min(a, b)``, and ``min(a, b)`` is zero off
+``a``'s support, so each row of ``a`` gathers the other side's values over its own support only (one
+row copy per branch), takes the elementwise minimum and one matrix-vector product with the lengths;
+against itself only the pairs above the diagonal are computed. On Huang oral the full weighted
+normalised matrix takes 3.7 CPU s this way against 9.4 s for the torch kernel on the CPU, equal to 1e-14.
 
 :class:`CpuMetric` binds such a kernel to a table without torch, so ``aam-ds distances`` on a machine
 without a GPU does not pay for importing torch (1.2-1.5 CPU s, more than ssu's whole run on ECAM).
@@ -52,6 +58,62 @@ def unweighted(a: sp.csr_matrix, b: sp.csr_matrix | None, length: np.ndarray) ->
         np.fill_diagonal(shared, total_a)
     union = total_a[:, None] + total_b[None, :] - shared
     return np.where(union > 0, (union - shared) / np.where(union > 0, union, 1), 0).astype(length.dtype, copy=False)
+
+
+def weighted_unnormalized(a: sp.csr_matrix, b: sp.csr_matrix | None, length: np.ndarray) -> np.ndarray:
+    """Weighted unnormalised UniFrac ``sum l |a - b|`` ``[m, n]`` between the rows of ``a`` ``[m, K]`` and ``b``
+    ``[n, K]`` (CSR branch proportions, non-negative; ``b=None``: ``a`` against itself), ``length [K]`` the
+    branch lengths; dtype of ``length``. Written ``sum l a + sum l b - 2 sum l min(a, b)``, clipped at 0
+    against rounding."""
+    total_a, total_b, shared = _min_shared(a, b, length)
+    return np.maximum(total_a[:, None] + total_b[None, :] - 2 * shared, 0)
+
+
+def weighted_normalized(a: sp.csr_matrix, b: sp.csr_matrix | None, length: np.ndarray) -> np.ndarray:
+    """Weighted normalised UniFrac: :func:`weighted_unnormalized` over ``sum l (a + b)`` ``[m, n]`` (arguments
+    as there). A pair whose denominator is 0 (no reads below a branch of positive length) has distance 0,
+    as in the dense kernel."""
+    total_a, total_b, shared = _min_shared(a, b, length)
+    total = total_a[:, None] + total_b[None, :]
+    distance = np.maximum(total - 2 * shared, 0)
+    return np.where(total > 0, distance / np.where(total > 0, total, 1), 0).astype(length.dtype, copy=False)
+
+
+def _min_shared(a: sp.csr_matrix, b: sp.csr_matrix | None, length: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(sum l a [m], sum l b [n], sum l min(a, b) [m, n])``. Each row of ``a`` takes the minimum over its own
+    support only (``min`` is 0 elsewhere), against ``b`` densified over ``a``'s columns (``[k, n]``, one row per
+    branch, so a row's support is gathered as whole rows). With ``b=None`` only the pairs above the diagonal
+    are computed, then mirrored; the diagonal is ``sum l a`` (distance 0)."""
+    same = b is None
+    b = a if same else b
+    total_a = a @ length
+    total_b = total_a if same else b @ length
+    columns = np.unique(a.indices)
+    position = np.full(a.shape[1], -1, dtype=np.int64)
+    position[columns] = np.arange(len(columns))
+    b_columns = _dense_columns(b, position, len(columns), length.dtype)
+    shared = np.zeros((a.shape[0], b.shape[0]), dtype=length.dtype)
+    for i in range(a.shape[0]):
+        lo, hi = a.indptr[i], a.indptr[i + 1]
+        support = a.indices[lo:hi]
+        start = i + 1 if same else 0
+        values = b_columns[position[support], start:]  # [support, n - start], a copy
+        np.minimum(values, a.data[lo:hi, None], out=values)
+        shared[i, start:] = length[support] @ values
+    if same:
+        shared += shared.T
+        np.fill_diagonal(shared, total_a)
+    return total_a, total_b, shared
+
+
+def _dense_columns(rows: sp.csr_matrix, position: np.ndarray, k: int, dtype: np.dtype) -> np.ndarray:
+    """``rows`` ``[n, K]`` densified over the ``k`` columns with ``position >= 0`` and transposed: ``[k, n]``."""
+    row = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
+    column = position[rows.indices]
+    kept = column >= 0
+    out = np.zeros((k, rows.shape[0]), dtype=dtype)
+    out[column[kept], row[kept]] = rows.data[kept]
+    return out
 
 
 def _presence(rows: sp.csr_matrix, dtype: np.dtype) -> sp.csr_matrix:
