@@ -30,8 +30,6 @@ RUN_TIME_MODEL_FIELDS = (
     "freeze_encoder",
     "freeze_sequence_encoder",
     "asv_identity_dropout",
-    "task_head",
-    "task_head_init",
 )
 
 

@@ -137,7 +137,6 @@ class Trainer:
         n_params: int,
         resume_tag: str | None = None,
         restart: tuple[int, DataPosition] | None = None,
-        head_note: str = "",
     ):
         """Builds the engine, the best-model tracker and the batch stream, resuming from checkpoint
         ``resume_tag`` (the one every rank agreed on) when given, or at ``restart`` (a step and the
@@ -182,7 +181,6 @@ class Trainer:
         self.meter, self.window_start, self.window = PeakMemory(ctx.device), 0.0, 0  # throughput window since the last log line
         self.on_evaluate: EvalCallback | None = None  # see pretrain()
         self.scatter: Any = None  # the last validation's (predicted, true) distances, for the tracked plot
-        self.head_note = head_note  # how the task head was initialised, when not at random (LP-FT)
 
     @classmethod
     def build(
@@ -206,19 +204,12 @@ class Trainer:
         resume_tag, restart = (
             resume_point(spec, ckpt_dir, ctx, model, len(data.splits["train"])) if spec.checkpoint.resume else (None, None)
         )
-        head_note = ""
-        if finetuning and spec.model.task_head_init == "linear_probe" and resume_tag is None and restart is None:
-            from aam_ds.engine.head_init import init_head_from_probe  # scikit-learn, only for LP-FT
-
-            head_note = init_head_from_probe(model, data, spec.loss.task, spec.loss.class_weights, spec.schedule.seed, ctx.device)
         n_params = sum(p.numel() for p in model.parameters())  # before the engine: ZeRO-3 partitions the parameters
         check_free_space(ckpt_dir, n_params, spec.checkpoint.keep_last)
         if ctx.is_main:
             atomic_write_json(run_dir / "spec.json", spec.model_dump(mode="json"))
             atomic_write_json(run_dir / "ds_config.json", ds_config)
-        return cls(
-            ctx, spec, ds_config, plan, finetuning, data, model, model_args, model_spec, objective, n_params, resume_tag, restart, head_note
-        )
+        return cls(ctx, spec, ds_config, plan, finetuning, data, model, model_args, model_spec, objective, n_params, resume_tag, restart)
 
     def run(self) -> RunResult:
         """Steps from the resumed step to ``schedule.steps`` (or an early stop), then :meth:`finish`."""
@@ -236,7 +227,6 @@ class Trainer:
                     "data": self.data.origin,
                     "samples": self.data.sample_accounting(),
                     "resumed at step": self.start_step,
-                    **({"task head": self.head_note} if self.head_note else {}),
                 },
             )
             self.log.print(

@@ -86,7 +86,7 @@ class AAMModel(nn.Module):
         self.abundance_head = AbundanceHead(d)
         # fine-tuning
         n_out = n_targets or n_classes
-        self.task_head = TaskHead(d, n_out, tuple(covariate_cardinalities), linear=config.task_head == "linear") if n_out else None
+        self.task_head = TaskHead(d, n_out, tuple(covariate_cardinalities)) if n_out else None
         self.target_normalizer = TargetNormalizer(n_targets) if n_targets else None
         self.apply(self._init_weights)
         for chain in (self.embedding_projection, self.task_head):

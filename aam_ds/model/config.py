@@ -18,7 +18,6 @@ class ModelConfig:
     ``d_model`` must be divisible by ``n_heads``; ``sample_layers`` 0 makes the sample encoder a deep
     set. ``asv_identity_buckets`` rows of learned ASV vectors (0 = off), dropped with probability
     ``asv_identity_dropout`` in training. ``asv_chunk_size`` ASVs encoded per chunk (0 = all at once).
-    ``task_head``: the fine-tuning head, a two-layer MLP (``"mlp"``) or one linear layer (``"linear"``).
 
     Raises:
         ValueError: a width or depth that cannot build a model (an internal contract: the run spec
@@ -38,12 +37,9 @@ class ModelConfig:
     asv_identity_buckets: int = 65536
     asv_identity_dropout: float = 0.1
     freeze_sequence_encoder: bool = False
-    task_head: str = "mlp"  # "mlp" (two layers) or "linear"
 
     def __post_init__(self) -> None:
         if min(self.d_model, self.n_heads, self.asv_layers, self.ffn_mult) <= 0 or self.sample_layers < 0:
             raise ValueError(f"ModelConfig: widths and depths must be positive (sample_layers >= 0), got {self}")
         if self.d_model % self.n_heads:
             raise ValueError(f"ModelConfig: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        if self.task_head not in ("mlp", "linear"):
-            raise ValueError(f"ModelConfig: task_head={self.task_head!r} is neither 'mlp' nor 'linear'")

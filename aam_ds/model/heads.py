@@ -44,12 +44,11 @@ class TaskHead(nn.Module):
     """Sample embedding ``[B, D]`` (+ categorical covariates ``[B, C]``) -> ``[B, n_out]``.
 
     Each covariate has its own embedding table; their vectors are concatenated with the sample
-    embedding (the sample embedding first, in ``[:, :d_model]``) and passed through ``mlp``: a
-    two-layer MLP, or with ``linear=True`` one linear layer. ``n_out`` is the number of regression
-    targets or the number of classes (logits).
+    embedding and passed through a two-layer MLP. ``n_out`` is the number of regression targets or
+    the number of classes (logits).
     """
 
-    def __init__(self, d_model: int, n_out: int, covariate_cardinalities: tuple[int, ...] = (), linear: bool = False):
+    def __init__(self, d_model: int, n_out: int, covariate_cardinalities: tuple[int, ...] = ()):
         super().__init__()
         self.covariate_cardinalities = tuple(int(c) for c in covariate_cardinalities)
         if any(c < 1 for c in self.covariate_cardinalities):
@@ -57,10 +56,7 @@ class TaskHead(nn.Module):
         cov_dim = min(16, d_model)
         self.covariate_embeddings = nn.ModuleList(nn.Embedding(c, cov_dim) for c in self.covariate_cardinalities)
         fused = d_model + cov_dim * len(self.covariate_cardinalities)
-        if linear:
-            self.mlp = nn.Sequential(nn.Linear(fused, n_out))
-        else:
-            self.mlp = nn.Sequential(nn.Linear(fused, d_model), nn.GELU(), nn.Linear(d_model, n_out))
+        self.mlp = nn.Sequential(nn.Linear(fused, d_model), nn.GELU(), nn.Linear(d_model, n_out))
 
     def check_covariates(self, covariates: torch.Tensor | None, batch_size: int) -> None:
         """Raise ValueError unless ``covariates`` is ``int64 [batch_size, C]`` for a head with C covariates."""

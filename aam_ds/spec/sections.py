@@ -153,14 +153,6 @@ class ModelSpec(_Section):
         description="fine-tuning: keep the nucleotide encoder fixed and run it without gradients (about 3x "
         "cheaper); the ASV vectors, sample encoder and task head still train",
     )
-    task_head: Literal["mlp", "linear"] = Field(
-        "mlp", description="fine-tuning: the task head over the sample embedding, a two-layer MLP or one linear layer"
-    )
-    task_head_init: Literal["random", "linear_probe"] = Field(
-        "random",
-        description="fine-tuning: start the (linear) task head as the linear probe of the pretrained sample embeddings "
-        "of the training split, its penalty chosen by inner CV, then fine-tune everything (LP-FT)",
-    )
 
     @model_validator(mode="before")
     @classmethod
@@ -181,8 +173,6 @@ class ModelSpec(_Section):
                 raise ValueError(f"model.{name} must be set (> 0) when model.preset is null")
         if self.d_model % self.n_heads:
             raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
-        if self.task_head_init == "linear_probe" and self.task_head != "linear":
-            raise ValueError("model.task_head_init=linear_probe initialises a linear head: set model.task_head=linear")
         return self
 
 
