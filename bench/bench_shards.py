@@ -6,7 +6,7 @@ in memory: only the sample-major ``sample/`` group that `aam-ds shard` reads is 
 table, ``--reference`` samples, is written whole with biom-format so that it also loads in memory).
 Each table is sharded with `aam-ds shard`, then pretrained with torchrun on ``--ranks`` ranks for
 ``--steps`` steps, through this file as the rank entry point (it runs launch/pretrain.py's code and
-records the whole process's peak RSS, VmHWM, when it exits). Three runs: the large table from
+records the whole process's peak RSS, VmHWM, when training returns). Three runs: the large table from
 shards, the reference table from shards, the reference table in memory. samples/s is the last
 logged window of each run's metrics.jsonl (start-up excluded).
 
@@ -16,9 +16,9 @@ logged window of each run's metrics.jsonl (start-up excluded).
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -92,14 +92,18 @@ def rank_entry() -> None:
         peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
         (out / f"rss-rank{os.environ.get('RANK', '0')}.txt").write_text(str(peak))
 
-    atexit.register(record)
+    def stage(spec, ds_config):
+        pretrain(spec, ds_config)
+        record()
+
     sys.argv = [sys.argv[0], *sys.argv[2:]]
-    run_stage(pretrain, description="bench_shards rank")
+    run_stage(stage, description="bench_shards rank")
 
 
 def pretrain(name: str, table: Path, demo, args: argparse.Namespace) -> dict:
     """One torchrun pretraining run; its samples/s, peak RSS per rank and wall time."""
     run_dir = args.out / f"run-{name}"
+    shutil.rmtree(run_dir, ignore_errors=True)
     settings = {
         "data.table": table,
         "data.tree": demo.tree,
@@ -159,12 +163,13 @@ def main() -> None:
     demo = demo_data(args.out / "cache")
     asv_ids = load_table(demo.table).asv_ids
     large, small = args.out / f"table-{args.samples}.biom", args.out / f"table-{args.reference}.biom"
-    start = time.perf_counter()
-    write_streaming(large, args.samples, asv_ids)
-    print(f"generated {args.samples} samples in {time.perf_counter() - start:.0f} s ({large.stat().st_size / 2**20:.0f} MiB)")
-    write_whole(small, args.reference, asv_ids)
-    for table, folder in ((large, args.out / "shards-large"), (small, args.out / "shards-reference")):
-        print(f"aam-ds shard {table.name}: {shard(table, folder, demo):.0f} s")
+    if not (args.out / "shards-large" / "manifest.json").is_file():  # a rerun into the same --out reuses the tables and shards
+        start = time.perf_counter()
+        write_streaming(large, args.samples, asv_ids)
+        print(f"generated {args.samples} samples in {time.perf_counter() - start:.0f} s ({large.stat().st_size / 2**20:.0f} MiB)")
+        write_whole(small, args.reference, asv_ids)
+        for table, folder in ((large, args.out / "shards-large"), (small, args.out / "shards-reference")):
+            print(f"aam-ds shard {table.name}: {shard(table, folder, demo):.0f} s")
     results = [
         pretrain("large-shards", args.out / "shards-large", demo, args),
         pretrain("reference-shards", args.out / "shards-reference", demo, args),

@@ -25,7 +25,8 @@ class BiomSlices:
     """Sample ids, ASV ids and sample slices ``[b, M]`` of a BIOM HDF5 file (or the one in a .qza).
 
     ``asv_ids`` (``M`` strings) and ``indptr`` (``int64 [N + 1]``) are held in memory; counts are read
-    one slice at a time. Use as a context manager.
+    one slice at a time (a .qza's BIOM file is first read into memory whole, as a zip member cannot be
+    sliced in place: give the .biom itself for a table larger than memory). Use as a context manager.
 
     Raises
     ------
