@@ -8,7 +8,7 @@ Each table is sharded with `aam-ds shard`, then pretrained with torchrun on ``--
 ``--steps`` steps, through this file as the rank entry point (it runs launch/pretrain.py's code and
 records the whole process's peak RSS, VmHWM, when training returns). Three runs: the large table from
 shards, the reference table from shards, the reference table in memory. samples/s is the last
-logged window of each run's metrics.jsonl (start-up excluded).
+full logged window of each run's metrics.jsonl (``--steps`` / 3 steps, start-up excluded).
 
     python bench/bench_shards.py --samples 1000000 --reference 10000 --steps 300 --out /tmp/bench-shards
 """
@@ -129,7 +129,8 @@ def pretrain(name: str, table: Path, demo, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     subprocess.run([*command, __file__, "rank", *sets], check=True, env=env, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    last = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"][-1]
+    every = settings["schedule.log_every"]  # the last full logging window (the run's very last line covers the steps after it)
+    last = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train" and r["step"] % every == 0][-1]
     rss = [int((run_dir / f"rss-rank{r}.txt").read_text()) / 2**30 for r in range(args.ranks)]
     return {
         "run": name,

@@ -130,6 +130,7 @@ class Shards:
         return seen
 
     def sample_id(self, i: int) -> str:
+        """Sample ``i``'s ID."""
         k, r = self._locate(i)
         return self._read(k, "sample_id", r, r + 1)[1].tobytes().decode("utf-8")
 
