@@ -53,7 +53,7 @@ def test_shards_hold_the_in_memory_preprocessed_samples(demo_paths, sharded, tmp
     assert (shards.table.take_samples(rows).counts != memory.table.counts[rows]).nnz == 0
 
 
-@pytest.mark.parametrize("world, workers", [(1, 0), (2, 2)])
+@pytest.mark.parametrize("world, workers", [(1, 0), (1, 2), (2, 0), (2, 2)])
 def test_batches_and_distance_targets_equal_the_in_memory_ones(demo_paths, sharded, tmp_path, world, workers):
     memory_spec, shard_spec = (spec_of(table, tmp_path, demo_paths.tree, num_workers=workers) for table in (demo_paths.table, sharded))
     memory, shards = prepare_data(memory_spec), prepare_data(shard_spec)
