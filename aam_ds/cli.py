@@ -127,6 +127,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Runner]]] = {
         "write a DeepSpeed config: ZeRO, offload, communication, and the batch / optimiser / precision fields the spec sets",
         add_ds_config_command,
     ),
+    "shard": (
+        "convert a BIOM table into a sharded on-disk dataset that training reads lazily (data.table: DIR)",
+        lazy_command("aam_ds.data.cli", "add_arguments", "run"),
+    ),
     "distances": (
         "full distance matrix (unifrac HDF5 layout) with the torch or ssu engine",
         lazy_command("aam_ds.distances.cli", "add_arguments", "run"),

@@ -52,7 +52,19 @@ def test_top_level_help_lists_every_command_without_importing_torch():
     result = run([sys.executable, "-c", code])
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith("torch imported: False False")
-    for command in ("spec", "ds-config", "distances", "predict", "evaluate", "rf-baseline", "benchmark", "pretrain", "finetune", "cv"):
+    for command in (
+        "spec",
+        "ds-config",
+        "shard",
+        "distances",
+        "predict",
+        "evaluate",
+        "rf-baseline",
+        "benchmark",
+        "pretrain",
+        "finetune",
+        "cv",
+    ):
         assert re.search(rf"^\s+{command}\b", result.stdout, re.MULTILINE), command
     assert result.stderr == ""
 
@@ -92,7 +104,7 @@ def option_helps(help_text: str) -> dict[str, str]:
     return helps
 
 
-@pytest.mark.parametrize("command", [["ds-config"], ["spec", "show"], ["distances"], ["rf-baseline"], ["evaluate"]])
+@pytest.mark.parametrize("command", [["ds-config"], ["spec", "show"], ["distances"], ["shard"], ["rf-baseline"], ["evaluate"]])
 def test_every_option_has_help_and_shows_its_default(command, capsys):
     with pytest.raises(SystemExit) as exited:
         cli_main([*command, "--help"])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,6 +11,19 @@ from torch.utils.data import Dataset
 
 from aam_ds.data.select import SampleRow
 from aam_ds.data.sequences import PAD
+
+
+class RowsOf(Sequence):
+    """``rows[positions[i]]`` for each ``i``: a split's rows without copying them (``rows`` may be read lazily)."""
+
+    def __init__(self, rows: Sequence[SampleRow], positions: np.ndarray):
+        self.rows, self.positions = rows, positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> SampleRow:
+        return self.rows[int(self.positions[i])]
 
 
 class SampleDataset(Dataset):
@@ -27,7 +41,7 @@ class SampleDataset(Dataset):
         targets: np.ndarray | None = None,
         covariates: np.ndarray | None = None,
     ):
-        self.rows = list(rows)
+        self.rows = rows if isinstance(rows, Sequence) else list(rows)
         self.tokens = torch.from_numpy(np.ascontiguousarray(tokens))
         self.targets = None if targets is None else torch.tensor(targets)  # a copy: pandas may hand out read-only arrays
         self.covariates = None if covariates is None else torch.tensor(covariates)

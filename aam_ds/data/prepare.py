@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 
 from aam_ds.data.cache import cached_tokenize
-from aam_ds.data.dataset import SampleDataset
+from aam_ds.data.dataset import RowsOf, SampleDataset
 from aam_ds.data.metadata import align_metadata, categorical_codes, load_metadata, numeric_targets
 from aam_ds.data.preprocess import preprocess_samples
 from aam_ds.data.select import SampleRow
+from aam_ds.data.shards import ShardedTable, ShardRows, open_shards
 from aam_ds.data.splits import save_splits, split_samples
 from aam_ds.data.synthetic import demo_data
 from aam_ds.data.table import FeatureTable, load_table
@@ -32,6 +33,8 @@ DEMO_TARGETS = {"regression": "age", "classification": "body_site"}
 class PreparedData:
     """Everything the trainer needs. Arrays indexed by sample are in ``table.sample_ids`` order.
 
+    - ``table``: the preprocessed table; a :class:`~aam_ds.data.shards.ShardedTable` for a sharded dataset
+      folder (``data.table: DIR``), whose rows are read on access
     - ``tokens``: ``uint8 [M, max_seq_len]`` for the table's ASVs (columns)
     - ``rows``: per sample, the kept ASV columns and counts (at most ``data.max_asvs``)
     - ``targets``: ``float32 [N, T]`` (regression) or ``int64 [N]`` (classification) or None
@@ -41,7 +44,7 @@ class PreparedData:
     - ``samples_loaded``: samples in the table as read; ``drops``: reason -> samples dropped since
     """
 
-    table: FeatureTable
+    table: FeatureTable | ShardedTable
     tokens: np.ndarray
     rows: list[SampleRow]
     metadata: pd.DataFrame | None
@@ -70,7 +73,7 @@ class PreparedData:
 
     def dataset(self, split: str) -> SampleDataset:
         """The samples of ``split`` ('train', 'val', 'test') as a :class:`SampleDataset`."""
-        return SampleDataset([self.rows[i] for i in self.splits[split]], self.tokens, self.targets, self.covariates)
+        return SampleDataset(RowsOf(self.rows, self.splits[split]), self.tokens, self.targets, self.covariates)
 
 
 def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
@@ -80,6 +83,8 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
     fine-tuning task without ``data.targets`` predicts :data:`DEMO_TARGETS` (age / body_site).
     """
     data = spec.data
+    if data.table is not None and Path(data.table).is_dir():
+        return _prepare_shards(spec, run_dir)
     table_path, tree, metadata_path, sequences = data.table, data.tree, data.metadata, data.sequences
     target_columns = list(data.targets)
     if table_path is None:
@@ -126,6 +131,43 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
         origin=str(table_path) if data.table else f"demo data (generated, seeded) {table_path}",
         samples_loaded=samples_loaded,
         drops=samples.drops,
+    )
+
+
+def _prepare_shards(spec: RunSpec, run_dir: Path | None) -> PreparedData:
+    """:func:`prepare_data` for a sharded dataset folder (``aam-ds shard``): rows read lazily, already preprocessed.
+
+    Sample metadata (targets, covariates, stratified or grouped splits) must cover every sample of the folder."""
+    data = spec.data
+    table, tokens, tree = open_shards(data.table, data)
+    manifest = table.shards.manifest
+    metadata = None
+    if data.metadata is not None:
+        metadata = align_metadata(load_metadata(data.metadata), list(table.sample_ids), table.source)
+    elif data.targets or data.covariates or data.split.kind != "random":
+        _with_metadata(table, None, spec, bool(data.targets))  # raises: they need metadata
+    targets, class_names = _targets(list(data.targets), spec.loss.task, metadata)
+    covariates, covariate_classes = _covariates(data.covariates, metadata)
+    splits = split_samples(len(table.sample_ids), data.split, metadata)
+    if run_dir is not None:
+        save_splits(run_dir, splits, table.sample_ids)
+    return PreparedData(
+        table=table,
+        tokens=tokens,
+        rows=ShardRows(table.shards),
+        metadata=metadata,
+        target_names=list(data.targets),
+        targets=targets,
+        class_names=class_names,
+        covariate_names=list(data.covariates),
+        covariates=covariates,
+        covariate_classes=covariate_classes,
+        splits=splits,
+        tree=Path(data.tree or tree) if (data.tree or tree) else None,
+        token_cache_hit=False,
+        origin=f"{data.table} (sharded dataset, {len(manifest['shards'])} shards, read lazily)",
+        samples_loaded=manifest["samples_loaded"],
+        drops=manifest["drops"],
     )
 
 

@@ -35,18 +35,24 @@ def sample_rows(table: FeatureTable, max_asvs: int, selection: Selection = "abun
     for i in range(csr.shape[0]):
         start, end = csr.indptr[i], csr.indptr[i + 1]
         cols, vals = csr.indices[start:end].astype(np.int64), csr.data[start:end]
-        present = vals > 0
-        cols, vals = cols[present], vals[present]
-        if len(cols) > max_asvs:
-            if selection == "abundance":
-                chosen = np.lexsort((cols, -vals))[:max_asvs]
-            elif selection == "random":
-                chosen = rng.choice(len(cols), size=max_asvs, replace=False)
-            elif selection == "first":
-                chosen = np.arange(max_asvs)
-            else:
-                raise ValueError(f"unknown ASV selection {selection!r}")
-            chosen = np.sort(chosen)
-            cols, vals = cols[chosen], vals[chosen]
-        rows.append(SampleRow(i, cols, vals.astype(np.float32)))
+        chosen = selected_positions(cols, vals, max_asvs, selection, rng)
+        rows.append(SampleRow(i, cols[chosen], vals[chosen].astype(np.float32)))
     return rows
+
+
+def selected_positions(cols: np.ndarray, vals: np.ndarray, max_asvs: int, selection: Selection, rng: np.random.Generator) -> np.ndarray:
+    """Positions (``int64``, ascending) into one sample's stored entries ``cols`` / ``vals`` of the ASVs it keeps:
+    the present ones (count > 0), at most ``max_asvs`` of them chosen as :func:`sample_rows` says; ``rng``
+    is drawn from only when ``selection='random'`` has to choose (so samples are processed in table order)."""
+    present = np.flatnonzero(vals > 0)
+    if len(present) <= max_asvs:
+        return present
+    if selection == "abundance":
+        chosen = np.lexsort((cols[present], -vals[present]))[:max_asvs]
+    elif selection == "random":
+        chosen = rng.choice(len(present), size=max_asvs, replace=False)
+    elif selection == "first":
+        chosen = np.arange(max_asvs)
+    else:
+        raise ValueError(f"unknown ASV selection {selection!r}")
+    return present[np.sort(chosen)]

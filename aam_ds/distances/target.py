@@ -7,7 +7,9 @@ sample of the table.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -39,6 +41,21 @@ class OnTheFlyTarget(DistanceTarget):
         return self.metric.block(sample_index).to(device=sample_index.device, dtype=torch.float32)
 
 
+class BatchAloneTarget(DistanceTarget):
+    """Distances of each batch from the batch's samples and the tree alone (a sharded dataset: no table in memory).
+
+    ``table.take_samples(rows)`` gives the batch's :class:`FeatureTable` over all ASVs; ``build`` binds the metric to it.
+    """
+
+    def __init__(self, table, build: Callable[[FeatureTable], PairwiseMetric]):
+        self.table, self.build = table, build
+
+    def batch(self, sample_index: torch.Tensor) -> torch.Tensor:
+        rows = sample_index.cpu().numpy()
+        metric = self.build(self.table.take_samples(rows))
+        return metric.block(torch.arange(len(rows))).to(device=sample_index.device, dtype=torch.float32)
+
+
 class PrecomputedTarget(DistanceTarget):
     """Look-ups in a precomputed matrix, reordered to the table's rows and held in CPU memory (fp32)."""
 
@@ -68,7 +85,10 @@ class PrecomputedTarget(DistanceTarget):
 
 
 def build_distance_target(data: DataSpec, table: FeatureTable, device: torch.device | str = "cpu") -> DistanceTarget:
-    """The target ``data`` asks for: ``data.distances`` is ``on-the-fly`` or a matrix file."""
+    """The target ``data`` asks for: ``data.distances`` is ``on-the-fly`` or a matrix file.
+
+    ``table``: a :class:`FeatureTable`, or a table read on access (:class:`aam_ds.data.shards.ShardedTable`),
+    whose on-the-fly distances are computed per batch from the batch's samples (:class:`BatchAloneTarget`)."""
     if data.distances != "on-the-fly":
         return PrecomputedTarget.from_file(data.distances, table.sample_ids)
     tree = None
@@ -80,14 +100,14 @@ def build_distance_target(data: DataSpec, table: FeatureTable, device: torch.dev
                 "set data.tree to a rooted Newick or Phylogeny[Rooted] .qza, or choose braycurtis / jaccard / aitchison",
             )
         tree = read_tree(data.tree, data.cache_dir)
-    metric = build_metric(
+    build = functools.partial(
+        build_metric,
         data.metric,
-        table,
-        tree,
+        tree=tree,
         alpha=data.alpha,
         pseudocount=data.pseudocount,
         drop_missing_tips=data.drop_missing_tips,
         device=device,
         dtype=torch.float64,
     )
-    return OnTheFlyTarget(metric)
+    return OnTheFlyTarget(build(table)) if isinstance(table, FeatureTable) else BatchAloneTarget(table, build)

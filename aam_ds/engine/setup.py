@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from aam_ds.data.prepare import PreparedData, prepare_data
+from aam_ds.data.shards import ShardRows
 from aam_ds.data.splits import save_splits
 from aam_ds.engine.distributed import DistContext, main_first
 from aam_ds.engine.objective import Objective, check_loss_compatible
@@ -104,6 +105,8 @@ def build_model(spec: RunSpec, data: PreparedData, finetuning: bool) -> tuple[AA
 
 def training_asvs(data: PreparedData) -> np.ndarray:
     """Table columns (ASVs) present in the training split's kept rows, ``int64 [K]`` sorted."""
+    if isinstance(data.rows, ShardRows):  # read shard by shard, not held
+        return np.flatnonzero(data.rows.shards.present_asvs(data.splits["train"], len(data.tokens)))
     rows = [data.rows[i].asv_index for i in data.splits["train"]]
     return np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
 

@@ -69,7 +69,9 @@ class DataSpec(_Section):
     """Inputs and preprocessing. With no table given the embedded demo dataset is generated."""
 
     table: Path | None = Field(
-        None, description="BIOM (HDF5 v2.1 or TSV) or QIIME 2 FeatureTable[Frequency] .qza; none = embedded demo data"
+        None,
+        description="BIOM (HDF5 v2.1 or TSV) or QIIME 2 FeatureTable[Frequency] .qza, or a folder written by `aam-ds shard` "
+        "(read lazily); none = embedded demo data",
     )
     tree: Path | None = Field(None, description="rooted Newick or QIIME 2 Phylogeny[Rooted] .qza (needed for UniFrac)")
     sequences: Path | None = Field(
