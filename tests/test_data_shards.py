@@ -150,3 +150,17 @@ def test_two_ranks_two_workers_from_shards_killed_and_resumed_train_as_in_memory
     assert int(latest.read_text().strip().removeprefix("step")) < 6
     checked(launch(torchrun(2, *run_args(broken, cache, **sharded), "--resume")))
     assert train_losses(broken) == expected  # bit-identical, steps before and after the kill
+
+
+@pytest.mark.slow
+def test_one_rank_from_shards_trains_with_the_in_memory_losses(demo, tmp_path):
+    """The 1-rank, 0-worker corner of the grid above, trained: the same losses, step by step, from shards."""
+    cache, folder = tmp_path / "cache", tmp_path / "shards"
+    data = spec_of(demo.table, cache, demo.tree, rarefy_depth=None, asv_selection="abundance").data
+    write_shards(demo.table, folder, data, demo.tree, None, None, 100)
+    common = {"schedule.steps": 4, "data.tree": demo.tree}
+    memory, shards = tmp_path / "memory", tmp_path / "from_shards"
+    checked(launch(torchrun(1, *run_args(memory, cache, **common, **{"data.table": demo.table}))))
+    checked(launch(torchrun(1, *run_args(shards, cache, **common, **{"data.table": folder}))))
+    expected = train_losses(memory)
+    assert sorted(expected) == list(range(1, 5)) and train_losses(shards) == expected
