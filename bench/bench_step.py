@@ -5,11 +5,17 @@ Each variant is a real :class:`~aam_ds.engine.trainer.Trainer` (DeepSpeed engine
 stream) on the same data and seed; round ``r`` runs step ``r`` of every variant in turn, and the
 table gives the median step time over the rounds after the first (warm-up). Variants:
 
-- ``fp32, unpacked``: the step as it was before packing (every copy of an ASV encoded; fp32 uses
-  torch's fused attention kernel as before): today's baseline;
-- ``fp32, packed``: each distinct ASV of a batch encoded once (:mod:`aam_ds.model.packing`);
-- ``bf16, unpacked`` / ``bf16, packed``: DeepSpeed bf16 (weights and activations in bf16), with
-  the explicit attention used for bf16 on CPU (:func:`aam_ds.model.blocks.explicit_attention`).
+- ``fp32, before``: the step before issue 19 (masked-nucleotide pretraining masked every copy of an
+  ASV and fed the masked copies to the sample path too, every copy encoded; fp32 uses torch's fused
+  attention kernel as before): the baseline (:class:`PerCopyMasking`);
+- ``fp32``: the sample path reads each distinct ASV of a batch once, unmasked, and the nucleotide
+  loss one masked copy of each (:mod:`aam_ds.model.packing`);
+- ``bf16``: the same in DeepSpeed bf16 (weights and activations in bf16), with the explicit
+  attention used for bf16 on CPU (:func:`aam_ds.model.blocks.explicit_attention`) and LayerNorm and
+  the nucleotide embedding in float32 (:class:`aam_ds.model.blocks.LayerNorm`).
+
+The MFU column divides the same model FLOPs (:mod:`aam_ds.engine.flops`, the current layout) by
+each variant's time, so its ratios are the speed ratios.
 
 Peak memory cannot be told apart in one process: ``bench/bench_engine.py`` measures it per run.
 
@@ -28,20 +34,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = {
-    "fp32, unpacked": ("fp32", False),
-    "fp32, packed": ("fp32", True),
-    "bf16, unpacked": ("bf16", False),
-    "bf16, packed": ("bf16", True),
-}
+VARIANTS = {"fp32, before": ("fp32", True), "fp32": ("fp32", False), "bf16": ("bf16", False)}  # (precision, baseline)
+
+
+def per_copy_masking(objective_class):
+    """The objective before issue 19, as a subclass of ``objective_class`` (:class:`~aam_ds.engine.objective.Objective`)."""
+
+    class PerCopyMasking(objective_class):
+        """Masks every present copy of an ASV independently and feeds the masked copies to both the
+        nucleotide head and the sample path (identity vectors from the unmasked tokens)."""
+
+        def forward(self, model, batch, generator, valid=None):
+            from aam_ds.model.blocks import asv_hash_buckets
+            from aam_ds.model.masking import mask_nucleotides
+
+            tokens, labels, asv_ids = batch["tokens"], None, None
+            if "nucleotide_logits" in self.want:
+                asv_ids = asv_hash_buckets(tokens, model.module.config.asv_identity_buckets)
+                tokens, labels = mask_nucleotides(tokens, self.loss.mask_fraction, generator)
+            return model(tokens, batch["counts"], self.want, batch.get("covariates"), asv_ids), labels
+
+    return PerCopyMasking
 
 
 def build(name: str, args: argparse.Namespace, work: Path):
     from aam_ds.engine.distributed import init_distributed
+    from aam_ds.engine.objective import Objective
     from aam_ds.engine.trainer import Trainer
     from aam_ds.spec import load_spec
 
-    precision, pack = VARIANTS[name]
+    precision, baseline = VARIANTS[name]
     settings = {
         "schedule.steps": 10**6,
         "schedule.log_every": 10**6,
@@ -56,7 +78,10 @@ def build(name: str, args: argparse.Namespace, work: Path):
     }
     overrides = [f"{k}={v}" for k, v in settings.items()] + args.set
     trainer = Trainer.build(init_distributed(), load_spec(None, overrides), None, False)
-    trainer.model.pack_asvs = pack
+    if baseline:
+        trainer.model.pack_asvs = False
+        objective = trainer.objective
+        trainer.objective = per_copy_masking(Objective)(objective.loss, objective.distance_target, objective.class_weights)
     return trainer
 
 

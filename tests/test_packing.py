@@ -1,5 +1,6 @@
 """Encoding each distinct ASV of a batch once (aam_ds.model.packing) leaves the training loss and
-its gradients as they were, on a real demo batch through the real objective."""
+its gradients as they were, on a real demo batch through the real objective; masked-nucleotide
+pretraining feeds the unmasked ASVs to the sample path and masks one copy of each distinct ASV."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from aam_ds.engine.setup import build_objective
 from aam_ds.engine.steps import seed_micro_step
 from aam_ds.export import model_config
 from aam_ds.model.aam import AAMModel
+from aam_ds.model.masking import IGNORE_INDEX
 from aam_ds.model.packing import distinct_rows
+from aam_ds.model.vocabulary import VOCAB_SIZE
 from aam_ds.spec import build_spec
 
 
@@ -51,3 +54,25 @@ def test_packing_does_not_change_the_loss_or_gradients_of_a_fixed_batch(demo, ca
     for name, grad in unpacked_grads.items():
         if grad.norm() > 0.01 * largest:
             assert (packed_grads[name] - grad).norm() < 1e-3 * grad.norm(), name
+
+
+def test_masked_pretraining_reads_unmasked_asvs_and_masks_each_distinct_asv_once(demo, cache):
+    """The sample path sees the ASVs as they are; the nucleotide head one masked copy of each distinct
+    ASV of the valid samples (aam_ds.model.packing.nucleotide_rows)."""
+    spec = build_spec({"data": {"cache_dir": str(cache), "max_asvs": 24, "max_seq_len": 100}, "model": {"preset": "tiny"}})
+    data = prepare_data(spec)
+    batch = collate([data.dataset("train")[i] for i in range(6)])
+    torch.manual_seed(0)
+    model = AAMModel(model_config(spec.model), max_seq_len=100).eval()  # eval: no identity dropout, running statistics
+    model.mark_asvs_seen(data.tokens)
+    objective = build_objective(spec, data, torch.device("cpu"), model)
+    valid = torch.tensor([True, True, True, True, False, False])
+    out, labels = objective.forward(model, batch, torch.Generator().manual_seed(0), valid)
+    unmasked = model(batch["tokens"], batch["counts"], {"sample_embedding"})["sample_embedding"]
+    torch.testing.assert_close(out["sample_embedding"], unmasked, rtol=1e-5, atol=1e-6)
+    rows = batch["tokens"][:4].reshape(-1, 100)[batch["counts"][:4].reshape(-1) > 0]
+    distinct = torch.unique(rows, dim=0)
+    assert len(distinct) < len(rows)  # copies shared between samples: each is masked and predicted once
+    assert labels.shape == distinct.shape and out["nucleotide_logits"].shape == (*distinct.shape, VOCAB_SIZE)
+    selected = labels != IGNORE_INDEX
+    assert 0 < selected.sum() and (labels[selected] == distinct[selected]).all()

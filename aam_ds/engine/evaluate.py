@@ -44,7 +44,7 @@ def evaluate(
     for start in range(0, share, micro_batch):
         batch = to_device(collate([dataset[i] for i in positions[start : start + micro_batch]]), ctx.device)
         valid = valid_all[start : start + micro_batch].to(ctx.device)
-        out, labels = objective.forward(model, batch, torch.Generator().manual_seed(EVAL_MASK_SEED + start))
+        out, labels = objective.forward(model, batch, torch.Generator().manual_seed(EVAL_MASK_SEED + start), valid)
         add_batch_sums(sums, objective, out, labels, batch, valid)
         flags.append(valid)
         if "sample_embedding" in out:
@@ -81,17 +81,19 @@ def add_batch_sums(
 ) -> None:
     """Add one micro-batch's sample count and, times that count, the objective's per-sample loss
     terms (:meth:`Objective.reconstruction_terms`) and the masked-nucleotide accuracy to ``sums``;
-    ``valid`` (``bool [B]``) marks the rows that are not padding repeats."""
+    ``valid`` (``bool [B]``) marks the rows that are not padding repeats (``out`` and ``labels`` come
+    from :meth:`Objective.forward` with it, so their nucleotide rows are the valid samples' ASVs)."""
     n = int(valid.sum())
     sums["samples"] = sums.get("samples", 0.0) + n
     if not n:
         return
-    kept_labels = None if labels is None else labels[valid]
-    kept = {name: out[name][valid] for name in ("nucleotide_logits", "abundance") if name in out}
-    for name, value in objective.reconstruction_terms(kept, {"counts": batch["counts"][valid]}, kept_labels).items():
+    kept = {"abundance": out["abundance"][valid]} if "abundance" in out else {}
+    if "nucleotide_logits" in out:  # the ASVs of the valid samples (Objective.forward)
+        kept["nucleotide_logits"] = out["nucleotide_logits"]
+    for name, value in objective.reconstruction_terms(kept, {"counts": batch["counts"][valid]}, labels).items():
         sums[name] = sums.get(name, 0.0) + n * value.item()
         if name == "nucleotide":
-            accuracy = losses.masked_nucleotide_accuracy(kept["nucleotide_logits"], kept_labels).nan_to_num(0.0).item()
+            accuracy = losses.masked_nucleotide_accuracy(kept["nucleotide_logits"], labels).nan_to_num(0.0).item()
             sums["nucleotide_accuracy"] = sums.get("nucleotide_accuracy", 0.0) + n * accuracy
 
 

@@ -65,7 +65,9 @@ def forward_flops(model: torch.nn.Module, tokens: torch.Tensor, counts: torch.Te
     model : AAMModel (or a DeepSpeed engine around one)
     tokens : int ``[B, A, L]`` nucleotide tokens, PAD for padding.
     counts : float ``[B, A]`` read counts; an ASV is present where ``counts > 0``.
-    want : the outputs asked for (``aam_ds.model.aam.OUTPUTS``).
+    want : the outputs asked for (``aam_ds.model.aam.OUTPUTS``); ``nucleotide_logits`` as the
+        objective asks for them: of one masked copy of each distinct present ASV
+        (``nucleotide_tokens = nucleotide_rows(tokens, counts)``, :mod:`aam_ds.model.packing`).
 
     Returns
     -------
@@ -85,9 +87,11 @@ def forward_flops(model: torch.nn.Module, tokens: torch.Tensor, counts: torch.Te
     executed = encoder_flops(d, f, spec.asv_layers, torch.full((n_encoded,), seq_len))
     if spec.freeze_sequence_encoder and "nucleotide_logits" not in want:  # memoised: each ASV encoded once per run, not per step
         model_flops = executed = 0.0
-    if "nucleotide_logits" in want:  # the head reads every copy's token states
-        model_flops += 2 * d * VOCAB_SIZE * float((present_tokens != PAD).sum())
-        executed += 2 * d * VOCAB_SIZE * len(present_tokens) * seq_len
+    if "nucleotide_logits" in want:  # one masked copy of each distinct ASV, encoded and read by the head (Objective.forward)
+        model_flops += encoder_flops(d, f, spec.asv_layers, asv_lengths) + 2 * d * VOCAB_SIZE * float(asv_lengths.sum())
+        executed += (
+            encoder_flops(d, f, spec.asv_layers, torch.full((len(distinct),), seq_len)) + 2 * d * VOCAB_SIZE * len(distinct) * seq_len
+        )
     if want & {"sample_embedding", "abundance", "task"}:
         model_flops += _sample_flops(model, present.sum(dim=1), want)
         executed += _sample_flops(model, torch.full((b,), a), want)

@@ -17,8 +17,8 @@ import torch
 from aam_ds.engine.pairwise import MicroOutputs, gathered_pairwise_loss
 from aam_ds.errors import AamInputError
 from aam_ds.model import losses
-from aam_ds.model.blocks import asv_hash_buckets
 from aam_ds.model.masking import mask_nucleotides
+from aam_ds.model.packing import nucleotide_rows
 from aam_ds.spec import LossSpec, ModelSpec
 
 
@@ -80,15 +80,17 @@ class Objective:
         return {"loss": total, **{name: value.detach() for name, (_, value) in parts.items()}}
 
     def forward(
-        self, model: Any, batch: dict[str, torch.Tensor], generator: torch.Generator
+        self, model: Any, batch: dict[str, torch.Tensor], generator: torch.Generator, valid: torch.Tensor | None = None
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """The model's outputs for ``batch`` (nucleotides masked with ``generator`` when that loss is on)
-        and the masked positions' true tokens (``int64 [B, A, L]``, or None without masking)."""
-        tokens, labels, asv_ids = batch["tokens"], None, None
+        """The model's outputs for ``batch`` and, when the masked-nucleotide loss is on, the true tokens
+        of the masked positions (``int64 [M, L]``, else None): the sample path reads the unmasked ASVs,
+        the nucleotide head one copy of each distinct ASV of the samples marked ``valid`` (``bool
+        [B]``, default all), masked with ``generator`` (:func:`aam_ds.model.packing.nucleotide_rows`)."""
+        tokens, counts, masked, labels = batch["tokens"], batch["counts"], None, None
         if "nucleotide_logits" in self.want:
-            asv_ids = unmasked_asv_ids(model, tokens)
-            tokens, labels = mask_nucleotides(tokens, self.loss.mask_fraction, generator)  # per copy (aam_ds.model.packing)
-        return model(tokens, batch["counts"], self.want, batch.get("covariates"), asv_ids), labels
+            rows = nucleotide_rows(tokens, counts if valid is None else counts * valid[:, None])
+            masked, labels = mask_nucleotides(rows, self.loss.mask_fraction, generator)
+        return model(tokens, counts, self.want, batch.get("covariates"), nucleotide_tokens=masked), labels
 
     @property
     def weights(self) -> dict[str, float]:
@@ -142,13 +144,6 @@ class Objective:
             return losses.classification_loss(predicted, targets, self.class_weights, self.loss.label_smoothing)
         normalizer = _unwrap(model).target_normalizer
         return losses.regression_loss(predicted, normalizer.transform(targets.float()), self.loss.regression_loss)
-
-
-def unmasked_asv_ids(model: Any, tokens: torch.Tensor) -> torch.Tensor | None:
-    """Identity buckets ``int64 [B, A]`` of the ASVs before their nucleotides are masked (None when
-    the model has no identity path): masking must not change which learned vector an ASV gets."""
-    buckets = _unwrap(model).config.asv_identity_buckets
-    return asv_hash_buckets(tokens, buckets) if buckets else None
 
 
 def _unwrap(model: Any) -> torch.nn.Module:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aam_ds.model.blocks import AsvStandardizer, Encoder, asv_hash_buckets, scatter_rows, sinusoidal_positions
+from aam_ds.model.blocks import AsvStandardizer, Encoder, LayerNorm, asv_hash_buckets, embed_fp32, scatter_rows, sinusoidal_positions
 from aam_ds.model.config import ModelConfig
 from aam_ds.model.heads import AbundanceHead, NucleotideHead, TaskHead, log_relative_abundance
 from aam_ds.model.normalization import TargetNormalizer
@@ -81,7 +81,7 @@ class AAMModel(nn.Module):
         # ASV vectors of one sample -> sample embedding
         self.abundance_embedding = nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d)) if config.use_abundance else None
         self.sample_encoder = Encoder(config, config.sample_layers)
-        self.composition_norm = nn.LayerNorm(d)
+        self.composition_norm = LayerNorm(d)
         self.embedding_projection = nn.Linear(d, d)
         self.abundance_head = AbundanceHead(d)
         # fine-tuning
@@ -173,18 +173,29 @@ class AAMModel(nn.Module):
         self._frozen_vectors = {}
         return super().load_state_dict(*args, **kwargs)
 
-    def _encode_asvs(self, tokens: torch.Tensor, keep_states: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """tokens ``[N, L]`` of present ASVs -> (ASV vectors ``[N, D]``, token states ``[N, L, D]`` or None).
+    def _encode_asvs(
+        self, tokens: torch.Tensor, keep_states: bool, nucleotide_tokens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """tokens ``[N, L]`` of present ASVs -> (ASV vectors ``[N, D]``, token states or None).
 
-        Each distinct row is encoded once (``pack_asvs``, see :mod:`aam_ds.model.packing`). With ``model.freeze_sequence_encoder`` (and no nucleotide output wanted) the nucleotide
-        encoder runs without gradients."""
-        if self.config.freeze_sequence_encoder and not keep_states:
+        The states are those of ``tokens`` (``[N, L, D]``, with ``keep_states``) or, when
+        ``nucleotide_tokens [M, L]`` is given, those of ``nucleotide_tokens`` (``[M, L, D]``), encoded in
+        the same pass. Each distinct row of ``tokens`` is encoded once (``pack_asvs``, see
+        :mod:`aam_ds.model.packing`). With ``model.freeze_sequence_encoder`` (and no token states
+        wanted) the nucleotide encoder runs without gradients."""
+        if self.config.freeze_sequence_encoder and not keep_states and nucleotide_tokens is None:
             return self._encode_frozen(tokens), None
-        if not self.pack_asvs or (self.training and self.config.dropout > 0):
-            return self._encode_chunks(tokens, keep_states)
-        distinct, index = distinct_rows(tokens)  # each distinct ASV once (aam_ds.model.packing)
-        vectors, states = self._encode_chunks(distinct, keep_states)
-        return vectors[index], (None if states is None else states[index])
+        index = None
+        if self.pack_asvs and not (self.training and self.config.dropout > 0):
+            tokens, index = distinct_rows(tokens)  # each distinct ASV once (aam_ds.model.packing)
+        if nucleotide_tokens is None:
+            vectors, states = self._encode_chunks(tokens, keep_states)
+            if index is not None and states is not None:
+                states = states[index]
+        else:  # one pass: the sample path's ASVs, then the rows the nucleotide head reads
+            vectors, states = self._encode_chunks(torch.cat([tokens, nucleotide_tokens]), True)
+            vectors, states = vectors[: len(tokens)], states[len(tokens) :]
+        return (vectors if index is None else vectors[index]), states
 
     def _encode_chunks(self, tokens: torch.Tensor, keep_states: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         # one chunk without asv_chunk_size (an empty batch too): no split, so a traced graph keeps N dynamic
@@ -193,11 +204,13 @@ class AAMModel(nn.Module):
         for part in parts:
             valid = part != PAD
             positions = torch.arange(part.shape[1], device=part.device)
-            x = self.token_embedding(part) + self.position_embedding(positions)
+            x = (embed_fp32(self.token_embedding, part) + self.position_embedding(positions)).to(self.position_embedding.weight.dtype)
             h = self.asv_encoder.contextualise(x, valid)
             vectors.append(self.asv_encoder.pool(h, valid))
             if keep_states:
                 states.append(h)
+        if len(parts) == 1:  # no copy of the one chunk's states
+            return vectors[0], (states[0] if keep_states else None)
         return torch.cat(vectors), (torch.cat(states) if keep_states else None)
 
     # ---------------------------------------------------------------------------------------
@@ -210,6 +223,7 @@ class AAMModel(nn.Module):
         want: set[str] | frozenset[str],
         covariates: torch.Tensor | None = None,
         asv_ids: torch.Tensor | None = None,
+        nucleotide_tokens: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Compute the outputs named in ``want`` and nothing else.
 
@@ -220,12 +234,17 @@ class AAMModel(nn.Module):
             covariates: ``int64 [B, C]`` category codes (needed when the task head has covariates).
             asv_ids: ``int64 [B, A]`` identity buckets (``asv_hash_buckets``) of the unmasked ASVs; by
                 default hashed from ``tokens``, so pass them when ``tokens`` are masked.
+            nucleotide_tokens: ``int64 [M, L]`` (masked) ASV sequences whose nucleotide logits are
+                wanted, encoded in the same pass as ``tokens`` (masked-nucleotide pretraining passes
+                the unmasked ``tokens`` for the sample path and masked copies here; see
+                :mod:`aam_ds.model.packing`). By default the logits are those of ``tokens``.
 
         Returns: dict with the requested entries among ``sample_embedding [B, D]``,
-        ``nucleotide_logits [B, A, L, VOCAB_SIZE]`` (zeros on missing ASVs), ``abundance [B, A]``
+        ``nucleotide_logits [B, A, L, VOCAB_SIZE]`` (zeros on missing ASVs; ``[M, L, VOCAB_SIZE]``
+        with ``nucleotide_tokens``), ``abundance [B, A]``
         (predicted log relative abundance) and ``task [B, T]`` (normalised units) or ``[B, n_classes]``.
         """
-        self._check_inputs(tokens, counts, want, covariates)
+        self._check_inputs(tokens, counts, want, covariates, nucleotide_tokens)
         if not want:
             return {}
         b, a, seq_len = tokens.shape
@@ -233,10 +252,15 @@ class AAMModel(nn.Module):
         rows = present.reshape(-1).nonzero().squeeze(1)  # flat indices of present ASVs
         out: dict[str, torch.Tensor] = {}
 
-        asv_vectors, token_states = self._encode_asvs(tokens.reshape(b * a, seq_len)[rows], keep_states="nucleotide_logits" in want)
+        logits_wanted = "nucleotide_logits" in want
+        asv_vectors, token_states = self._encode_asvs(
+            tokens.reshape(b * a, seq_len)[rows], logits_wanted, nucleotide_tokens if logits_wanted else None
+        )
         if token_states is not None:
             logits = self.nucleotide_head(token_states)
-            out["nucleotide_logits"] = scatter_rows(logits, rows, b * a).view(b, a, seq_len, VOCAB_SIZE)
+            if nucleotide_tokens is None:
+                logits = scatter_rows(logits, rows, b * a).view(b, a, seq_len, VOCAB_SIZE)
+            out["nucleotide_logits"] = logits
 
         if not want & {"sample_embedding", "abundance", "task"}:
             return out
@@ -294,7 +318,7 @@ class AAMModel(nn.Module):
         mean = (h * present[..., None]).sum(dim=1) / present.sum(dim=1, keepdim=True).clamp_min(1)
         return self.sample_encoder.pool(h, present) + self.composition_norm(weighted - mean)
 
-    def _check_inputs(self, tokens, counts, want, covariates) -> None:
+    def _check_inputs(self, tokens, counts, want, covariates, nucleotide_tokens) -> None:
         unknown = set(want) - OUTPUTS
         if unknown:
             raise ValueError(f"AAMModel.forward: unknown outputs {sorted(unknown)} in want; choose from {sorted(OUTPUTS)}")
@@ -304,6 +328,11 @@ class AAMModel(nn.Module):
             raise ValueError(
                 f"AAMModel.forward: tokens {tuple(tokens.shape)} and counts {tuple(counts.shape)} do not match "
                 "(tokens [B, A, L], counts [B, A])"
+            )
+        if nucleotide_tokens is not None and (nucleotide_tokens.dim() != 2 or nucleotide_tokens.shape[1] != tokens.shape[2]):
+            raise ValueError(
+                f"AAMModel.forward: nucleotide_tokens {tuple(nucleotide_tokens.shape)} do not match tokens {tuple(tokens.shape)} "
+                "(nucleotide_tokens [M, L], tokens [B, A, L])"
             )
         if tokens.shape[2] > self.max_seq_len:
             raise ValueError(f"AAMModel.forward: ASVs have {tokens.shape[2]} positions but the model was built for {self.max_seq_len}")

@@ -7,6 +7,9 @@
 4. ``AsvStandardizer``: ASV vectors standardised across the ASVs of a batch.
 5. ``asv_hash_buckets``: the universal hash that keys the learned per-ASV vectors.
 
+``LayerNorm`` and ``embed_fp32`` compute in float32 in a bf16 model, where torch's CPU kernels sum
+their parameter gradients in bf16.
+
 Padding safety: a sequence whose keys are all padding attends to all of its (meaningless) keys
 instead of to none, so softmax never sees an all ``-inf`` row; pooled vectors of such sequences are
 zeroed.
@@ -39,9 +42,33 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_m
     -> ``[N, H, S, Dh]``. Used for bf16 on CPU, where torch's fused CPU kernel is slower than this in
     its backward pass (about 5x on [424, 4, 100, 32], docs/benchmarks.md "Engine: throughput") while
     bf16 matrix products run at several times the fp32 rate."""
-    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    weights = scores.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # scaling q, not the [N, H, S, S] scores: one such tensor less
+    weights = scores.masked_fill_(~attn_mask, float("-inf")).softmax(dim=-1)  # in place: the product's backward does not read it
     return F.dropout(weights, dropout_p) @ v
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` computed in float32 whatever the module dtype; returns the input's dtype.
+
+    In a bf16 module (DeepSpeed's ``bf16``) torch's CPU LayerNorm sums the gain and bias gradients
+    over all rows in bf16: over the ~40,000 nucleotide positions of a batch they came out 3x to 50x
+    off the float32 gradient (relative error of the norm, tests/test_bf16_gradients.py), which
+    left bf16 pretraining's masked-nucleotide loss 16 % above fp32's after 300 steps.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[..., D]`` -> normalised ``[..., D]`` in ``x.dtype``."""
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
+def embed_fp32(embedding: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """``embedding(ids)`` looked up from float32 weights, so that the backward pass sums each row's
+    gradient in float32 (then rounds it once to the weight's dtype): ``[...]`` -> ``float32 [..., D]``.
+    A bf16 table sums in bf16 on CPU, and the 4 nucleotide rows each collect ~10,000 positions of a
+    batch: their gradient came out 1.9x off the float32 one."""
+    return F.embedding(ids, embedding.weight.float())
 
 
 class SelfAttention(nn.Module):
@@ -77,9 +104,9 @@ class Block(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, ffn_mult: int, dropout: float):
         super().__init__()
-        self.ln_attn = nn.LayerNorm(d_model)
+        self.ln_attn = LayerNorm(d_model)
         self.attn = SelfAttention(d_model, n_heads, dropout)
-        self.ln_ffn = nn.LayerNorm(d_model)
+        self.ln_ffn = LayerNorm(d_model)
         self.ffn = nn.Sequential(
             nn.Linear(d_model, ffn_mult * d_model),
             nn.GELU(),
@@ -125,7 +152,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.checkpointing = config.activation_checkpointing
         self.blocks = nn.ModuleList(Block(config.d_model, config.n_heads, config.ffn_mult, config.dropout) for _ in range(n_layers))
-        self.ln_out = nn.LayerNorm(config.d_model)
+        self.ln_out = LayerNorm(config.d_model)
         self.pool = AttentionPool(config.d_model)
 
     def contextualise(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
