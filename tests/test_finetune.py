@@ -188,3 +188,47 @@ def _data(cache: Path, run_dir: Path):
     from aam_ds.data.prepare import prepare_data
 
     return prepare_data(spec_for(cache, run_dir))
+
+
+def test_weight_averaging_exports_the_mean_of_the_last_steps_and_resumes_it(cache, tmp_path):
+    """``schedule.average_from=0.5`` over 6 steps: the export's parameters are the mean of the weights
+    after steps 3-6 (read from a checkpoint per step), its buffers the last step's; a run resumed
+    from step 4's checkpoint exports the same weights (the running mean is in the checkpoint)."""
+    import shutil
+
+    from aam_ds.engine.checkpoint import checkpoint_weights
+    from aam_ds.export import build_exported_model
+
+    run_dir = tmp_path / "run"
+    settings = {"schedule.average_from": 0.5, "checkpoint.every_steps": 1, "checkpoint.keep_last": 10}
+    trainer.finetune(spec_for(cache, run_dir, **settings))
+    exported = load_export(run_dir / "model.pt").state_dict
+    steps = [checkpoint_weights(run_dir / "checkpoints", f"step{s:08d}") for s in range(3, 7)]
+    parameters = {name for name, _ in build_exported_model(load_export(run_dir / "model.pt")).named_parameters()}
+    assert parameters and parameters < set(exported)
+    for name in parameters:
+        torch.testing.assert_close(exported[name], sum(s[name] for s in steps) / 4, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(exported["task_head.mlp.2.weight"], steps[-1]["task_head.mlp.2.weight"])
+    for name in set(exported) - parameters:
+        torch.testing.assert_close(exported[name], steps[-1][name].to(exported[name].dtype))
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run_dir, resumed)
+    for tag in ("step00000005", "step00000006"):
+        shutil.rmtree(resumed / "checkpoints" / tag)
+    (resumed / "checkpoints" / "latest").write_text("step00000004")
+    (resumed / "model.pt").unlink()
+    trainer.finetune(spec_for(cache, resumed, **settings, **{"checkpoint.resume": "true"}))
+    again = load_export(resumed / "model.pt").state_dict
+    for name in parameters:
+        torch.testing.assert_close(again[name], exported[name], rtol=0, atol=0)
+
+
+def test_weight_averaging_refuses_zero3_and_a_best_metric(cache, tmp_path):
+    from aam_ds.engine.averaging import WeightAverage
+
+    with pytest.raises(AamInputError, match="ZeRO-3"):
+        WeightAverage.from_spec(spec_for(cache, tmp_path, **{"schedule.average_from": 0.5, "parallel.zero_stage": 3}))
+    with pytest.raises(Exception, match="set only one"):
+        spec_for(cache, tmp_path, **{"schedule.average_from": 0.5, "schedule.best_metric": "mae"})
+    assert WeightAverage.from_spec(spec_for(cache, tmp_path)) is None
