@@ -324,10 +324,14 @@ class Trainer:
             self.save(step)
 
     def save(self, step: int) -> str:
-        """A resumable checkpoint of ``step`` with the best-model tracker's state (collective); its tag."""
+        """A resumable checkpoint of ``step`` (collective) with the data position in samples and the
+        states of the best-model tracker and the weight average; its tag."""
         position = self.sampler.position_after((step - self.start_step) * self.plan.grad_accum_steps)
-        extra = self.average.state() if self.average is not None else {}
-        return save_progress(self.engine, self.spec, self.ckpt_dir, step, self.best, self.ctx.world_size, position, extra)
+        state = {DATA_POSITION: list(position)}
+        for keeper in (self.best, self.average):
+            state.update(keeper.state() if keeper is not None else {})
+        layout = ckpt.checkpoint_layout(self.spec, self.ctx.world_size)
+        return ckpt.save_checkpoint(self.engine, self.ckpt_dir, step, state, self.spec.checkpoint.keep_last, layout)
 
     def finish(self) -> RunResult:
         """Final checkpoint, consolidated export ``<run_dir>/model.pt`` (of the best evaluation's weights
@@ -383,22 +387,6 @@ def nonfinite_loss_error(step: int, count: int, metrics: dict[str, float], ckpt_
         "lower optim.lr (or raise schedule.warmup_steps), check the data for extreme values, or use fp32/bf16 instead of "
         "fp16; " + (f"the last checkpoint is {ckpt_dir / last}" if last else "no checkpoint was written before it"),
     )
-
-
-def save_progress(
-    engine: Any,
-    spec: RunSpec,
-    ckpt_dir: Path,
-    step: int,
-    best: BestTracker | None,
-    world_size: int,
-    position: DataPosition,
-    extra: dict[str, Any] | None = None,
-) -> str:
-    """A resumable checkpoint of ``step`` (collective), with the best-model tracker's state, the
-    data position in samples and ``extra`` client state (the weight average); returns its tag."""
-    state = {**(best.state() if best else {}), DATA_POSITION: list(position), **(extra or {})}
-    return ckpt.save_checkpoint(engine, ckpt_dir, step, state, spec.checkpoint.keep_last, ckpt.checkpoint_layout(spec, world_size))
 
 
 def save_best(engine: Any, ckpt_dir: Path, step: int) -> None:
