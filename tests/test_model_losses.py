@@ -184,15 +184,6 @@ def test_class_weights_are_inverse_frequency_and_weight_the_cross_entropy():
     assert classification_loss(logits, labels).item() == pytest.approx(np.mean(nll), rel=1e-6)
 
 
-def test_label_smoothing_mixes_the_cross_entropy_with_the_mean_over_classes():
-    """(1 - eps) x the labels' NLL + eps x the mean NLL over the K classes, per sample (Szegedy et al. 2016)."""
-    labels, eps = torch.tensor([0, 2, 1, 1]), 0.1
-    logits = torch.randn(4, 3, dtype=torch.float64)
-    log_p = torch.log_softmax(logits, -1)
-    expected = np.mean([(1 - eps) * -log_p[i, labels[i]].item() + eps * -log_p[i].mean().item() for i in range(4)])
-    assert classification_loss(logits, labels, label_smoothing=eps).item() == pytest.approx(expected, rel=1e-6)
-
-
 # ---------------------------------------------------------------------------------------------
 # target normaliser
 

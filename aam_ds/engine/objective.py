@@ -141,7 +141,7 @@ class Objective:
     def task_loss(self, model: Any, predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The task loss of ``predicted`` against ``targets``: classification loss (class weights), or the regression loss in normalised units."""
         if self.loss.task == "classification":
-            return losses.classification_loss(predicted, targets, self.class_weights, self.loss.label_smoothing)
+            return losses.classification_loss(predicted, targets, self.class_weights)
         normalizer = _unwrap(model).target_normalizer
         return losses.regression_loss(predicted, normalizer.transform(targets.float()), self.loss.regression_loss)
 

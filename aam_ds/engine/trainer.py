@@ -29,7 +29,6 @@ from typing import Any, Callable
 from aam_ds.data.prepare import PreparedData
 from aam_ds.ds_config import resolve_ds_config
 from aam_ds.engine import checkpoint as ckpt
-from aam_ds.engine.averaging import WeightAverage
 from aam_ds.engine.batches import DataPosition
 from aam_ds.engine.best import BestTracker
 from aam_ds.engine.disk import check_free_space, checkpoint_bytes, engine_parameters, written_on_every_rank
@@ -150,7 +149,6 @@ class Trainer:
         self.engine = build_engine(model, spec, ds_config)
         self.start_step, self.result = 0, RunResult(step=0, micro_batch_size=plan.micro_batch_size)
         self.best = BestTracker.from_spec(spec)
-        self.average = WeightAverage.from_spec(spec)  # schedule.average_from < 1: the export's weights are a mean
         self.val = data.dataset("val") if len(data.splits.get("val", [])) else None
         if self.best is not None and self.val is None:
             raise AamInputError(
@@ -167,8 +165,6 @@ class Trainer:
             )
             if self.best is not None:
                 self.best.restore(state)
-            if self.average is not None:
-                self.average.restore(state)
         elif restart is not None:
             self.start_step, start = restart
             advance_schedule(self.engine, self.start_step)
@@ -270,8 +266,6 @@ class Trainer:
         self.result.train_losses.append(metrics["loss"])
         self.window += 1
         self.done = done = step + 1
-        if self.average is not None:
-            self.average.update(self.engine.module, done)
         finite = math.isfinite(metrics["loss"])
         self.nonfinite = 0 if finite else self.nonfinite + 1
         self.nonfinite_total += not finite
@@ -324,14 +318,9 @@ class Trainer:
             self.save(step)
 
     def save(self, step: int) -> str:
-        """A resumable checkpoint of ``step`` (collective) with the data position in samples and the
-        states of the best-model tracker and the weight average; its tag."""
+        """A resumable checkpoint of ``step`` with the best-model tracker's state (collective); its tag."""
         position = self.sampler.position_after((step - self.start_step) * self.plan.grad_accum_steps)
-        state = {DATA_POSITION: list(position)}
-        for keeper in (self.best, self.average):
-            state.update(keeper.state() if keeper is not None else {})
-        layout = ckpt.checkpoint_layout(self.spec, self.ctx.world_size)
-        return ckpt.save_checkpoint(self.engine, self.ckpt_dir, step, state, self.spec.checkpoint.keep_last, layout)
+        return save_progress(self.engine, self.spec, self.ckpt_dir, step, self.best, self.ctx.world_size, position)
 
     def finish(self) -> RunResult:
         """Final checkpoint, consolidated export ``<run_dir>/model.pt`` (of the best evaluation's weights
@@ -346,8 +335,6 @@ class Trainer:
         if best is not None and best.step:
             result.best_step, result.eval_metrics = best.step, best.metrics
         state_dict = ckpt.consolidated_state_dict(self.engine, self.ckpt_dir, tag)
-        if self.average is not None and state_dict is not None:
-            state_dict = self.average.applied(state_dict)
         result.export_path = self.run_dir / EXPORT_NAME
         if self.ctx.is_main:
             export = Export(
@@ -358,8 +345,7 @@ class Trainer:
                 export_step,
             )
             write_export(result.export_path, export)
-            averaged = f", the mean of steps {self.average.start}-{done}" if self.average is not None and self.average.count else ""
-            self.log.print(f"consolidated model (step {export_step}{averaged}) written to {result.export_path}")
+            self.log.print(f"consolidated model (step {export_step}) written to {result.export_path}")
             predictions = (
                 write_split_predictions(export, self.data, self.run_dir, self.plan.micro_batch_size, self.ctx.device)
                 if self.finetuning
@@ -387,6 +373,15 @@ def nonfinite_loss_error(step: int, count: int, metrics: dict[str, float], ckpt_
         "lower optim.lr (or raise schedule.warmup_steps), check the data for extreme values, or use fp32/bf16 instead of "
         "fp16; " + (f"the last checkpoint is {ckpt_dir / last}" if last else "no checkpoint was written before it"),
     )
+
+
+def save_progress(
+    engine: Any, spec: RunSpec, ckpt_dir: Path, step: int, best: BestTracker | None, world_size: int, position: DataPosition
+) -> str:
+    """A resumable checkpoint of ``step`` (collective), with the best-model tracker's state and the
+    data position in samples; returns its tag."""
+    state = {**(best.state() if best else {}), DATA_POSITION: list(position)}
+    return ckpt.save_checkpoint(engine, ckpt_dir, step, state, spec.checkpoint.keep_last, ckpt.checkpoint_layout(spec, world_size))
 
 
 def save_best(engine: Any, ckpt_dir: Path, step: int) -> None:

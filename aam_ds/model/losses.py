@@ -84,14 +84,10 @@ def regression_loss(predicted: torch.Tensor, target: torch.Tensor, kind: Literal
     raise ValueError(f"unknown regression loss {kind!r}")
 
 
-def classification_loss(
-    logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0
-) -> torch.Tensor:
-    """Cross-entropy of ``logits [B, K]`` against ``labels int64 [B]``, optionally class-weighted ``[K]``,
-    with ``label_smoothing`` of the target mass spread evenly over the K classes (Szegedy et al. 2016,
-    "Rethinking the Inception Architecture", section 7; ``torch.nn.functional.cross_entropy``)."""
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of ``logits [B, K]`` against ``labels int64 [B]``, optionally class-weighted ``[K]``."""
     weight = None if class_weights is None else class_weights.to(logits.device, torch.float32)
-    return F.cross_entropy(logits.float(), labels.reshape(-1), weight=weight, label_smoothing=label_smoothing)
+    return F.cross_entropy(logits.float(), labels.reshape(-1), weight=weight)
 
 
 def inverse_frequency_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -193,13 +193,6 @@ class LossSpec(_Section):
     task_weight: float = Field(1.0, ge=0.0)
     regression_loss: Literal["huber", "mse", "mae"] = "huber"
     class_weights: bool = Field(False, description="weight classes by inverse training frequency")
-    label_smoothing: float = Field(
-        0.0,
-        ge=0.0,
-        lt=1.0,
-        description="classification: cross-entropy against targets that give this much probability mass evenly to all "
-        "classes (Szegedy et al. 2016), which bounds the logits of a model fine-tuned on few samples",
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,13 +251,6 @@ class ScheduleSpec(_Section):
         description="stop with an error after this many consecutive steps whose loss is NaN or infinite "
         "(their updates are worthless); 0 = never",
     )
-    average_from: float = Field(
-        1.0,
-        gt=0.0,
-        le=1.0,
-        description="export the mean of the weights after every step from this fraction of schedule.steps on "
-        "(tail / stochastic weight averaging); 1 = the last step's weights",
-    )
 
     @model_validator(mode="after")
     def _check(self) -> "ScheduleSpec":
@@ -275,8 +261,6 @@ class ScheduleSpec(_Section):
             )
         if self.early_stopping_patience and not self.best_metric:
             raise ValueError("schedule.early_stopping_patience needs schedule.best_metric (the validation metric to watch)")
-        if self.average_from < 1.0 and self.best_metric:
-            raise ValueError("schedule.average_from exports averaged weights and schedule.best_metric one evaluation's: set only one")
         if self.warmup_steps is None:
             self.warmup_steps = scaled_default(self.steps, 10, 20, 0)
         if self.eval_every is None:
