@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import write_qza
 from tests.test_readme_commands import DIST_VARIABLES, readme_run_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,6 +162,8 @@ def lay_out(folder: Path, demo_paths) -> None:
         (folder / name).symlink_to(demo_paths.table)
     (folder / "tree.nwk").symlink_to(demo_paths.tree)
     (folder / "rep-seqs.fasta").symlink_to(demo_paths.sequences)
+    write_qza(folder / "rep-seqs.qza", "FeatureData[Sequence]", "dna-sequences.fasta", demo_paths.sequences.read_bytes())
+    write_qza(folder / "rooted-tree.qza", "Phylogeny[Rooted]", "tree.nwk", demo_paths.tree.read_bytes())
     metadata = demo_paths.metadata.read_text().replace("\tsubject", "\thost_subject_id", 1)  # the README's column name
     for name in ("metadata.tsv", "sample-metadata.tsv"):
         (folder / name).write_text(metadata)
