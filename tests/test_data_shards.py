@@ -114,6 +114,14 @@ def test_shard_command_writes_a_folder_and_refuses_to_write_into_a_used_one(demo
     assert manifest["samples"] == 300 and manifest["spec"]["max_asvs"] == 8 and "tree.nwk" in manifest["files"]
     again = subprocess.run(command, capture_output=True, text=True)
     assert again.returncode != 0 and "not empty" in again.stderr and "Traceback" not in again.stderr
+    modes = {path.name: path.stat().st_mode & 0o777 for path in out.iterdir()}
+    assert len(set(modes.values())) == 1, modes  # the manifest is as readable as the shards (a shared lab folder)
+
+    other_tree = tmp_path / "other.nwk"
+    other_tree.write_text("((X:1,Y:1):1,Z:2);\n")
+    misfit = subprocess.run([*command[:4], "--tree", str(other_tree), "--out", str(tmp_path / "misfit")], capture_output=True, text=True)
+    assert misfit.returncode == 2 and "are not tips of the tree" in misfit.stderr and "Traceback" not in misfit.stderr
+    assert not list((tmp_path / "misfit").glob("*.arrow"))  # refused before any shard was written
 
 
 def test_a_table_that_is_not_biom_hdf5_is_refused_with_the_conversion(demo_paths, tmp_path):

@@ -28,6 +28,13 @@ def run(args: argparse.Namespace) -> int:
     if args.samples_per_shard <= 0:
         raise AamInputError("--samples-per-shard", f"must be positive, got {args.samples_per_shard}", "give e.g. 65536")
     data = load_spec(args.spec, args.overrides).data
-    manifest = write_shards(args.table, args.out, data, args.tree, args.metadata, args.sequences, args.samples_per_shard)
+    check_asvs = None
+    if args.tree is not None:
+        from aam_ds.distances.branches import tip_nodes_for
+        from aam_ds.distances.tree import read_tree
+
+        tree = read_tree(args.tree)
+        check_asvs = lambda asv_ids: tip_nodes_for(asv_ids, str(args.table), tree, data.drop_missing_tips)  # noqa: E731
+    manifest = write_shards(args.table, args.out, data, args.tree, args.metadata, args.sequences, args.samples_per_shard, check_asvs)
     print(f"wrote {describe(manifest, args.out)}; train on it with data.table: {args.out}")
     return 0

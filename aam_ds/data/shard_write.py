@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -72,10 +72,14 @@ def write_shards(
     metadata: str | Path | None = None,
     sequences: str | Path | None = None,
     samples_per_shard: int = 65536,
+    check_asvs: Callable[[list[str]], object] | None = None,
 ) -> dict:
     """Convert the BIOM HDF5 ``table`` into the sharded dataset ``out`` (layout in the module docstring); returns the manifest.
 
     ``data``: the preprocessing settings (rarefaction, ASV selection, ``max_seq_len``, ambiguity policy).
+    ``check_asvs``: called with the IDs of the ASVs kept, before any shard is written; it raises to
+    refuse them (``aam-ds shard`` checks that they are tips of ``tree``, so that a tree that does not
+    fit fails here, not when training starts).
 
     Raises
     ------
@@ -102,6 +106,8 @@ def write_shards(
                 biom.source, "no sample is left after preprocessing", f"check the table and the settings {spec_fields(data)}"
             )
         columns = used if (drops or data.rarefy_depth is not None) else ~rejected  # what preprocess_samples keeps
+        if check_asvs is not None:
+            check_asvs([a for a, keep in zip(biom.asv_ids, columns) if keep])
         shards = _write_rows(biom, data, keep_ids, rejected, columns, out, samples_per_shard)
         asv_ids = [a for a, keep in zip(biom.asv_ids, columns) if keep]
         _write_asvs(out / ASVS, asv_ids, tokens[columns])

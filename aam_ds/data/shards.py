@@ -29,7 +29,7 @@ from aam_ds.data.table import FeatureTable
 from aam_ds.errors import AamInputError
 from aam_ds.spec import DataSpec
 
-RESHARD = "rebuild it with `aam-ds shard --table T --out DIR` (and the run's data settings)"
+RESHARD = "rebuild it into a new folder with `aam-ds shard --table T --tree P --spec <this run's spec> --out NEW_DIR`"
 COLUMNS = {"sample_id": np.uint8, "asv_index": np.int32, "counts": np.float64, "kept": np.int32}  # value types
 BLOCK = 16384  # rows per read when a whole shard is scanned
 

@@ -35,7 +35,12 @@ class BranchAbundances:
 
 
 def tip_nodes_of(table: FeatureTable, tree: Tree, drop_missing_tips: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Match table ASVs to tree tips: ``(asv_columns [M'], tip_node [M'])``.
+    """Match table ASVs to tree tips: ``(asv_columns [M'], tip_node [M'])`` (see :func:`tip_nodes_for`)."""
+    return tip_nodes_for(table.asv_ids, table.source, tree, drop_missing_tips)
+
+
+def tip_nodes_for(asv_ids: list[str], source: str, tree: Tree, drop_missing_tips: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Match the ASV IDs of the table ``source`` to tree tips: ``(asv_columns [M'], tip_node [M'])``.
 
     ASVs absent from the tree raise :class:`AamInputError` naming them, unless
     ``drop_missing_tips`` (then they are dropped with a warning giving the count).
@@ -44,13 +49,13 @@ def tip_nodes_of(table: FeatureTable, tree: Tree, drop_missing_tips: bool) -> tu
     if len(node_of_name) != len(tree.tip_names):
         dups = sorted(name for name, n in Counter(tree.tip_names).items() if n > 1)
         raise AamInputError(tree.source, f"has {len(dups)} duplicated tip names, e.g. {dups[:5]}", "make tip names unique")
-    nodes = np.array([node_of_name.get(a, -1) for a in table.asv_ids], dtype=np.int64)
+    nodes = np.array([node_of_name.get(a, -1) for a in asv_ids], dtype=np.int64)
     missing = np.flatnonzero(nodes < 0)
     if len(missing) and not drop_missing_tips:
-        names = [table.asv_ids[j] for j in missing[:5]]
+        names = [asv_ids[j] for j in missing[:5]]
         raise AamInputError(
             tree.source,
-            f"{len(missing)} of {len(nodes)} ASVs of {table.source} are not tips of the tree, e.g. {names}",
+            f"{len(missing)} of {len(nodes)} ASVs of {source} are not tips of the tree, e.g. {names}",
             "give the tree built from (or with the insertion of) these ASVs, or set data.drop_missing_tips=true "
             "(--drop-missing-tips) to drop them",
         )

@@ -226,7 +226,7 @@ class Trainer:
                     "run folder": str(self.run_dir),
                     "data": self.data.origin,
                     "samples": self.data.sample_accounting(),
-                    "resumed at step": self.start_step,
+                    **({"resumed at step": self.start_step} if self.start_step else {}),
                 },
             )
             self.log.print(
