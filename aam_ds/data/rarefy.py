@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -33,15 +35,21 @@ def rarefy(table: FeatureTable, depth: int, seed: int = 0) -> FeatureTable:
         )
     if len(keep) < len(totals):
         notice(f"rarefaction to {depth} reads drops {len(totals) - len(keep)} of {len(totals)} samples with fewer reads")
-    rng = np.random.default_rng(seed)
-    indptr, indices, data = [0], [], []
-    for row in keep:
+    rarefied = rarefied_rows(counts, keep, depth, np.random.default_rng(seed))
+    kept = FeatureTable([table.sample_ids[i] for i in keep], table.asv_ids, rarefied, table.source)
+    return kept.drop_empty_asvs()
+
+
+def rarefied_rows(counts: sp.csr_matrix, rows: Sequence[int], depth: int, rng: np.random.Generator) -> sp.csr_matrix:
+    """The ``rows`` of ``counts`` (integer read counts, each at least ``depth``), each drawn down to
+    ``depth`` reads without replacement (multivariate hypergeometric), in order from ``rng``:
+    float64 ``[len(rows), M]``."""
+    indptr, indices, values = [0], [np.zeros(0, dtype=counts.indices.dtype)], [np.zeros(0)]
+    for row in rows:
         start, end = counts.indptr[row], counts.indptr[row + 1]
         drawn = rng.multivariate_hypergeometric(counts.data[start:end].astype(np.int64), depth)
         nonzero = drawn > 0
         indices.append(counts.indices[start:end][nonzero])
-        data.append(drawn[nonzero].astype(np.float64))
+        values.append(drawn[nonzero].astype(np.float64))
         indptr.append(indptr[-1] + int(nonzero.sum()))
-    rarefied = sp.csr_matrix((np.concatenate(data), np.concatenate(indices), np.asarray(indptr)), shape=(len(keep), counts.shape[1]))
-    kept = FeatureTable([table.sample_ids[i] for i in keep], table.asv_ids, rarefied, table.source)
-    return kept.drop_empty_asvs()
+    return sp.csr_matrix((np.concatenate(values), np.concatenate(indices), np.asarray(indptr)), shape=(len(rows), counts.shape[1]))

@@ -31,6 +31,7 @@ import scipy.sparse as sp
 
 from aam_ds.data.biom_slices import BiomSlices
 from aam_ds.data.metadata import load_metadata
+from aam_ds.data.rarefy import rarefied_rows
 from aam_ds.data.select import selected_positions
 from aam_ds.data.sequences import asv_sequences, dropped_rows, tokenize
 from aam_ds.errors import AamInputError, notice
@@ -179,17 +180,7 @@ def _rarefied(counts: sp.csr_matrix, depth: int, rng: np.random.Generator, sourc
     """Each row drawn down to ``depth`` reads without replacement, as :func:`aam_ds.data.rarefy.rarefy` draws them."""
     if not np.array_equal(counts.data, np.round(counts.data)):
         raise AamInputError(source, "rarefaction needs integer read counts but the table has fractional values", "unset data.rarefy_depth")
-    indptr, indices, values = [0], [], []
-    for row in range(counts.shape[0]):
-        start, end = counts.indptr[row], counts.indptr[row + 1]
-        drawn = rng.multivariate_hypergeometric(counts.data[start:end].astype(np.int64), depth)
-        nonzero = drawn > 0
-        indices.append(counts.indices[start:end][nonzero])
-        values.append(drawn[nonzero].astype(np.float64))
-        indptr.append(indptr[-1] + int(nonzero.sum()))
-    if not indices:
-        return counts
-    return sp.csr_matrix((np.concatenate(values), np.concatenate(indices), np.asarray(indptr)), shape=counts.shape)
+    return rarefied_rows(counts, range(counts.shape[0]), depth, rng)
 
 
 def _write_rows(
