@@ -149,6 +149,8 @@ def test_benchmark_quick_end_to_end_on_demo_data(demo_paths, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "benchmark stage: AAM fine-tuning" in result.stdout and "report.md" in result.stdout
+    ending = result.stdout[result.stdout.index("# Benchmark: age") :]  # the console ends with the table and the verdict, not the recipe
+    assert "Best classical baseline on mae" in ending and "Recipe:" not in ending and "Recipe:" in (out / "report.md").read_text()
     report = json.loads((out / "report.json").read_text())
     for name in ("report.md", "report.json", "folds.tsv", "predicted_vs_true.png", "learning_curves.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name

@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``aam-ds benchmark``: the budget's recipe on the given table and metadata; returns the exit status (0)."""
     from aam_ds.benchmark.recipe import load_recipe
-    from aam_ds.benchmark.report import StageProgress
+    from aam_ds.benchmark.report import StageProgress, summary_markdown
     from aam_ds.benchmark.runner import BenchmarkInputs, run_benchmark, stages_of
     from aam_ds.evaluation.report import wide_console
 
@@ -104,6 +104,6 @@ def run(args: argparse.Namespace) -> int:
     console = wide_console()
     with StageProgress(console, args.folds, stages_of(inputs)) as progress:
         report = run_benchmark(inputs, progress)
-    console.print((args.out_dir / "report.md").read_text())
-    console.print(f"wrote {args.out_dir}/: " + ", ".join(report["files"]))
+    console.print(summary_markdown(report))
+    console.print(f"wrote {args.out_dir}/: " + ", ".join(report["files"]) + " (report.md also holds the recipe)")
     return 0

@@ -168,7 +168,12 @@ def track_report(spec: Any, out: Path, report: dict[str, Any]) -> None:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown: the comparison table, the verdict, diagnostics and the recipe."""
+    """The report as Markdown: :func:`summary_markdown`, then the recipe (JSON)."""
+    return summary_markdown(report) + "\n".join(["", "Recipe:", "", "```json", json.dumps(report["recipe"], indent=1), "```", ""])
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    """The comparison table, the verdict and the diagnostics (what the console shows at the end)."""
     task, metrics = report["task"], (("mae", "rmse", "r2") if report["task"] == "regression" else ("accuracy", "balanced_accuracy", "auc"))
     v = report["verdict"]
     lines = [
@@ -198,8 +203,7 @@ def markdown(report: dict[str, Any]) -> str:
             + ", ".join(f"{k} {val:.3f}" for k, val in diag.items())
             + " (asv_cosine: mean pairwise cosine similarity of ASV vectors; near 1 = collapsed)."
         )
-    lines += ["", "Recipe:", "", "```json", json.dumps(report["recipe"], indent=1), "```", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def _save(fig: Figure, path: Path) -> Path:
