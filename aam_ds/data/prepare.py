@@ -108,24 +108,14 @@ def prepare_data(spec: RunSpec, run_dir: Path | None = None) -> PreparedData:
     samples = preprocess_samples(table, data, sequences, cached_tokens, ("no metadata", keep_with_metadata))
     table, tokens, rows = samples.table, samples.tokens, samples.rows
     metadata = None if metadata is None else metadata.loc[table.sample_ids]
-    targets, class_names = _targets(target_columns, spec.loss.task, metadata)
-    covariates, covariate_classes = _covariates(data.covariates, metadata)
-
-    splits = split_samples(len(table.sample_ids), data.split, metadata)
-    if run_dir is not None:
-        save_splits(run_dir, splits, table.sample_ids)
-    return PreparedData(
-        table=table,
-        tokens=tokens,
-        rows=rows,
-        metadata=metadata,
-        target_names=target_columns,
-        targets=targets,
-        class_names=class_names,
-        covariate_names=list(data.covariates),
-        covariates=covariates,
-        covariate_classes=covariate_classes,
-        splits=splits,
+    return _assembled(
+        spec,
+        run_dir,
+        table,
+        tokens,
+        rows,
+        metadata,
+        target_columns,
         tree=Path(tree) if tree else None,
         token_cache_hit=samples.token_cache_hit,
         origin=str(table_path) if data.table else f"demo data (generated, seeded) {table_path}",
@@ -146,7 +136,37 @@ def _prepare_shards(spec: RunSpec, run_dir: Path | None) -> PreparedData:
         metadata = align_metadata(load_metadata(data.metadata), list(table.sample_ids), table.source)
     elif data.targets or data.covariates or data.split.kind != "random":
         _with_metadata(table, None, spec, bool(data.targets))  # raises: they need metadata
-    targets, class_names = _targets(list(data.targets), spec.loss.task, metadata)
+    return _assembled(
+        spec,
+        run_dir,
+        table,
+        tokens,
+        ShardRows(table.shards),
+        metadata,
+        list(data.targets),
+        tree=Path(data.tree or tree) if (data.tree or tree) else None,
+        token_cache_hit=False,
+        origin=f"{data.table} (sharded dataset, {len(manifest['shards'])} shards, read lazily)",
+        samples_loaded=manifest["samples_loaded"],
+        drops=manifest["drops"],
+    )
+
+
+def _assembled(
+    spec: RunSpec,
+    run_dir: Path | None,
+    table: FeatureTable | ShardedTable,
+    tokens: np.ndarray,
+    rows: list[SampleRow] | ShardRows,
+    metadata: pd.DataFrame | None,
+    target_columns: list[str],
+    **provenance: object,
+) -> PreparedData:
+    """The :class:`PreparedData` of preprocessed samples and their metadata rows (in table order):
+    targets, covariates and splits, the split ID lists saved under ``run_dir``. ``provenance``: the
+    remaining fields (tree, token_cache_hit, origin, samples_loaded, drops)."""
+    data = spec.data
+    targets, class_names = _targets(target_columns, spec.loss.task, metadata)
     covariates, covariate_classes = _covariates(data.covariates, metadata)
     splits = split_samples(len(table.sample_ids), data.split, metadata)
     if run_dir is not None:
@@ -154,20 +174,16 @@ def _prepare_shards(spec: RunSpec, run_dir: Path | None) -> PreparedData:
     return PreparedData(
         table=table,
         tokens=tokens,
-        rows=ShardRows(table.shards),
+        rows=rows,
         metadata=metadata,
-        target_names=list(data.targets),
+        target_names=target_columns,
         targets=targets,
         class_names=class_names,
         covariate_names=list(data.covariates),
         covariates=covariates,
         covariate_classes=covariate_classes,
         splits=splits,
-        tree=Path(data.tree or tree) if (data.tree or tree) else None,
-        token_cache_hit=False,
-        origin=f"{data.table} (sharded dataset, {len(manifest['shards'])} shards, read lazily)",
-        samples_loaded=manifest["samples_loaded"],
-        drops=manifest["drops"],
+        **provenance,
     )
 
 
