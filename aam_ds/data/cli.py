@@ -34,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
         from aam_ds.distances.tree import read_tree
 
         tree = read_tree(args.tree)
-        check_asvs = lambda asv_ids: tip_nodes_for(asv_ids, str(args.table), tree, data.drop_missing_tips)  # noqa: E731
+
+        def check_asvs(asv_ids: list[str]) -> None:  # the kept ASVs must be tips of the tree (or data.drop_missing_tips)
+            tip_nodes_for(asv_ids, str(args.table), tree, data.drop_missing_tips)
+
     manifest = write_shards(args.table, args.out, data, args.tree, args.metadata, args.sequences, args.samples_per_shard, check_asvs)
     print(f"wrote {describe(manifest, args.out)}; train on it with data.table: {args.out}")
     return 0
