@@ -76,6 +76,7 @@ def run_distances(table: Path, tree: Path, out: Path, threads: int, block_size: 
         "unweighted",
         "--out",
         str(out),
+        "--overwrite",
         "--threads",
         str(threads),
         "--device",

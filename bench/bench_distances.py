@@ -66,6 +66,7 @@ def full_matrix_times(threads: int, metrics: list[str], folder: Path) -> None:
                         engine,
                         "--out",
                         str(out),
+                        "--overwrite",
                         "--threads",
                         str(threads),
                         "--device",

@@ -78,8 +78,8 @@ def variants(table: Path, tree: Path, metric: str, folder: Path, baseline: Path 
     ]
     torch_engine = ["--device", "cpu"]
     out = {
-        "aam-ds": ([*aam, *torch_engine, "--cache-dir", str(folder / "cache"), "--out", str(folder / "ours.h5")], ROOT),
-        "aam-ds --engine ssu": ([*aam, "--engine", "ssu", "--out", str(folder / "via-ssu.h5")], ROOT),
+        "aam-ds": ([*aam, *torch_engine, "--cache-dir", str(folder / "cache"), "--out", str(folder / "ours.h5"), "--overwrite"], ROOT),
+        "aam-ds --engine ssu": ([*aam, "--engine", "ssu", "--out", str(folder / "via-ssu.h5"), "--overwrite"], ROOT),
         "ssu": (
             [
                 "ssu",

@@ -226,6 +226,10 @@ def test_readme_cv_line_runs_and_ends_with_one_cross_fold_table(cache, demo, tmp
     for fold in range(3):  # each fold's header and summary name the fold
         assert f"aam-ds run {run_dir.name}-fold{fold}: " in out
         assert f"run summary: {run_dir.name}-fold{fold}" in out
+    # a fold's validation scores say they come from a part of its training samples, not from its test samples
+    assert out.count("validation 10 % of the fold's training part") == 3
+    assert out.count("eval step 3 on val (10 % of the fold's training part) | ") == 3
+    assert len(re.findall(r"│ val \(10 % of the fold's training part\) mae\s+│\s+\d", out)) == 3
     assert out.count("cross-validation of") == 1
     table = out[out.index("cross-validation of age (regression), 3 folds") :].splitlines()
     header = next(line for line in table if line.startswith("┃ fold"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aam_ds.benchmark.recipe import BUDGETS
 from aam_ds.cli_args import add_set_argument
-from aam_ds.distances.registry import METRIC_NAMES
+from aam_ds.distances.registry import ALIAS_TEXT, METRIC_NAMES, metric_flag
 from aam_ds.spec.flags import SPLIT_KINDS, TASKS
 
 EXAMPLE = """example (QIIME 2 artifacts, folds grouped by subject):
@@ -50,9 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--positive-class", default=None, help="binary AUC class (default: the second class name)")
     parser.add_argument(
         "--metric",
-        choices=METRIC_NAMES,
+        type=metric_flag,
+        metavar="NAME",
         default=None,
-        help="AAM pretraining distance (default: unweighted UniFrac with a tree, else braycurtis)",
+        help=f"AAM pretraining distance: {', '.join(METRIC_NAMES)} (also accepted: {ALIAS_TEXT}); "
+        "default: unweighted UniFrac with a tree, else braycurtis",
     )
     parser.add_argument("--max-seq-len", type=int, default=150, help="nucleotides kept per ASV (default: 150)")
     parser.add_argument(

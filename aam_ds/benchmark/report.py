@@ -268,6 +268,6 @@ def _plot_learning_curves(path: Path, metrics_files: Sequence[Path]) -> Path | N
         name = next((m for m in ("mae", "auc") if evals and m in evals[0][1]), None)
         if name:
             ax.plot([s for s, _ in evals], [m[name] for _, m in evals], "o-", markersize=3, label=f"fold {f} val {name}")
-    ax.set(xlabel="step", title="fine-tuning (validation)")
+    ax.set(xlabel="step", title="fine-tuning: validation, a part of each fold's\ntraining samples (not its test samples)")
     ax.legend(fontsize=7)
     return _save(fig, path)

@@ -81,7 +81,10 @@ def split_of(inputs: BenchmarkInputs, task: str) -> str:
 
 
 def check_inputs(inputs: BenchmarkInputs) -> None:
-    """Refuse (AamInputError) missing input files and contradictory options before any work starts."""
+    """Refuse (AamInputError) missing input files, a sharded dataset folder as ``--table`` (the baselines read the whole
+    table in memory) and contradictory options before any work starts."""
+    from aam_ds.data.table import refuse_sharded_folder  # biom: a slow import
+
     for flag, path in (
         ("--table", inputs.table),
         ("--metadata", inputs.metadata),
@@ -92,6 +95,7 @@ def check_inputs(inputs: BenchmarkInputs) -> None:
     ):
         if path is not None and not Path(path).exists():
             raise AamInputError(f"{flag} {path}", "file not found", "check the path")
+    refuse_sharded_folder(inputs.table, f"--table {inputs.table}")
     if inputs.split == "grouped" and not inputs.group_column:
         raise AamInputError("--split grouped", "no group column given", "add --group-column COLUMN (e.g. host_subject_id)")
     if inputs.pretrained is not None and not inputs.recipe.finetune.from_pretrained:

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if args.samples_per_shard <= 0:
         raise AamInputError("--samples-per-shard", f"must be positive, got {args.samples_per_shard}", "give e.g. 65536")
     data = load_spec(args.spec, args.overrides).data
-    check_asvs = None
+    check_asvs, not_tips = None, []
     if args.tree is not None:
         from aam_ds.distances.branches import tip_nodes_for
         from aam_ds.distances.tree import read_tree
@@ -36,8 +36,13 @@ def run(args: argparse.Namespace) -> int:
         tree = read_tree(args.tree)
 
         def check_asvs(asv_ids: list[str]) -> None:  # the kept ASVs must be tips of the tree (or data.drop_missing_tips)
-            tip_nodes_for(asv_ids, str(args.table), tree, data.drop_missing_tips)
+            not_tips.append(len(asv_ids) - len(tip_nodes_for(asv_ids, str(args.table), tree, data.drop_missing_tips)[0]))
 
     manifest = write_shards(args.table, args.out, data, args.tree, args.metadata, args.sequences, args.samples_per_shard, check_asvs)
     print(f"wrote {describe(manifest, args.out)}; train on it with data.table: {args.out}")
+    if not_tips and not_tips[0]:
+        print(
+            f"{not_tips[0]} of the {manifest['asvs']} ASVs are not tips of the tree {args.tree}: kept in the folder, "
+            "UniFrac leaves them out (data.drop_missing_tips=true)"
+        )
     return 0

@@ -42,6 +42,8 @@ class PreparedData:
     - ``splits``: sorted row indices for ``train`` / ``val`` / ``test``
     - ``origin``: where the table came from (its path, or that the demo data was generated)
     - ``samples_loaded``: samples in the table as read; ``drops``: reason -> samples dropped since
+    - ``validation``: what the ``val`` split is, where the labels of its scores must say it (a cross-validation
+      fold's: a part of the fold's training samples, not its test samples); empty: the table's own validation split
     """
 
     table: FeatureTable | ShardedTable
@@ -60,6 +62,7 @@ class PreparedData:
     origin: str = ""
     samples_loaded: int = 0
     drops: dict[str, int] = field(default_factory=dict)
+    validation: str = ""
 
     def sample_accounting(self) -> str:
         """One line for the run header: samples loaded, dropped (why) and in each split."""

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from aam_ds.data.rarefy import rarefy
 from aam_ds.data.select import SampleRow, sample_rows
-from aam_ds.data.sequences import asv_sequences, dropped_rows
+from aam_ds.data.sequences import asv_sequences, dropped_rows, tokenize
 from aam_ds.data.table import FeatureTable, without_empty_samples
 from aam_ds.errors import AamInputError, notice
 from aam_ds.spec import DataSpec
@@ -76,9 +76,8 @@ def preprocess_samples(
             drops[reason] = len(table.sample_ids) - len(result.sample_ids)
         return result
 
-    table = step("no reads", without_empty_samples(table, empty_reason))
-    if data.rarefy_depth is not None:
-        table = step(f"fewer reads than data.rarefy_depth {data.rarefy_depth}", rarefy(table, data.rarefy_depth, data.rarefy_seed))
+    for reason, result in sample_reads(table, data, empty_reason):
+        table = step(reason, result)
     if sample_filter is not None:
         table = step(sample_filter[0], sample_filter[1](table))
     seqs = asv_sequences(table.asv_ids, sequences, table.source)
@@ -87,6 +86,35 @@ def preprocess_samples(
     table = step("no reads left without ASVs with ambiguous bases", kept)
     rows = sample_rows(table, data.max_asvs, data.asv_selection, seed=data.split.seed)
     return PreprocessedSamples(table, tokens, rows, hit, drops)
+
+
+def sample_reads(table: FeatureTable, data: DataSpec, empty_reason: str) -> Iterator[tuple[str, FeatureTable]]:
+    """The steps that decide each sample's reads, in order, as ``(reason a sample is dropped, the table after the step)``:
+    samples without reads dropped, then rarefaction to ``data.rarefy_depth`` (seeded by ``data.rarefy_seed``)."""
+    table = without_empty_samples(table, empty_reason)
+    yield "no reads", table
+    if data.rarefy_depth is not None:
+        yield f"fewer reads than data.rarefy_depth {data.rarefy_depth}", rarefy(table, data.rarefy_depth, data.rarefy_seed)
+
+
+def distance_table(table: FeatureTable, data: DataSpec, sequences: str | Path | None) -> FeatureTable:
+    """The samples and reads of ``table`` that training compares with ``data.metric`` (pretraining's on-the-fly targets),
+    for ``aam-ds distances``: with ``data.rarefy_depth``, :func:`sample_reads` (the same seeded draws), then, with
+    ``data.ambiguous_bases=drop_asv``, without the ASVs whose sequences hold ambiguous bases. (The sample filter and the
+    per-sample ASV selection of :func:`preprocess_samples` change no distance between the samples kept.)
+
+    ``sequences``: a FASTA / .qza of the ASVs (read with ``drop_asv`` alone), or None when the observation IDs are sequences.
+
+    Raises:
+        AamInputError: as :func:`preprocess_samples` (no sample with reads, none reaching the depth, unreadable sequences).
+    """
+    if data.rarefy_depth is not None:  # (without rarefaction a sample without reads keeps its defined distances)
+        table = list(sample_reads(table, data, "nothing to rarefy"))[-1][1]
+    if data.ambiguous_bases != "drop_asv":
+        return table
+    seqs = asv_sequences(table.asv_ids, sequences, table.source)
+    tokens = tokenize(seqs, data.max_seq_len, data.ambiguous_bases, ids=list(table.asv_ids), source=str(sequences or table.source))
+    return drop_rejected_asvs(table, tokens)[0]
 
 
 def drop_rejected_asvs(table: FeatureTable, tokens: np.ndarray) -> tuple[FeatureTable, np.ndarray]:

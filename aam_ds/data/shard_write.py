@@ -15,7 +15,7 @@ preprocessing), the second writes the rows. Memory is bounded by one shard, the 
 - ``asvs.arrow``: ``asv_id`` string, ``tokens`` fixed_size_binary[max_seq_len] (``uint8`` tokens)
 - ``tree.<suffix>``: a copy of ``--tree`` (on-the-fly UniFrac needs it)
 - ``manifest.json``: format, spec fields the rows depend on, per-shard sample counts, SHA-256 of
-  every file, samples loaded and dropped (why), the source files; written last.
+  every file, samples and ASVs loaded and dropped (why), the source files; written last.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def write_shards(
         if rejected.any():
             notice(f"{biom.source}: dropping {rejected.sum()} ASVs with ambiguous bases (data.ambiguous_bases=drop_asv)")
         drops: dict[str, int] = {}
-        used = np.zeros(len(biom.asv_ids), dtype=bool)
-        for _, counts in _preprocessed(biom, data, keep_ids, rejected, drops):
+        used, read = np.zeros(len(biom.asv_ids), dtype=bool), np.zeros(len(biom.asv_ids), dtype=bool)
+        for _, counts in _preprocessed(biom, data, keep_ids, rejected, drops, read):
             used[counts.indices] = True
         if not used.any():
             raise AamInputError(
@@ -124,6 +124,8 @@ def write_shards(
             "samples_loaded": biom.n_samples,
             "drops": drops,
             "asvs": len(asv_ids),
+            "asvs_loaded": len(biom.asv_ids),
+            "asv_drops": asv_drops(rejected, read, columns),
             "shards": shards,
             "files": files,
             "source": {"table": str(table), "tree": str(tree) if tree else None, "metadata": str(metadata) if metadata else None},
@@ -132,10 +134,27 @@ def write_shards(
     return manifest
 
 
+def asv_drops(rejected: np.ndarray, read: np.ndarray, kept: np.ndarray) -> dict[str, int]:
+    """Reason -> ASVs of the table left out of the folder, from boolean ``[M]`` masks of the table's ASVs: ``rejected`` by
+    the ambiguity policy, with reads in the table (``read``), ``kept``."""
+    reasons = {
+        "ambiguous bases, data.ambiguous_bases=drop_asv": rejected,
+        "no reads in the table": ~read & ~rejected & ~kept,
+        "no reads left in the kept samples after rarefaction and the sample drops": read & ~rejected & ~kept,
+    }
+    return {why: int(mask.sum()) for why, mask in reasons.items() if mask.any()}
+
+
 def _preprocessed(
-    biom: BiomSlices, data: DataSpec, keep_ids: set[str] | None, rejected: np.ndarray, drops: dict[str, int]
+    biom: BiomSlices,
+    data: DataSpec,
+    keep_ids: set[str] | None,
+    rejected: np.ndarray,
+    drops: dict[str, int],
+    read: np.ndarray | None = None,
 ) -> Iterator[tuple[list[str], sp.csr_matrix]]:
-    """The kept samples of each slice and their reads ``[b, M]`` (original columns), counting drops per reason."""
+    """The kept samples of each slice and their reads ``[b, M]`` (original columns), counting drops per reason;
+    ``read`` (boolean ``[M]``), when given, marks the ASVs with reads in the table as read."""
     rng = np.random.default_rng(data.rarefy_seed)
 
     def drop(reason: str, keep: np.ndarray, ids: list[str], counts: sp.csr_matrix) -> tuple[list[str], sp.csr_matrix]:
@@ -144,6 +163,8 @@ def _preprocessed(
         return [i for i, k in zip(ids, keep) if k], counts[np.flatnonzero(keep)]
 
     for ids, counts in biom.slices(SLICE):
+        if read is not None:
+            read[counts.indices[counts.data > 0]] = True
         ids, counts = drop("no reads", np.asarray(counts.sum(axis=1)).ravel() > 0, ids, counts)
         if data.rarefy_depth is not None:
             ids, counts = drop(
@@ -239,6 +260,8 @@ def _write_asvs(path: Path, asv_ids: list[str], tokens: np.ndarray) -> None:
 def describe(manifest: dict, out: Path) -> str:
     """One line on what ``aam-ds shard`` wrote."""
     dropped = "".join(f", {n} dropped ({why})" for why, n in manifest["drops"].items())
-    return f"{manifest['samples']} samples ({manifest['samples_loaded']} loaded{dropped}), {manifest['asvs']} ASVs, " + (
+    asvs = "".join(f", {n} dropped ({why})" for why, n in manifest.get("asv_drops", {}).items())
+    loaded = f" ({manifest['asvs_loaded']} in the table{asvs})" if "asvs_loaded" in manifest else ""
+    return f"{manifest['samples']} samples ({manifest['samples_loaded']} loaded{dropped}), {manifest['asvs']} ASVs{loaded}, " + (
         f"{len(manifest['shards'])} shards -> {out}"
     )

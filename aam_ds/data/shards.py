@@ -234,3 +234,23 @@ def open_shards(folder: str | Path, data: DataSpec) -> tuple[ShardedTable, np.nd
     asv_ids = asvs.column("asv_id").to_pylist()
     tree = next((folder / name for name in manifest["files"] if name.startswith("tree")), None)
     return ShardedTable(Shards(folder, manifest), asv_ids), tokens, tree
+
+
+def read_sharded_table(folder: str | Path) -> tuple[FeatureTable, Path | None, dict]:
+    """Every sample of the sharded dataset ``folder`` in memory, with its preprocessed reads over all the folder's ASVs
+    (what distances compare; ``aam-ds distances --table DIR``), read and checked by :func:`open_shards` with the data
+    settings the folder was built with.
+
+    Returns the table (``N`` samples x ``M`` ASVs, float64 reads), the folder's tree (None without one) and the data
+    settings it was built with (:func:`aam_ds.data.shard_write.spec_fields`).
+
+    Raises
+    ------
+    AamInputError
+        as :func:`open_shards`: a missing or unreadable manifest, a file missing or not matching its hash.
+    """
+    built = read_manifest(folder)["spec"]
+    fields = {k: v for k, v in built.items() if "." not in k}
+    data = DataSpec.model_validate({**fields, "split": {"seed": built.get("split.seed", 0)}})
+    table, _, tree = open_shards(folder, data)
+    return table.take_samples(np.arange(table.shape[0])), tree, built

@@ -6,6 +6,7 @@ BIOM stores observations x samples; a :class:`FeatureTable` is samples x ASVs.
 from __future__ import annotations
 
 import io
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ def load_table(path: str | Path) -> FeatureTable:
     text may carry a UTF-8 byte-order mark and CRLF line endings (:mod:`aam_ds.data.files`).
     """
     path = Path(path)
+    refuse_sharded_folder(path, str(path))
     if not path.is_file():
         raise AamInputError(str(path), "feature table not found", "check data.table (a BIOM file or a .qza artifact)")
     if is_qza(path):
@@ -77,6 +79,30 @@ def load_table(path: str | Path) -> FeatureTable:
     if text.lstrip().startswith("{"):
         return _from_biom(_biom_from_json(text, path), str(path))
     return _from_tsv(text, path)
+
+
+def refuse_sharded_folder(path: str | Path, source: str) -> None:
+    """Refuse a sharded dataset folder (``aam-ds shard``) where a command reads a whole feature table in memory.
+
+    Raises
+    ------
+    AamInputError
+        ``path`` is a folder holding a ``manifest.json``, naming ``source`` (the flag or field that gave it) and the
+        BIOM table the folder was built from (training's ``data.table`` and ``aam-ds distances`` read the folder itself).
+    """
+    manifest = Path(path) / "manifest.json"
+    if not manifest.is_file():
+        return
+    try:
+        built_from = json.loads(manifest.read_text())["source"]["table"]
+    except (OSError, ValueError, KeyError, TypeError):
+        built_from = "the BIOM table it was built from"
+    raise AamInputError(
+        source,
+        f"{path} is a sharded dataset folder (written by `aam-ds shard`), and this command reads a whole feature table in memory",
+        f"pass {built_from}, the table it was built from; training (data.table: DIR) and `aam-ds distances --table DIR` "
+        "read the folder itself",
+    )
 
 
 def without_empty_samples(table: FeatureTable, why: str = "nothing to learn from") -> FeatureTable:

@@ -11,10 +11,11 @@ when a metric is built, so that reading this table imports no torch), the rows i
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Literal
 
-from aam_ds.errors import AamInputError
+from aam_ds.errors import AamInputError, notice
 
 
 @dataclass(frozen=True)
@@ -88,18 +89,54 @@ METRIC_NAMES: tuple[str, ...] = tuple(REGISTRY)
 TREE_METRICS: tuple[str, ...] = tuple(m.name for m in REGISTRY.values() if m.needs_tree)
 DEFAULT_METRIC = "unweighted"
 
+# the names QIIME 2 (``qiime diversity beta-phylogenetic``) and scikit-bio give our metrics; their ``weighted_unifrac``,
+# and so a bare ``weighted``, is the unnormalised one
+ALIASES: dict[str, str] = {
+    "unweighted_unifrac": "unweighted",
+    "weighted": "weighted_unnormalized",
+    "weighted_unifrac": "weighted_unnormalized",
+    "weighted_normalized_unifrac": "weighted_normalized",
+    "generalized_unifrac": "generalized",
+}
+ALIAS_TEXT = ", ".join(f"{alias} = {name}" for alias, name in ALIASES.items())
+
+
+def metric_name(name: str, source: str | None = None) -> str:
+    """The registered name of metric ``name`` or of its alias (:data:`ALIASES`); an unknown name is returned as given.
+
+    With ``source`` (the flag or field that gave it) an alias is resolved with a notice naming the metric it stands for."""
+    if source is not None and name in ALIASES:
+        other = "; the normalised one is weighted_normalized" if ALIASES[name] == "weighted_unnormalized" else ""
+        notice(f"{source}: {name} is read as {ALIASES[name]} ({REGISTRY[ALIASES[name]].description}){other}")
+    return ALIASES.get(name, name)
+
 
 def get_metric(name: str, source: str = "data.metric") -> Metric:
-    """The registry entry of ``name``.
+    """The registry entry of ``name`` (a registered name or an alias of one, :data:`ALIASES`).
 
     Raises
     ------
     AamInputError
-        ``name`` is not registered (naming ``source``, the flag or field that gave it, and every choice).
+        ``name`` is neither registered nor an alias (naming ``source``, the flag or field that gave it, every
+        choice and the aliases).
     """
-    if name not in REGISTRY:
-        raise AamInputError(source, f"unknown metric {name!r}", f"choose one of {', '.join(METRIC_NAMES)}")
-    return REGISTRY[name]
+    if metric_name(name) not in REGISTRY:
+        raise AamInputError(source, f"unknown metric {name!r}", f"choose one of {', '.join(METRIC_NAMES)} (also accepted: {ALIAS_TEXT})")
+    return REGISTRY[metric_name(name)]
+
+
+def metric_flag(name: str) -> str:
+    """argparse ``type`` of a ``--metric`` flag: the registered name of ``name`` or of its alias.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        an unknown name (argparse prints it with the flag, every choice and the aliases, and exits with status 2).
+    """
+    if metric_name(name) not in REGISTRY:
+        choices = ", ".join(repr(m) for m in METRIC_NAMES)
+        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {choices}; also accepted: {ALIAS_TEXT})")
+    return metric_name(name, "--metric")
 
 
 def needs_tree(name: str | None, source: str = "data.metric") -> bool:

@@ -7,7 +7,8 @@ are drawn by :func:`aam_ds.data.splits.kfold_splits` from ``data.split.kind`` / 
 
 Fold ``f``: its held-out samples are the test split; validation is carved from the remaining
 samples by the same split rule (:func:`aam_ds.data.splits.split_samples` with ``val_fraction`` and
-no test share), so grouped folds keep groups out of validation too; the rest trains. Each fold is
+no test share), so grouped folds keep groups out of validation too; the rest trains. A fold's
+evaluation lines and summary say so ("val (10 % of the fold's training part)"): they are not its test score. Each fold is
 an ordinary fine-tuning run in ``<run_dir>/fold<f>/`` (export, metrics.jsonl, predictions_*.tsv).
 The run folder is claimed as a training run's is (default ``runs/cv-<time>``); a resumed
 cross-validation resumes each fold that left a checkpoint and starts the others afresh.
@@ -72,7 +73,10 @@ def _cross_validate(
     for fold, test in enumerate(held_out):
         if on_fold is not None:
             on_fold(fold)
-        finetune(fold_spec(spec, fold), ds_config_path, dataclasses.replace(data, splits=fold_splits(spec.data.split, data, test, fold)))
+        fold_data = dataclasses.replace(
+            data, splits=fold_splits(spec.data.split, data, test, fold), validation=fold_validation(spec.data.split)
+        )
+        finetune(fold_spec(spec, fold), ds_config_path, fold_data)
     if not ctx.is_main:
         return None
     cv = pooled_predictions(data, held_out, [run_dir / f"fold{f}" / "predictions_test.tsv" for f in range(len(held_out))])
@@ -125,6 +129,11 @@ def fold_splits(split: SplitSpec, data: PreparedData, test: np.ndarray, fold: in
     metadata = None if data.metadata is None else data.metadata.iloc[rest]
     inner = split_samples(len(rest), split.model_copy(update={"test_fraction": 0.0, "seed": split.seed + fold}), metadata)
     return {"train": rest[inner["train"]], "val": rest[inner["val"]], "test": np.asarray(test, dtype=np.int64)}
+
+
+def fold_validation(split: SplitSpec) -> str:
+    """What a fold's ``val`` split is, for the labels of its scores: not the fold's test samples."""
+    return f"{100 * split.val_fraction:g} % of the fold's training part"
 
 
 def fold_spec(spec: RunSpec, fold: int) -> RunSpec:

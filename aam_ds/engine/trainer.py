@@ -226,6 +226,7 @@ class Trainer:
                     "run folder": str(self.run_dir),
                     "data": self.data.origin,
                     "samples": self.data.sample_accounting(),
+                    **({"validation": self.data.validation} if self.data.validation else {}),
                     **({"resumed at step": self.start_step} if self.start_step else {}),
                 },
             )
@@ -355,7 +356,8 @@ class Trainer:
                 for folder, paths in run_files(self.run_dir, self.data, predictions, self.scatter).items():
                     self.log.log_artifacts(paths, folder)
         barrier()
-        summary = {f"val {name}": value for name, value in result.eval_metrics.items()}
+        val = f"val ({self.data.validation})" if self.data.validation else "val"
+        summary = {f"{val} {name}": value for name, value in result.eval_metrics.items()}
         if result.train_losses:
             summary["train loss"] = result.train_losses[-1]
         summary.update({"last step": done, "exported step": export_step, "stopped early": float(result.stopped_early)})

@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from aam_ds.distances.registry import DEFAULT_METRIC, METRIC_NAMES, PARAMETERS
+from aam_ds.distances.registry import DEFAULT_METRIC, METRIC_NAMES, PARAMETERS, metric_name
 from aam_ds.spec.batch import DEFAULT_MICRO_BATCH, BatchPlan
 
 
@@ -102,6 +102,12 @@ class DataSpec(_Section):
     split: SplitSpec = Field(default_factory=SplitSpec)
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     num_workers: int = Field(0, ge=0)
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _registered_metric(cls, name: Any) -> Any:
+        """An alias the field uses (QIIME 2's weighted_unifrac, ...) is read as the registered name it stands for."""
+        return metric_name(name, "data.metric") if isinstance(name, str) else name
 
 
 # --------------------------------------------------------------------------------------------

@@ -81,10 +81,12 @@ class ConsoleLogger(RunLogger):
         self._progress: Progress | None = None
         self._rate = StepRate(0)
         self._name: str | None = None
+        self._validation: str | None = None
 
     def start(self, spec: RunSpec, total_steps: int, extra: dict[str, Any] | None = None) -> None:
         self._rate = StepRate(total_steps)
         self._name = spec.tracking.name
+        self._validation = (extra or {}).get("validation")  # what the val split is, where the trainer says (a fold's)
         facts = {"steps": total_steps, "global batch": spec.parallel.global_batch_size, **(extra or {})}
         self.print(f"aam-ds run{self._label(' ')}: " + ", ".join(f"{key} {value}" for key, value in facts.items()))
         if self.bar:
@@ -107,7 +109,8 @@ class ConsoleLogger(RunLogger):
             self.print(f"step {step}/{self._rate.total_steps} | {stats}")
 
     def log_eval(self, step: int, metrics: dict[str, float], distance_scatter: DistanceScatter | None = None) -> None:
-        self.print(f"eval step {step} | {format_metrics(metrics)}")
+        on = f" on val ({self._validation})" if self._validation else ""
+        self.print(f"eval step {step}{on} | {format_metrics(metrics)}")
 
     def print(self, msg: str) -> None:
         self.console.print(msg, markup=False, highlight=False, soft_wrap=True)

@@ -91,7 +91,7 @@ for metric, (skbio_name, skbio_options) in metrics.items():
     for engine in engines:
         out = OUT / f"{metric}-{engine}.h5"
         assert aam_ds(["distances", "--table", str(TABLE), "--tree", str(TREE), "--metric", metric, "--engine", engine,
-                       "--out", str(out), "--no-progress"]) == 0
+                       "--out", str(out), "--no-progress", "--overwrite"]) == 0
         ids, matrices[f"aam-ds ({engine})" if engine == "torch" else "biocore ssu"] = read_distance_matrix(out)
         assert ids == table.sample_ids
     counts = table.counts.toarray()  # [samples, ASVs]
@@ -130,7 +130,7 @@ predicted = embedding_distances(torch.from_numpy(embeddings[rows])).numpy()
 
 out = OUT / "demo-unweighted.h5"
 assert aam_ds(["distances", "--table", str(DEMO.table), "--tree", str(DEMO.tree), "--metric", "unweighted",
-               "--out", str(out), "--no-progress"]) == 0
+               "--out", str(out), "--no-progress", "--overwrite"]) == 0
 ids, full = read_distance_matrix(out)
 index = [ids.index(s) for s in held_out]
 true = full[np.ix_(index, index)]
