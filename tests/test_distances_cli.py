@@ -15,8 +15,10 @@ import yaml
 
 from aam_ds.cli import main as cli_main
 from aam_ds.data.prepare import prepare_data
+from aam_ds.data.table import load_table
 from aam_ds.distances.io import read_distance_matrix
 from aam_ds.distances.target import build_distance_target
+from aam_ds.errors import AamInputError
 from aam_ds.spec import load_spec
 
 # ASV IDs are their sequences; the second holds an ambiguous base (R)
@@ -48,7 +50,7 @@ def rarefied_run(demo_paths, tmp_path_factory):
     return folder / "run.yaml", out
 
 
-def test_a_runs_distances_are_those_training_compares(rarefied_run, tmp_path):
+def test_a_runs_distances_are_those_training_compares(rarefied_run, tmp_path, capsys):
     run, out = rarefied_run
     ids, matrix = read_distance_matrix(out)
     spec = load_spec(run, [])
@@ -60,6 +62,9 @@ def test_a_runs_distances_are_those_training_compares(rarefied_run, tmp_path):
     unrarefied = _distances("--spec", str(run), "--set", "data.rarefy_depth=null", "--out", str(tmp_path / "all.h5"))
     assert other_seed.shape == matrix.shape and not np.allclose(other_seed, matrix)
     assert len(unrarefied[0]) == 300
+    capsys.readouterr()
+    assert cli_main(["distances", "--spec", str(run), "--engine", "ssu", "--out", str(tmp_path / "ssu.h5")]) == 2
+    assert "--engine ssu: reads the table as it is, but the run rarefies it" in capsys.readouterr().err
 
 
 def test_asvs_with_ambiguous_bases_are_left_out_as_training_leaves_them_out(tmp_path):
@@ -142,6 +147,10 @@ def test_a_sharded_folder_gives_the_distances_of_its_rows_and_is_refused_where_a
     assert (
         f"--table {folder}: {folder} is a sharded dataset folder" in err and f"pass {demo_paths.table}, the table it was built from" in err
     )
+    with pytest.raises(AamInputError, match="is a sharded dataset folder"):  # rf-baseline, predict, evaluate: load_table
+        load_table(folder)
+    assert cli_main(["distances", "--table", str(folder), "--engine", "ssu", "--out", str(tmp_path / "ssu.h5")]) == 2
+    assert "--engine ssu: reads a BIOM file, not the sharded dataset folder" in capsys.readouterr().err
 
 
 def test_shard_summary_counts_dropped_samples_and_asvs_with_their_reasons(tmp_path, capsys):

@@ -22,11 +22,15 @@ import argparse
 import hashlib
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aam_ds.distances.registry import ALIAS_TEXT, DEFAULT_METRIC, METRIC_NAMES, PARAMETERS, check_parameter, get_metric, metric_flag
 from aam_ds.errors import AamInputError
-from aam_ds.spec import DataSpec
+from aam_ds.spec import DataSpec, RunSpec
 from aam_ds.spec.flags import add_spec_arguments, fill_from_spec, spec_flag_help
+
+if TYPE_CHECKING:
+    from aam_ds.data.table import FeatureTable
 
 # with none of these, --device auto is the CPU without asking torch (NVIDIA, ROCm, WSL GPU device files)
 GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
@@ -140,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_settings(args: argparse.Namespace, spec) -> DataSpec:
+def _data_settings(args: argparse.Namespace, spec: RunSpec) -> DataSpec:
     """The run's data settings with the flags' rarefaction (the flags won over the spec's fields)."""
     if args.rarefy_depth is not None and args.rarefy_depth <= 0:
         raise AamInputError("--rarefy-depth", f"must be positive, got {args.rarefy_depth}", "give a read depth, e.g. 1000")
@@ -166,7 +170,7 @@ def _check_ssu_reads_the_table_as_is(args: argparse.Namespace, data: DataSpec, s
         )
 
 
-def _table(args: argparse.Namespace, data: DataSpec, sharded: bool):
+def _table(args: argparse.Namespace, data: DataSpec, sharded: bool) -> FeatureTable:
     """The samples and reads to compare: the table preprocessed as training does, or a sharded dataset folder's rows."""
     if not sharded:
         from aam_ds.data.preprocess import distance_table
@@ -189,7 +193,7 @@ def _table(args: argparse.Namespace, data: DataSpec, sharded: bool):
     return table
 
 
-def _our_engine(args: argparse.Namespace, table, fingerprint: str, metric_needs_tree: bool) -> list[str]:
+def _our_engine(args: argparse.Namespace, table: FeatureTable, fingerprint: str, metric_needs_tree: bool) -> list[str]:
     """Compute the matrix of ``table`` with our kernels and write it to ``--out`` (an ``.h5`` continues a partial file of
     the same ``fingerprint``); returns the sample IDs. On a machine
     without a GPU, a metric with a CPU kernel runs without importing torch (:mod:`aam_ds.distances.unifrac_cpu`)."""
@@ -217,7 +221,7 @@ def _our_engine(args: argparse.Namespace, table, fingerprint: str, metric_needs_
     return metric.sample_ids
 
 
-def _torch_metric(args: argparse.Namespace, table, tree):
+def _torch_metric(args: argparse.Namespace, table: FeatureTable, tree):
     """The metric with the torch kernels on ``--device`` (auto: cuda when torch finds one, else cpu)."""
     import torch
 
