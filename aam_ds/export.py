@@ -37,6 +37,7 @@ class Export:
     model_args: dict[str, Any]
     targets: dict[str, Any] | None
     step: int
+    probe: dict[str, Any] | None = None  # a probe ensemble's other half (aam_ds.model.probe_ensemble): see probe_part
 
 
 def write_export(path: Path, export: Export) -> None:
@@ -48,6 +49,7 @@ def write_export(path: Path, export: Export) -> None:
         "model_args": export.model_args,
         "targets": export.targets,
         "step": export.step,
+        **({"probe": export.probe} if export.probe is not None else {}),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -68,7 +70,7 @@ def load_export(path: Path) -> Export:
         raise AamInputError(str(path), f"cannot be read as a model export ({exc})", "re-export it from its checkpoint") from exc
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise AamInputError(str(path), "is not an aam-ds model export", "use the model.pt written by `aam-ds pretrain`")
-    return Export(payload["state_dict"], payload["spec"], payload["model_args"], payload["targets"], payload["step"])
+    return Export(payload["state_dict"], payload["spec"], payload["model_args"], payload["targets"], payload["step"], payload.get("probe"))
 
 
 def model_config(model: Any) -> ModelConfig:
@@ -84,10 +86,34 @@ def model_config(model: Any) -> ModelConfig:
     return ModelConfig(**{f.name: getattr(spec, f.name) for f in fields(ModelConfig)})
 
 
-def build_exported_model(export: Export) -> torch.nn.Module:
-    """A fresh AAMModel with the export's architecture and weights (fp32, CPU, eval mode)."""
+def build_exported_model(export: Export, ensemble: bool = True) -> torch.nn.Module:
+    """A fresh AAMModel with the export's architecture and weights (fp32, CPU, eval mode); for an
+    export with a probe ensemble (and ``ensemble``), the :class:`~aam_ds.model.probe_ensemble.ProbeEnsemble`
+    of that network and its probe. ``ensemble=False``: the fine-tuned network alone."""
     from aam_ds.model.aam import AAMModel
 
     model = AAMModel(model_config(export.spec["model"]), **export.model_args)
     model.load_state_dict(export.state_dict)
-    return model.eval()
+    if export.probe is None or not ensemble:
+        return model.eval()
+    from aam_ds.model.probe_ensemble import LinearProbe, ProbeEnsemble
+
+    part = export.probe
+    pretrained = AAMModel(model_config(part["model_spec"]), **part["model_args"])
+    pretrained.load_state_dict(part["state_dict"])
+    probe = LinearProbe(part["mean"], part["scale"], part["coef"], part["intercept"])
+    return ProbeEnsemble(model, pretrained, probe, part["weight"]).eval()
+
+
+def probe_part(pretrained: Export, linear: dict[str, Any], weight: float, folds: int) -> dict[str, Any]:
+    """An export's ``probe`` entry: the pretrained model the probe reads (weights, architecture), the
+    linear map (``mean``, ``scale`` ``[D]``, ``coef`` ``[O, D]``, ``intercept`` ``[O]``), the fine-tuned
+    model's share ``weight`` and the inner folds that chose it."""
+    return {
+        "state_dict": pretrained.state_dict,
+        "model_spec": pretrained.spec["model"],
+        "model_args": pretrained.model_args,
+        **{name: torch.as_tensor(linear[name], dtype=torch.float32) for name in ("mean", "scale", "coef", "intercept")},
+        "weight": float(weight),
+        "inner_folds": int(folds),
+    }

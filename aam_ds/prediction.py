@@ -158,8 +158,13 @@ def subset_rows(inputs: ModelInputs, fraction: float, seed: int, pass_index: int
 
 def split_inputs(data: PreparedData, split: str) -> ModelInputs:
     """The samples of ``split`` exactly as the trainer feeds them."""
-    rows = [data.rows[i] for i in data.splits[split]]
-    return ModelInputs([data.table.sample_ids[r.sample_index] for r in rows], data.tokens, rows, data.covariates)
+    return rows_inputs(data, data.splits[split])
+
+
+def rows_inputs(data: PreparedData, rows: Sequence[int]) -> ModelInputs:
+    """The samples at ``rows`` (into the table) exactly as the trainer feeds them."""
+    picked = [data.rows[i] for i in rows]
+    return ModelInputs([data.table.sample_ids[r.sample_index] for r in picked], data.tokens, picked, data.covariates)
 
 
 def predict_split(

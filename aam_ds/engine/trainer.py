@@ -47,6 +47,7 @@ from aam_ds.engine.interrupt import RunInterrupted, StopRequest, stop_requests
 from aam_ds.engine.memory import GIB, PeakMemory, estimate_table, with_batch_plan
 from aam_ds.engine.objective import Objective
 from aam_ds.engine.peak import peak_flops
+from aam_ds.engine.probe_cv import attach_probe_ensemble, check_probe_ensemble
 from aam_ds.engine.resume import DATA_POSITION, advance_schedule, data_position, resume_point
 from aam_ds.engine.run_export import export_spec, run_files, target_description, write_split_predictions
 from aam_ds.engine.run_folder import claim_run_dir
@@ -89,13 +90,15 @@ def pretrain(spec: RunSpec, ds_config_path: Path | None = None, on_evaluate: Eva
 def finetune(
     spec: RunSpec, ds_config_path: Path | None = None, data: PreparedData | None = None, on_evaluate: EvalCallback | None = None
 ) -> RunResult:
-    """Fine-tune the task head (from ``model.pretrained`` when set); writes ``<run_dir>/model.pt``.
+    """Fine-tune the task head (from ``model.pretrained`` when set); writes ``<run_dir>/model.pt``
+    (with ``model.probe_ensemble_folds``, the probe ensemble of :mod:`aam_ds.engine.probe_cv`).
 
     ``data``: already prepared data whose ``splits`` replace the spec's split (cross-validation
     folds); by default the data is prepared from ``spec.data``. ``on_evaluate``: as for :func:`pretrain`.
     """
     if spec.loss.task == "none":
         raise AamInputError("loss.task", "fine-tuning needs a task", "set loss.task=regression or classification and data.targets")
+    check_probe_ensemble(spec)
     return train(spec, ds_config_path, finetuning=True, data=data, on_evaluate=on_evaluate)
 
 
@@ -106,7 +109,10 @@ def train(
     ctx = init_distributed(spec.parallel.collective_timeout_s)
     trainer = Trainer.build(ctx, spec, ds_config_path, finetuning, data)
     trainer.on_evaluate = on_evaluate
-    return trainer.run()
+    result = trainer.run()
+    if finetuning and spec.model.probe_ensemble_folds:
+        attach_probe_ensemble(trainer.spec, ds_config_path, trainer.data, result.export_path, ctx)
+    return result
 
 
 # --------------------------------------------------------------------------------------------

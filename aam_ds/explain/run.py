@@ -26,7 +26,7 @@ import torch
 
 from aam_ds.data.metadata import align_metadata, categorical_codes, load_metadata, numeric_targets
 from aam_ds.data.sequences import PAD
-from aam_ds.errors import AamInputError
+from aam_ds.errors import AamInputError, notice
 from aam_ds.explain import importance as imp
 from aam_ds.explain import plots
 from aam_ds.explain.attention import attention_maps, nucleotide_attention, sample_attention
@@ -78,7 +78,9 @@ def explain_table(
     data = explain_data(prepare_inputs(export, table, sequences, options.metadata), ids, str(options.samples))
     target = resolve_target(export, options, data.sample_ids)
     check_methods(options.methods, target)
-    forward = SampleForward(build_exported_model(export), data, options.device, options.batch_size)
+    if export.probe is not None:
+        notice(f"{model}: a probe ensemble; explain reads its fine-tuned network (share {export.probe['weight']:g}), not its linear probe")
+    forward = SampleForward(build_exported_model(export, ensemble=False), data, options.device, options.batch_size)
     n, k = data.counts.shape
     total = n + n * ("integrated_gradients" in options.methods) + k * sum(m in options.methods for m in ("permutation", "removal"))
     advance = progress(total) if progress is not None else None

@@ -91,9 +91,15 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = OPSET) -> 
     """Write the ONNX graph of the consolidated export ``model_path`` to ``out`` (atomically).
 
     Raises:
-        AamInputError: ``model_path`` is missing or not an aam-ds export.
+        AamInputError: ``model_path`` is missing, not an aam-ds export, or a probe ensemble.
     """
     export = load_export(Path(model_path))
+    if export.probe is not None:
+        raise AamInputError(
+            str(model_path),
+            "is a probe ensemble (model.probe_ensemble_folds): two networks and a linear probe, which one ONNX graph does not hold",
+            "serve it with `aam-ds predict --model model.pt`, or fine-tune with model.probe_ensemble_folds=0 for an ONNX export",
+        )
     model = build_exported_model(export)
     model.config = dataclasses.replace(model.config, asv_chunk_size=0, freeze_sequence_encoder=False)
     model.pack_asvs = False  # a graph of fixed operators: no data-dependent torch.unique (aam_ds.model.packing)

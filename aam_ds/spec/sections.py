@@ -161,6 +161,15 @@ class ModelSpec(_Section):
         description="fine-tuning: keep the nucleotide encoder fixed and run it without gradients (about 3x "
         "cheaper); the ASV vectors, sample encoder and task head still train",
     )
+    probe_ensemble_folds: int = Field(
+        0,
+        ge=0,
+        le=20,
+        description="fine-tuning from model.pretrained: 0 = off; k >= 2 = also fit a linear probe (logistic / ridge "
+        "regression) on the pretrained model's frozen sample embeddings and export the weighted mean of the two "
+        "models' predictions, the weight chosen by k-fold cross-validation within the training samples (k more "
+        "fine-tunings, each on (k-1)/k of them)",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,189 @@
+"""Fine-tuning's probe ensemble (``model.probe_ensemble_folds`` = k): the fine-tuned model averaged
+with a linear probe on the pretrained model's frozen sample embeddings, the weight chosen by inner
+cross-validation on the training samples (:class:`aam_ds.model.probe_ensemble.ProbeEnsemble`).
+
+After the run's own fine-tuning (:func:`attach_probe_ensemble`):
+
+1. the training samples are cut into k inner folds (stratified by class for classification,
+   grouped by ``data.split.group_column`` for a grouped split, else random; seeded by
+   ``data.split.seed``), and for each the same fine-tuning runs on the other k-1 folds in
+   ``<run_dir>/probe_ensemble/inner<j>/`` and predicts the held-out fold;
+2. the probe (:func:`aam_ds.evaluation.linear_baseline.linear_model`: standardise, then logistic or
+   ridge regression with its penalty chosen by its own inner CV) is fitted the same way on the
+   pretrained embeddings, giving out-of-fold predictions of both models on every training sample;
+3. the fine-tuned model's share ``w`` is the grid value (0, 0.1, ..., 1) whose mixture has the
+   lowest out-of-fold loss: log-loss for classification, mean absolute error (``loss.regression_loss:
+   mae``) or mean squared error for regression; ties keep the larger ``w``;
+4. the probe is refitted on every training sample, and rank 0 rewrites ``model.pt`` with the probe
+   and ``w`` (:func:`aam_ds.export.probe_part`) and the run's split predictions from it, and writes
+   ``<run_dir>/probe_ensemble/weight.json`` (``w``, the out-of-fold loss at each share).
+
+W&B / MLflow keep the run's files as they were when its fine-tuning finished (before the probe).
+Stacking: Wolpert 1992, Stacked generalization, Neural Networks 5: 241-259; a linear probe:
+Alain & Bengio 2016, arXiv:1610.01644.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from aam_ds.data.prepare import PreparedData
+from aam_ds.data.splits import kfold_splits, split_labels
+from aam_ds.engine.distributed import DistContext
+from aam_ds.engine.run_export import write_split_predictions
+from aam_ds.errors import AamInputError
+from aam_ds.export import build_exported_model, load_export, probe_part, write_export
+from aam_ds.io_utils import atomic_write_json
+from aam_ds.prediction import embed_inputs, predict_inputs, rows_inputs
+from aam_ds.spec import RunSpec
+
+WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)  # the fine-tuned model's share, tried in turn
+ENSEMBLE_DIR = "probe_ensemble"
+WEIGHT_FILE = "weight.json"  # <run_dir>/probe_ensemble/weight.json: the share chosen and the out-of-fold loss at each
+
+
+def check_probe_ensemble(spec: RunSpec) -> None:
+    """Refuse (AamInputError) a probe ensemble that cannot be built, before any training."""
+    k = spec.model.probe_ensemble_folds
+    if k == 1:
+        raise AamInputError("model.probe_ensemble_folds", "1 inner fold leaves nothing to choose the weight on", "give 0 (off) or k >= 2")
+    if k and spec.model.pretrained is None:
+        raise AamInputError(
+            "model.probe_ensemble_folds",
+            "the probe reads a pretrained model's sample embeddings, and model.pretrained is not set",
+            "set model.pretrained=<pretraining's model.pt>, or model.probe_ensemble_folds=0",
+        )
+
+
+def attach_probe_ensemble(spec: RunSpec, ds_config_path: Path | None, data: PreparedData, export_path: Path, ctx: DistContext) -> None:
+    """Steps 1-4 of the module docstring for the finished fine-tuning run ``spec`` (its run folder
+    claimed) on ``data``; every rank trains the inner folds, rank 0 fits, chooses and writes."""
+    from aam_ds.engine.trainer import train
+
+    k, train_rows = spec.model.probe_ensemble_folds, data.splits["train"]
+    held_out = inner_folds(spec, data, train_rows, k)
+    inner_exports = []
+    for j, test in enumerate(held_out):
+        splits = {"train": np.setdiff1d(train_rows, test), "val": np.array([], dtype=np.int64), "test": test}
+        result = train(inner_spec(spec, j), ds_config_path, finetuning=True, data=dataclasses.replace(data, splits=splits))
+        inner_exports.append(result.export_path)
+    if not ctx.is_main:
+        return
+    pretrained = load_export(spec.model.pretrained)
+    device, batch = ctx.device, spec.parallel.micro_batch_size
+    embeddings = embed_inputs(build_exported_model(pretrained), rows_inputs(data, train_rows), batch, device)
+    truth = data.targets[train_rows]
+    finetuned_oof, probe_oof = None, None
+    for test, path in zip(held_out, inner_exports):
+        at = np.searchsorted(train_rows, test)
+        inner = build_exported_model(load_export(path))
+        ft = model_outputs(
+            predict_inputs(inner, rows_inputs(data, test), data.target_names, data.class_names, batch_size=batch, device=device)
+        )
+        fitted = fit_probe(
+            embeddings[np.setdiff1d(np.arange(len(train_rows)), at)], np.delete(truth, at, axis=0), data, spec.data.split.seed
+        )
+        pr = probe_outputs(fitted, embeddings[at], data)
+        if finetuned_oof is None:
+            finetuned_oof, probe_oof = np.zeros((len(train_rows), ft.shape[1])), np.zeros((len(train_rows), ft.shape[1]))
+        finetuned_oof[at], probe_oof[at] = ft, pr
+    weight, losses = choose_weight(finetuned_oof, probe_oof, truth, data, spec.loss.regression_loss)
+    export = load_export(export_path)
+    export.probe = probe_part(pretrained, fit_probe(embeddings, truth, data, spec.data.split.seed), weight, k)
+    write_export(export_path, export)
+    atomic_write_json(
+        spec.tracking.run_dir / ENSEMBLE_DIR / WEIGHT_FILE,
+        {"weight": weight, "inner_folds": k, "training_samples": len(train_rows), "losses": dict(zip(map(str, WEIGHTS), losses))},
+    )
+    write_split_predictions(export, data, spec.tracking.run_dir, batch, device)
+    print(
+        f"probe ensemble ({k} inner folds of {len(train_rows)} training samples): fine-tuned model's share {weight:g}, "
+        f"out-of-fold loss {losses[-1]:.4g} fine-tuned alone, {losses[0]:.4g} probe alone, {min(losses):.4g} mixed; "
+        f"written to {export_path}",
+        flush=True,
+    )
+
+
+def inner_folds(spec: RunSpec, data: PreparedData, train_rows: np.ndarray, k: int) -> list[np.ndarray]:
+    """Rows (into the table) of each inner fold of the training rows: stratified by class, grouped by
+    the split's group column, or random."""
+    split = spec.data.split
+    if split.kind == "grouped":
+        kind, labels = "grouped", split_labels(data.metadata.iloc[train_rows], "grouped", split.group_column, "data.split.group_column")
+    elif data.class_names:
+        kind, labels = "stratified", np.asarray(data.targets[train_rows], dtype=np.int64)
+    else:
+        kind, labels = "random", None
+    return [train_rows[fold] for fold in kfold_splits(len(train_rows), k, kind, split.seed, labels)]
+
+
+def inner_spec(spec: RunSpec, j: int) -> RunSpec:
+    """Inner fold ``j``'s fine-tuning: the run's spec in ``<run_dir>/probe_ensemble/inner<j>``, untracked, no ensemble."""
+    run_dir = spec.tracking.run_dir / ENSEMBLE_DIR / f"inner{j}"
+    tracking = spec.tracking.model_copy(
+        update={"run_dir": run_dir, "overwrite": True, "name": f"{spec.tracking.name or spec.tracking.run_dir.name}-inner{j}"}
+    )
+    tracking = tracking.model_copy(update={"wandb": "disabled", "mlflow": "disabled"})
+    checkpoint = spec.checkpoint.model_copy(update={"dir": None, "resume": False})
+    model = spec.model.model_copy(update={"probe_ensemble_folds": 0})
+    return spec.model_copy(update={"tracking": tracking, "checkpoint": checkpoint, "model": model})
+
+
+def model_outputs(predictions) -> np.ndarray:
+    """Class probabilities ``[N, C]`` or values ``[N, T]`` (original units) of a list of Predictions."""
+    if predictions[0].probabilities is not None:
+        return predictions[0].probabilities
+    return np.stack([p.values for p in predictions], axis=1)
+
+
+def fit_probe(embeddings: np.ndarray, truth: np.ndarray, data: PreparedData, seed: int) -> dict[str, np.ndarray]:
+    """The linear probe fitted on ``embeddings [N, D]``: ``mean``, ``scale`` ``[D]``, ``coef [O, D]``, ``intercept [O]``.
+
+    Raises:
+        AamInputError: a class absent from these training samples (the probe could not score it).
+    """
+    from aam_ds.evaluation.linear_baseline import linear_model
+
+    task = "classification" if data.class_names else "regression"
+    pipeline = linear_model(task, seed).fit(embeddings, truth if task == "classification" else np.asarray(truth, dtype=np.float64))
+    scaler, estimator = pipeline[0], pipeline[-1]
+    if task == "classification" and len(estimator.classes_) != len(data.class_names):
+        raise AamInputError(
+            "model.probe_ensemble_folds",
+            f"an inner fold's training samples hold {len(estimator.classes_)} of the {len(data.class_names)} classes",
+            "use fewer inner folds, or model.probe_ensemble_folds=0 for a class this rare",
+        )
+    coef = np.atleast_2d(estimator.coef_)
+    return {"mean": scaler.mean_, "scale": scaler.scale_, "coef": coef, "intercept": np.atleast_1d(estimator.intercept_)}
+
+
+def probe_outputs(probe: dict[str, np.ndarray], embeddings: np.ndarray, data: PreparedData) -> np.ndarray:
+    """The probe's class probabilities ``[N, C]`` or values ``[N, T]`` (original units)."""
+    z = ((embeddings - probe["mean"]) / probe["scale"]) @ probe["coef"].T + probe["intercept"]
+    if not data.class_names:
+        return z
+    if z.shape[1] == 1:
+        z = np.concatenate([np.zeros_like(z), z], axis=1)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def choose_weight(
+    finetuned: np.ndarray, probe: np.ndarray, truth: np.ndarray, data: PreparedData, regression_loss: str
+) -> tuple[float, list[float]]:
+    """The fine-tuned model's share in :data:`WEIGHTS` with the lowest out-of-fold loss of the
+    mixture, and the loss at each share (log-loss; or MAE / MSE averaged over targets)."""
+    losses = []
+    for w in WEIGHTS:
+        mixed = w * finetuned + (1 - w) * probe
+        if data.class_names:
+            picked = mixed[np.arange(len(truth)), np.asarray(truth, dtype=np.int64)]
+            losses.append(float(-np.log(np.clip(picked, 1e-12, None)).mean()))
+        else:
+            error = mixed - np.asarray(truth, dtype=np.float64).reshape(mixed.shape)
+            losses.append(float(np.abs(error).mean() if regression_loss == "mae" else (error**2).mean()))
+    best = max(i for i, loss in enumerate(losses) if loss <= min(losses) * (1 + 1e-9))  # ties (to rounding) keep the larger
+    return float(WEIGHTS[best]), losses

@@ -1,0 +1,130 @@
+"""The probe ensemble (``model.probe_ensemble_folds``): a fine-tuned model averaged with a linear
+probe on its pretrained model's embeddings, the weight chosen by inner cross-validation. Real
+fine-tunings in this process (one rank, tiny model, demo data), a real export, ``aam-ds predict``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aam_ds.engine import trainer
+from aam_ds.engine.probe_cv import WEIGHTS, choose_weight, fit_probe, inner_folds, probe_outputs
+from aam_ds.errors import AamInputError
+from aam_ds.export import build_exported_model, load_export
+from aam_ds.inference.onnx import export_onnx
+from aam_ds.prediction import embed_inputs, predict_split, rows_inputs
+from tests.test_finetune import spec_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def in_process_world():
+    """As tests/test_finetune.py: the one-process world's launch variables are removed afterwards."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def pretrained(cache, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("pretrain")
+    trainer.pretrain(
+        spec_for(cache, run_dir, **{"loss.task": "none", "data.targets": "[]", "loss.pairwise_weight": 1, "schedule.steps": 4})
+    )
+    return run_dir / "model.pt"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task, target", [("classification", "body_site"), ("regression", "age")], ids=["classification", "regression"])
+def test_the_export_predicts_the_weighted_mean_of_the_fine_tuned_model_and_the_probe(cache, demo, pretrained, tmp_path, task, target):
+    """Inner runs exist, the chosen weight is on the grid, the run's test predictions (and
+    ``aam-ds predict`` on the export) equal w x the fine-tuned network + (1 - w) x the probe
+    refitted here on the pretrained embeddings of the training samples."""
+    run_dir = tmp_path / "tuned"
+    overrides = {
+        "model.pretrained": pretrained,
+        "model.probe_ensemble_folds": 2,
+        "loss.task": task,
+        "data.targets": f"[{target}]",
+        "data.split.test_fraction": 0.2,
+        "schedule.steps": 8,
+    }
+    spec = spec_for(cache, run_dir, **overrides)
+    trainer.finetune(spec)
+    export = load_export(run_dir / "model.pt")
+    weight = export.probe["weight"]
+    assert weight in WEIGHTS and export.probe["inner_folds"] == 2
+    assert all((run_dir / "probe_ensemble" / f"inner{j}" / "model.pt").is_file() for j in range(2))
+
+    from aam_ds.data.prepare import prepare_data
+
+    data = prepare_data(spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"run_dir": run_dir})}))
+    train_rows, test_rows = data.splits["train"], data.splits["test"]
+    assert len(inner_folds(spec, data, train_rows, 2)) == 2
+    pretrained_model = build_exported_model(load_export(pretrained))
+    probe = fit_probe(embed_inputs(pretrained_model, rows_inputs(data, train_rows), 8), data.targets[train_rows], data, 0)
+    expected_probe = probe_outputs(probe, embed_inputs(pretrained_model, rows_inputs(data, test_rows), 8), data)
+    network = predict_split(build_exported_model(export, ensemble=False), data, "test")
+    written = pd.read_csv(run_dir / "predictions_test.tsv", sep="\t", index_col=0)
+    if task == "classification":
+        expected = weight * network[0].probabilities + (1 - weight) * expected_probe
+        columns = [f"prob_{name}" for name in data.class_names]
+    else:
+        expected = weight * network[0].values[:, None] + (1 - weight) * expected_probe
+        columns = [target]
+    np.testing.assert_allclose(written.loc[network[0].sample_ids, columns].to_numpy(), expected, rtol=1e-5, atol=1e-5)
+
+    out = tmp_path / "predicted.tsv"
+    cmd = [
+        sys.executable,
+        "-m",
+        "aam_ds.cli",
+        "predict",
+        "--model",
+        str(run_dir / "model.pt"),
+        "--table",
+        str(demo.table),
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    predicted = pd.read_csv(out, sep="\t", index_col=0)
+    np.testing.assert_allclose(predicted.loc[written.index, columns].to_numpy(), written[columns].to_numpy(), atol=1e-5)
+    with pytest.raises(AamInputError, match="probe ensemble"):
+        export_onnx(run_dir / "model.pt", tmp_path / "model.onnx")
+
+
+def test_the_weight_follows_the_better_model():
+    """Log-loss and MAE pick the model that is right; ties keep the fine-tuned model's larger share."""
+
+    class Classes:
+        class_names = ("a", "b")
+
+    class Values:
+        class_names = ()
+
+    truth = np.array([0, 1, 1, 0])
+    right = np.eye(2)[truth] * 0.9 + 0.05
+    wrong = right[:, ::-1]
+    assert choose_weight(right, wrong, truth, Classes, "mae")[0] == 1.0
+    assert choose_weight(wrong, right, truth, Classes, "mae")[0] == 0.0
+    assert choose_weight(right, right, truth, Classes, "mae")[0] == 1.0
+    values = np.array([[1.0], [2.0], [3.0]])
+    weight, losses = choose_weight(values + 1, values - 1, values[:, 0], Values, "mae")
+    assert weight == 0.5 and losses[5] == pytest.approx(0.0) and len(losses) == len(WEIGHTS)
+
+
+def test_a_probe_ensemble_needs_a_pretrained_model_and_two_folds(cache, tmp_path):
+    with pytest.raises(AamInputError, match="model.pretrained is not set"):
+        trainer.finetune(spec_for(cache, tmp_path / "a", **{"model.probe_ensemble_folds": 3}))
+    with pytest.raises(AamInputError, match="1 inner fold"):
+        trainer.finetune(spec_for(cache, tmp_path / "b", **{"model.probe_ensemble_folds": 1}))
