@@ -68,7 +68,12 @@ def attach_probe_ensemble(spec: RunSpec, ds_config_path: Path | None, data: Prep
     inner_exports = []
     for j, test in enumerate(held_out):
         splits = {"train": np.setdiff1d(train_rows, test), "val": np.array([], dtype=np.int64), "test": test}
-        result = train(inner_spec(spec, j), ds_config_path, finetuning=True, data=dataclasses.replace(data, splits=splits))
+        result = train(
+            inner_spec(spec, j, len(splits["train"]), ctx.world_size),
+            ds_config_path,
+            finetuning=True,
+            data=dataclasses.replace(data, splits=splits),
+        )
         inner_exports.append(result.export_path)
     if not ctx.is_main:
         return
@@ -120,8 +125,9 @@ def inner_folds(spec: RunSpec, data: PreparedData, train_rows: np.ndarray, k: in
     return [train_rows[fold] for fold in kfold_splits(len(train_rows), k, kind, split.seed, labels)]
 
 
-def inner_spec(spec: RunSpec, j: int) -> RunSpec:
-    """Inner fold ``j``'s fine-tuning: the run's spec in ``<run_dir>/probe_ensemble/inner<j>``, untracked, no ensemble."""
+def inner_spec(spec: RunSpec, j: int, n_train: int, world_size: int) -> RunSpec:
+    """Inner fold ``j``'s fine-tuning: the run's spec in ``<run_dir>/probe_ensemble/inner<j>``, untracked, no ensemble;
+    a global batch larger than its ``n_train`` training samples shrinks its micro batch to fit (a small table)."""
     run_dir = spec.tracking.run_dir / ENSEMBLE_DIR / f"inner{j}"
     tracking = spec.tracking.model_copy(
         update={"run_dir": run_dir, "overwrite": True, "name": f"{spec.tracking.name or spec.tracking.run_dir.name}-inner{j}"}
@@ -129,7 +135,11 @@ def inner_spec(spec: RunSpec, j: int) -> RunSpec:
     tracking = tracking.model_copy(update={"wandb": "disabled", "mlflow": "disabled"})
     checkpoint = spec.checkpoint.model_copy(update={"dir": None, "resume": False})
     model = spec.model.model_copy(update={"probe_ensemble_folds": 0})
-    return spec.model_copy(update={"tracking": tracking, "checkpoint": checkpoint, "model": model})
+    plan = spec.parallel.batch_plan(world_size)
+    if plan.global_batch_size > n_train:
+        plan = plan.with_micro(max(1, n_train // (plan.grad_accum_steps * world_size)), plan.grad_accum_steps)
+    parallel = spec.parallel.model_copy(update=plan.sizes())
+    return spec.model_copy(update={"tracking": tracking, "checkpoint": checkpoint, "model": model, "parallel": parallel})
 
 
 def model_outputs(predictions) -> np.ndarray:
