@@ -70,6 +70,8 @@ def test_small_tables_take_the_recipes_small_table_variant(tmp_path):
     assert small_spec.model.freeze_sequence_encoder and small_spec.loss.nucleotide_weight == 0
     assert not large_spec.model.freeze_sequence_encoder and large_spec.loss.nucleotide_weight > 0
     assert small_spec.optim.lr == large_spec.optim.lr and small_spec.model.preset == large_spec.model.preset  # merged, not replaced
+    small_tune, large_tune = (load_spec(None, recipe.stage_spec(recipe.finetune.for_table(n))) for n in (87, 2537))
+    assert small_tune.model.probe_ensemble_folds == 3 and large_tune.model.probe_ensemble_folds == 0  # the export is a probe ensemble
     raw = yaml.safe_load((RECIPE_DIR / "standard.yaml").read_text())
     raw["pretrain"]["small_table"]["lr"] = 0.1
     bad = tmp_path / "bad.yaml"
@@ -141,6 +143,8 @@ def test_benchmark_quick_end_to_end_on_demo_data(demo_paths, tmp_path):
             str(out),
             "--set",
             f"data.cache_dir={tmp_path / 'cache'}",
+            "--set",
+            "model.probe_ensemble_folds=2",  # the standard recipe's small-table export, with fewer inner folds
         ],
         capture_output=True,
         text=True,
@@ -154,11 +158,13 @@ def test_benchmark_quick_end_to_end_on_demo_data(demo_paths, tmp_path):
     report = json.loads((out / "report.json").read_text())
     for name in ("report.md", "report.json", "folds.tsv", "predicted_vs_true.png", "learning_curves.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert set(report["models"]) == {"random forest", "linear (CLR)", "AAM linear probe", "AAM"}
+    assert set(report["models"]) == {"random forest", "linear (CLR)", "AAM linear probe", "AAM fine-tuned network", "AAM"}
+    assert len(report["probe_ensemble_weights"]) == 5 and all(0 <= w <= 1 for w in report["probe_ensemble_weights"])
+    assert "AAM is a probe ensemble" in ending
     ids = {}
     for path in out.glob("predictions_*.tsv"):
         ids[path.name] = set(pd.read_csv(path, sep="\t", dtype={"sample_id": str})["sample_id"])
-    assert len(ids) == 4 and len({frozenset(v) for v in ids.values()}) == 1  # every model scored the same samples
+    assert len(ids) == 5 and len({frozenset(v) for v in ids.values()}) == 1  # every model scored the same samples
     folds = pd.read_csv(out / "folds.tsv", sep="\t", dtype={"sample_id": str})
     assert set(folds["sample_id"]) == next(iter(ids.values()))
     groups = load_metadata(demo_paths.metadata)["subject"]

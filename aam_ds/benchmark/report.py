@@ -196,6 +196,15 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f"AAM {v['aam_value']:.3f}: **{'AAM wins' if v['aam_beats_best_baseline'] else 'AAM loses'}**.",
         "",
     ]
+    weights = report.get("probe_ensemble_weights")
+    if weights:
+        lines += [
+            "AAM is a probe ensemble (`model.probe_ensemble_folds`): the fine-tuned network averaged with a linear probe on the "
+            "pretrained embeddings; the network's share per fold, chosen by inner CV within each fold's training samples: "
+            + " / ".join(f"{w:g}" for w in weights)
+            + ". `AAM fine-tuned network` is the network alone.",
+            "",
+        ]
     diag = report.get("diagnostics", {})
     if diag:
         lines.append(

@@ -7,7 +7,8 @@ After the run's own fine-tuning (:func:`attach_probe_ensemble`):
 1. the training samples are cut into k inner folds (stratified by class for classification,
    grouped by ``data.split.group_column`` for a grouped split, else random; seeded by
    ``data.split.seed``), and for each the same fine-tuning runs on the other k-1 folds in
-   ``<run_dir>/probe_ensemble/inner<j>/`` and predicts the held-out fold;
+   ``<run_dir>/probe_ensemble/inner<j>/`` (a validation part carved from them by the run's split rule
+   when the run has one, so that it selects its export as the run does) and predicts the held-out fold;
 2. the probe (:func:`aam_ds.evaluation.linear_baseline.linear_model`: standardise, then logistic or
    ridge regression with its penalty chosen by its own inner CV) is fitted the same way on the
    pretrained embeddings, giving out-of-fold predictions of both models on every training sample;
@@ -15,7 +16,8 @@ After the run's own fine-tuning (:func:`attach_probe_ensemble`):
    lowest out-of-fold loss: log-loss for classification, mean absolute error (``loss.regression_loss:
    mae``) or mean squared error for regression; ties keep the larger ``w``;
 4. the probe is refitted on every training sample, and rank 0 rewrites ``model.pt`` with the probe
-   and ``w`` (:func:`aam_ds.export.probe_part`) and the run's split predictions from it, and writes
+   and ``w`` (:func:`aam_ds.export.probe_part`) and the run's split predictions from it (the fine-tuned
+   network's own move to ``<run_dir>/probe_ensemble/finetuned/``), and writes
    ``<run_dir>/probe_ensemble/weight.json`` (``w``, the out-of-fold loss at each share).
 
 W&B / MLflow keep the run's files as they were when its fine-tuning finished (before the probe).
@@ -26,12 +28,13 @@ Alain & Bengio 2016, arXiv:1610.01644.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from aam_ds.data.prepare import PreparedData
-from aam_ds.data.splits import kfold_splits, split_labels
+from aam_ds.data.splits import kfold_splits, split_labels, split_samples
 from aam_ds.engine.distributed import DistContext
 from aam_ds.engine.run_export import write_split_predictions
 from aam_ds.errors import AamInputError
@@ -42,6 +45,7 @@ from aam_ds.spec import RunSpec
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)  # the fine-tuned model's share, tried in turn
 ENSEMBLE_DIR = "probe_ensemble"
+NETWORK_DIR = "finetuned"  # <run_dir>/probe_ensemble/finetuned/predictions_<split>.tsv: the fine-tuned network alone
 WEIGHT_FILE = "weight.json"  # <run_dir>/probe_ensemble/weight.json: the share chosen and the out-of-fold loss at each
 
 
@@ -67,7 +71,7 @@ def attach_probe_ensemble(spec: RunSpec, ds_config_path: Path | None, data: Prep
     held_out = inner_folds(spec, data, train_rows, k)
     inner_exports = []
     for j, test in enumerate(held_out):
-        splits = {"train": np.setdiff1d(train_rows, test), "val": np.array([], dtype=np.int64), "test": test}
+        splits = inner_splits(spec, data, np.setdiff1d(train_rows, test), test, j)
         result = train(
             inner_spec(spec, j, len(splits["train"]), ctx.world_size),
             ds_config_path,
@@ -103,6 +107,10 @@ def attach_probe_ensemble(spec: RunSpec, ds_config_path: Path | None, data: Prep
         spec.tracking.run_dir / ENSEMBLE_DIR / WEIGHT_FILE,
         {"weight": weight, "inner_folds": k, "training_samples": len(train_rows), "losses": dict(zip(map(str, WEIGHTS), losses))},
     )
+    kept = spec.tracking.run_dir / ENSEMBLE_DIR / NETWORK_DIR
+    kept.mkdir(parents=True, exist_ok=True)
+    for path in spec.tracking.run_dir.glob("predictions_*.tsv"):  # the fine-tuned network's own, before the mixture replaces them
+        shutil.copyfile(path, kept / path.name)
     write_split_predictions(export, data, spec.tracking.run_dir, batch, device)
     print(
         f"probe ensemble ({k} inner folds of {len(train_rows)} training samples): fine-tuned model's share {weight:g}, "
@@ -123,6 +131,18 @@ def inner_folds(spec: RunSpec, data: PreparedData, train_rows: np.ndarray, k: in
     else:
         kind, labels = "random", None
     return [train_rows[fold] for fold in kfold_splits(len(train_rows), k, kind, split.seed, labels)]
+
+
+def inner_splits(spec: RunSpec, data: PreparedData, rest: np.ndarray, test: np.ndarray, j: int) -> dict[str, np.ndarray]:
+    """Inner fold ``j``'s rows: ``test`` held out; when the run has a validation split, one is carved
+    from ``rest`` by the run's split rule (as :func:`aam_ds.engine.crossval.fold_splits` does for a
+    fold), so that the inner fine-tuning selects its export as the run's does; the rest trains."""
+    if not len(data.splits.get("val", [])):
+        return {"train": rest, "val": np.array([], dtype=np.int64), "test": test}
+    split = spec.data.split
+    metadata = None if data.metadata is None else data.metadata.iloc[rest]
+    inner = split_samples(len(rest), split.model_copy(update={"test_fraction": 0.0, "seed": split.seed + 1000 + j}), metadata)
+    return {"train": rest[inner["train"]], "val": rest[inner["val"]], "test": test}
 
 
 def inner_spec(spec: RunSpec, j: int, n_train: int, world_size: int) -> RunSpec:
