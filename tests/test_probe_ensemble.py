@@ -4,6 +4,7 @@ fine-tunings in this process (one rank, tiny model, demo data), a real export, `
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 from aam_ds.engine import trainer
 from aam_ds.engine.probe_cv import WEIGHTS, choose_weight, fit_probe, inner_folds, probe_outputs
-from aam_ds.errors import AamInputError
+from aam_ds.errors import AamInputError, AamNotice
 from aam_ds.export import build_exported_model, load_export
 from aam_ds.inference.onnx import export_onnx
 from aam_ds.prediction import embed_inputs, predict_split, rows_inputs
@@ -70,8 +71,10 @@ def test_the_export_predicts_the_weighted_mean_of_the_fine_tuned_model_and_the_p
 
     data = prepare_data(spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"run_dir": run_dir})}))
     train_rows, test_rows = data.splits["train"], data.splits["test"]
-    first_inner = len(train_rows) - len(inner_folds(spec, data, train_rows, 2)[0])  # training samples of inner fold 0
-    inner_batch = load_export(run_dir / "probe_ensemble" / "inner0" / "model.pt").spec["parallel"]["micro_batch_size"]
+    assert len(inner_folds(spec, data, train_rows, 2)) == 2
+    inner0 = run_dir / "probe_ensemble" / "inner0"
+    first_inner = len((inner0 / "splits" / "train.txt").read_text().split())  # inner fold 0's training samples (its val carved off)
+    inner_batch = load_export(inner0 / "model.pt").spec["parallel"]["micro_batch_size"]
     assert inner_batch == (8 if task == "classification" else first_inner) and (task == "classification" or first_inner < 32)
     pretrained_model = build_exported_model(load_export(pretrained))
     probe = fit_probe(embed_inputs(pretrained_model, rows_inputs(data, train_rows), 8), data.targets[train_rows], data, 0)
@@ -132,3 +135,18 @@ def test_a_probe_ensemble_needs_a_pretrained_model_and_two_folds(cache, tmp_path
         trainer.finetune(spec_for(cache, tmp_path / "a", **{"model.probe_ensemble_folds": 3}))
     with pytest.raises(AamInputError, match="1 inner fold"):
         trainer.finetune(spec_for(cache, tmp_path / "b", **{"model.probe_ensemble_folds": 1}))
+
+
+def test_training_samples_too_few_for_the_inner_folds_keep_the_fine_tuned_network(cache, pretrained, tmp_path):
+    """20 inner folds of 30 training samples in 3 classes cannot be stratified: the export stays
+    the network (no probe), with a notice and weight.json saying why."""
+    run_dir = tmp_path / "tuned"
+    overrides = {"model.pretrained": pretrained, "model.probe_ensemble_folds": 20, "loss.task": "classification"}
+    overrides |= {"data.targets": "[body_site]", "data.split.test_fraction": 0.9, "data.split.val_fraction": 0, "schedule.steps": 2}
+    with pytest.warns(AamNotice, match="no probe ensemble"):
+        trainer.finetune(spec_for(cache, run_dir, **overrides))
+    assert load_export(run_dir / "model.pt").probe is None
+    record = json.loads((run_dir / "probe_ensemble" / "weight.json").read_text())
+    assert record["weight"] == 1.0 and "members" in record["skipped"]
+    kept = run_dir / "probe_ensemble" / "finetuned" / "predictions_test.tsv"
+    assert kept.read_bytes() == (run_dir / "predictions_test.tsv").read_bytes()

@@ -37,8 +37,8 @@ from aam_ds.data.prepare import PreparedData
 from aam_ds.data.splits import kfold_splits, split_labels, split_samples
 from aam_ds.engine.distributed import DistContext
 from aam_ds.engine.run_export import write_split_predictions
-from aam_ds.errors import AamInputError
-from aam_ds.export import build_exported_model, load_export, probe_part, write_export
+from aam_ds.errors import AamInputError, notice
+from aam_ds.export import Export, build_exported_model, load_export, probe_part, write_export
 from aam_ds.io_utils import atomic_write_json
 from aam_ds.prediction import embed_inputs, predict_inputs, rows_inputs
 from aam_ds.spec import RunSpec
@@ -64,60 +64,84 @@ def check_probe_ensemble(spec: RunSpec) -> None:
 
 def attach_probe_ensemble(spec: RunSpec, ds_config_path: Path | None, data: PreparedData, export_path: Path, ctx: DistContext) -> None:
     """Steps 1-4 of the module docstring for the finished fine-tuning run ``spec`` (its run folder
-    claimed) on ``data``; every rank trains the inner folds, rank 0 fits, chooses and writes."""
+    claimed) on ``data``; every rank trains the inner folds, rank 0 fits, chooses and writes. Where
+    the training samples cannot be cut into k inner folds that each train (too few samples, groups
+    or members of a class), the export stays the fine-tuned network, with a notice saying why."""
     from aam_ds.engine.trainer import train
 
     k, train_rows = spec.model.probe_ensemble_folds, data.splits["train"]
-    held_out = inner_folds(spec, data, train_rows, k)
-    inner_exports = []
-    for j, test in enumerate(held_out):
-        splits = inner_splits(spec, data, np.setdiff1d(train_rows, test), test, j)
-        result = train(
-            inner_spec(spec, j, len(splits["train"]), ctx.world_size),
-            ds_config_path,
-            finetuning=True,
-            data=dataclasses.replace(data, splits=splits),
-        )
-        inner_exports.append(result.export_path)
-    if not ctx.is_main:
-        return
-    pretrained = load_export(spec.model.pretrained)
-    device, batch = ctx.device, spec.parallel.micro_batch_size
-    embeddings = embed_inputs(build_exported_model(pretrained), rows_inputs(data, train_rows), batch, device)
-    truth = data.targets[train_rows]
-    finetuned_oof, probe_oof = None, None
-    for test, path in zip(held_out, inner_exports):
-        at = np.searchsorted(train_rows, test)
-        inner = build_exported_model(load_export(path))
-        ft = model_outputs(
-            predict_inputs(inner, rows_inputs(data, test), data.target_names, data.class_names, batch_size=batch, device=device)
-        )
-        fitted = fit_probe(
-            embeddings[np.setdiff1d(np.arange(len(train_rows)), at)], np.delete(truth, at, axis=0), data, spec.data.split.seed
-        )
-        pr = probe_outputs(fitted, embeddings[at], data)
-        if finetuned_oof is None:
-            finetuned_oof, probe_oof = np.zeros((len(train_rows), ft.shape[1])), np.zeros((len(train_rows), ft.shape[1]))
-        finetuned_oof[at], probe_oof[at] = ft, pr
-    weight, losses = choose_weight(finetuned_oof, probe_oof, truth, data, spec.loss.regression_loss)
+    try:
+        held_out = inner_folds(spec, data, train_rows, k)
+        inner_exports = []
+        for j, test in enumerate(held_out):
+            splits = inner_splits(spec, data, np.setdiff1d(train_rows, test), test, j)
+            inner = inner_spec(spec, j, len(splits["train"]), ctx.world_size)
+            inner_exports.append(train(inner, ds_config_path, finetuning=True, data=dataclasses.replace(data, splits=splits)).export_path)
+        if not ctx.is_main:
+            return
+        pretrained = load_export(spec.model.pretrained)
+        weight, losses, probe = fit_ensemble(spec, data, pretrained, held_out, inner_exports, ctx.device)
+    except (AamInputError, ValueError) as exc:  # ValueError: scikit-learn's stratified k-fold with too few members
+        return keep_network(spec, ctx, k, str(exc))
     export = load_export(export_path)
-    export.probe = probe_part(pretrained, fit_probe(embeddings, truth, data, spec.data.split.seed), weight, k)
+    export.probe = probe_part(pretrained, probe, weight, k)
     write_export(export_path, export)
-    atomic_write_json(
-        spec.tracking.run_dir / ENSEMBLE_DIR / WEIGHT_FILE,
-        {"weight": weight, "inner_folds": k, "training_samples": len(train_rows), "losses": dict(zip(map(str, WEIGHTS), losses))},
+    write_weight(
+        spec, {"weight": weight, "inner_folds": k, "training_samples": len(train_rows), "losses": dict(zip(map(str, WEIGHTS), losses))}
     )
-    kept = spec.tracking.run_dir / ENSEMBLE_DIR / NETWORK_DIR
-    kept.mkdir(parents=True, exist_ok=True)
-    for path in spec.tracking.run_dir.glob("predictions_*.tsv"):  # the fine-tuned network's own, before the mixture replaces them
-        shutil.copyfile(path, kept / path.name)
-    write_split_predictions(export, data, spec.tracking.run_dir, batch, device)
+    write_split_predictions(export, data, spec.tracking.run_dir, spec.parallel.micro_batch_size, ctx.device)
     print(
         f"probe ensemble ({k} inner folds of {len(train_rows)} training samples): fine-tuned model's share {weight:g}, "
         f"out-of-fold loss {losses[-1]:.4g} fine-tuned alone, {losses[0]:.4g} probe alone, {min(losses):.4g} mixed; "
         f"written to {export_path}",
         flush=True,
     )
+
+
+def fit_ensemble(
+    spec: RunSpec, data: PreparedData, pretrained: Export, held_out: list[np.ndarray], inner_exports: list[Path], device
+) -> tuple[float, list[float], dict[str, np.ndarray]]:
+    """Steps 2-4 on rank 0: out-of-fold predictions of the inner fine-tunings and of the probe, the
+    share chosen on them, the probe refitted on every training sample. Returns (share, the loss at each
+    share of :data:`WEIGHTS`, the probe)."""
+    train_rows, batch, seed = data.splits["train"], spec.parallel.micro_batch_size, spec.data.split.seed
+    embeddings = embed_inputs(build_exported_model(pretrained), rows_inputs(data, train_rows), batch, device)
+    truth = data.targets[train_rows]
+    finetuned_oof, probe_oof = [], []
+    for test, path in zip(held_out, inner_exports):
+        at = np.searchsorted(train_rows, test)
+        network = build_exported_model(load_export(path))
+        predictions = predict_inputs(network, rows_inputs(data, test), data.target_names, data.class_names, batch_size=batch, device=device)
+        probe = fit_probe(np.delete(embeddings, at, axis=0), np.delete(truth, at, axis=0), data, seed)
+        finetuned_oof.append((at, model_outputs(predictions)))
+        probe_oof.append((at, probe_outputs(probe, embeddings[at], data)))
+    weight, losses = choose_weight(in_order(finetuned_oof), in_order(probe_oof), truth, data, spec.loss.regression_loss)
+    return weight, losses, fit_probe(embeddings, truth, data, seed)
+
+
+def in_order(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Rows ``[at]`` of each ``(at, values)`` part placed into one array over every position."""
+    out = np.zeros((sum(len(at) for at, _ in parts), parts[0][1].shape[1]))
+    for at, values in parts:
+        out[at] = values
+    return out
+
+
+def keep_network(spec: RunSpec, ctx: DistContext, k: int, reason: str) -> None:
+    """No probe ensemble: the export stays the fine-tuned network (share 1), with a notice and ``weight.json`` saying why."""
+    notice(f"model.probe_ensemble_folds={k}: no probe ensemble ({reason}); the export is the fine-tuned network alone")
+    if ctx.is_main:
+        write_weight(spec, {"weight": 1.0, "inner_folds": k, "skipped": reason})
+
+
+def write_weight(spec: RunSpec, record: dict) -> None:
+    """``probe_ensemble/weight.json``, and the fine-tuned network's own split predictions kept in
+    ``probe_ensemble/finetuned/`` (before a mixture replaces them)."""
+    folder = spec.tracking.run_dir / ENSEMBLE_DIR
+    (folder / NETWORK_DIR).mkdir(parents=True, exist_ok=True)
+    for path in spec.tracking.run_dir.glob("predictions_*.tsv"):
+        shutil.copyfile(path, folder / NETWORK_DIR / path.name)
+    atomic_write_json(folder / WEIGHT_FILE, record)
 
 
 def inner_folds(spec: RunSpec, data: PreparedData, train_rows: np.ndarray, k: int) -> list[np.ndarray]:
