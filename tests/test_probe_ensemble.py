@@ -15,11 +15,13 @@ import pandas as pd
 import pytest
 
 from aam_ds.engine import trainer
+from aam_ds.engine.distributed import free_port
 from aam_ds.engine.probe_cv import WEIGHTS, choose_weight, fit_probe, inner_folds, probe_outputs
 from aam_ds.errors import AamInputError, AamNotice
 from aam_ds.export import build_exported_model, load_export
 from aam_ds.inference.onnx import export_onnx
 from aam_ds.prediction import embed_inputs, predict_split, rows_inputs
+from tests.test_engine_train import checked, launch
 from tests.test_finetune import spec_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,3 +152,56 @@ def test_training_samples_too_few_for_the_inner_folds_keep_the_fine_tuned_networ
     assert record["weight"] == 1.0 and "members" in record["skipped"]
     kept = run_dir / "probe_ensemble" / "finetuned" / "predictions_test.tsv"
     assert kept.read_bytes() == (run_dir / "predictions_test.tsv").read_bytes()
+
+
+@pytest.mark.slow
+def test_two_ranks_build_the_same_probe_ensemble_that_predict_serves(cache, demo, pretrained, tmp_path):
+    """torchrun, 2 ranks (gloo): every rank trains the inner folds, rank 0 fits and writes; the run's
+    validation predictions are what ``aam-ds predict`` makes of the export in one process."""
+    run_dir = tmp_path / "tuned"
+    settings = {
+        "model.preset": "tiny",
+        "data.max_asvs": 16,
+        "data.max_seq_len": 48,
+        "data.cache_dir": cache,
+        "schedule.steps": 4,
+        "tracking.run_dir": run_dir,
+        "tracking.rich": "false",
+        "parallel.micro_batch_size": 4,
+        "parallel.zero_stage": 0,
+        "parallel.collective_timeout_s": 120,
+        "loss.pairwise_weight": 0,
+        "loss.nucleotide_weight": 0,
+        "loss.task": "classification",
+        "data.targets": "[body_site]",
+        "model.pretrained": pretrained,
+        "model.probe_ensemble_folds": 2,
+    }
+    args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "torchrun"),
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        str(ROOT / "launch" / "finetune.py"),
+    ]
+    checked(launch(cmd + args, timeout=300))
+    assert load_export(run_dir / "model.pt").probe["inner_folds"] == 2
+    assert all((run_dir / "probe_ensemble" / f"inner{j}" / "model.pt").is_file() for j in range(2))
+    out = tmp_path / "predicted.tsv"
+    predict = [
+        sys.executable,
+        "-m",
+        "aam_ds.cli",
+        "predict",
+        "--model",
+        str(run_dir / "model.pt"),
+        "--table",
+        str(demo.table),
+        "--out",
+        str(out),
+    ]
+    checked(launch(predict, timeout=300))
+    written = pd.read_csv(run_dir / "predictions_val.tsv", sep="\t", index_col=0)
+    columns = [c for c in written.columns if c.startswith("prob_")]
+    predicted = pd.read_csv(out, sep="\t", index_col=0).loc[written.index, columns]
+    np.testing.assert_allclose(predicted.to_numpy(), written[columns].to_numpy(), atol=1e-5)
