@@ -1,13 +1,17 @@
-"""``aam-ds explain`` on a model fine-tuned on the demo data's age within this module (real trainer,
-real export, the CLI in a fresh process), scored against the generator's truth.tsv.
+"""``aam-ds explain`` on a model fine-tuned on age within this module (real trainer, real export,
+the CLI in a fresh process), scored against the generator's truth.tsv.
 
-Measured on this configuration (tiny model, 60 steps, 150 held-out samples, every ASV kept),
-Spearman rho of each method's per-ASV score with the true |age effect|: integrated gradients 0.23,
-attention 0.29, permutation 0.04 (2 repeats; 0.01 with 3), removal -0.09 (on all 300 samples of a model with the default
-10 % validation split: 0.28, 0.34, 0.24, 0.07). The issue's target of 0.5 for the gradient and
-permutation methods is not reached: the age signal is spread over many phylogenetically
-correlated ASVs, so no single ASV carries much of it (a random forest's impurity importance
-reaches 0.31 on the same data); docs/explain.md discusses this. The thresholds below are what holds.
+The data is the demo generator's SPARSE_AGE design (seed 0): only the ASVs of a few clades (30 %
+of the tips) respond to age, every other ASV's true effect is 0. The model (tiny, 60 steps) holds
+out half the *subjects* (a random split puts a subject's samples on both sides, and the model then
+recognises subjects instead of reading age). Measured here, Spearman rho of each method's per-ASV
+score over the 150 held-out samples with the true |age effect| (a perfect ranking reaches 0.81,
+the truth having ties at 0): integrated gradients 0.18, attention 0.23, permutation 0.53 (5
+repeats; 0.45 with 2), removal 0.53; over the ASVs held by >= 10 % of those samples 0.48, 0.45,
+0.58, 0.56. Data seeds 1 and 2 give 0.47 / 0.39, 0.40 / 0.44, 0.58 / 0.44, 0.47 / -0.02.
+The issue's 0.5 holds for permutation on this data, not robustly across seeds, and not for
+integrated gradients, whose scores follow prevalence (an absent ASV gets no attribution); the
+floors asserted below leave room for that spread. docs/explain.md has the full table and limits.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import pytest
 from scipy.stats import spearmanr
 
 from aam_ds.data.metadata import load_metadata
+from aam_ds.data.synthetic import SPARSE_AGE, generate_demo
 from aam_ds.data.table import load_table
 
 ROOT = Path(__file__).resolve().parents[1]
-RHO_AT_LEAST = {"integrated_gradients": 0.15, "attention": 0.15}
+RHO_AT_LEAST = {"integrated_gradients": 0.1, "attention": 0.1, "permutation": 0.35, "removal": 0.3}
 
 
 def run(cmd: list[str], timeout: float = 300) -> str:
@@ -37,15 +42,26 @@ def run(cmd: list[str], timeout: float = 300) -> str:
 
 
 @pytest.fixture(scope="module")
-def age_run(cache, tmp_path_factory) -> Path:
-    """Fine-tune a tiny model on age, half the samples held out, every ASV of a sample kept."""
+def sparse_demo(tmp_path_factory):
+    """Demo data whose age signal sits on a few clades (:data:`SPARSE_AGE`); its truth.tsv is 0 elsewhere."""
+    return generate_demo(tmp_path_factory.mktemp("sparse-demo"), seed=0, design=SPARSE_AGE)
+
+
+@pytest.fixture(scope="module")
+def age_run(cache, sparse_demo, tmp_path_factory) -> Path:
+    """Fine-tune a tiny model on age, half the subjects held out, every ASV of a sample kept."""
     run_dir = tmp_path_factory.mktemp("age-run")
     settings = {
         "model.preset": "tiny",
+        "data.table": sparse_demo.table,
+        "data.tree": sparse_demo.tree,
+        "data.metadata": sparse_demo.metadata,
         "data.max_asvs": 128,
         "data.max_seq_len": 64,
         "data.cache_dir": cache,
         "data.split.val_fraction": 0.5,
+        "data.split.kind": "grouped",
+        "data.split.group_column": "subject",
         "schedule.steps": 60,
         "schedule.warmup_steps": 5,
         "schedule.log_every": 20,
@@ -65,7 +81,7 @@ def age_run(cache, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def explained(age_run, demo, tmp_path_factory) -> Path:
+def explained(age_run, sparse_demo, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("explain")
     printed = run(
         [
@@ -76,15 +92,15 @@ def explained(age_run, demo, tmp_path_factory) -> Path:
             "--model",
             str(age_run / "model.pt"),
             "--table",
-            str(demo.table),
+            str(sparse_demo.table),
             "--metadata",
-            str(demo.metadata),
+            str(sparse_demo.metadata),
             "--target",
             "age",
             "--samples",
             str(age_run / "splits" / "val.txt"),
             "--repeats",
-            "2",
+            "5",
             "--steps",
             "16",
             "--show",
@@ -102,13 +118,18 @@ def explained(age_run, demo, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_importance_ranks_asvs_by_their_true_age_effect(explained, demo):
+def test_importance_ranks_asvs_by_their_true_age_effect(age_run, explained, sparse_demo):
     table = pd.read_csv(explained / "importance.tsv", sep="\t", index_col=0)
-    truth = pd.read_csv(demo.truth, sep="\t", index_col=0)
+    truth = pd.read_csv(sparse_demo.truth, sep="\t", index_col=0)
     assert set(table.index) <= set(truth.index)
     effect = truth.loc[table.index, "age"].abs()
     rho = {m: spearmanr(table[m], effect).statistic for m in ("integrated_gradients", "attention", "permutation", "removal")}
+    seen = table["n_samples"] >= 0.1 * len((age_run / "splits" / "val.txt").read_text().split())
     print("Spearman rho with |true age effect|:", {m: round(r, 3) for m, r in rho.items()})
+    print(
+        f"... over the {int(seen.sum())} ASVs in >= 10 % of the explained samples:",
+        {m: round(spearmanr(table.loc[seen, m], effect[seen]).statistic, 3) for m in rho},
+    )
     for method, floor in RHO_AT_LEAST.items():
         assert rho[method] >= floor, rho
     for method in ("integrated_gradients", "attention", "permutation", "removal"):
@@ -122,7 +143,7 @@ def test_importance_ranks_asvs_by_their_true_age_effect(explained, demo):
 
 
 @pytest.mark.slow
-def test_removal_equals_predicting_the_table_without_the_asv(age_run, demo, explained, tmp_path):
+def test_removal_equals_predicting_the_table_without_the_asv(age_run, sparse_demo, explained, tmp_path):
     """Removal importance of an ASV = the change of ``aam-ds predict``'s MAE when that ASV is taken out
     of the table (every ASV of a sample is kept, so nothing else changes). Only the samples holding
     the ASV change, so they alone are predicted: their summed error change over all held-out samples."""
@@ -133,11 +154,11 @@ def test_removal_equals_predicting_the_table_without_the_asv(age_run, demo, expl
     held_out = (age_run / "splits" / "val.txt").read_text().split()
     table = pd.read_csv(explained / "importance.tsv", sep="\t", index_col=0)
     asv = table["removal"].idxmax()  # the ASV whose removal hurts most
-    whole = load_table(demo.table)
+    whole = load_table(sparse_demo.table)
     column = whole.asv_ids.index(asv)
     holding = [whole.sample_ids.index(s) for s in held_out if whole.counts[whole.sample_ids.index(s), column] > 0]
     whole = whole.take_samples(holding).drop_empty_asvs()
-    ages = load_metadata(demo.metadata)["age"].astype(float)
+    ages = load_metadata(sparse_demo.metadata)["age"].astype(float)
 
     def total_error(feature_table: FeatureTable) -> float:
         path = tmp_path / "t.biom"
@@ -161,8 +182,11 @@ def write_biom(table, path: Path) -> None:
         biom.Table(table.counts.T.tocsr(), table.asv_ids, table.sample_ids).to_hdf5(handle, "test")
 
 
-def test_truth_file_matches_the_generated_composition(demo):
-    """truth.tsv's age effects are what the table shows: ASVs with a positive effect are found in older samples."""
+@pytest.mark.parametrize("design", ["demo", "sparse_demo"])
+def test_truth_file_matches_the_generated_composition(design, request):
+    """truth.tsv's age effects are what the table shows: ASVs with a positive effect are found in older samples.
+    With the age signal on a few clades (SPARSE_AGE), the other ASVs' effect is exactly 0."""
+    demo = request.getfixturevalue(design)
     table = load_table(demo.table)
     truth = pd.read_csv(demo.truth, sep="\t", index_col=0)
     assert list(truth.columns) == ["age", "body_site_gut", "body_site_oral", "body_site_skin"]
@@ -172,10 +196,12 @@ def test_truth_file_matches_the_generated_composition(demo):
     present = table.counts.toarray() > 0
     observed = [spearmanr(present[:, j], ages).statistic if 0 < present[:, j].sum() < len(ages) else 0.0 for j in range(len(table.asv_ids))]
     assert spearmanr(observed, truth.loc[table.asv_ids, "age"]).statistic > 0.5
+    silent = (truth["age"] == 0).mean()
+    assert silent == 0 if design == "demo" else 0.6 <= silent <= 0.8, silent
 
 
 @pytest.mark.slow
-def test_integrated_gradients_add_up_to_the_prediction_minus_the_baselines(age_run, demo):
+def test_integrated_gradients_add_up_to_the_prediction_minus_the_baselines(age_run, sparse_demo):
     """Completeness: per sample, the attributions sum to f(ASV inputs) - f(mean-ASV baseline), in years."""
     import torch
 
@@ -186,7 +212,7 @@ def test_integrated_gradients_add_up_to_the_prediction_minus_the_baselines(age_r
 
     export = load_export(age_run / "model.pt")
     held_out = (age_run / "splits" / "val.txt").read_text().split()[:6]
-    forward = SampleForward(build_exported_model(export), explain_data(prepare_inputs(export, demo.table), held_out))
+    forward = SampleForward(build_exported_model(export), explain_data(prepare_inputs(export, sparse_demo.table), held_out))
     attributions = integrated_gradients(forward, Target("age", 0), steps=64)
     batch = forward.batch(forward.data.counts, np.arange(len(held_out)))
     with torch.no_grad():

@@ -16,6 +16,10 @@ log-abundance has a phylogenetically correlated (Brownian-motion) response to ``
   from ``exp`` of these scores plus baseline, subject and noise terms, see ``_sample_counts``), so
   ``|age|`` is the truth that an age model's per-ASV importance can be scored against. Effects are
   centred over all ASVs: a shift shared by every ASV changes no sample's composition.
+
+:class:`DemoDesign` varies the study: an age signal carried by a few clades only
+(:data:`SPARSE_AGE`, 30 % of the tips), where ``truth.tsv``'s ``age`` is exactly 0 for the ASVs
+outside them. The default design writes the files above unchanged.
 """
 
 from __future__ import annotations
@@ -42,6 +46,25 @@ AGE_EFFECT, SITE_EFFECT = 1.5, 2.0  # weights of the age and body-site responses
 
 
 @dataclass(frozen=True)
+class DemoDesign:
+    """How the demo study is drawn; the default is the demo dataset of every run and test.
+
+    - ``age_clades``: 0 = every ASV responds to age (a Brownian trait over the whole tree);
+      ``f > 0`` = only the ASVs of disjoint clades of 5-40 tips, drawn until they hold a fraction
+      ``f`` of the tips, respond (the Brownian trait minus its mean over them, so that the response
+      shifts no composition as a whole); the other ASVs' age effect is exactly 0, as for the many
+      taxa of a real study that do not change with age
+    - ``age_effect``: weight of the age response in the log-abundance score
+    """
+
+    age_clades: float = 0.0
+    age_effect: float = AGE_EFFECT
+
+
+SPARSE_AGE = DemoDesign(age_clades=0.3, age_effect=2.5)  # the design `aam-ds explain` is scored on (tests/test_explain.py)
+
+
+@dataclass(frozen=True)
 class DemoPaths:
     table: Path
     tree: Path
@@ -58,13 +81,14 @@ def demo_paths(out_dir: str | Path) -> DemoPaths:
     )
 
 
-def generate_demo(out_dir: str | Path, seed: int = 0) -> DemoPaths:
-    """Write the demo dataset for ``seed`` into ``out_dir`` (atomically, file by file); return the paths."""
+def generate_demo(out_dir: str | Path, seed: int = 0, design: DemoDesign = DemoDesign()) -> DemoPaths:
+    """Write the demo dataset for ``seed`` and ``design`` (default: the standard demo data) into
+    ``out_dir`` (atomically, file by file); return the paths."""
     rng = np.random.default_rng(seed)
     parent, length = _random_tree(N_TIPS, rng)
     seqs = _evolve_sequences(parent, length, N_TIPS, rng)
     sample_ids, age, site, subject = _sample_design(rng)
-    counts, effects = _sample_counts(parent, length, N_TIPS, age, site, subject, rng)  # [samples, tips], name -> [tips]
+    counts, effects = _sample_counts(parent, length, N_TIPS, age, site, subject, rng, design)  # [samples, tips], name -> [tips]
     observed = np.flatnonzero(counts.sum(axis=0) > 0)
     paths = demo_paths(out_dir)
     table = biom.Table(counts[:, observed].T, [seqs[i] for i in observed], sample_ids)
@@ -166,17 +190,22 @@ def _sample_counts(
     site: np.ndarray,
     subject: np.ndarray,
     rng: np.random.Generator,
+    design: DemoDesign,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Read counts ``int64 [S, n_tips]`` (each sample keeps its 40-120 most favoured ASVs, 2k-8k reads)
     and each ASV's effects ``float64 [n_tips]`` by metadata variable (see ``truth.tsv``)."""
     traits = _brownian_traits(parent, length, 2 + len(BODY_SITES), rng)[:, :n_tips]
     baseline, age_response, site_response = traits[0], traits[1], traits[2:]
+    responds = np.ones(n_tips, dtype=bool)
+    if design.age_clades > 0:
+        responds = _in_clades(parent, n_tips, design.age_clades, rng)
+        age_response = (age_response - age_response[responds].mean()) * responds  # balanced: its mean over ASVs is 0
     z_age = (age - AGE_MEAN) / AGE_SD
     subject_effect = rng.normal(0.0, 0.7, (N_SUBJECTS, n_tips))
     logits = (
         baseline
         + SITE_EFFECT * site_response[site]
-        + AGE_EFFECT * z_age[:, None] * age_response
+        + design.age_effect * z_age[:, None] * age_response
         + subject_effect[subject]
         + rng.normal(0.0, 0.5, (len(age), n_tips))
     )
@@ -185,9 +214,27 @@ def _sample_counts(
         kept = np.argsort(-logits[s])[: rng.integers(40, 121)]
         weights = np.exp(logits[s, kept] - logits[s, kept].max())
         counts[s, kept] = rng.multinomial(int(rng.integers(2000, 8001)), weights / weights.sum())
-    effects = {"age": AGE_EFFECT / AGE_SD * age_response}
+    effects = {"age": design.age_effect / AGE_SD * age_response}
     effects |= {f"body_site_{name}": SITE_EFFECT * site_response[k] for k, name in enumerate(BODY_SITES)}
-    return counts, {name: values - values.mean() for name, values in effects.items()}  # see truth.tsv
+    centred = {name: values - values.mean() for name, values in effects.items()}  # see truth.tsv
+    centred["age"][~responds] = 0.0  # exactly, not the rounding error of centring a balanced response
+    return counts, centred
+
+
+def _in_clades(parent: np.ndarray, n_tips: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """``bool [n_tips]``: True on the tips of disjoint clades of 5-40 tips drawn until they hold
+    ``fraction`` of the tips."""
+    tips_below = [[i] for i in range(n_tips)] + [[] for _ in range(len(parent) - n_tips)]
+    for node in range(len(parent) - 1):
+        tips_below[parent[node]] += tips_below[node]
+    chosen = np.zeros(n_tips, dtype=bool)
+    for node in rng.permutation(np.arange(n_tips, len(parent))):
+        tips = tips_below[node]
+        if 5 <= len(tips) <= 40 and not chosen[tips].any():
+            chosen[tips] = True
+        if chosen.sum() >= fraction * n_tips:
+            break
+    return chosen
 
 
 def _newick(parent: np.ndarray, length: np.ndarray, names: list[str]) -> str:
