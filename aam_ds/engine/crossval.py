@@ -132,8 +132,9 @@ def fold_splits(split: SplitSpec, data: PreparedData, test: np.ndarray, fold: in
 
 
 def fold_validation(split: SplitSpec) -> str:
-    """What a fold's ``val`` split is, for the labels of its scores: not the fold's test samples."""
-    return f"{100 * split.val_fraction:g} % of the fold's training part"
+    """What a fold's ``val`` split is, for the labels of its scores: not the fold's test samples
+    (empty without a validation split: nothing to label)."""
+    return f"{100 * split.val_fraction:g} % of the fold's training part" if split.val_fraction else ""
 
 
 def fold_spec(spec: RunSpec, fold: int) -> RunSpec:
