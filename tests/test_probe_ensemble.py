@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,6 +33,13 @@ def in_process_world():
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+def predicted_by_cli(model: Path, table: Path, out: Path) -> pd.DataFrame:
+    """``aam-ds predict --model model --table table`` in its own process, read back."""
+    cmd = [sys.executable, "-m", "aam_ds.cli", "predict", "--model", str(model), "--table", str(table), "--out", str(out)]
+    checked(launch(cmd, timeout=300))
+    return pd.read_csv(out, sep="\t", index_col=0)
 
 
 @pytest.fixture(scope="module")
@@ -91,22 +97,7 @@ def test_the_export_predicts_the_weighted_mean_of_the_fine_tuned_model_and_the_p
         columns = [target]
     np.testing.assert_allclose(written.loc[network[0].sample_ids, columns].to_numpy(), expected, rtol=1e-5, atol=1e-5)
 
-    out = tmp_path / "predicted.tsv"
-    cmd = [
-        sys.executable,
-        "-m",
-        "aam_ds.cli",
-        "predict",
-        "--model",
-        str(run_dir / "model.pt"),
-        "--table",
-        str(demo.table),
-        "--out",
-        str(out),
-    ]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    predicted = pd.read_csv(out, sep="\t", index_col=0)
+    predicted = predicted_by_cli(run_dir / "model.pt", demo.table, tmp_path / "predicted.tsv")
     np.testing.assert_allclose(predicted.loc[written.index, columns].to_numpy(), written[columns].to_numpy(), atol=1e-5)
     with pytest.raises(AamInputError, match="probe ensemble"):
         export_onnx(run_dir / "model.pt", tmp_path / "model.onnx")
@@ -187,21 +178,7 @@ def test_two_ranks_build_the_same_probe_ensemble_that_predict_serves(cache, demo
     checked(launch(cmd + args, timeout=300))
     assert load_export(run_dir / "model.pt").probe["inner_folds"] == 2
     assert all((run_dir / "probe_ensemble" / f"inner{j}" / "model.pt").is_file() for j in range(2))
-    out = tmp_path / "predicted.tsv"
-    predict = [
-        sys.executable,
-        "-m",
-        "aam_ds.cli",
-        "predict",
-        "--model",
-        str(run_dir / "model.pt"),
-        "--table",
-        str(demo.table),
-        "--out",
-        str(out),
-    ]
-    checked(launch(predict, timeout=300))
     written = pd.read_csv(run_dir / "predictions_val.tsv", sep="\t", index_col=0)
     columns = [c for c in written.columns if c.startswith("prob_")]
-    predicted = pd.read_csv(out, sep="\t", index_col=0).loc[written.index, columns]
+    predicted = predicted_by_cli(run_dir / "model.pt", demo.table, tmp_path / "predicted.tsv").loc[written.index, columns]
     np.testing.assert_allclose(predicted.to_numpy(), written[columns].to_numpy(), atol=1e-5)
