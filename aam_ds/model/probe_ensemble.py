@@ -35,6 +35,7 @@ class LinearProbe(nn.Module):
             self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32))
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Sample embeddings ``[B, D]`` -> the probe's outputs ``float32 [B, O]`` (logits or original units)."""
         return ((embedding.float() - self.mean) / self.scale) @ self.coef.T + self.intercept
 
 
@@ -56,6 +57,7 @@ class ProbeEnsemble(nn.Module):
 
     @property
     def target_normalizer(self):
+        """The fine-tuned model's target normaliser (None for classification): what predict de-normalises with."""
         return self.finetuned.target_normalizer
 
     def forward(self, tokens: torch.Tensor, counts: torch.Tensor, want: Any = ("task",), covariates: torch.Tensor | None = None):
