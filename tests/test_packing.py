@@ -13,7 +13,8 @@ from aam_ds.engine.setup import build_objective
 from aam_ds.engine.steps import seed_micro_step
 from aam_ds.export import model_config
 from aam_ds.model.aam import AAMModel
-from aam_ds.model.masking import IGNORE_INDEX
+from aam_ds.model.blocks import asv_hash_buckets
+from aam_ds.model.masking import IGNORE_INDEX, mask_nucleotides
 from aam_ds.model.packing import distinct_rows
 from aam_ds.model.vocabulary import VOCAB_SIZE
 from aam_ds.spec import build_spec
@@ -76,3 +77,34 @@ def test_masked_pretraining_reads_unmasked_asvs_and_masks_each_distinct_asv_once
     assert labels.shape == distinct.shape and out["nucleotide_logits"].shape == (*distinct.shape, VOCAB_SIZE)
     selected = labels != IGNORE_INDEX
     assert 0 < selected.sum() and (labels[selected] == distinct[selected]).all()
+
+
+def test_mask_sample_path_feeds_the_masked_copies_to_the_sample_path_with_their_unmasked_identity(demo, cache):
+    """``loss.mask_sample_path``: every copy of an ASV is masked on its own and the sample path reads
+    the masked copies (the pretraining of sessions 1-5); each keeps the learned identity vector of its
+    unmasked sequence; samples not marked valid have no masked positions to predict."""
+    spec = build_spec(
+        {
+            "data": {"cache_dir": str(cache), "max_asvs": 24, "max_seq_len": 100},
+            "model": {"preset": "tiny"},
+            "loss": {"mask_sample_path": True},
+        }
+    )
+    data = prepare_data(spec)
+    batch = collate([data.dataset("train")[i] for i in range(6)])
+    torch.manual_seed(0)
+    model = AAMModel(model_config(spec.model), max_seq_len=100).eval()
+    model.mark_asvs_seen(data.tokens)
+    objective = build_objective(spec, data, torch.device("cpu"), model)
+    valid = torch.tensor([True, True, True, True, False, False])
+    out, labels = objective.forward(model, batch, torch.Generator().manual_seed(0), valid)
+    assert labels.shape == batch["tokens"].shape and out["nucleotide_logits"].shape == (*batch["tokens"].shape, VOCAB_SIZE)
+    selected = labels != IGNORE_INDEX
+    assert selected[:4].sum() > 0 and not selected[4:].any()
+    assert (labels[selected] == batch["tokens"][selected]).all()
+    redrawn, _ = mask_nucleotides(batch["tokens"], spec.loss.mask_fraction, torch.Generator().manual_seed(0))  # the same draws
+    ids = asv_hash_buckets(batch["tokens"], model.config.asv_identity_buckets)
+    expected = model(redrawn, batch["counts"], {"sample_embedding"}, None, ids)["sample_embedding"]
+    torch.testing.assert_close(out["sample_embedding"], expected, rtol=1e-5, atol=1e-6)
+    unmasked = model(batch["tokens"], batch["counts"], {"sample_embedding"})["sample_embedding"]
+    assert not torch.allclose(out["sample_embedding"], unmasked, atol=1e-4)

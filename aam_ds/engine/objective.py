@@ -17,7 +17,8 @@ import torch
 from aam_ds.engine.pairwise import MicroOutputs, gathered_pairwise_loss
 from aam_ds.errors import AamInputError
 from aam_ds.model import losses
-from aam_ds.model.masking import mask_nucleotides
+from aam_ds.model.blocks import asv_hash_buckets
+from aam_ds.model.masking import IGNORE_INDEX, mask_nucleotides
 from aam_ds.model.packing import nucleotide_rows
 from aam_ds.spec import LossSpec, ModelSpec
 
@@ -87,6 +88,13 @@ class Objective:
         the nucleotide head one copy of each distinct ASV of the samples marked ``valid`` (``bool
         [B]``, default all), masked with ``generator`` (:func:`aam_ds.model.packing.nucleotide_rows`)."""
         tokens, counts, masked, labels = batch["tokens"], batch["counts"], None, None
+        if "nucleotide_logits" in self.want and self.loss.mask_sample_path:
+            buckets = getattr(model, "module", model).config.asv_identity_buckets
+            asv_ids = asv_hash_buckets(tokens, buckets) if buckets else None  # the learned vector of the unmasked ASV
+            masked, labels = mask_nucleotides(tokens, self.loss.mask_fraction, generator)
+            if valid is not None:
+                labels = labels.masked_fill(~valid[:, None, None], IGNORE_INDEX)
+            return model(masked, counts, self.want, batch.get("covariates"), asv_ids), labels
         if "nucleotide_logits" in self.want:
             rows = nucleotide_rows(tokens, counts if valid is None else counts * valid[:, None])
             masked, labels = mask_nucleotides(rows, self.loss.mask_fraction, generator)

@@ -204,6 +204,11 @@ class LossSpec(_Section):
     nucleotide_weight: float = Field(1.0, ge=0.0, description="masked-nucleotide cross-entropy")
     abundance_weight: float = Field(0.0, ge=0.0, description="per-ASV log relative abundance regression")
     mask_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="nucleotides selected for BERT-style 80/10/10 masking")
+    mask_sample_path: bool = Field(
+        False,
+        description="masked-nucleotide pretraining: the sample path reads the masked copies too (each copy of an ASV "
+        "masked on its own, every copy encoded; the pretraining of sessions 1-5) instead of the unmasked ASVs",
+    )
     task: Literal["none", "regression", "classification"] = "none"
     task_weight: float = Field(1.0, ge=0.0)
     regression_loss: Literal["huber", "mse", "mae"] = "huber"
