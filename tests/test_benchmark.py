@@ -69,6 +69,7 @@ def test_small_tables_take_the_recipes_small_table_variant(tmp_path):
     small_spec, large_spec = (load_spec(None, recipe.stage_spec(stage)) for stage in (small, large))
     assert small_spec.model.freeze_sequence_encoder and small_spec.loss.nucleotide_weight == 0
     assert not large_spec.model.freeze_sequence_encoder and large_spec.loss.nucleotide_weight > 0
+    assert large_spec.loss.mask_sample_path  # the sample path reads the masked copies (docs/benchmarks.md, session 7)
     assert small_spec.optim.lr == large_spec.optim.lr and small_spec.model.preset == large_spec.model.preset  # merged, not replaced
     small_tune, large_tune = (load_spec(None, recipe.stage_spec(recipe.finetune.for_table(n))) for n in (87, 2537))
     assert small_tune.model.probe_ensemble_folds == 3 and large_tune.model.probe_ensemble_folds == 0  # the export is a probe ensemble
