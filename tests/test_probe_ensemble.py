@@ -20,7 +20,7 @@ from aam_ds.errors import AamInputError, AamNotice
 from aam_ds.export import build_exported_model, load_export
 from aam_ds.inference.onnx import export_onnx
 from aam_ds.prediction import embed_inputs, predict_split, rows_inputs
-from tests.test_engine_train import checked, launch
+from tests.test_engine_train import checked, launch, run_args
 from tests.test_finetune import spec_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,25 +150,21 @@ def test_two_ranks_build_the_same_probe_ensemble_that_predict_serves(cache, demo
     """torchrun, 2 ranks (gloo): every rank trains the inner folds, rank 0 fits and writes; the run's
     validation predictions are what ``aam-ds predict`` makes of the export in one process."""
     run_dir = tmp_path / "tuned"
-    settings = {
-        "model.preset": "tiny",
-        "data.max_asvs": 16,
-        "data.max_seq_len": 48,
-        "data.cache_dir": cache,
-        "schedule.steps": 4,
-        "tracking.run_dir": run_dir,
-        "tracking.rich": "false",
-        "parallel.micro_batch_size": 4,
-        "parallel.zero_stage": 0,
-        "parallel.collective_timeout_s": 120,
-        "loss.pairwise_weight": 0,
-        "loss.nucleotide_weight": 0,
-        "loss.task": "classification",
-        "data.targets": "[body_site]",
-        "model.pretrained": pretrained,
-        "model.probe_ensemble_folds": 2,
-    }
-    args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    args = run_args(
+        run_dir,
+        cache,
+        **{
+            "schedule.steps": 4,
+            "parallel.zero_stage": 0,
+            "parallel.collective_timeout_s": 120,
+            "loss.pairwise_weight": 0,
+            "loss.nucleotide_weight": 0,
+            "loss.task": "classification",
+            "data.targets": "[body_site]",
+            "model.pretrained": pretrained,
+            "model.probe_ensemble_folds": 2,
+        },
+    )
     cmd = [
         str(ROOT / ".venv" / "bin" / "torchrun"),
         "--nproc_per_node=2",

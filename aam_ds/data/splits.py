@@ -94,6 +94,17 @@ def _grouped_assignment(groups: np.ndarray, fractions: dict[str, float], rng: np
     return assignment
 
 
+def carve_validation(
+    split: SplitSpec, rest: np.ndarray, test: np.ndarray, metadata: pd.DataFrame | None, seed: int
+) -> dict[str, np.ndarray]:
+    """Train / val / test rows of a fold: ``test`` held out, a validation part carved from the rows
+    ``rest`` by ``split``'s rule (its ``val_fraction``, no test share, ``seed``), the rest trains.
+    ``metadata``: the table's metadata (aligned to its rows) or None."""
+    part = None if metadata is None else metadata.iloc[rest]
+    inner = split_samples(len(rest), split.model_copy(update={"test_fraction": 0.0, "seed": seed}), part)
+    return {"train": rest[inner["train"]], "val": rest[inner["val"]], "test": np.asarray(test, dtype=np.int64)}
+
+
 def kfold_splits(n_samples: int, k: int, kind: SplitKind = "random", seed: int = 0, labels: np.ndarray | None = None) -> list[np.ndarray]:
     """Held-out row indices (sorted ``int64``) of each of ``k`` folds; together they cover every row once.
 

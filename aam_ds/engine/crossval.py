@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from aam_ds.data.prepare import PreparedData, prepare_data
-from aam_ds.data.splits import kfold_splits, split_labels, split_samples
+from aam_ds.data.splits import carve_validation, kfold_splits, split_labels
 from aam_ds.engine.checkpoint import latest_tag
 from aam_ds.engine.distributed import DistContext, init_distributed, main_first
 from aam_ds.engine.run_folder import claim_run_dir
@@ -126,9 +126,7 @@ def fold_rows(split: SplitSpec, data: PreparedData) -> list[np.ndarray]:
 def fold_splits(split: SplitSpec, data: PreparedData, test: np.ndarray, fold: int) -> dict[str, np.ndarray]:
     """Train / val / test rows of one fold: ``test`` held out, validation carved from the rest by ``split``'s rule."""
     rest = np.setdiff1d(np.arange(len(data.table.sample_ids)), test)
-    metadata = None if data.metadata is None else data.metadata.iloc[rest]
-    inner = split_samples(len(rest), split.model_copy(update={"test_fraction": 0.0, "seed": split.seed + fold}), metadata)
-    return {"train": rest[inner["train"]], "val": rest[inner["val"]], "test": np.asarray(test, dtype=np.int64)}
+    return carve_validation(split, rest, test, data.metadata, split.seed + fold)
 
 
 def fold_validation(split: SplitSpec) -> str:

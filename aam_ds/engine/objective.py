@@ -89,7 +89,7 @@ class Objective:
         [B]``, default all), masked with ``generator`` (:func:`aam_ds.model.packing.nucleotide_rows`)."""
         tokens, counts, masked, labels = batch["tokens"], batch["counts"], None, None
         if "nucleotide_logits" in self.want and self.loss.mask_sample_path:
-            buckets = getattr(model, "module", model).config.asv_identity_buckets
+            buckets = _unwrap(model).config.asv_identity_buckets
             asv_ids = asv_hash_buckets(tokens, buckets) if buckets else None  # the learned vector of the unmasked ASV
             masked, labels = mask_nucleotides(tokens, self.loss.mask_fraction, generator)
             if valid is not None:

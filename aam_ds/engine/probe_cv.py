@@ -32,14 +32,16 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from aam_ds.data.prepare import PreparedData
-from aam_ds.data.splits import kfold_splits, split_labels, split_samples
+from aam_ds.data.splits import carve_validation, kfold_splits, split_labels
 from aam_ds.engine.distributed import DistContext
 from aam_ds.engine.run_export import write_split_predictions
 from aam_ds.errors import AamInputError, notice
 from aam_ds.export import Export, build_exported_model, load_export, probe_part, write_export
 from aam_ds.io_utils import atomic_write_json
+from aam_ds.model.probe_ensemble import LinearProbe
 from aam_ds.prediction import embed_inputs, predict_inputs, rows_inputs
 from aam_ds.spec import RunSpec
 
@@ -163,10 +165,7 @@ def inner_splits(spec: RunSpec, data: PreparedData, rest: np.ndarray, test: np.n
     fold), so that the inner fine-tuning selects its export as the run's does; the rest trains."""
     if not len(data.splits.get("val", [])):
         return {"train": rest, "val": np.array([], dtype=np.int64), "test": test}
-    split = spec.data.split
-    metadata = None if data.metadata is None else data.metadata.iloc[rest]
-    inner = split_samples(len(rest), split.model_copy(update={"test_fraction": 0.0, "seed": split.seed + 1000 + j}), metadata)
-    return {"train": rest[inner["train"]], "val": rest[inner["val"]], "test": test}
+    return carve_validation(spec.data.split, rest, test, data.metadata, spec.data.split.seed + 1000 + j)
 
 
 def inner_spec(spec: RunSpec, j: int, n_train: int, world_size: int) -> RunSpec:
@@ -194,7 +193,8 @@ def model_outputs(predictions) -> np.ndarray:
 
 
 def fit_probe(embeddings: np.ndarray, truth: np.ndarray, data: PreparedData, seed: int) -> dict[str, np.ndarray]:
-    """The linear probe fitted on ``embeddings [N, D]``: ``mean``, ``scale`` ``[D]``, ``coef [O, D]``, ``intercept [O]``.
+    """The linear probe fitted on ``embeddings [N, D]``: ``mean``, ``scale`` ``[D]``, ``coef [O, D]``, ``intercept [O]``
+    (the arguments of :class:`~aam_ds.model.probe_ensemble.LinearProbe`; O = classes, targets).
 
     Raises:
         AamInputError: a class absent from these training samples (the probe could not score it).
@@ -210,19 +210,16 @@ def fit_probe(embeddings: np.ndarray, truth: np.ndarray, data: PreparedData, see
             f"an inner fold's training samples hold {len(estimator.classes_)} of the {len(data.class_names)} classes",
             "use fewer inner folds, or model.probe_ensemble_folds=0 for a class this rare",
         )
-    coef = np.atleast_2d(estimator.coef_)
-    return {"mean": scaler.mean_, "scale": scaler.scale_, "coef": coef, "intercept": np.atleast_1d(estimator.intercept_)}
+    coef, intercept = np.atleast_2d(estimator.coef_), np.atleast_1d(estimator.intercept_)
+    if task == "classification" and len(coef) == 1:  # binary: P(second class) = sigmoid(z) = softmax([0, z])
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    return {"mean": scaler.mean_, "scale": scaler.scale_, "coef": coef, "intercept": intercept}
 
 
 def probe_outputs(probe: dict[str, np.ndarray], embeddings: np.ndarray, data: PreparedData) -> np.ndarray:
     """The probe's class probabilities ``[N, C]`` or values ``[N, T]`` (original units)."""
-    z = ((embeddings - probe["mean"]) / probe["scale"]) @ probe["coef"].T + probe["intercept"]
-    if not data.class_names:
-        return z
-    if z.shape[1] == 1:
-        z = np.concatenate([np.zeros_like(z), z], axis=1)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    z = LinearProbe(**probe)(torch.as_tensor(embeddings))  # what the exported ensemble computes
+    return (z.softmax(dim=-1) if data.class_names else z).double().numpy()
 
 
 def choose_weight(

@@ -27,7 +27,7 @@ from aam_ds.model.aam import AAMModel
 class LinearProbe(nn.Module):
     """``(embedding - mean) / scale @ coef.T + intercept``: ``[B, D] -> [B, O]`` (float32 buffers).
 
-    ``coef``: ``[O, D]``; a binary logistic probe (one row) gives the two-class logits ``[0, z]``."""
+    ``coef``: ``[O, D]``: a class's logit per row (a binary logistic probe as the two rows ``[0, w]``), or a regression target's value."""
 
     def __init__(self, mean: torch.Tensor, scale: torch.Tensor, coef: torch.Tensor, intercept: torch.Tensor):
         super().__init__()
@@ -75,7 +75,5 @@ class ProbeEnsemble(nn.Module):
         w, norm = self.weight, self.target_normalizer
         if norm is not None:  # regression: the probe predicts original units
             return w * task + (1 - w) * norm.transform(probe)
-        if probe.shape[-1] == 1:  # binary logistic regression: the logit of the second class
-            probe = torch.cat([torch.zeros_like(probe), probe], dim=-1)
         mixed = w * task.softmax(dim=-1) + (1 - w) * probe.softmax(dim=-1)
         return mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log()
