@@ -146,7 +146,7 @@ def run_benchmark(inputs: BenchmarkInputs, progress: Any) -> dict[str, Any]:
         inputs, folds_path, len(truth), len(held_out), task, split, export, smallest_train=len(truth) - max(len(fold) for fold in held_out)
     )
     cv, finetune_s = _timed(lambda: _cross_validate(finetune_spec, progress))
-    network, ensemble_weights = network_alone(out / "aam" / "cv", cv, inputs.positive_class)
+    network, ensemble_weights = network_alone(out / "aam" / "cv", cv)
     if network is not None:
         models["AAM fine-tuned network"] = network
     models["AAM"] = cv
@@ -280,37 +280,24 @@ def _cross_validate(spec, progress: Any):
     return crossval.cross_validate(spec, on_fold=progress.fold)
 
 
-def network_alone(cv_dir: Path, cv, positive_class: str | None) -> tuple[Any, list[float]]:
+def network_alone(cv_dir: Path, cv) -> tuple[Any, list[float]]:
     """When every fold's export is a probe ensemble (``model.probe_ensemble_folds``): the fine-tuned
-    networks' own out-of-fold predictions, scored as ``cv`` is (a CrossValidation), and each fold's
+    networks' own out-of-fold predictions, pooled as ``cv`` (a CrossValidation) is, and each fold's
     share of the fine-tuned network; else ``(None, [])``."""
-    import dataclasses
     import json
 
+    from aam_ds.engine.crossval import pooled_fold_files
     from aam_ds.engine.probe_cv import ENSEMBLE_DIR, NETWORK_DIR, WEIGHT_FILE
-    from aam_ds.evaluation.cross_validation import CrossValidation
-    from aam_ds.evaluation.predictions import read_predictions
-    from aam_ds.evaluation.scoring import score
 
-    folds = int(cv.fold_of.max()) + 1
-    ensembles = [cv_dir / f"fold{f}" / ENSEMBLE_DIR for f in range(folds)]
+    held_out = [np.flatnonzero(cv.fold_of == f) for f in range(int(cv.fold_of.max()) + 1)]
+    ensembles = [cv_dir / f"fold{f}" / ENSEMBLE_DIR for f in range(len(held_out))]
     if not all((folder / WEIGHT_FILE).is_file() for folder in ensembles):
         return None, []
-    pooled = cv.predictions
-    row_of = {sample: i for i, sample in enumerate(pooled.sample_ids)}
-    values = None if pooled.values is None else np.full_like(pooled.values, np.nan)
-    probabilities = None if pooled.probabilities is None else np.full_like(pooled.probabilities, np.nan)
-    for folder in ensembles:
-        fold = read_predictions(folder / NETWORK_DIR / "predictions_test.tsv", pooled.target, pooled.task)
-        at = [row_of[sample] for sample in fold.sample_ids]
-        if values is not None:
-            values[at] = fold.values
-        else:
-            probabilities[at] = fold.probabilities[:, [fold.class_names.index(c) for c in pooled.class_names]]
-    alone = dataclasses.replace(pooled, values=values, probabilities=probabilities, std=None, source="AAM fine-tuned network (out of fold)")
-    fold_metrics = [score(alone.take(np.flatnonzero(cv.fold_of == f)), cv.truth[cv.fold_of == f], positive_class) for f in range(folds)]
-    weights = [json.loads((folder / WEIGHT_FILE).read_text())["weight"] for folder in ensembles]
-    return CrossValidation(alone, cv.truth, cv.fold_of, fold_metrics, score(alone, cv.truth, positive_class)), weights
+    pooled, files = cv.predictions, [folder / NETWORK_DIR / "predictions_test.tsv" for folder in ensembles]
+    alone = pooled_fold_files(
+        pooled.target, pooled.sample_ids, pooled.class_names, cv.truth, held_out, files, "AAM fine-tuned network (out of fold)"
+    )
+    return alone, [json.loads((folder / WEIGHT_FILE).read_text())["weight"] for folder in ensembles]
 
 
 def linear_probe(export_path: Path, inputs: BenchmarkInputs, sample_ids: list[str], truth: np.ndarray, pairs, class_names, task: str):

@@ -160,12 +160,28 @@ def fold_spec(spec: RunSpec, fold: int) -> RunSpec:
 
 def pooled_predictions(data: PreparedData, held_out: list[np.ndarray], fold_files: list[Path]) -> CrossValidation:
     """Each fold's test predictions placed at their samples' rows, scored per fold and pooled."""
-    target, ids = data.target_names[0], data.table.sample_ids
     task = "classification" if data.class_names else "regression"
-    n = len(ids)
+    truth = data.targets[:, 0].astype(np.float64) if task == "regression" else np.asarray(data.class_names, dtype=object)[data.targets]
+    return pooled_fold_files(data.target_names[0], data.table.sample_ids, tuple(data.class_names or ()), truth, held_out, fold_files)
+
+
+def pooled_fold_files(
+    target: str,
+    sample_ids: list[str],
+    class_names: tuple[str, ...],
+    truth: np.ndarray,
+    held_out: list[np.ndarray],
+    fold_files: list[Path],
+    source: str = "AAM (out of fold)",
+) -> CrossValidation:
+    """The predictions files of the folds (each predicting exactly its held-out rows of
+    ``sample_ids``) as one :class:`CrossValidation`: ``truth`` ``[N]`` (values, or class names),
+    ``class_names`` (empty for regression) the column order of the pooled probabilities."""
+    task = "classification" if class_names else "regression"
+    n = len(sample_ids)
     values = np.full(n, np.nan) if task == "regression" else None
-    probabilities = np.full((n, len(data.class_names)), np.nan) if task == "classification" else None
-    row_of = {s: i for i, s in enumerate(ids)}
+    probabilities = np.full((n, len(class_names)), np.nan) if task == "classification" else None
+    row_of = {s: i for i, s in enumerate(sample_ids)}
     for rows, path in zip(held_out, fold_files):
         fold = read_predictions(path, target, task)
         at = np.array([row_of[s] for s in fold.sample_ids], dtype=np.int64)
@@ -174,10 +190,7 @@ def pooled_predictions(data: PreparedData, held_out: list[np.ndarray], fold_file
         if task == "regression":
             values[at] = fold.values
         else:
-            probabilities[at] = fold.probabilities[:, [fold.class_names.index(c) for c in data.class_names]]
-    predictions = Predictions(
-        target, list(ids), values=values, probabilities=probabilities, class_names=tuple(data.class_names or ()), source="AAM (out of fold)"
-    )
-    truth = data.targets[:, 0].astype(np.float64) if task == "regression" else np.asarray(data.class_names, dtype=object)[data.targets]
+            probabilities[at] = fold.probabilities[:, [fold.class_names.index(c) for c in class_names]]
+    predictions = Predictions(target, list(sample_ids), values=values, probabilities=probabilities, class_names=class_names, source=source)
     fold_metrics = [score(predictions.take(rows), truth[rows]) for rows in held_out]
     return CrossValidation(predictions, truth, fold_of_samples(held_out, n), fold_metrics, score(predictions, truth))
