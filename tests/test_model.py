@@ -10,6 +10,7 @@ from aam_ds.engine.objective import check_loss_compatible, required_outputs
 from aam_ds.errors import AamInputError
 from aam_ds.export import model_config
 from aam_ds.model.aam import OUTPUTS, AAMModel, count_parameters
+from aam_ds.model.heads import log_relative_abundance
 from aam_ds.model.losses import (
     abundance_loss,
     classification_loss,
@@ -159,6 +160,31 @@ def test_sample_embedding_does_not_depend_on_asv_order_unless_asked():
     a = sample_outputs(ordered, tokens, counts)["sample_embedding"]
     b = sample_outputs(ordered, tokens[:, perm], counts[:, perm])["sample_embedding"]
     assert (a - b).abs().max() > 1e-4
+
+
+def test_soft_presence_weighs_an_asv_as_that_many_copies_of_itself():
+    """``presence`` (what aam-ds explain's integrated gradients interpolate): 1 is the sample, 0 takes the
+    ASV out of every attention and pool, and two copies of an ASV at 0.5 equal the one at 1."""
+    m = model(n_targets=1)
+    tokens, counts = make_batch([5], max_asvs=5)
+    share = log_relative_abundance(counts)  # embedded as given: the copies below must not change it
+
+    def outputs(rows: list[int], presence: list[float] | None = None) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            vectors = m.asv_vectors(tokens[0, rows])["combined"][None]
+            x = m.sample_inputs(vectors, counts[:, rows], share[:, rows])
+            return m.sample_outputs(
+                x, counts[:, rows], {"task", "sample_embedding"}, None, None if presence is None else torch.tensor([presence])
+            )
+
+    sample = outputs([0, 1, 2, 3, 4])
+    for name, value in outputs([0, 1, 2, 3, 4], [1.0] * 5).items():
+        torch.testing.assert_close(value, sample[name], atol=1e-6, rtol=0)
+    for name, value in outputs([0, 1, 2, 3, 4], [1.0, 1.0, 0.0, 1.0, 1.0]).items():
+        torch.testing.assert_close(value, outputs([0, 1, 3, 4])[name], atol=1e-6, rtol=0)
+    for name, value in outputs([0, 1, 2, 3, 4, 0], [0.5, 1.0, 1.0, 1.0, 1.0, 0.5]).items():
+        torch.testing.assert_close(value, sample[name], atol=1e-5, rtol=0)
+    assert (outputs([0, 1, 2, 3, 4], [1.0, 1.0, 0.5, 1.0, 1.0])["task"] - sample["task"]).abs().max() > 1e-4
 
 
 def test_all_padding_sample_and_single_asv_sample_give_finite_outputs_and_gradients():

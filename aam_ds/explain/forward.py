@@ -4,8 +4,8 @@ In evaluation mode an ASV's vector (nucleotide encoder, standardised, plus its l
 vector) does not depend on the sample it is in, so :class:`SampleForward` encodes each distinct ASV
 once and then runs only the sample encoder (:meth:`AAMModel.sample_inputs` /
 :meth:`AAMModel.sample_outputs`) on any count matrix: the original samples, samples with one
-ASV's abundances permuted or removed, or (for integrated gradients) interpolated ASV inputs. Its
-predictions equal ``aam-ds predict``'s for the same samples (tested).
+ASV's abundances permuted or removed, or (for integrated gradients, :meth:`SampleForward.soft_task`)
+every ASV at an interpolated abundance and presence. Its predictions equal ``aam-ds predict``'s for the same samples (tested).
 """
 
 from __future__ import annotations
@@ -111,6 +111,16 @@ class SampleForward:
     def task(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Task head output ``[B, T]`` (normalised units) or logits ``[B, n_classes]`` from inputs ``x``."""
         return self.model.sample_outputs(x, batch.counts, {"task"}, batch.covariates)["task"]
+
+    def soft_task(self, log_abundance: torch.Tensor, presence: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
+        """Task output ``[B, T]`` (normalised units) or logits ``[B, n_classes]`` of samples given over
+        every ASV of the data: each one's log relative abundance ``float32 [B, K]`` and presence
+        ``float32 [B, K]`` in [0, 1] (a soft membership, :meth:`AAMModel.sample_outputs`).
+        Differentiable in both; with presence 1 / 0 and the shares of a sample it equals
+        :meth:`task` of that sample. ``covariates``: ``[B, C]`` or None."""
+        counts = log_abundance.exp()  # the same shares up to a factor per sample, which the pools' softmax ignores
+        x = self.model.sample_inputs(self.vectors[: log_abundance.shape[1]].expand(len(counts), -1, -1), counts, log_abundance)
+        return self.model.sample_outputs(x, counts, {"task"}, covariates, presence)["task"]
 
     @torch.no_grad()
     def predict(self, counts: np.ndarray | None = None, samples: np.ndarray | None = None) -> np.ndarray:

@@ -2,17 +2,20 @@
 
 Every method returns one score per ASV of :class:`ExplainData` (larger = more important):
 
-- ``integrated_gradients`` (Sundararajan et al. 2017, computed by Captum): attributions with
-  respect to the vectors the sample encoder reads for each ASV of a sample (its sequence vector,
-  learned identity vector and abundance embedding), from the baseline of all-zero vectors with the
-  sample's set of ASVs kept. This is the model's own input layer for an ASV: the counts themselves
-  enter through a presence mask and a log relative abundance, neither of which can be interpolated
-  from "absent" (log 0), so integrating along the counts is not defined. Summed over the vector's
-  dimensions, a sample's attributions add up to its prediction minus the prediction from the
-  baseline (completeness). Regression attributions are in the target's original units;
-  classification ones in logits of the true class (or the predicted class without labels). The
-  ASV's score is the mean absolute attribution over the explained samples (0 where absent), the
-  global-importance convention of mean ``|SHAP|`` (Lundberg & Lee 2017).
+- ``integrated_gradients`` (Sundararajan et al. 2017, computed by Captum): attributions to each
+  ASV's two inputs, its log relative abundance and its presence in the sample (a soft membership,
+  :meth:`AAMModel.sample_outputs`), integrated from the *expected sample*: every explained ASV at
+  its mean log relative abundance where present, with presence equal to its prevalence among the
+  explained samples. An absent ASV moves from its prevalence to 0 and so gets an attribution too:
+  a model that reads "this age-responding taxon is missing" credits it. A sample's attributions
+  add up to its prediction minus the expected sample's (completeness, tested); regression ones are
+  in the target's original units, classification ones in logits of the true class (the predicted
+  one without labels). For regression the ASV's score is its share of the variance of those
+  outputs over the explained samples, ``|Cov(a_j, f)| / Var(f)`` with ``f = sum_j a_j``: by
+  completeness the signed shares add up to 1, and an attribution that varies between samples
+  without moving the prediction scores 0. For classification, where each sample's explained
+  logit is that of its own class, and with one sample or a constant output, it is the mean
+  ``|a_j|`` (the mean ``|SHAP|`` convention of Lundberg & Lee 2017).
 - ``attention``: the mean over samples (0 where absent) of the attention-pooling weight that the
   ASV's state gets in the sample embedding (:mod:`aam_ds.explain.attention`).
 - ``permutation`` (Breiman 2001; Fisher et al. 2019): the increase of the metric (MAE in original
@@ -68,71 +71,108 @@ class Score:
     high: np.ndarray | None = None
 
 
-def integrated_gradients(
-    forward: SampleForward, target: Target, steps: int = 32, on_samples: Progress = None, baseline: str = "mean"
-) -> np.ndarray:
-    """Attributions ``float64 [N, K]`` of every (sample, ASV) pair (0 where the ASV is absent); see the module docstring."""
+def integrated_gradients(forward: SampleForward, target: Target, steps: int = 32, on_samples: Progress = None) -> np.ndarray:
+    """Attributions ``float64 [N, K]`` of every (sample, ASV) pair, absent ASVs included; see the module docstring.
+
+    Raises:
+        AamInputError: for a model that reads ASVs in order (``model.asv_order``), whose inputs have
+            no one slot per ASV to attribute to.
+    """
     from captum.attr import IntegratedGradients
 
     data, model = forward.data, forward.model
-    reference = mean_asv_input(forward) if baseline == "mean" else None
+    if model.config.asv_order:
+        raise AamInputError(
+            "--method integrated_gradients",
+            "this model reads ASVs in order (model.asv_order), so an ASV has no one input slot to attribute to",
+            "choose --method attention permutation removal",
+        )
+    reference = expected_sample(forward)
     scale = 1.0 if target.classes else float(model.target_normalizer.std[target.index])
+    k = len(data.asv_ids)
 
-    def output(x: torch.Tensor, counts: torch.Tensor, *covariates: torch.Tensor) -> torch.Tensor:
-        task = model.sample_outputs(x, counts, {"task"}, covariates[0] if covariates else None)["task"]
+    def output(log_abundance: torch.Tensor, presence: torch.Tensor, *covariates: torch.Tensor) -> torch.Tensor:
+        task = forward.soft_task(log_abundance, presence, covariates[0] if covariates else None)
         return task if target.classes else task * scale
 
     method = IntegratedGradients(output)
+    per_pass = max(1, 4 * forward.batch_size * SLOTS_PER_SAMPLE**2 // k**2)  # the attention memory of 4 batches of such samples
+    size = min(forward.batch_size, per_pass)
     attributions = np.zeros(data.counts.shape)
-    for start in range(0, len(data.counts), forward.batch_size):
-        rows = np.arange(start, min(start + forward.batch_size, len(data.counts)))
-        batch = forward.batch(data.counts, rows)
-        x = forward.asv_inputs(batch).detach()
-        extra = (batch.counts,) + ((batch.covariates,) if batch.covariates is not None else ())
+    for start in range(0, len(data.counts), size):
+        rows = np.arange(start, min(start + size, len(data.counts)))
+        log_abundance, presence = sample_point(forward, rows, reference)
+        covariates = None if data.covariates is None else torch.from_numpy(data.covariates[rows]).to(forward.device)
         with torch.enable_grad():
-            base = torch.zeros_like(x) if reference is None else reference.expand_as(x) * (batch.slots >= 0)[..., None]
             attr = method.attribute(
-                x,
-                baselines=base,
-                target=_ig_target(forward, target, batch, x, rows),
-                additional_forward_args=extra,
+                (log_abundance, presence),
+                baselines=(reference.log_abundance.expand_as(log_abundance), reference.presence.expand_as(presence)),
+                target=_ig_target(forward, target, rows),
+                additional_forward_args=(covariates,) if covariates is not None else None,
                 n_steps=steps,
-                internal_batch_size=forward.batch_size * 4,
+                internal_batch_size=max(per_pass, len(rows)),
             )
-        per_slot = attr.sum(-1).detach().double().cpu().numpy()
-        slots = batch.slots.cpu().numpy()
-        b, a = np.nonzero(slots >= 0)
-        attributions[rows[b], slots[b, a]] = per_slot[b, a]
+        attributions[rows] = (attr[0] + attr[1]).detach().double().cpu().numpy()
         if on_samples is not None:
             on_samples(len(rows))
     return attributions
 
 
-@torch.no_grad()
-def mean_asv_input(forward: SampleForward) -> torch.Tensor:
-    """The mean ``[D]`` of the sample encoder's input vectors over every present ASV of every explained sample."""
-    total, n = 0.0, 0
-    for start in range(0, len(forward.data.counts), forward.batch_size):
-        batch = forward.batch(forward.data.counts, np.arange(start, min(start + forward.batch_size, len(forward.data.counts))))
-        present = batch.slots >= 0
-        total = total + forward.asv_inputs(batch)[present].sum(dim=0)
-        n += int(present.sum())
-    return total / max(n, 1)
+SLOTS_PER_SAMPLE = (
+    128  # integrated gradients put all K explained ASVs in every sample: its passes hold 4 x batch size x (128 / K)^2 of them
+)
 
 
-def _ig_target(forward: SampleForward, target: Target, batch, x: torch.Tensor, rows: np.ndarray):
+@dataclass
+class ExpectedSample:
+    """The baseline of integrated gradients: every explained ASV at its mean log relative abundance over
+    the samples holding it (``log_abundance float32 [K]``), present with a weight equal to its
+    prevalence among the explained samples (``presence float32 [K]``, in (0, 1])."""
+
+    log_abundance: torch.Tensor
+    presence: torch.Tensor
+
+
+def expected_sample(forward: SampleForward) -> ExpectedSample:
+    """The :class:`ExpectedSample` of ``forward``'s data, on its device."""
+    counts = forward.data.counts.astype(np.float64)
+    present = counts > 0
+    log_share = np.log(np.where(present, counts, 1.0) / counts.sum(axis=1, keepdims=True).clip(min=1.0)) * present
+    mean = log_share.sum(axis=0) / present.sum(axis=0).clip(min=1)
+    as_tensor = lambda values: torch.as_tensor(values, dtype=torch.float32, device=forward.device)  # noqa: E731
+    return ExpectedSample(as_tensor(mean), as_tensor(present.mean(axis=0)))
+
+
+def sample_point(forward: SampleForward, rows: np.ndarray, reference: ExpectedSample) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples ``rows`` as integrated gradients' inputs over every explained ASV: log relative
+    abundance ``float32 [B, K]`` (the reference's where absent) and presence ``float32 [B, K]`` (1 / 0).
+    The model's output there equals its prediction of the sample (absent ASVs weigh 0)."""
+    counts = torch.as_tensor(forward.data.counts[rows], dtype=torch.float32, device=forward.device)
+    present = counts > 0
+    share = counts / counts.sum(dim=1, keepdim=True).clamp_min(1.0)
+    log_abundance = torch.where(present, share.clamp_min(torch.finfo(torch.float32).tiny).log(), reference.log_abundance)
+    return log_abundance, present.float()
+
+
+def _ig_target(forward: SampleForward, target: Target, rows: np.ndarray):
     """Captum's ``target``: the regression output index, or per sample the true (else predicted) class."""
     if not target.classes:
         return target.index
     if target.values is not None:
-        return torch.from_numpy(target.values[rows]).to(x.device)
-    with torch.no_grad():
-        return forward.task(x, batch).argmax(dim=-1)
+        return torch.from_numpy(target.values[rows]).to(forward.device)
+    return torch.from_numpy(forward.predict(forward.data.counts[rows], rows).argmax(axis=1)).to(forward.device)
 
 
-def mean_absolute(attributions: np.ndarray) -> Score:
-    """Per-ASV score: mean ``|attribution|`` over samples (absent ASVs count as 0)."""
-    return Score(np.abs(attributions).mean(axis=0))
+def attribution_score(attributions: np.ndarray, target: Target) -> Score:
+    """Per-ASV score ``float64 [K]`` of attributions ``[N, K]`` (see the module docstring): for
+    regression ``|Cov(a_j, f)| / Var(f)`` over the samples, ``f`` the attributions' sum per sample;
+    for classification, whose explained logit is each sample's own class, and with fewer than 2
+    samples or a constant ``f``, the mean ``|a_j|``."""
+    total = attributions.sum(axis=1)
+    variance = total.var()
+    if target.classes or len(total) < 2 or variance <= 1e-12 * max(float(np.abs(total).mean()) ** 2, 1e-30):
+        return Score(np.abs(attributions).mean(axis=0))
+    return Score(np.abs((attributions - attributions.mean(axis=0)).T @ (total - total.mean()) / len(total)) / variance)
 
 
 def permutation_importance(forward: SampleForward, target: Target, repeats: int = 5, seed: int = 0, on_asv: Progress = None) -> Score:

@@ -67,9 +67,12 @@ def plot_nucleotide_attention(path: Path, layers: np.ndarray, pool: np.ndarray, 
     return save_figure(fig, path)
 
 
-def plot_top_features(path: Path, table: pd.DataFrame, methods: Sequence[str], label: str, title: str) -> Path:
+def plot_top_features(
+    path: Path, table: pd.DataFrame, methods: Sequence[str], label: str, title: str, classification: bool = False
+) -> Path:
     """One panel per method: the ``TOP_N`` features with the highest score (``table[method]``), with
-    the permutation interval (``permutation_ci_low`` / ``_high``) as error bars."""
+    the permutation interval (``permutation_ci_low`` / ``_high``) as error bars; ``classification``
+    names integrated gradients' score as a classifier's (see :func:`aam_ds.explain.importance.attribution_score`)."""
     fig = Figure(figsize=(5.2 * len(methods), 0.8 + 0.3 * TOP_N), layout="constrained")
     for i, method in enumerate(methods):
         ax = fig.add_subplot(1, len(methods), i + 1)
@@ -81,15 +84,13 @@ def plot_top_features(path: Path, table: pd.DataFrame, methods: Sequence[str], l
         ax.barh(y, top[method], xerr=error, color=f"C{i}", ecolor="0.3", capsize=2)
         ax.set_yticks(y, [str(v)[:48] for v in top[label]], fontsize=7)
         ax.invert_yaxis()
-        unit = _SCORE_UNITS.get(method, "score") + (" (95% CI over repeats)" if error is not None else "")
+        unit = _score_unit(method, classification) + (" (95% CI over repeats)" if error is not None else "")
         ax.set(title=method.replace("_", " "), xlabel=unit)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
 
 
-_SCORE_UNITS = {
-    "integrated_gradients": "mean |attribution|",
-    "attention": "mean pooling weight",
-    "permutation": "metric increase",
-    "removal": "metric increase",
-}
+def _score_unit(method: str, classification: bool) -> str:
+    if method == "integrated_gradients":
+        return "mean |attribution| (logit)" if classification else "share of the prediction variance"
+    return "mean pooling weight" if method == "attention" else "metric increase"

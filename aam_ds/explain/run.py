@@ -7,6 +7,7 @@ Files written to ``out_dir`` (docs/explain.md says how to read each):
   ``<method>_rank`` (1 = most important), and ``permutation_ci_low`` / ``_high``;
   ``importance_by_taxon.tsv``: the scores summed per taxon (with ``--taxonomy``);
 - ``top_asvs.png`` (and ``top_taxa.png``): the top features by each method;
+- ``attributions.tsv`` (integrated gradients): each explained sample's attribution to each ASV;
 - ``attention_asv.tsv``: per ASV the mean pooling weights and attention received;
 - ``attention.npz`` with, per plotted sample ``s``, ``<s>/asv_ids``, ``<s>/layers``
   ``[n_layers, H, k, k]``, ``<s>/pool``, ``<s>/pool_weighted``, ``<s>/nucleotide_layers``
@@ -88,7 +89,7 @@ def explain_table(
     out_dir.mkdir(parents=True, exist_ok=True)
     maps = attention_maps(forward, advance)
     write_attention(out_dir, forward, maps, options.show)
-    scores = importance_scores(forward, target, maps, options, advance)
+    scores = importance_scores(forward, target, maps, options, advance, out_dir)
     taxonomy = load_taxonomy(options.taxonomy) if options.taxonomy is not None else None
     return write_importance(out_dir, data, scores, taxonomy, options.taxon_level, target)
 
@@ -138,20 +139,36 @@ def check_methods(methods: tuple[str, ...], target: imp.Target | None) -> None:
 
 
 def importance_scores(
-    forward: SampleForward, target: imp.Target | None, maps, options: ExplainOptions, advance: Callable[[int], None] | None
+    forward: SampleForward,
+    target: imp.Target | None,
+    maps,
+    options: ExplainOptions,
+    advance: Callable[[int], None] | None,
+    out_dir: Path,
 ) -> dict[str, imp.Score]:
-    """Each requested method's per-ASV :class:`Score`."""
+    """Each requested method's per-ASV :class:`Score` (integrated gradients' per-sample attributions
+    are written to ``out_dir`` on the way)."""
     scores: dict[str, imp.Score] = {}
     for method in options.methods:
         if method == "attention":
             scores[method] = imp.Score(maps.pool.mean(axis=0).astype(np.float64))
         elif method == "integrated_gradients":
-            scores[method] = imp.mean_absolute(imp.integrated_gradients(forward, target, options.steps, advance))
+            attributions = imp.integrated_gradients(forward, target, options.steps, advance)
+            write_attributions(out_dir, forward.data, attributions)
+            scores[method] = imp.attribution_score(attributions, target)
         elif method == "permutation":
             scores[method] = imp.permutation_importance(forward, target, options.repeats, options.seed, advance)
         else:
             scores[method] = imp.removal_importance(forward, target, advance)
     return scores
+
+
+def write_attributions(out_dir: Path, data: ExplainData, attributions: np.ndarray) -> None:
+    """``attributions.tsv``: integrated gradients' attribution ``[N, K]`` of each explained sample (row)
+    to each ASV (column); a row adds up to the sample's prediction minus the expected sample's."""
+    _write_tsv(
+        pd.DataFrame(attributions, index=pd.Index(data.sample_ids, name="sample-id"), columns=data.asv_ids), out_dir / "attributions.tsv"
+    )
 
 
 def importance_table(data: ExplainData, scores: dict[str, imp.Score], taxa: list[str] | None) -> pd.DataFrame:
@@ -183,7 +200,8 @@ def write_importance(
     what = f"{target.name}" if target is not None else "the sample embedding"
     methods = list(scores)
     labelled = table.assign(label=[_label(a, t) for a, t in zip(table.index, table.get("taxon", [None] * len(table)))])
-    plots.plot_top_features(out_dir / "top_asvs.png", labelled, methods, "label", f"top ASVs for {what}")
+    classification = target is not None and bool(target.classes)
+    plots.plot_top_features(out_dir / "top_asvs.png", labelled, methods, "label", f"top ASVs for {what}", classification)
     if taxa is not None:
         by_taxon = table.groupby("taxon")[methods].sum()
         for method in methods:
@@ -196,6 +214,7 @@ def write_importance(
             methods,
             "label",
             f"top taxa for {what} (ASV scores summed per taxon)",
+            classification,
         )
     return table
 

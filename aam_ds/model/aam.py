@@ -272,40 +272,59 @@ class AAMModel(nn.Module):
         x = self.sample_inputs(scatter_rows(asv_vectors + identity, rows, b * a).view(b, a, self.config.d_model), counts)
         return out | self.sample_outputs(x, counts, want, covariates)
 
-    def sample_inputs(self, asv_vectors: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    def sample_inputs(self, asv_vectors: torch.Tensor, counts: torch.Tensor, log_abundance: torch.Tensor | None = None) -> torch.Tensor:
         """What the sample encoder reads: ASV vectors ``[B, A, D]`` (standardised sequence vector plus
         learned identity vector; zeros on padding) plus the log-abundance embedding (and ASV positions
-        with ``model.asv_order``) -> ``[B, A, D]``. In evaluation mode an ASV's vector does not depend on
-        the sample (``AsvStandardizer`` uses its running statistics), which :mod:`aam_ds.explain` uses."""
+        with ``model.asv_order``) -> ``[B, A, D]``. ``log_abundance [B, A]`` (optional) is embedded
+        instead of the counts' log relative abundance. In evaluation mode an ASV's vector does not
+        depend on the sample (``AsvStandardizer`` uses its running statistics), which
+        :mod:`aam_ds.explain` uses."""
         x = asv_vectors
         if self.abundance_embedding is not None:
             present = counts > 0
-            x = x + self.abundance_embedding(log_relative_abundance(counts)[..., None].to(x.dtype)) * present[..., None]
+            log_abundance = log_relative_abundance(counts) if log_abundance is None else log_abundance
+            x = x + self.abundance_embedding(log_abundance[..., None].to(x.dtype)) * present[..., None]
         if self.config.asv_order:
             x = x + sinusoidal_positions(x.shape[1], self.config.d_model, x.device).to(x.dtype)
         return x
 
     def sample_outputs(
-        self, x: torch.Tensor, counts: torch.Tensor, want: set[str] | frozenset[str], covariates: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        counts: torch.Tensor,
+        want: set[str] | frozenset[str],
+        covariates: torch.Tensor | None = None,
+        presence: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The sample encoder's outputs named in ``want`` (``sample_embedding``, ``abundance``, ``task``)
-        from its inputs ``x [B, A, D]`` (:meth:`sample_inputs`) and the counts ``[B, A]``."""
-        present = counts > 0
+        from its inputs ``x [B, A, D]`` (:meth:`sample_inputs`) and the counts ``[B, A]``.
+
+        ``presence`` (optional, ``float [B, A]`` in [0, 1]; default 1 where ``counts > 0``, else 0) is a
+        soft membership of each ASV slot in its sample: a slot of presence ``p`` weighs as ``p`` copies
+        of itself in the sample encoder's attention and in every pool (``log p`` is added to its scores),
+        0 is absent. Integrated gradients (:mod:`aam_ds.explain.importance`) move it between an ASV's
+        absence and its presence; with ``presence`` given, ``counts`` must be positive wherever it is.
+        """
+        present = counts > 0 if presence is None else presence > 0
+        log_presence = None if presence is None else presence.float().clamp_min(torch.finfo(torch.float32).tiny).log()
         out: dict[str, torch.Tensor] = {}
-        h = self.sample_encoder.contextualise(x, present)
+        h = self.sample_encoder.contextualise(x, present, log_presence)
         if "abundance" in want:
             out["abundance"] = self.abundance_head(h) * present
         if want & {"sample_embedding", "task"}:
-            embedding = self.embedding_projection(self._composition(h, counts, present))
+            embedding = self.embedding_projection(self._composition(h, counts, present, log_presence))
             if "sample_embedding" in want:
                 out["sample_embedding"] = embedding
             if "task" in want:
                 out["task"] = self.task_head(embedding, covariates)
         return out
 
-    def _composition(self, h: torch.Tensor, counts: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def _composition(
+        self, h: torch.Tensor, counts: torch.Tensor, present: torch.Tensor, log_presence: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """ASV states ``[B, A, D]`` -> pooled sample vector ``[B, D]``: the attention pool plus a
-        layer-normalised composition contrast (abundance-weighted pool minus the plain mean).
+        layer-normalised composition contrast (abundance-weighted pool minus the plain mean), each
+        element weighted by ``exp(log_presence)`` when given (see :meth:`sample_outputs`).
 
         ASV states share a large common component (every sample draws from the same ASVs), so the
         attention pool alone differs between samples by ~1% of its norm and fine-tuning collapses to
@@ -314,9 +333,14 @@ class AAMModel(nn.Module):
         gain (``COMPOSITION_INIT_SCALE`` at init, not the ~1% of the common part); the plain pool
         keeps which ASVs are present (what unweighted UniFrac measures).
         """
-        weighted = self.sample_encoder.pool(h, present, log_relative_abundance(counts))
-        mean = (h * present[..., None]).sum(dim=1) / present.sum(dim=1, keepdim=True).clamp_min(1)
-        return self.sample_encoder.pool(h, present) + self.composition_norm(weighted - mean)
+        log_abundance = log_relative_abundance(counts)
+        weighted = self.sample_encoder.pool(h, present, log_abundance if log_presence is None else log_abundance + log_presence)
+        if log_presence is None:
+            mean = (h * present[..., None]).sum(dim=1) / present.sum(dim=1, keepdim=True).clamp_min(1)
+        else:
+            weight = log_presence.exp() * present
+            mean = (h * weight[..., None].to(h.dtype)).sum(dim=1) / weight.sum(dim=1, keepdim=True).clamp_min(1e-12).to(h.dtype)
+        return self.sample_encoder.pool(h, present, log_presence) + self.composition_norm(weighted - mean)
 
     def _check_inputs(self, tokens, counts, want, covariates, nucleotide_tokens) -> None:
         unknown = set(want) - OUTPUTS

@@ -36,14 +36,31 @@ def attendable_keys(valid: torch.Tensor) -> torch.Tensor:
     return valid | ~valid.any(dim=-1, keepdim=True)
 
 
+def weighted_keys(key_mask: torch.Tensor, log_weight: torch.Tensor | None) -> torch.Tensor:
+    """The attention mask of keys ``key_mask [N, S]`` bool, each weighted by ``exp(log_weight [N, S])``
+    (optional): the float mask ``log_weight`` (``-inf`` outside ``key_mask``), added to the scores, or
+    ``key_mask`` itself without weights. A key of weight ``w`` counts as ``w`` copies of itself."""
+    if log_weight is None:
+        return key_mask
+    return log_weight.float().masked_fill(~key_mask, float("-inf"))
+
+
+def masked_scores(scores: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    """Attention ``scores [N, H, S, S]`` under a boolean (True = may be attended) or additive float
+    key mask ``[N, 1, 1, S]``, in place; ``softmax`` of the result gives the attention weights."""
+    if attn_mask.dtype == torch.bool:
+        return scores.masked_fill_(~attn_mask, float("-inf"))
+    return scores.add_(attn_mask.to(scores.dtype))
+
+
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
     """``F.scaled_dot_product_attention`` with a boolean ``attn_mask`` (True = may be attended, at least
-    one key per row), written as two batched matrix products and a softmax: q, k, v ``[N, H, S, Dh]``
+    one key per row) or an additive float one, written as two batched matrix products and a softmax: q, k, v ``[N, H, S, Dh]``
     -> ``[N, H, S, Dh]``. Used for bf16 on CPU, where torch's fused CPU kernel is slower than this in
     its backward pass (about 5x on [424, 4, 100, 32], docs/benchmarks.md "Engine: throughput") while
     bf16 matrix products run at several times the fp32 rate."""
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # scaling q, not the [N, H, S, S] scores: one such tensor less
-    weights = scores.masked_fill_(~attn_mask, float("-inf")).softmax(dim=-1)  # in place: the product's backward does not read it
+    weights = masked_scores(scores, attn_mask).softmax(dim=-1)  # in place: the product's backward does not read it
     return F.dropout(weights, dropout_p) @ v
 
 
@@ -82,7 +99,8 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(d_model, d_model)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """x ``[N, S, D]``, key_mask ``[N, S]`` bool (True = may be attended) -> ``[N, S, D]``."""
+        """x ``[N, S, D]``, key_mask ``[N, S]`` bool (True = may be attended) or float (added to the
+        scores, :func:`weighted_keys`) -> ``[N, S, D]``."""
         n, s, d = x.shape
         q, k, v = self.qkv(x).view(n, s, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         attention = explicit_attention if x.device.type == "cpu" and x.dtype == torch.bfloat16 else F.scaled_dot_product_attention
@@ -96,7 +114,7 @@ class SelfAttention(nn.Module):
         n, s, d = x.shape
         q, k, _ = self.qkv(x).view(n, s, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         scores = (q.float() @ k.float().transpose(-1, -2)) * (d // self.n_heads) ** -0.5
-        return scores.masked_fill(~key_mask[:, None, None, :], float("-inf")).softmax(dim=-1)
+        return masked_scores(scores, key_mask[:, None, None, :]).softmax(dim=-1)
 
 
 class Block(nn.Module):
@@ -155,9 +173,10 @@ class Encoder(nn.Module):
         self.ln_out = LayerNorm(config.d_model)
         self.pool = AttentionPool(config.d_model)
 
-    def contextualise(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """x ``[N, S, D]``, valid ``[N, S]`` -> contextual states ``[N, S, D]`` (after the final LayerNorm)."""
-        key_mask = attendable_keys(valid)
+    def contextualise(self, x: torch.Tensor, valid: torch.Tensor, log_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """x ``[N, S, D]``, valid ``[N, S]`` -> contextual states ``[N, S, D]`` (after the final LayerNorm);
+        ``log_weight [N, S]`` (optional) weights each element as a key (:func:`weighted_keys`)."""
+        key_mask = weighted_keys(attendable_keys(valid), log_weight)
         for block in self.blocks:
             if self.checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, key_mask, use_reentrant=False)
