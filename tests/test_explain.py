@@ -204,9 +204,11 @@ def test_truth_file_matches_the_generated_composition(design, request):
 
 
 @pytest.mark.slow
-def test_integrated_gradients_add_up_to_the_prediction_minus_the_expected_samples(age_run, sparse_demo):
+@pytest.mark.parametrize("baseline_asvs", [512, 40])
+def test_integrated_gradients_add_up_to_the_prediction_minus_the_expected_samples(age_run, sparse_demo, baseline_asvs):
     """Completeness: per sample, the attributions (absent ASVs included) sum to its prediction minus the
-    prediction of the expected sample (every ASV at its mean abundance, present at its prevalence), in years."""
+    prediction of the expected sample (every ASV at its mean abundance, present at its prevalence, or
+    only the ``baseline_asvs`` most prevalent: the others are credited only where present), in years."""
     import torch
 
     from aam_ds.explain.forward import SampleForward, explain_data
@@ -216,9 +218,9 @@ def test_integrated_gradients_add_up_to_the_prediction_minus_the_expected_sample
 
     export = load_export(age_run / "model.pt")
     held_out = (age_run / "splits" / "val.txt").read_text().split()[:6]
-    forward = SampleForward(build_exported_model(export), explain_data(prepare_inputs(export, sparse_demo.table), held_out))
-    attributions = integrated_gradients(forward, Target("age", 0), steps=64)
-    reference = expected_sample(forward)
+    forward = SampleForward(build_exported_model(export), explain_data(prepare_inputs(export, sparse_demo.table), held_out), batch_size=4)
+    attributions = integrated_gradients(forward, Target("age", 0), steps=64, baseline_asvs=baseline_asvs)
+    reference = expected_sample(forward, baseline_asvs)
     with torch.no_grad():
         expected = forward.to_output_units(forward.soft_task(reference.log_abundance[None], reference.presence[None]))[0, 0]
         at_samples = forward.to_output_units(forward.soft_task(*sample_point(forward, np.arange(len(held_out)), reference)))[:, 0]
@@ -226,7 +228,10 @@ def test_integrated_gradients_add_up_to_the_prediction_minus_the_expected_sample
     np.testing.assert_allclose(at_samples.double().numpy(), predicted, atol=1e-4)  # the integrated function is the model
     np.testing.assert_allclose(attributions.sum(axis=1), predicted - float(expected), rtol=0.02, atol=0.02)
     assert np.abs(predicted - float(expected)).max() > 1.0  # a real difference in years, not 0 = 0
-    assert np.abs(attributions[forward.data.counts == 0]).max() > 0.01  # absent ASVs are credited too
+    absent = forward.data.counts == 0
+    in_reference = reference.presence.numpy() > 0
+    assert np.abs(attributions[absent & in_reference]).max() > 0.01  # absent ASVs of the expected sample are credited
+    assert (attributions[absent & ~in_reference] == 0).all() and in_reference.sum() == min(baseline_asvs, len(in_reference))
 
 
 @pytest.fixture(scope="module")

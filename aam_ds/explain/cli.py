@@ -52,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show", type=int, default=3, help="samples whose attention maps are plotted and saved")
     parser.add_argument("--repeats", type=int, default=5, help="permutations per ASV (the interval is over these)")
     parser.add_argument("--steps", type=int, default=32, help="integration steps of integrated gradients")
+    parser.add_argument(
+        "--baseline-asvs",
+        type=int,
+        default=None,
+        help="ASVs of integrated gradients' expected sample, the most prevalent; an absent one of them is credited "
+        "(default 512; time and memory grow with the number squared)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the permutations")
     parser.add_argument("--batch-size", type=int, default=32, help="samples per forward pass")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
@@ -62,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``aam-ds explain``: attention maps and feature importance of a model on a table; returns 0."""
     import torch
 
+    from aam_ds.explain.importance import BASELINE_ASVS
     from aam_ds.explain.run import ExplainOptions, explain_table
     from aam_ds.tracking.console import count_progress
 
@@ -79,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         args.show,
         args.repeats,
         args.steps,
+        BASELINE_ASVS if args.baseline_asvs is None else args.baseline_asvs,
         args.seed,
         args.batch_size,
         device,

@@ -112,14 +112,21 @@ class SampleForward:
         """Task head output ``[B, T]`` (normalised units) or logits ``[B, n_classes]`` from inputs ``x``."""
         return self.model.sample_outputs(x, batch.counts, {"task"}, batch.covariates)["task"]
 
-    def soft_task(self, log_abundance: torch.Tensor, presence: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
+    def soft_task(
+        self,
+        log_abundance: torch.Tensor,
+        presence: torch.Tensor,
+        covariates: torch.Tensor | None = None,
+        columns: np.ndarray | None = None,
+    ) -> torch.Tensor:
         """Task output ``[B, T]`` (normalised units) or logits ``[B, n_classes]`` of samples given over
-        every ASV of the data: each one's log relative abundance ``float32 [B, K]`` and presence
-        ``float32 [B, K]`` in [0, 1] (a soft membership, :meth:`AAMModel.sample_outputs`).
-        Differentiable in both; with presence 1 / 0 and the shares of a sample it equals
-        :meth:`task` of that sample. ``covariates``: ``[B, C]`` or None."""
+        the data's ASVs ``columns`` (default all K): each one's log relative abundance ``float32 [B, C]``
+        and presence ``float32 [B, C]`` in [0, 1] (a soft membership, :meth:`AAMModel.sample_outputs`).
+        Differentiable in both; with presence 1 / 0 and the shares of a sample it equals :meth:`task`
+        of that sample. ``covariates``: ``[B, C]`` or None."""
+        vectors = self.vectors[: len(self.data.asv_ids)] if columns is None else self.vectors[torch.as_tensor(columns, device=self.device)]
         counts = log_abundance.exp()  # the same shares up to a factor per sample, which the pools' softmax ignores
-        x = self.model.sample_inputs(self.vectors[: log_abundance.shape[1]].expand(len(counts), -1, -1), counts, log_abundance)
+        x = self.model.sample_inputs(vectors.expand(len(counts), -1, -1), counts, log_abundance)
         return self.model.sample_outputs(x, counts, {"task"}, covariates, presence)["task"]
 
     @torch.no_grad()

@@ -6,8 +6,10 @@ Every method returns one score per ASV of :class:`ExplainData` (larger = more im
   ASV's two inputs, its log relative abundance and its presence in the sample (a soft membership,
   :meth:`AAMModel.sample_outputs`), integrated from the *expected sample*: every explained ASV at
   its mean log relative abundance where present, with presence equal to its prevalence among the
-  explained samples. An absent ASV moves from its prevalence to 0 and so gets an attribution too:
-  a model that reads "this age-responding taxon is missing" credits it. A sample's attributions
+  explained samples (the ``baseline_asvs`` most prevalent ones; rarer ASVs are absent from it and
+  enter only the samples that hold them). An absent ASV moves from its prevalence to 0 and so
+  gets an attribution too: a model that reads "this age-responding taxon is missing" credits it.
+  A sample's attributions
   add up to its prediction minus the expected sample's (completeness, tested); regression ones are
   in the target's original units, classification ones in logits of the true class (the predicted
   one without labels). For regression the ASV's score is its share of the variance of those
@@ -41,6 +43,8 @@ from aam_ds.errors import AamInputError
 from aam_ds.explain.forward import SampleForward
 
 METHODS = ("integrated_gradients", "attention", "permutation", "removal")
+BASELINE_ASVS = 512  # ASVs of the expected sample (the most prevalent): its attention cost grows with their number squared
+SLOTS_PER_SAMPLE = 128  # integrated gradients' passes hold the attention of 4 x batch size samples of this many ASVs
 Progress = Callable[[int], None] | None
 
 
@@ -71,12 +75,15 @@ class Score:
     high: np.ndarray | None = None
 
 
-def integrated_gradients(forward: SampleForward, target: Target, steps: int = 32, on_samples: Progress = None) -> np.ndarray:
-    """Attributions ``float64 [N, K]`` of every (sample, ASV) pair, absent ASVs included; see the module docstring.
+def integrated_gradients(
+    forward: SampleForward, target: Target, steps: int = 32, on_samples: Progress = None, baseline_asvs: int = BASELINE_ASVS
+) -> np.ndarray:
+    """Attributions ``float64 [N, K]`` of every (sample, ASV) pair, absent ASVs included (those of the
+    expected sample's ``baseline_asvs`` most prevalent ASVs); see the module docstring.
 
     Raises:
         AamInputError: for a model that reads ASVs in order (``model.asv_order``), whose inputs have
-            no one slot per ASV to attribute to.
+            no one slot per ASV to attribute to, or ``baseline_asvs`` < 1.
     """
     from captum.attr import IntegratedGradients
 
@@ -87,70 +94,83 @@ def integrated_gradients(forward: SampleForward, target: Target, steps: int = 32
             "this model reads ASVs in order (model.asv_order), so an ASV has no one input slot to attribute to",
             "choose --method attention permutation removal",
         )
-    reference = expected_sample(forward)
+    reference = expected_sample(forward, baseline_asvs)
     scale = 1.0 if target.classes else float(model.target_normalizer.std[target.index])
-    k = len(data.asv_ids)
-
-    def output(log_abundance: torch.Tensor, presence: torch.Tensor, *covariates: torch.Tensor) -> torch.Tensor:
-        task = forward.soft_task(log_abundance, presence, covariates[0] if covariates else None)
-        return task if target.classes else task * scale
-
-    method = IntegratedGradients(output)
-    per_pass = max(1, 4 * forward.batch_size * SLOTS_PER_SAMPLE**2 // k**2)  # the attention memory of 4 batches of such samples
+    present = data.counts > 0
+    in_reference = reference.presence.cpu().numpy() > 0
+    width = int(in_reference.sum() + (present & ~in_reference).sum(axis=1).max())  # ASV slots of a sample's inputs, at most
+    per_pass = max(1, 4 * forward.batch_size * SLOTS_PER_SAMPLE**2 // width**2)  # the attention memory of 4 batches of such samples
     size = min(forward.batch_size, per_pass)
     attributions = np.zeros(data.counts.shape)
     for start in range(0, len(data.counts), size):
         rows = np.arange(start, min(start + size, len(data.counts)))
-        log_abundance, presence = sample_point(forward, rows, reference)
+        columns = np.flatnonzero(in_reference | present[rows].any(axis=0))
+
+        def output(log_abundance: torch.Tensor, presence: torch.Tensor, *covariates: torch.Tensor) -> torch.Tensor:
+            task = forward.soft_task(log_abundance, presence, covariates[0] if covariates else None, columns)
+            return task if target.classes else task * scale
+
+        log_abundance, presence = sample_point(forward, rows, reference, columns)
         covariates = None if data.covariates is None else torch.from_numpy(data.covariates[rows]).to(forward.device)
         with torch.enable_grad():
-            attr = method.attribute(
+            attr = IntegratedGradients(output).attribute(
                 (log_abundance, presence),
-                baselines=(reference.log_abundance.expand_as(log_abundance), reference.presence.expand_as(presence)),
+                baselines=(reference.log_abundance[columns].expand_as(log_abundance), reference.presence[columns].expand_as(presence)),
                 target=_ig_target(forward, target, rows),
                 additional_forward_args=(covariates,) if covariates is not None else None,
                 n_steps=steps,
                 internal_batch_size=max(per_pass, len(rows)),
             )
-        attributions[rows] = (attr[0] + attr[1]).detach().double().cpu().numpy()
+        attributions[np.ix_(rows, columns)] = (attr[0] + attr[1]).detach().double().cpu().numpy()
         if on_samples is not None:
             on_samples(len(rows))
     return attributions
 
 
-SLOTS_PER_SAMPLE = (
-    128  # integrated gradients put all K explained ASVs in every sample: its passes hold 4 x batch size x (128 / K)^2 of them
-)
-
-
 @dataclass
 class ExpectedSample:
-    """The baseline of integrated gradients: every explained ASV at its mean log relative abundance over
-    the samples holding it (``log_abundance float32 [K]``), present with a weight equal to its
-    prevalence among the explained samples (``presence float32 [K]``, in (0, 1])."""
+    """The baseline of integrated gradients over the K explained ASVs: each at its mean log relative
+    abundance over the samples holding it (``log_abundance float32 [K]``), and present with a weight
+    equal to its prevalence among the explained samples (``presence float32 [K]``) if it is one of the
+    most prevalent ``baseline_asvs``, else absent (0)."""
 
     log_abundance: torch.Tensor
     presence: torch.Tensor
 
 
-def expected_sample(forward: SampleForward) -> ExpectedSample:
-    """The :class:`ExpectedSample` of ``forward``'s data, on its device."""
+def expected_sample(forward: SampleForward, baseline_asvs: int = BASELINE_ASVS) -> ExpectedSample:
+    """The :class:`ExpectedSample` of ``forward``'s data, on its device.
+
+    Raises:
+        AamInputError: ``baseline_asvs`` < 1.
+    """
+    if baseline_asvs < 1:
+        raise AamInputError("--baseline-asvs", f"must be at least 1, got {baseline_asvs}", "give a positive number of ASVs")
     counts = forward.data.counts.astype(np.float64)
     present = counts > 0
     log_share = np.log(np.where(present, counts, 1.0) / counts.sum(axis=1, keepdims=True).clip(min=1.0)) * present
     mean = log_share.sum(axis=0) / present.sum(axis=0).clip(min=1)
+    prevalence = present.mean(axis=0)
+    kept = np.argsort(-prevalence, kind="stable")[:baseline_asvs]
+    presence = np.zeros_like(prevalence)
+    presence[kept] = prevalence[kept]
     as_tensor = lambda values: torch.as_tensor(values, dtype=torch.float32, device=forward.device)  # noqa: E731
-    return ExpectedSample(as_tensor(mean), as_tensor(present.mean(axis=0)))
+    return ExpectedSample(as_tensor(mean), as_tensor(presence))
 
 
-def sample_point(forward: SampleForward, rows: np.ndarray, reference: ExpectedSample) -> tuple[torch.Tensor, torch.Tensor]:
-    """The samples ``rows`` as integrated gradients' inputs over every explained ASV: log relative
-    abundance ``float32 [B, K]`` (the reference's where absent) and presence ``float32 [B, K]`` (1 / 0).
-    The model's output there equals its prediction of the sample (absent ASVs weigh 0)."""
+def sample_point(
+    forward: SampleForward, rows: np.ndarray, reference: ExpectedSample, columns: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples ``rows`` as integrated gradients' inputs over the explained ASVs ``columns`` (default
+    all K): log relative abundance ``float32 [B, C]`` (the reference's where absent) and presence
+    ``float32 [B, C]`` (1 / 0). The model's output there equals its prediction of the sample, if
+    ``columns`` hold its ASVs (absent ones weigh 0)."""
+    columns = np.arange(len(forward.data.asv_ids)) if columns is None else columns
     counts = torch.as_tensor(forward.data.counts[rows], dtype=torch.float32, device=forward.device)
-    present = counts > 0
     share = counts / counts.sum(dim=1, keepdim=True).clamp_min(1.0)
-    log_abundance = torch.where(present, share.clamp_min(torch.finfo(torch.float32).tiny).log(), reference.log_abundance)
+    counts, share = counts[:, columns], share[:, columns]
+    present = counts > 0
+    log_abundance = torch.where(present, share.clamp_min(torch.finfo(torch.float32).tiny).log(), reference.log_abundance[columns])
     return log_abundance, present.float()
 
 

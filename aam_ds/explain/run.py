@@ -53,6 +53,7 @@ class ExplainOptions:
     show: int = 3
     repeats: int = 5
     steps: int = 32
+    baseline_asvs: int = imp.BASELINE_ASVS
     seed: int = 0
     batch_size: int = 32
     device: str = "cpu"
@@ -153,7 +154,7 @@ def importance_scores(
         if method == "attention":
             scores[method] = imp.Score(maps.pool.mean(axis=0).astype(np.float64))
         elif method == "integrated_gradients":
-            attributions = imp.integrated_gradients(forward, target, options.steps, advance)
+            attributions = imp.integrated_gradients(forward, target, options.steps, advance, options.baseline_asvs)
             write_attributions(out_dir, forward.data, attributions)
             scores[method] = imp.attribution_score(attributions, target)
         elif method == "permutation":
