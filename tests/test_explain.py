@@ -249,15 +249,42 @@ def untrained_age_export(cache, tmp_path_factory) -> Path:
         (["--method", "permutation"], ["--method permutation", "needs the true values", "--metadata"]),
         (["--target", "bmi"], ["--target bmi", "predicts ['age']"]),
         (["--samples", "missing.txt"], ["missing.txt", "sample ID file not found"]),
+        (["--steps", "0"], ["--steps", "must be at least 1"]),
+        (["--baseline-asvs", "0"], ["--baseline-asvs", "must be at least 1"]),
+        (["--taxonomy", "OTHER_TAXONOMY"], ["other-taxonomy.tsv", "names none of the table's", "same feature IDs"]),
+        (["--out-dir", "A_FILE"], ["a-file.txt", "is a file, not a folder"]),
     ],
 )
 def test_bad_requests_are_one_line_errors(untrained_age_export, demo, tmp_path, capsys, extra, fragments):
+    """Refused before any work: nothing is written to the output folder."""
     from aam_ds.cli import main
 
-    code = main(["explain", "--model", str(untrained_age_export), "--table", str(demo.table), "--out-dir", str(tmp_path), *extra])
+    (tmp_path / "other-taxonomy.tsv").write_text("Feature ID\tTaxon\nf0a1\tk__Bacteria; p__Firmicutes\n")  # another table's
+    (tmp_path / "a-file.txt").write_text("")
+    files = {"OTHER_TAXONOMY": str(tmp_path / "other-taxonomy.tsv"), "A_FILE": str(tmp_path / "a-file.txt")}
+    out = tmp_path / "out"
+    args = ["explain", "--model", str(untrained_age_export), "--table", str(demo.table), "--out-dir", str(out)]
+    code = main([*args, *(files.get(a, a) for a in extra)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("aam-ds: error:"), err
     assert all(f in err for f in fragments), err
+    assert not out.exists()
+
+
+def test_a_pretraining_export_gets_the_attention_maps(cache, demo, tmp_path, capsys):
+    """No task head: the default methods shrink to attention, with a notice, and the maps are written."""
+    from aam_ds.cli import main
+    from tests.test_predict import write_untrained_export
+
+    export = write_untrained_export(tmp_path / "pretrained" / "model.pt", cache, finetuning=False)
+    code = main(["explain", "--model", str(export), "--table", str(demo.table), "--show", "1", "--out-dir", str(tmp_path / "out")])
+    printed = capsys.readouterr()
+    assert code == 0 and "attention maps only" in printed.err, printed.err
+    assert "by attention and the attention maps" in printed.out
+    table = pd.read_csv(tmp_path / "out" / "importance.tsv", sep="\t", index_col=0)
+    assert "attention" in table and "integrated_gradients" not in table
+    for name in ("attention_asv.tsv", "attention.npz", "attention_0.png", "pool_0.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0, name
 
 
 def test_untrained_export_explains_with_taxonomy(untrained_age_export, demo, tmp_path):

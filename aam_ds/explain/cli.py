@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=METHOD_NAMES,
         default=None,
         metavar="METHOD",
-        help=f"importance methods among {', '.join(METHOD_NAMES)} (default: all; without --metadata: integrated_gradients attention)",
+        help=f"importance methods among {', '.join(METHOD_NAMES)} (default: all; without --metadata: integrated_gradients attention; for a pretraining export: attention)",
     )
     parser.add_argument(
         "--samples",
@@ -76,9 +76,8 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise AamInputError("--device cuda", "no CUDA device is visible to this process", "use --device cpu or run on a GPU node")
-    methods = args.method or (METHOD_NAMES if args.metadata is not None else ("integrated_gradients", "attention"))
     options = ExplainOptions(
-        tuple(methods),
+        tuple(args.method) if args.method else None,
         args.metadata,
         args.target,
         args.taxonomy,
@@ -94,5 +93,9 @@ def run(args: argparse.Namespace) -> int:
     )
     with count_progress("explaining", unit="steps") as progress:
         table = explain_table(args.model, args.table, args.out_dir, options, args.sequences, progress)
-    print(f"wrote the importance of {len(table)} ASVs by {', '.join(methods)} and the attention maps to {args.out_dir}")
+    methods = [m for m in METHOD_NAMES if m in table.columns]
+    maps = " and the attention maps" if args.show > 0 else ""
+    print(
+        f"explained {table.attrs['n_samples']} samples: wrote the importance of {len(table)} ASVs by {', '.join(methods)}{maps} to {args.out_dir}"
+    )
     return 0

@@ -45,7 +45,8 @@ def plot_pool_weights(path: Path, pool: np.ndarray, weighted: np.ndarray, labels
     ax.barh(y + 0.2, weighted[order], height=0.4, label="abundance-weighted pool")
     ax.set_yticks(y, [labels[i] for i in order], fontsize=6)
     ax.invert_yaxis()
-    ax.set(xlabel="pooling weight (sums to 1 over the sample's ASVs)", title=title)
+    shown = f"the {len(order)} largest of {len(pool)} ASVs" if len(order) < len(pool) else f"its {len(pool)} ASVs"
+    ax.set(xlabel=f"pooling weight ({shown}; sums to 1 over the sample's ASVs)", title=title)
     ax.legend(fontsize=7, loc="lower right")
     return save_figure(fig, path)
 

@@ -17,7 +17,7 @@ Files written to ``out_dir`` (docs/explain.md says how to read each):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +32,7 @@ from aam_ds.explain import importance as imp
 from aam_ds.explain import plots
 from aam_ds.explain.attention import attention_maps, nucleotide_attention, sample_attention
 from aam_ds.explain.forward import ExplainData, SampleForward, explain_data
-from aam_ds.explain.taxonomy import load_taxonomy, short_taxon, taxa_of
+from aam_ds.explain.taxonomy import check_taxonomy_covers, load_taxonomy, short_taxon, taxa_of
 from aam_ds.export import Export, build_exported_model, load_export
 from aam_ds.inference.predict import prepare_inputs, task_description
 from aam_ds.io_utils import atomic_path
@@ -44,7 +44,7 @@ NEEDS_TASK = ("integrated_gradients", "permutation", "removal")
 class ExplainOptions:
     """What ``aam-ds explain`` computes (see its ``--help``)."""
 
-    methods: tuple[str, ...] = imp.METHODS
+    methods: tuple[str, ...] | None = None  # None: default_methods
     metadata: Path | None = None
     target: str | None = None
     taxonomy: Path | None = None
@@ -70,29 +70,59 @@ def explain_table(
     """Explain ``model`` (a ``model.pt``) on ``table``; write the files of the module docstring and
     return the per-ASV importance table. Raises AamInputError for unknown methods or targets,
     permutation / removal without true values, and whatever ``aam-ds predict`` refuses."""
-    unknown = sorted(set(options.methods) - set(imp.METHODS))
-    if unknown:
-        raise AamInputError("--method", f"unknown methods {unknown}", f"choose from {list(imp.METHODS)}")
+    out_dir = Path(out_dir)
+    check_options(options, out_dir)
     export = load_export(Path(model))
-    if any(m in NEEDS_TASK for m in options.methods):
+    methods = options.methods or default_methods(export, options, str(model))
+    if any(m in NEEDS_TASK for m in methods):
         task_description(export, str(model))
+    taxonomy = load_taxonomy(options.taxonomy) if options.taxonomy is not None else None
     ids = _sample_ids(options.samples)
     data = explain_data(prepare_inputs(export, table, sequences, options.metadata), ids, str(options.samples))
+    if taxonomy is not None:
+        check_taxonomy_covers(taxonomy, data.asv_ids, options.taxonomy)
     target = resolve_target(export, options, data.sample_ids)
-    check_methods(options.methods, target)
+    check_methods(methods, target)
     if export.probe is not None:
         notice(f"{model}: a probe ensemble; explain reads its fine-tuned network (share {export.probe['weight']:g}), not its linear probe")
     forward = SampleForward(build_exported_model(export, ensemble=False), data, options.device, options.batch_size)
     n, k = data.counts.shape
-    total = n + n * ("integrated_gradients" in options.methods) + k * sum(m in options.methods for m in ("permutation", "removal"))
+    total = n + n * ("integrated_gradients" in methods) + k * sum(m in methods for m in ("permutation", "removal"))
     advance = progress(total) if progress is not None else None
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     maps = attention_maps(forward, advance)
     write_attention(out_dir, forward, maps, options.show)
-    scores = importance_scores(forward, target, maps, options, advance, out_dir)
-    taxonomy = load_taxonomy(options.taxonomy) if options.taxonomy is not None else None
-    return write_importance(out_dir, data, scores, taxonomy, options.taxon_level, target)
+    scores = importance_scores(forward, target, maps, replace(options, methods=methods), advance, out_dir)
+    table = write_importance(out_dir, data, scores, taxonomy, options.taxon_level, target)
+    table.attrs["n_samples"] = n
+    return table
+
+
+def check_options(options: ExplainOptions, out_dir: Path) -> None:
+    """Refuse, before any work, option values that cannot run (AamInputError naming the flag)."""
+    unknown = sorted(set(options.methods or ()) - set(imp.METHODS))
+    if unknown:
+        raise AamInputError("--method", f"unknown methods {unknown}", f"choose from {list(imp.METHODS)}")
+    counts = {
+        "--steps": options.steps,
+        "--baseline-asvs": options.baseline_asvs,
+        "--repeats": options.repeats,
+        "--batch-size": options.batch_size,
+    }
+    for flag, value in counts.items():
+        if value < 1:
+            raise AamInputError(flag, f"must be at least 1, got {value}", "give a positive number")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AamInputError(f"--out-dir {out_dir}", "is a file, not a folder", "give a folder path (it is created if missing)")
+
+
+def default_methods(export: Export, options: ExplainOptions, source: str) -> tuple[str, ...]:
+    """The methods without ``--method``: every one with ``--metadata``, else integrated gradients and
+    attention; attention alone for a pretraining export (no task head), with a notice."""
+    if export.targets is None:
+        notice(f"{source}: a pretraining export (no task head): attention maps only; importance needs a fine-tuned model")
+        return ("attention",)
+    return imp.METHODS if options.metadata is not None else ("integrated_gradients", "attention")
 
 
 def _sample_ids(path: Path | None) -> list[str] | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from aam_ds.data.qiime2 import is_qza, read_qza
-from aam_ds.errors import AamInputError
+from aam_ds.errors import AamInputError, notice
 
 UNASSIGNED = "Unassigned"
 
@@ -50,3 +50,17 @@ def short_taxon(taxon: str) -> str:
 def taxa_of(asv_ids: list[str], taxonomy: pd.Series, level: int) -> list[str]:
     """Taxon of each ASV at ``level`` ranks; ASVs missing from the taxonomy are ``Unassigned``."""
     return [taxon_at_level(taxonomy.get(a, UNASSIGNED), level) for a in asv_ids]
+
+
+def check_taxonomy_covers(taxonomy: pd.Series, asv_ids: list[str], source: str | Path) -> None:
+    """Refuse (AamInputError) a taxonomy that names none of the explained ASVs (another table's, or
+    hashes against sequences); a notice when some are missing (they count as Unassigned)."""
+    missing = [a for a in asv_ids if a not in taxonomy.index]
+    if len(missing) == len(asv_ids):
+        raise AamInputError(
+            str(source),
+            f"names none of the table's {len(asv_ids)} ASVs (e.g. {asv_ids[0][:40]!r}; it has e.g. {str(taxonomy.index[0])[:40]!r})",
+            "give the taxonomy of this table's features, with the same feature IDs (MD5 hashes or sequences)",
+        )
+    if missing:
+        notice(f"{source}: {len(missing)} of the {len(asv_ids)} explained ASVs are not in it; they count as {UNASSIGNED}")
