@@ -14,6 +14,7 @@ seed, and for permutation on this one and seed 1. docs/explain.md has the full t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -136,6 +137,8 @@ def test_importance_ranks_asvs_by_their_true_age_effect(age_run, explained, spar
     inside = table["permutation_ci_low"] - 1e-12 <= table["permutation"]
     assert (inside & (table["permutation"] <= table["permutation_ci_high"] + 1e-12)).all()
     assert (table["permutation_ci_high"] > table["permutation_ci_low"]).mean() > 0.5  # real intervals, not points
+    md5 = [hashlib.md5(a.encode()).hexdigest()[:8] for a in table.index]  # sequence IDs are labelled by their QIIME 2 hash
+    assert list(table["label"]) == [f"md5:{h}" for h in md5]
     attributions = pd.read_csv(explained / "attributions.tsv", sep="\t", index_col=0)  # samples x ASVs, every ASV credited
     assert list(attributions.index) == (age_run / "splits" / "val.txt").read_text().split() and set(attributions) == set(table.index)
     total = attributions.sum(axis=1)

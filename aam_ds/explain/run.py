@@ -2,7 +2,8 @@
 
 Files written to ``out_dir`` (docs/explain.md says how to read each):
 
-- ``importance.tsv``: one row per ASV: ``taxon`` (with a taxonomy), ``n_samples`` (explained
+- ``importance.tsv``: one row per ASV: ``label`` (its name in the plots, :func:`short_id`),
+  ``taxon`` (with a taxonomy), ``n_samples`` (explained
   samples holding it), ``mean_relative_abundance``, then per method ``<method>`` (score) and
   ``<method>_rank`` (1 = most important), and ``permutation_ci_low`` / ``_high``;
   ``importance_by_taxon.tsv``: the scores summed per taxon (with ``--taxonomy``);
@@ -17,6 +18,7 @@ Files written to ``out_dir`` (docs/explain.md says how to read each):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -211,6 +213,7 @@ def importance_table(data: ExplainData, scores: dict[str, imp.Score], taxa: list
     )
     if taxa is not None:
         table.insert(0, "taxon", taxa)
+    table.insert(0, "label", [_label(a, t) for a, t in zip(data.asv_ids, taxa or [None] * len(data.asv_ids))])
     for method, score in scores.items():
         table[method] = score.values
         table[f"{method}_rank"] = table[method].rank(ascending=False, method="min").astype(int)
@@ -230,9 +233,8 @@ def write_importance(
         return table
     what = f"{target.name}" if target is not None else "the sample embedding"
     methods = list(scores)
-    labelled = table.assign(label=[_label(a, t) for a, t in zip(table.index, table.get("taxon", [None] * len(table)))])
     classification = target is not None and bool(target.classes)
-    plots.plot_top_features(out_dir / "top_asvs.png", labelled, methods, "label", f"top ASVs for {what}", classification)
+    plots.plot_top_features(out_dir / "top_asvs.png", table, methods, "label", f"top ASVs for {what}", classification)
     if taxa is not None:
         by_taxon = table.groupby("taxon")[methods].sum()
         for method in methods:
@@ -251,8 +253,16 @@ def write_importance(
 
 
 def _label(asv_id: str, taxon: str | None) -> str:
-    short = asv_id[:10] + ("…" if len(asv_id) > 10 else "")
-    return f"{short_taxon(taxon)} {short}" if taxon else short
+    return f"{short_taxon(taxon)} {short_id(asv_id)}" if taxon else short_id(asv_id)
+
+
+def short_id(asv_id: str) -> str:
+    """A feature ID for plot labels: its first 10 characters, or for an ID that is the DNA sequence
+    itself (whose first characters are shared by many ASVs), ``md5:`` and the first 8 hex digits of
+    its MD5, the QIIME 2 feature ID of that sequence."""
+    if len(asv_id) > 32 and set(asv_id.upper()) <= set("ACGTN"):
+        return "md5:" + hashlib.md5(asv_id.upper().encode()).hexdigest()[:8]
+    return asv_id[:10] + ("…" if len(asv_id) > 10 else "")
 
 
 def _write_tsv(frame: pd.DataFrame, path: Path) -> None:
@@ -284,7 +294,7 @@ def write_attention(out_dir: Path, forward: SampleForward, maps, show: int) -> N
 def _plot_sample(out_dir: Path, forward: SampleForward, row: int, sample: str) -> dict[str, np.ndarray]:
     data = forward.data
     found = sample_attention(forward, row)
-    labels = [data.asv_ids[c][:10] for c in found["columns"]]
+    labels = [short_id(data.asv_ids[c]) for c in found["columns"]]
     if len(found["layers"]):
         plots.plot_sample_attention(out_dir / f"attention_{row}.png", found["layers"], labels, f"sample {sample}: ASV-to-ASV attention")
     plots.plot_pool_weights(
