@@ -299,7 +299,7 @@ def test_untrained_export_explains_with_taxonomy(untrained_age_export, demo, tmp
     names = ["k__Bacteria; p__Firmicutes; g__", "k__Bacteria; p__Bacteroidetes; g__Bacteroides"]
     taxonomy.write_text("Feature ID\tTaxon\tConfidence\n" + "".join(f"{a}\t{names[i % 2]}\t0.9\n" for i, a in enumerate(ids)))
     samples = tmp_path / "samples.txt"
-    samples.write_text("\n".join(load_table(demo.table).sample_ids[:12]))
+    samples.write_text("sample-id\n" + "\n".join(load_table(demo.table).sample_ids[:12]))  # a header line is skipped
     options = ExplainOptions(("integrated_gradients", "attention"), taxonomy=taxonomy, samples=samples, show=1, steps=8)
     table = explain_table(untrained_age_export, demo.table, tmp_path / "out", options)
     by_taxon = pd.read_csv(tmp_path / "out" / "importance_by_taxon.tsv", sep="\t", index_col=0)

@@ -94,4 +94,6 @@ def plot_top_features(
 def _score_unit(method: str, classification: bool) -> str:
     if method == "integrated_gradients":
         return "mean |attribution| (logit)" if classification else "share of the prediction variance"
-    return "mean pooling weight" if method == "attention" else "metric increase"
+    if method == "attention":
+        return "mean pooling weight"
+    return "log-loss increase" if classification else "MAE increase (target units)"

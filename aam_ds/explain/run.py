@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from aam_ds.data.metadata import align_metadata, categorical_codes, load_metadata, numeric_targets
+from aam_ds.data.metadata import ID_HEADERS, align_metadata, categorical_codes, load_metadata, numeric_targets
 from aam_ds.data.sequences import PAD
 from aam_ds.errors import AamInputError, notice
 from aam_ds.explain import importance as imp
@@ -85,6 +85,8 @@ def explain_table(
         check_taxonomy_covers(taxonomy, data.asv_ids, options.taxonomy)
     target = resolve_target(export, options, data.sample_ids)
     check_methods(methods, target)
+    if "permutation" in methods and options.repeats == 1:
+        notice("--repeats 1: permutation importance gets no confidence interval (give 2 or more repeats for one)")
     if export.probe is not None:
         notice(f"{model}: a probe ensemble; explain reads its fine-tuned network (share {export.probe['weight']:g}), not its linear probe")
     forward = SampleForward(build_exported_model(export, ensemble=False), data, options.device, options.batch_size)
@@ -134,7 +136,10 @@ def _sample_ids(path: Path | None) -> list[str] | None:
         raise AamInputError(
             str(path), "sample ID file not found", "give a text file with one sample ID per line (e.g. <run_dir>/splits/val.txt)"
         )
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if lines and lines[0].split("\t")[0].lower() in ID_HEADERS:  # a QIIME 2 metadata-style header: "sample-id"
+        lines = lines[1:]
+    return [line.split("\t")[0] for line in lines]
 
 
 def resolve_target(export: Export, options: ExplainOptions, sample_ids: list[str]) -> imp.Target | None:
