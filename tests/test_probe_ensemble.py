@@ -74,6 +74,7 @@ def test_the_export_predicts_the_weighted_mean_of_the_fine_tuned_model_and_the_p
     weight = export.probe["weight"]
     assert weight in WEIGHTS and export.probe["inner_folds"] == 2
     assert all((run_dir / "probe_ensemble" / f"inner{j}" / "model.pt").is_file() for j in range(2))
+    assert not any((run_dir / "probe_ensemble" / f"inner{j}" / "checkpoints").exists() for j in range(2))  # deleted once used
 
     from aam_ds.data.prepare import prepare_data
 
@@ -174,6 +175,7 @@ def test_two_ranks_build_the_same_probe_ensemble_that_predict_serves(cache, demo
     checked(launch(cmd + args, timeout=300))
     assert load_export(run_dir / "model.pt").probe["inner_folds"] == 2
     assert all((run_dir / "probe_ensemble" / f"inner{j}" / "model.pt").is_file() for j in range(2))
+    assert not any((run_dir / "probe_ensemble" / f"inner{j}" / "checkpoints").exists() for j in range(2))  # deleted once used
     written = pd.read_csv(run_dir / "predictions_val.tsv", sep="\t", index_col=0)
     columns = [c for c in written.columns if c.startswith("prob_")]
     predicted = predicted_by_cli(run_dir / "model.pt", demo.table, tmp_path / "predicted.tsv").loc[written.index, columns]

@@ -8,7 +8,9 @@ After the run's own fine-tuning (:func:`attach_probe_ensemble`):
    grouped by ``data.split.group_column`` for a grouped split, else random; seeded by
    ``data.split.seed``), and for each the same fine-tuning runs on the other k-1 folds in
    ``<run_dir>/probe_ensemble/inner<j>/`` (a validation part carved from them by the run's split rule
-   when the run has one, so that it selects its export as the run does) and predicts the held-out fold;
+   when the run has one, so that it selects its export as the run does) and predicts the held-out fold
+   (rank 0 then deletes the inner runs' checkpoints: nothing resumes an inner fold, and k of them per
+   fold would fill a disk);
 2. the probe (:func:`aam_ds.evaluation.linear_baseline.linear_model`: standardise, then logistic or
    ridge regression with its penalty chosen by its own inner CV) is fitted the same way on the
    pretrained embeddings, giving out-of-fold predictions of both models on every training sample;
@@ -74,13 +76,16 @@ def attach_probe_ensemble(spec: RunSpec, ds_config_path: Path | None, data: Prep
     k, train_rows = spec.model.probe_ensemble_folds, data.splits["train"]
     try:
         held_out = inner_folds(spec, data, train_rows, k)
-        inner_exports = []
+        inner_exports, inner_runs = [], []
         for j, test in enumerate(held_out):
             splits = inner_splits(spec, data, np.setdiff1d(train_rows, test), test, j)
-            inner = inner_spec(spec, j, len(splits["train"]), ctx.world_size)
-            inner_exports.append(train(inner, ds_config_path, finetuning=True, data=dataclasses.replace(data, splits=splits)).export_path)
+            inner_runs.append(inner_spec(spec, j, len(splits["train"]), ctx.world_size))
+            result = train(inner_runs[-1], ds_config_path, finetuning=True, data=dataclasses.replace(data, splits=splits))
+            inner_exports.append(result.export_path)
         if not ctx.is_main:
             return
+        for inner in inner_runs:  # nothing resumes an inner fold: its export is what is kept
+            shutil.rmtree(inner.checkpoint_dir(), ignore_errors=True)
         pretrained = load_export(spec.model.pretrained)
         weight, losses, probe = fit_ensemble(spec, data, pretrained, held_out, inner_exports, ctx.device)
     except (AamInputError, ValueError) as exc:  # ValueError: scikit-learn's stratified k-fold with too few members
