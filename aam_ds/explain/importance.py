@@ -41,6 +41,7 @@ from scipy import stats
 
 from aam_ds.errors import AamInputError
 from aam_ds.explain.forward import SampleForward
+from aam_ds.model.heads import log_relative_abundance
 
 METHODS = ("integrated_gradients", "attention", "permutation", "removal")
 BASELINE_ASVS = 512  # ASVs of the expected sample (the most prevalent): its attention cost grows with their number squared
@@ -146,9 +147,8 @@ def expected_sample(forward: SampleForward, baseline_asvs: int = BASELINE_ASVS) 
     """
     if baseline_asvs < 1:
         raise AamInputError("--baseline-asvs", f"must be at least 1, got {baseline_asvs}", "give a positive number of ASVs")
-    counts = forward.data.counts.astype(np.float64)
-    present = counts > 0
-    log_share = np.log(np.where(present, counts, 1.0) / counts.sum(axis=1, keepdims=True).clip(min=1.0)) * present
+    present = forward.data.counts > 0
+    log_share = log_relative_abundance(torch.as_tensor(forward.data.counts)).double().numpy()  # 0 where absent
     mean = log_share.sum(axis=0) / present.sum(axis=0).clip(min=1)
     prevalence = present.mean(axis=0)
     kept = np.argsort(-prevalence, kind="stable")[:baseline_asvs]
@@ -167,10 +167,8 @@ def sample_point(
     ``columns`` hold its ASVs (absent ones weigh 0)."""
     columns = np.arange(len(forward.data.asv_ids)) if columns is None else columns
     counts = torch.as_tensor(forward.data.counts[rows], dtype=torch.float32, device=forward.device)
-    share = counts / counts.sum(dim=1, keepdim=True).clamp_min(1.0)
-    counts, share = counts[:, columns], share[:, columns]
-    present = counts > 0
-    log_abundance = torch.where(present, share.clamp_min(torch.finfo(torch.float32).tiny).log(), reference.log_abundance[columns])
+    present = counts[:, columns] > 0
+    log_abundance = torch.where(present, log_relative_abundance(counts)[:, columns], reference.log_abundance[columns])
     return log_abundance, present.float()
 
 
